@@ -1,0 +1,140 @@
+"""Table benchmark: lookup / insert / update throughput and memory per entry.
+
+``freshrec bench table --json [--quick] [--entries N] [--batch B]``
+
+Fills a dim-16 row-wise-Adagrad table with N random fids (10 M; ``--quick``: 1 M), then looks
+up batches of 65,536 fids drawn Zipf(s=1.05) and uniformly over the table, and compares in the
+same run with a Python dict (fid -> row, then a row gather) and with ``torch.index_select`` on
+a preallocated tensor with pre-mapped int64 positions. Single-threaded kernels: figures are
+per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from freshrec.benchinfo import machine_info
+from freshrec.table import EmbeddingTable, OptimizerConfig, TableConfig
+
+
+def zipf_ranks(rng: np.random.Generator, n_keys: int, size: int, s: float) -> np.ndarray:
+    """Ranks in [0, n_keys) with P(k) proportional to (k+1)**-s (inverse-CDF sampling)."""
+    cdf = np.cumsum(np.arange(1, n_keys + 1, dtype=np.float64) ** -s)
+    cdf /= cdf[-1]
+    return np.minimum(np.searchsorted(cdf, rng.random(size)), n_keys - 1)
+
+
+def _rate(n: int, seconds: float) -> float:
+    return float(n / seconds) if seconds > 0 else float("inf")
+
+
+def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
+    ap = argparse.ArgumentParser(prog="freshrec bench table")
+    ap.add_argument("--quick", action="store_true", help="1 M entries, fewer batches (< 60 s)")
+    ap.add_argument("--entries", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=65536)
+    ap.add_argument("--batches", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    opts = ap.parse_args(argv)
+    n = opts.entries or (1_000_000 if opts.quick else 10_000_000)
+    n_batches = opts.batches or (30 if opts.quick else 100)
+    bs = opts.batch
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(opts.seed)
+    say = print if verbose else (lambda *a, **k: None)
+
+    keys = np.unique(rng.integers(0, 2**64 - 1, size=int(n * 1.01), dtype=np.uint64))
+    keys = rng.permutation(keys)[:n]
+    cfg = TableConfig(name="bench", dim=16,
+                      optimizer=OptimizerConfig(kind="rowwise_adagrad", lr=0.05))
+
+    # warm up (JIT) on a tiny table
+    warm = EmbeddingTable(cfg)
+    warm.lookup(keys[:1000], now=1, train=True)
+    warm.lookup(keys[:1000])
+    warm.apply_gradients(keys[:1000], np.ones((1000, 16), np.float32))
+
+    say(f"filling {n:,} entries (growing from the default capacity)...")
+    grown = EmbeddingTable(cfg)
+    t0 = time.perf_counter()
+    for s in range(0, n, bs):
+        grown.lookup(keys[s:s + bs], now=1, train=True)
+    insert_s = time.perf_counter() - t0
+    grown_stats = grown.stats()
+    del grown
+
+    say("filling again with capacity_hint = entries...")
+    table = EmbeddingTable(TableConfig(name="bench", dim=16, capacity_hint=n,
+                                       optimizer=cfg.optimizer))
+    for s in range(0, n, bs):
+        table.lookup(keys[s:s + bs], now=1, train=True)
+    stats = table.stats()
+
+    zipf = keys[zipf_ranks(rng, n, n_batches * bs, 1.05)].reshape(n_batches, bs)
+    unif = keys[rng.integers(0, n, size=(n_batches, bs))]
+
+    def lookups(batches: np.ndarray) -> float:
+        t = time.perf_counter()
+        for b in batches:
+            table.lookup(b)
+        return _rate(batches.size, time.perf_counter() - t)
+
+    say("lookups...")
+    zipf_rate = lookups(zipf)
+    unif_rate = lookups(unif)
+
+    say("python dict baseline...")
+    d_batches = max(3, n_batches // 10)
+    pydict = dict(zip(keys.tolist(), range(n), strict=True))
+    emb = np.zeros((n, 16), np.float32)
+    t = time.perf_counter()
+    for b in zipf[:d_batches]:
+        pos = np.fromiter((pydict.get(k, -1) for k in b.tolist()), np.int64, count=bs)
+        emb[pos]
+    dict_rate = _rate(d_batches * bs, time.perf_counter() - t)
+    del pydict, emb
+
+    say("torch.index_select baseline...")
+    weight = torch.zeros(n, 16)
+    pos = torch.from_numpy(zipf_ranks(rng, n, n_batches * bs, 1.05).reshape(n_batches, bs))
+    t = time.perf_counter()
+    for p in pos:
+        torch.index_select(weight, 0, p)
+    index_select_rate = _rate(pos.numel(), time.perf_counter() - t)
+    del weight
+
+    say("gradient updates...")
+    grads = rng.standard_normal((bs, 16)).astype(np.float32)
+    t = time.perf_counter()
+    for b in zipf[: n_batches // 2]:
+        table.apply_gradients(b, grads)
+    update_rate = _rate((n_batches // 2) * bs, time.perf_counter() - t)
+
+    result: dict[str, object] = {
+        "bench": "table",
+        "entries": n,
+        "dim": 16,
+        "optimizer": "rowwise_adagrad",
+        "batch": bs,
+        "threads": 1,
+        "lookup_fids_per_s_zipf": zipf_rate,
+        "lookup_fids_per_s_uniform": unif_rate,
+        "dict_lookup_fids_per_s_zipf": dict_rate,
+        "index_select_rows_per_s": index_select_rate,
+        "insert_fids_per_s": _rate(n, insert_s),
+        "update_rows_per_s": update_rate,
+        "bytes_per_entry": stats.bytes_per_entry,
+        "bytes_per_entry_grown": grown_stats.bytes_per_entry,
+        "load_factor": stats.load_factor,
+        "lookup_vs_dict_ratio": zipf_rate / dict_rate,
+        "lookup_vs_index_select_ratio": zipf_rate / index_select_rate,
+        "gib_for_100m_entries": stats.bytes_per_entry * 1e8 / 2**30,
+        "gib_for_100m_entries_grown": grown_stats.bytes_per_entry * 1e8 / 2**30,
+        **machine_info(),
+    }
+    say(result)
+    return result

@@ -1,0 +1,1 @@
+"""Implementations of the ``freshrec`` subcommands (private; see :mod:`freshrec.cli`)."""

@@ -1,0 +1,66 @@
+"""``freshrec <command>``: the command-line entry point.
+
+The CLI only parses arguments and hands them to the library; each command lives in a module
+of :mod:`freshrec._cli` exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Examples
+--------
+>>> main(["--version"])  # doctest: +ELLIPSIS
+freshrec ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from freshrec import __version__
+from freshrec.errors import FreshrecError
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("freshrec._cli.bench", "run a benchmark and print its JSON result"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="freshrec", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).add_arguments(sp)
+        sp.set_defaults(_module=module)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"freshrec {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except FreshrecError as e:
+        print(f"freshrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"freshrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

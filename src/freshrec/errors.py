@@ -1,0 +1,49 @@
+"""Exceptions raised by freshrec.
+
+Every error inherits :class:`FreshrecError` and the built-in exception it refines, so callers
+may catch either. Messages name the object, what was expected and what arrived.
+
+Examples
+--------
+>>> from freshrec.errors import ConfigError
+>>> try:
+...     raise ConfigError("TableConfig 'user': dim must be an int >= 1, got 0")
+... except ValueError as e:
+...     print(e)
+TableConfig 'user': dim must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FreshrecError",
+    "ConfigError",
+    "InputError",
+    "SnapshotCorruptError",
+    "StaleDeltaError",
+    "IncompatibleFormatError",
+]
+
+
+class FreshrecError(Exception):
+    """Base class of every freshrec error."""
+
+
+class ConfigError(FreshrecError, ValueError):
+    """A configuration value or file is invalid (names the key and the file)."""
+
+
+class InputError(FreshrecError, ValueError):
+    """Arrays or records handed to an API have the wrong dtype, shape or values."""
+
+
+class SnapshotCorruptError(FreshrecError, OSError):
+    """A snapshot or delta on disk is truncated or fails its checksum (names the file)."""
+
+
+class IncompatibleFormatError(FreshrecError, ValueError):
+    """A file was written with another format version, dim or config than expected."""
+
+
+class StaleDeltaError(FreshrecError, ValueError):
+    """A delta does not start at the version the receiver holds."""

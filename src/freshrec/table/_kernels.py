@@ -1,0 +1,497 @@
+"""numba kernels of the collisionless embedding table (private).
+
+Pure functions over arrays and scalars: no classes, config or logging. The Python class in
+``table.py`` validates inputs, fixes dtypes and holds the locks; these only compute.
+
+Layout shared by the kernels
+----------------------------
+``index``     int32[capacity]  open-addressing slots (capacity a power of two, linear probing);
+                               ``EMPTY`` (-1), ``TOMBSTONE`` (-2) or a row id.
+``keys``      uint64[rows]     the fid stored in each row (compared exactly: collisionless).
+``emb``       float32[rows, dim]
+``state``     float32[rows, state_dim]   optimizer state beside the row.
+``last_seen`` uint32[rows]     event time (s) of the last training lookup.
+``touched``   uint32[rows]     table version of the last write; 0 marks a free row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = -1
+TOMBSTONE = -2
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_INV_2_53 = 1.0 / 9007199254740992.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mix64(x: np.uint64) -> np.uint64:
+    """splitmix64's finaliser: a bijective 64-bit mix (every output bit depends on every input)."""
+    x = np.uint64(x)
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def unit_float(seed: np.uint64, fid: np.uint64, j: np.uint64) -> float:
+    """Deterministic uniform draw in [0, 1) from (seed, fid, j)."""
+    h = mix64(mix64(np.uint64(fid) ^ mix64(np.uint64(seed))) + np.uint64(j) * _GOLDEN)
+    return float(h >> np.uint64(11)) * _INV_2_53
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _probe_find(index: np.ndarray, keys: np.ndarray, fid: np.uint64) -> int:
+    mask = np.int64(index.shape[0] - 1)
+    h = np.int64(mix64(fid) & np.uint64(mask))
+    while True:
+        r = index[h]
+        if r == EMPTY:
+            return -1
+        if r >= 0 and keys[r] == fid:
+            return r
+        h = (h + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def find_rows(index: np.ndarray, keys: np.ndarray, fids: np.ndarray, out: np.ndarray) -> int:
+    """Write the row of each fid (or -1) into ``out``; return how many were missing."""
+    missing = 0
+    for i in range(fids.shape[0]):
+        r = _probe_find(index, keys, fids[i])
+        out[i] = r
+        if r < 0:
+            missing += 1
+    return missing
+
+
+@njit(cache=True, nogil=True)
+def lookup_copy(
+    index: np.ndarray, keys: np.ndarray, emb: np.ndarray, fids: np.ndarray,
+    default: np.ndarray, out: np.ndarray,
+) -> int:
+    """Fused probe + row copy: ``out[i] = emb[row(fids[i])]`` or ``default``; returns misses."""
+    dim = emb.shape[1]
+    missing = 0
+    for i in range(fids.shape[0]):
+        r = _probe_find(index, keys, fids[i])
+        if r >= 0:
+            for j in range(dim):
+                out[i, j] = emb[r, j]
+        else:
+            missing += 1
+            for j in range(dim):
+                out[i, j] = default[j]
+    return missing
+
+
+@njit(cache=True, nogil=True)
+def gather(emb: np.ndarray, rows: np.ndarray, default: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = emb[rows[i]]``, or ``default`` where ``rows[i] < 0``."""
+    dim = emb.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            for j in range(dim):
+                out[i, j] = emb[r, j]
+        else:
+            for j in range(dim):
+                out[i, j] = default[j]
+
+
+@njit(cache=True, nogil=True)
+def touch_last_seen(last_seen: np.ndarray, rows: np.ndarray, now: np.uint32) -> None:
+    """Stamp ``last_seen`` of every present row with ``now``."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0:
+            last_seen[r] = now
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _index_put(index: np.ndarray, fid: np.uint64, row: int) -> None:
+    """Put ``row`` for an absent ``fid`` into the first free or tombstoned slot."""
+    mask = np.int64(index.shape[0] - 1)
+    h = np.int64(mix64(fid) & np.uint64(mask))
+    while index[h] >= 0:
+        h = (h + 1) & mask
+    index[h] = row
+
+
+@njit(cache=True, nogil=True)
+def insert_new(
+    index: np.ndarray, keys: np.ndarray, touched: np.ndarray, last_seen: np.ndarray,
+    free_rows: np.ndarray, n_free: int, n_used: int, fids: np.ndarray, version: np.uint32,
+    now: np.uint32, out_rows: np.ndarray,
+) -> tuple[int, int, int]:
+    """Insert distinct, absent fids; rows come from the free stack first, then ``n_used``.
+
+    Returns ``(n_free, n_used, tombstones_reused)``. The caller has reserved room.
+    """
+    mask = np.int64(index.shape[0] - 1)
+    reused = 0
+    for i in range(fids.shape[0]):
+        if n_free > 0:
+            n_free -= 1
+            r = free_rows[n_free]
+        else:
+            r = n_used
+            n_used += 1
+        fid = fids[i]
+        keys[r] = fid
+        touched[r] = version
+        last_seen[r] = now
+        h = np.int64(mix64(fid) & np.uint64(mask))
+        while index[h] >= 0:
+            h = (h + 1) & mask
+        if index[h] == TOMBSTONE:
+            reused += 1
+        index[h] = r
+        out_rows[i] = r
+    return n_free, n_used, reused
+
+
+@njit(cache=True, nogil=True)
+def remove_rows(
+    index: np.ndarray, keys: np.ndarray, touched: np.ndarray, free_rows: np.ndarray,
+    n_free: int, rows: np.ndarray,
+) -> int:
+    """Delete live rows (their index slot becomes a tombstone); returns the new ``n_free``."""
+    mask = np.int64(index.shape[0] - 1)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        fid = keys[r]
+        h = np.int64(mix64(fid) & np.uint64(mask))
+        while index[h] != r:
+            h = (h + 1) & mask
+        index[h] = TOMBSTONE
+        touched[r] = 0
+        free_rows[n_free] = r
+        n_free += 1
+    return n_free
+
+
+@njit(cache=True, nogil=True)
+def build_index(keys: np.ndarray, touched: np.ndarray, n_used: int, index: np.ndarray) -> int:
+    """Fill an all-EMPTY ``index`` with every live row below ``n_used``; returns entries."""
+    n = 0
+    for r in range(n_used):
+        if touched[r] != 0:
+            _index_put(index, keys[r], r)
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def init_rows(
+    emb: np.ndarray, rows: np.ndarray, fids: np.ndarray, kind: int, scale: float, std: float,
+    seed: np.uint64,
+) -> None:
+    """Fill new rows; ``kind`` 0 zeros, 1 uniform(-scale, scale), 2 normal(0, std).
+
+    Deterministic per (seed, fid, column), so every process gets the same row for a fid.
+    """
+    dim = emb.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        fid = fids[i]
+        for j in range(dim):
+            if kind == 0:
+                emb[r, j] = 0.0
+            elif kind == 1:
+                emb[r, j] = (2.0 * unit_float(seed, fid, j) - 1.0) * scale
+            else:
+                u1 = unit_float(seed, fid, 2 * j)
+                u2 = unit_float(seed, fid, 2 * j + 1)
+                emb[r, j] = std * np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@njit(cache=True, nogil=True)
+def fill_state(state: np.ndarray, rows: np.ndarray, value: float) -> None:
+    """Set the optimizer state of ``rows`` to ``value``."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(state.shape[1]):
+            state[r, j] = value
+
+
+@njit(cache=True, nogil=True)
+def sketch_admit(
+    counts: np.ndarray, fids: np.ndarray, seed: np.uint64, min_count: int, probability: float,
+    admit: np.ndarray,
+) -> None:
+    """Count each occurrence in a count-min sketch; mark occurrences that admit their fid.
+
+    An occurrence admits when the sketch's estimate (after counting it) reaches ``min_count``
+    and a deterministic coin drawn from (seed, fid, estimate) is below ``probability``.
+    """
+    depth = counts.shape[0]
+    wmask = np.uint64(counts.shape[1] - 1)
+    for i in range(fids.shape[0]):
+        fid = fids[i]
+        est = np.uint32(0xFFFFFFFF)
+        for d in range(depth):
+            c = np.int64(mix64(fid ^ mix64(seed + np.uint64(d) * _GOLDEN)) & wmask)
+            if counts[d, c] < np.uint32(0xFFFFFFFF):
+                counts[d, c] += np.uint32(1)
+            if counts[d, c] < est:
+                est = counts[d, c]
+        ok = int(est) >= min_count
+        if ok and probability < 1.0:
+            ok = unit_float(seed, fid, np.uint64(est)) < probability
+        admit[i] = ok
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _map_slot(map_keys: np.ndarray, key: int) -> int:
+    mask = np.int64(map_keys.shape[0] - 1)
+    h = np.int64(mix64(np.uint64(key)) & np.uint64(mask))
+    while map_keys[h] != -1 and map_keys[h] != key:
+        h = (h + 1) & mask
+    return h
+
+
+@njit(cache=True, nogil=True)
+def sum_by_row(rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum gradient rows that target the same table row; rows < 0 are dropped.
+
+    Returns ``(unique_rows, summed_grads)`` in order of first appearance.
+    """
+    n = rows.shape[0]
+    dim = grads.shape[1]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    map_keys = np.full(size, -1, np.int64)
+    map_pos = np.empty(size, np.int64)
+    urows = np.empty(n, np.int32)
+    ugrads = np.zeros((n, dim), np.float32)
+    m = 0
+    for i in range(n):
+        r = rows[i]
+        if r < 0:
+            continue
+        h = _map_slot(map_keys, r)
+        if map_keys[h] == -1:
+            map_keys[h] = r
+            map_pos[h] = m
+            urows[m] = r
+            m += 1
+        p = map_pos[h]
+        for j in range(dim):
+            ugrads[p, j] += grads[i, j]
+    return urows[:m], ugrads[:m]
+
+
+@njit(cache=True, nogil=True)
+def sum_bag_grads(
+    rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray, grad_out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of pooled bags back to unique rows without materialising per-value grads.
+
+    Value ``k`` of bag ``b`` (``offsets[b] <= k < offsets[b+1]``) receives
+    ``grad_out[b] * scale[b]``; values of the same row are summed.
+    """
+    n = rows.shape[0]
+    dim = grad_out.shape[1]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    map_keys = np.full(size, -1, np.int64)
+    map_pos = np.empty(size, np.int64)
+    urows = np.empty(n, np.int32)
+    ugrads = np.zeros((n, dim), np.float32)
+    m = 0
+    for b in range(offsets.shape[0] - 1):
+        s = scale[b]
+        for k in range(offsets[b], offsets[b + 1]):
+            r = rows[k]
+            if r < 0:
+                continue
+            h = _map_slot(map_keys, r)
+            if map_keys[h] == -1:
+                map_keys[h] = r
+                map_pos[h] = m
+                urows[m] = r
+                m += 1
+            p = map_pos[h]
+            for j in range(dim):
+                ugrads[p, j] += grad_out[b, j] * s
+    return urows[:m], ugrads[:m]
+
+
+@njit(cache=True, nogil=True)
+def pool(
+    emb: np.ndarray, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray,
+    default: np.ndarray, out: np.ndarray,
+) -> None:
+    """``out[b] = scale[b] * sum(row(v) for v in bag b)``; absent rows read as ``default``."""
+    dim = emb.shape[1]
+    for b in range(offsets.shape[0] - 1):
+        for j in range(dim):
+            out[b, j] = 0.0
+        for k in range(offsets[b], offsets[b + 1]):
+            r = rows[k]
+            if r >= 0:
+                for j in range(dim):
+                    out[b, j] += emb[r, j]
+            else:
+                for j in range(dim):
+                    out[b, j] += default[j]
+        s = scale[b]
+        if s != 1.0:
+            for j in range(dim):
+                out[b, j] *= s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _finite_row(g: np.ndarray, i: int) -> bool:
+    for j in range(g.shape[1]):
+        if not np.isfinite(g[i, j]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def step_sgd(
+    emb: np.ndarray, touched: np.ndarray, rows: np.ndarray, grads: np.ndarray, version: np.uint32,
+    lr: float, weight_decay: float,
+) -> int:
+    """One SGD step per row; returns rows rejected for non-finite gradients."""
+    rejected = 0
+    for i in range(rows.shape[0]):
+        if not _finite_row(grads, i):
+            rejected += 1
+            continue
+        r = rows[i]
+        for j in range(emb.shape[1]):
+            emb[r, j] -= lr * (grads[i, j] + weight_decay * emb[r, j])
+        touched[r] = version
+    return rejected
+
+
+@njit(cache=True, nogil=True)
+def step_adagrad(
+    emb: np.ndarray, state: np.ndarray, touched: np.ndarray, rows: np.ndarray, grads: np.ndarray,
+    version: np.uint32, lr: float, eps: float, weight_decay: float,
+) -> int:
+    """Element-wise Adagrad (as ``torch.optim.Adagrad``): ``state`` holds sum of g**2."""
+    rejected = 0
+    for i in range(rows.shape[0]):
+        if not _finite_row(grads, i):
+            rejected += 1
+            continue
+        r = rows[i]
+        for j in range(emb.shape[1]):
+            g = grads[i, j] + weight_decay * emb[r, j]
+            acc = state[r, j] + g * g
+            state[r, j] = acc
+            emb[r, j] -= lr * g / (np.sqrt(acc) + eps)
+        touched[r] = version
+    return rejected
+
+
+@njit(cache=True, nogil=True)
+def step_rowwise_adagrad(
+    emb: np.ndarray, state: np.ndarray, touched: np.ndarray, rows: np.ndarray, grads: np.ndarray,
+    version: np.uint32, lr: float, eps: float, weight_decay: float,
+) -> int:
+    """Row-wise Adagrad: one accumulator per row, grown by the mean of g**2 over the row."""
+    rejected = 0
+    dim = emb.shape[1]
+    for i in range(rows.shape[0]):
+        if not _finite_row(grads, i):
+            rejected += 1
+            continue
+        r = rows[i]
+        sq = 0.0
+        for j in range(dim):
+            g = grads[i, j] + weight_decay * emb[r, j]
+            sq += g * g
+        acc = state[r, 0] + np.float32(sq / dim)
+        state[r, 0] = acc
+        step = lr / (np.sqrt(acc) + eps)
+        for j in range(dim):
+            emb[r, j] -= step * (grads[i, j] + weight_decay * emb[r, j])
+        touched[r] = version
+    return rejected
+
+
+@njit(cache=True, nogil=True)
+def step_adam(
+    emb: np.ndarray, state: np.ndarray, touched: np.ndarray, rows: np.ndarray, grads: np.ndarray,
+    version: np.uint32, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+) -> int:
+    """Adam with a per-row step count: ``state = [m (dim), v (dim), t]``."""
+    rejected = 0
+    dim = emb.shape[1]
+    for i in range(rows.shape[0]):
+        if not _finite_row(grads, i):
+            rejected += 1
+            continue
+        r = rows[i]
+        t = state[r, 2 * dim] + 1.0
+        state[r, 2 * dim] = t
+        bc1 = 1.0 - beta1**t
+        bc2 = 1.0 - beta2**t
+        for j in range(dim):
+            g = grads[i, j] + weight_decay * emb[r, j]
+            m = beta1 * state[r, j] + (1.0 - beta1) * g
+            v = beta2 * state[r, dim + j] + (1.0 - beta2) * g * g
+            state[r, j] = m
+            state[r, dim + j] = v
+            emb[r, j] -= lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+        touched[r] = version
+    return rejected
+
+
+@njit(cache=True, nogil=True)
+def step_ftrl(
+    emb: np.ndarray, state: np.ndarray, touched: np.ndarray, rows: np.ndarray, grads: np.ndarray,
+    version: np.uint32, alpha: float, beta: float, l1: float, l2: float,
+) -> int:
+    """FTRL-Proximal per element: ``state = [z (dim), n (dim)]``; weights are re-derived."""
+    rejected = 0
+    dim = emb.shape[1]
+    for i in range(rows.shape[0]):
+        if not _finite_row(grads, i):
+            rejected += 1
+            continue
+        r = rows[i]
+        for j in range(dim):
+            g = grads[i, j]
+            n_old = state[r, dim + j]
+            n_new = n_old + g * g
+            sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / alpha
+            z = state[r, j] + g - sigma * emb[r, j]
+            state[r, j] = z
+            state[r, dim + j] = n_new
+            if abs(z) <= l1:
+                emb[r, j] = 0.0
+            else:
+                sign = 1.0 if z > 0 else -1.0
+                emb[r, j] = -(z - sign * l1) / ((beta + np.sqrt(n_new)) / alpha + l2)
+        touched[r] = version
+    return rejected
+
+
+@njit(cache=True, nogil=True)
+def write_rows(
+    emb: np.ndarray, state: np.ndarray, last_seen: np.ndarray, touched: np.ndarray,
+    rows: np.ndarray, values: np.ndarray, states: np.ndarray, seen: np.ndarray,
+    version: np.uint32, with_state: bool,
+) -> None:
+    """Overwrite rows with values (and optimizer state when ``with_state``) from a delta."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(emb.shape[1]):
+            emb[r, j] = values[i, j]
+        if with_state:
+            for j in range(state.shape[1]):
+                state[r, j] = states[i, j]
+        last_seen[r] = seen[i]
+        touched[r] = version
