@@ -1,0 +1,37 @@
+"""The event log, the event schema and the online joiner.
+
+A :class:`Log` is an append-only, partitioned log of byte records with offsets and consumer
+groups; :class:`FileLog` (embedded, segment files) and :class:`RedisLog` (Redis Streams)
+implement it, and :class:`~freshrec.stream.kafkalog.KafkaLog` does over Kafka when the
+``kafka`` extra is installed. Events (impressions with their candidates, and actions such as
+clicks) are JSON rows defined and versioned in :mod:`freshrec.stream.events`. The
+:class:`Joiner` turns the event stream into labelled training examples: it joins actions to
+impressions by ``(request_id, item_id)`` inside a label window in event time, dedupes,
+down-samples negatives, validates each window, and checkpoints its state with its input
+offsets so that a killed joiner restarts without losing or duplicating an example.
+"""
+
+from __future__ import annotations
+
+from freshrec.stream.base import Log, Record
+from freshrec.stream.config import (
+    FileLogConfig,
+    JoinerConfig,
+    KafkaLogConfig,
+    RedisLogConfig,
+    ValidationConfig,
+)
+from freshrec.stream.filelog import FileLog
+from freshrec.stream.redislog import RedisLog
+
+__all__ = [
+    "Log",
+    "Record",
+    "FileLog",
+    "RedisLog",
+    "FileLogConfig",
+    "RedisLogConfig",
+    "KafkaLogConfig",
+    "JoinerConfig",
+    "ValidationConfig",
+]
