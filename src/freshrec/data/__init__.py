@@ -1,0 +1,46 @@
+"""Data sets as streams of Arrow record batches.
+
+Readers turn the data sets at hand (Criteo logs, MovieLens 100K, the Open Bandit Dataset,
+generic Parquet/Arrow files) into batches of at most ``chunk_rows`` rows that hold the raw
+column values plus two standard columns, ``event_time`` (int64 seconds, or the row number for
+data without time) and ``label`` (float32). Raw strings stay strings: the feature layer
+hashes them to feature ids. A malformed line is counted in the reader's :class:`ReadReport`
+with its file and line number and skipped; the run goes on. A :class:`Prefetcher` runs any
+reader (plus a transform) on a background thread so preparation overlaps training.
+
+Examples
+--------
+>>> import tempfile, os
+>>> from freshrec.data import CriteoReader, Prefetcher
+>>> p = os.path.join(tempfile.mkdtemp(), "train.txt")
+>>> with open(p, "w") as fh:
+...     _ = fh.write("1\\t3\\n0\\tnot-a-number\\n0\\t4\\n")
+>>> reader = CriteoReader(p, chunk_rows=2)
+>>> with Prefetcher(reader, transform=lambda b: b.num_rows) as batches:
+...     list(batches)
+[1, 1]
+>>> reader.report.bad_lines
+1
+"""
+
+from freshrec.data.arrow import ArrowReader
+from freshrec.data.criteo import CRITEO_COLUMNS, CriteoReader
+from freshrec.data.movielens import ML100K_GENRES, MovieLensReader
+from freshrec.data.obd import OpenBanditReader
+from freshrec.data.prefetch import Prefetcher
+from freshrec.data.readers import READER_FORMATS, BadLine, Reader, ReadReport, open_reader
+
+__all__ = [
+    "ArrowReader",
+    "BadLine",
+    "CRITEO_COLUMNS",
+    "CriteoReader",
+    "ML100K_GENRES",
+    "MovieLensReader",
+    "OpenBanditReader",
+    "Prefetcher",
+    "READER_FORMATS",
+    "ReadReport",
+    "Reader",
+    "open_reader",
+]
