@@ -313,4 +313,7 @@ def table_config_from_dict(data: Mapping[str, Any], where: str = "table config")
                 raise ConfigError(f"{where}.{key}: {e}") from e
     if "name" not in kwargs or "dim" not in kwargs:
         raise ConfigError(f"{where}: 'name' and 'dim' are required")
-    return TableConfig(**kwargs)
+    try:
+        return TableConfig(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
