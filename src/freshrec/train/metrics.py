@@ -56,7 +56,7 @@ def _inputs(
     if y.size and not (np.all(y >= 0.0) and np.all(y <= 1.0)):
         raise InputError(f"{owner}.update: y_true must be in [0, 1], got values outside")
     if p.size and not (np.all(p >= 0.0) and np.all(p <= 1.0)):
-        bad = p[~((p >= 0.0) & (p <= 1.0))][0]
+        bad = float(p[~((p >= 0.0) & (p <= 1.0))][0])
         raise InputError(f"{owner}.update: y_pred must be probabilities in [0, 1], got {bad!r}")
     w = None
     if weight is not None:
@@ -482,11 +482,13 @@ class MetricSet:
     ) -> None:
         """Update every metric; ``now`` (event seconds) is required when one is Windowed."""
         y = np.asarray(y_true)
-        for key, m in self.metrics.items():
-            if isinstance(m, Windowed):
-                if now is None:
+        if now is None:
+            for key, m in self.metrics.items():
+                if isinstance(m, Windowed):
                     raise InputError(f"MetricSet.update: metric {key!r} is windowed: pass now=")
-                m.update(y, y_pred, weight, now=now)
+        for m in self.metrics.values():
+            if isinstance(m, Windowed):
+                m.update(y, y_pred, weight, now=now)  # type: ignore[arg-type]
             else:
                 m.update(y, y_pred, weight)
         self._count += int(y.size)
