@@ -29,6 +29,8 @@ from freshrec.data.movielens import ML100K_GENRES, MovieLensReader
 from freshrec.data.obd import OpenBanditReader
 from freshrec.data.prefetch import Prefetcher
 from freshrec.data.readers import READER_FORMATS, BadLine, Reader, ReadReport, open_reader
+from freshrec.data.obd_replay import open_bandit_events
+from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 
 __all__ = [
     "ArrowReader",
@@ -43,4 +45,8 @@ __all__ = [
     "ReadReport",
     "Reader",
     "open_reader",
+    "open_bandit_events",
+    "ClickStreamSimulator",
+    "SimulatorConfig",
+    "write_to_log",
 ]

@@ -25,6 +25,7 @@ Examples
 [b'bb', b'ccc']
 >>> log.commit("g", 0, 2); log.lag("g")
 1
+>>> log.close()
 """
 
 from __future__ import annotations
