@@ -1,0 +1,165 @@
+"""On-disk formats of the parts of a registry version (private).
+
+A table delta and the dense parameters are each one :mod:`freshrec._io` bundle (``.npy``
+arrays + a manifest with per-file CRC-32). Full table snapshots use
+:meth:`EmbeddingTable.save`'s own format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from freshrec._io import MANIFEST, crc32_file, read_bundle, write_bundle
+from freshrec.errors import InputError, SnapshotCorruptError
+from freshrec.table import TableDelta
+
+TABLE_DELTA_FORMAT = "freshrec.sync.table_delta"
+TABLE_DELTA_VERSION = 1
+DENSE_FORMAT = "freshrec.sync.dense"
+DENSE_VERSION = 1
+
+_DELTA_KEYS = ("fids", "values", "last_seen", "expired")
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def write_table_delta(path: Path, delta: TableDelta) -> None:
+    """Write ``delta`` as a bundle at ``path``."""
+    arrays: dict[str, np.ndarray] = {
+        "fids": delta.fids, "values": delta.values, "last_seen": delta.last_seen,
+        "expired": delta.expired,
+    }
+    if delta.states is not None:
+        arrays["states"] = delta.states
+    meta = {
+        "table": delta.table, "fingerprint": delta.fingerprint,
+        "from_version": delta.from_version, "to_version": delta.to_version,
+        "rows": delta.num_rows, "with_state": delta.states is not None,
+    }
+    write_bundle(path, TABLE_DELTA_FORMAT, TABLE_DELTA_VERSION, arrays, meta)
+
+
+def read_table_delta(path: Path) -> TableDelta:
+    """Read and verify a table delta bundle; :class:`SnapshotCorruptError` names a bad file."""
+    meta, arrays = read_bundle(path, TABLE_DELTA_FORMAT, TABLE_DELTA_VERSION)
+    missing = [k for k in _DELTA_KEYS if k not in arrays]
+    if missing:
+        raise SnapshotCorruptError(f"{path}: table delta lacks {missing[0]}.npy")
+    try:
+        return TableDelta(
+            table=str(meta["table"]), fingerprint=str(meta["fingerprint"]),
+            from_version=int(meta["from_version"]), to_version=int(meta["to_version"]),
+            fids=arrays["fids"], values=arrays["values"], last_seen=arrays["last_seen"],
+            states=arrays.get("states"), expired=arrays["expired"],
+        )
+    except (InputError, KeyError, TypeError, ValueError) as e:
+        raise SnapshotCorruptError(f"{path}/{MANIFEST}: inconsistent table delta ({e})") from e
+
+
+def dense_spec(state: Mapping[str, Any], owner: str) -> dict[str, dict[str, Any]]:
+    """``{name: {"dtype": "float32", "shape": [..]}}`` of a state dict, validating its values."""
+    spec = {}
+    for name, t in state.items():
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{owner}: dense parameter names must be non-empty strings, "
+                             f"got {name!r}")
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{owner}: dense parameter {name!r} must be a torch.Tensor, "
+                             f"got {type(t).__name__}")
+        if t.is_sparse or t.layout != torch.strided:
+            raise InputError(f"{owner}: dense parameter {name!r} must be a strided tensor, "
+                             f"got layout {t.layout}")
+        spec[name] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    return spec
+
+
+def write_dense(path: Path, state: Mapping[str, torch.Tensor], owner: str) -> None:
+    """Write a state dict as a bundle: arrays ``p0, p1, ...`` and their names in the manifest.
+
+    Tensors whose dtype numpy lacks (``bfloat16``, float8) are stored bit-exactly as an
+    integer view of the same width.
+    """
+    spec = dense_spec(state, owner)
+    arrays = {}
+    params = []
+    for i, (name, t) in enumerate(state.items()):
+        t = t.detach().to("cpu").contiguous()
+        view = False
+        try:
+            arr = t.numpy()
+        except TypeError:
+            arr = t.view(_INT_VIEW[t.element_size()]).numpy()
+            view = True
+        arrays[f"p{i}"] = arr
+        params.append({"name": name, "file": f"p{i}", "view": view, **spec[name]})
+    write_bundle(path, DENSE_FORMAT, DENSE_VERSION, arrays, {"params": params})
+
+
+def read_dense(path: Path) -> dict[str, torch.Tensor]:
+    """Read and verify a dense bundle back into a state dict (same names, dtypes, shapes)."""
+    meta, arrays = read_bundle(path, DENSE_FORMAT, DENSE_VERSION)
+    out = {}
+    try:
+        for p in meta["params"]:
+            arr = arrays[p["file"]]
+            dtype = getattr(torch, p["dtype"])
+            if not isinstance(dtype, torch.dtype):
+                raise TypeError(f"{p['dtype']!r} is not a torch dtype")
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if p["view"]:
+                t = t.view(dtype)
+            if t.dtype != dtype or list(t.shape) != list(p["shape"]):
+                raise ValueError(f"parameter {p['name']!r} reads as {t.dtype} {list(t.shape)}, "
+                                 f"manifest says {p['dtype']} {p['shape']}")
+            out[str(p["name"])] = t
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SnapshotCorruptError(f"{path}/{MANIFEST}: inconsistent dense bundle ({e})") from e
+    return out
+
+
+def dir_bytes(path: Path) -> int:
+    """Total bytes of the files under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def file_record(path: Path) -> dict[str, int]:
+    """``{"bytes": size, "crc32": crc}`` of one file."""
+    return {"bytes": path.stat().st_size, "crc32": crc32_file(path)}
+
+
+def check_file(path: Path, record: Mapping[str, Any]) -> None:
+    """Raise :class:`SnapshotCorruptError` naming ``path`` if it differs from ``record``."""
+    if not path.is_file():
+        raise SnapshotCorruptError(f"{path}: file listed in the version manifest is missing")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise SnapshotCorruptError(
+            f"{path}: truncated or altered: {size} bytes, version manifest says "
+            f"{record['bytes']}"
+        )
+    if crc32_file(path) != record["crc32"]:
+        raise SnapshotCorruptError(f"{path}: checksum mismatch (file corrupted)")
+
+
+def verify_bundle_files(path: Path) -> None:
+    """Check every file a bundle's manifest lists (sizes and CRC-32) without loading arrays."""
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+    except FileNotFoundError as e:
+        raise SnapshotCorruptError(f"{mpath}: manifest missing") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise SnapshotCorruptError(f"{mpath}: manifest is not valid ({e})") from e
+    for fname, info in files.items():
+        check_file(path / fname, info)

@@ -1,0 +1,318 @@
+"""The publisher: turns the trainer's tables and dense parameters into registry versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freshrec._io import MANIFEST
+from freshrec.errors import InputError
+from freshrec.sync._format import (
+    dense_spec,
+    dir_bytes,
+    file_record,
+    write_dense,
+    write_table_delta,
+)
+from freshrec.sync.config import PublisherConfig
+from freshrec.sync.registry import Registry, VersionKind, VersionManifest
+from freshrec.table import EmbeddingTable, TableDelta
+
+__all__ = ["Publisher", "model_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+DenseStateFn = Callable[[], Mapping[str, torch.Tensor]]
+
+
+def model_fingerprint(
+    tables: Mapping[str, EmbeddingTable], dense: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Registry info for a model: a fingerprint over table layouts and dense shapes.
+
+    ``dense`` maps parameter names to ``{"dtype", "shape"}``.
+
+    Examples
+    --------
+    >>> from freshrec.table import TableConfig
+    >>> info = model_fingerprint({"u": EmbeddingTable(TableConfig(name="u", dim=4))}, {})
+    >>> info["tables"]["u"]["dim"], len(info["fingerprint"])
+    (4, 16)
+    """
+    tinfo = {
+        name: {"fingerprint": t.config.fingerprint(), "dim": t.dim,
+               "optimizer": t.config.optimizer.kind.value, "config": t.config.to_dict()}
+        for name, t in sorted(tables.items())
+    }
+    key = json.dumps({"tables": {n: i["fingerprint"] for n, i in tinfo.items()},
+                      "dense": dict(sorted(dense.items()))}, sort_keys=True)
+    return {"fingerprint": hashlib.sha256(key.encode()).hexdigest()[:16], "tables": tinfo,
+            "dense": dict(dense)}
+
+
+def _as_table_dict(
+    tables: Mapping[str, EmbeddingTable] | Sequence[EmbeddingTable], owner: str
+) -> dict[str, EmbeddingTable]:
+    items = tables.items() if isinstance(tables, Mapping) else [(t.name, t) for t in tables]
+    out: dict[str, EmbeddingTable] = {}
+    for key, t in items:
+        if not isinstance(t, EmbeddingTable):
+            raise InputError(f"{owner}: expected EmbeddingTable values, got {type(t).__name__}")
+        if key != t.name:
+            raise InputError(f"{owner}: table {t.name!r} is stored under key {key!r}")
+        if key in out:
+            raise InputError(f"{owner}: duplicate table name {key!r}")
+        out[key] = t
+    if not out:
+        raise InputError(f"{owner}: at least one table is required")
+    return out
+
+
+def _check_event_time(event_time: Any, owner: str) -> int | None:
+    if event_time is None:
+        return None
+    if isinstance(event_time, bool) or not isinstance(event_time, int) or event_time < 0:
+        raise InputError(f"{owner}: event_time must be an int >= 0 or None, got {event_time!r}")
+    return int(event_time)
+
+
+def _check_meta(meta: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    try:
+        return json.loads(json.dumps(dict(meta)))  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{owner}: meta must be JSON-serialisable ({e})") from e
+
+
+class Publisher:
+    """Publishes full snapshots, sparse deltas and dense parameters of a model to a registry.
+
+    The publisher owns the tables' delta export: each publish closes the open version of every
+    table (:meth:`EmbeddingTable.export_delta`) and remembers where it cut, so each sparse
+    delta holds exactly the rows written (and fids expired) since the previous publish. Call
+    it from the training loop between steps (the dense state is read when publishing);
+    ``maybe_publish(now_wall)`` decides what is due from the configured wall-clock intervals.
+
+    The first publish of a publisher is always a full snapshot, since a delta needs a base the
+    registry holds; so is a publish that finds ``HEAD`` moved (a rollback, another
+    publisher). A publish that fails leaves nothing behind and loses nothing: the next one
+    exports again from the last successful cut.
+
+    Parameters
+    ----------
+    registry : Registry
+    tables : mapping of name to EmbeddingTable, or a sequence of tables
+    dense_state_fn : callable returning a state dict, optional
+        E.g. ``model.state_dict`` of the dense part; called at each dense publish.
+    config : PublisherConfig, optional
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from freshrec.table import TableConfig
+    >>> table = EmbeddingTable(TableConfig(name="user", dim=4))
+    >>> pub = Publisher(Registry(tempfile.mkdtemp()), [table], lambda: {})
+    >>> pub.publish_full(event_time=100).kind.value
+    'full'
+    >>> _ = table.lookup(np.array([1, 2, 3], np.uint64), now=101, train=True)
+    >>> m = pub.publish_sparse(event_time=101)
+    >>> m.version, m.base, m.delta_rows
+    (2, 1, 3)
+    >>> pub.publish_sparse() is None          # nothing written since
+    True
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        tables: Mapping[str, EmbeddingTable] | Sequence[EmbeddingTable],
+        dense_state_fn: DenseStateFn | None = None,
+        config: PublisherConfig | None = None,
+    ) -> None:
+        self.registry = registry
+        self.tables = _as_table_dict(tables, "Publisher")
+        self.dense_state_fn = dense_state_fn
+        self.config = config if config is not None else PublisherConfig()
+        self._last_version: int | None = None
+        self._cut: dict[str, int] = {}
+        self._timers: dict[str, float] | None = None
+        self._info: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Publisher(registry={str(self.registry.root)!r}, tables={list(self.tables)}, "
+                f"last_version={self._last_version})")
+
+    @property
+    def last_version(self) -> int | None:
+        """Registry version of this publisher's last publish (``None`` before the first)."""
+        return self._last_version
+
+    @property
+    def table_versions(self) -> dict[str, int]:
+        """Per table, the version at which the last publish cut (the next delta starts there)."""
+        return dict(self._cut)
+
+    # ------------------------------------------------------------------ scheduling
+    def maybe_publish(
+        self, now_wall: float, *, event_time: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> VersionManifest | None:
+        """Publish whatever is due at wall time ``now_wall`` (seconds, any monotonic clock).
+
+        Intervals count from the first call or the last publish of that kind made here. A
+        full snapshot is due every ``full_interval_s`` (and at the first publish); a dense
+        publish every ``dense_interval_s`` (with the sparse rows); a sparse delta every
+        ``sparse_interval_s``. Returns the published manifest or ``None``.
+        """
+        now = float(now_wall)
+        cfg = self.config
+        if self._timers is None:
+            self._timers = {"full": now, "dense": now, "sparse": now}
+            if self._last_version is not None:
+                return None
+        t = self._timers
+        if self._last_version is None or now - t["full"] >= cfg.full_interval_s:
+            m = self.publish_full(event_time=event_time, meta=meta)
+            t.update(full=now, dense=now, sparse=now)
+            return m
+        dense_due = now - t["dense"] >= cfg.dense_interval_s
+        sparse_due = now - t["sparse"] >= cfg.sparse_interval_s
+        if not (dense_due or sparse_due):
+            return None
+        m = self._publish(VersionKind.DELTA, sparse=True, dense=dense_due,
+                          event_time=event_time, meta=meta)
+        t["sparse"] = now
+        if dense_due:
+            t["dense"] = now
+        if m is not None and m.kind is VersionKind.FULL:
+            t.update(full=now, dense=now)
+        return m
+
+    # ------------------------------------------------------------------ publishing
+    def publish_full(
+        self, *, event_time: int | None = None, meta: Mapping[str, Any] | None = None
+    ) -> VersionManifest:
+        """Publish a full snapshot: every table (with optimizer state), the dense parameters
+        and, when this publisher's last publish is ``HEAD``, the delta since it."""
+        m = self._publish(VersionKind.FULL, sparse=True, dense=True, event_time=event_time,
+                          meta=meta)
+        assert m is not None
+        return m
+
+    def publish_sparse(
+        self, *, event_time: int | None = None, meta: Mapping[str, Any] | None = None
+    ) -> VersionManifest | None:
+        """Publish the rows written and fids expired since the last publish.
+
+        Returns ``None`` (publishing nothing) when nothing changed and ``skip_empty`` is set.
+        """
+        return self._publish(VersionKind.DELTA, sparse=True, dense=False,
+                             event_time=event_time, meta=meta)
+
+    def publish_dense(
+        self, *, event_time: int | None = None, meta: Mapping[str, Any] | None = None
+    ) -> VersionManifest:
+        """Publish the dense parameters alone (the tables' state is unchanged)."""
+        m = self._publish(VersionKind.DELTA, sparse=False, dense=True, event_time=event_time,
+                          meta=meta)
+        assert m is not None
+        return m
+
+    def _dense_state(self) -> dict[str, torch.Tensor]:
+        if self.dense_state_fn is None:
+            return {}
+        state = self.dense_state_fn()
+        if not isinstance(state, Mapping):
+            raise InputError(f"Publisher: dense_state_fn must return a mapping of name to "
+                             f"tensor, got {type(state).__name__}")
+        return dict(state)
+
+    def _registry_info(self, dense: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
+        if self._info is None:
+            state = dense if dense is not None else self._dense_state()
+            self._info = model_fingerprint(self.tables, dense_spec(state, "Publisher"))
+        return self._info
+
+    def _publish(
+        self, kind: VersionKind, *, sparse: bool, dense: bool, event_time: int | None,
+        meta: Mapping[str, Any] | None,
+    ) -> VersionManifest | None:
+        owner = "Publisher"
+        event_time = _check_event_time(event_time, owner)
+        meta_d = _check_meta(meta, owner)
+        cut: dict[str, int] = {}
+
+        def build(tmp: Path, version: int, head: int | None) -> VersionManifest | None:
+            nonlocal kind, sparse, dense
+            incremental = head is not None and head == self._last_version
+            if not incremental:
+                if kind is not VersionKind.FULL:
+                    log.warning("registry=%s HEAD=%s is not this publisher's last version %s: "
+                                "publishing a full snapshot", self.registry.root, head,
+                                self._last_version)
+                kind, sparse, dense = VersionKind.FULL, False, True
+            state = self._dense_state() if dense else None
+            info = self._registry_info(state)
+            if state is not None:
+                spec = dense_spec(state, owner)
+                if spec != info["dense"]:
+                    raise InputError(f"{owner}: dense parameters changed names, dtypes or "
+                                     f"shapes since the first publish: {spec} vs "
+                                     f"{info['dense']}")
+            deltas: dict[str, TableDelta] = {}
+            for name, t in self.tables.items():
+                if sparse:
+                    deltas[name] = t.export_delta(self._cut[name],
+                                                  with_state=self.config.with_state)
+                    cut[name] = deltas[name].to_version
+                elif kind is VersionKind.FULL:
+                    cut[name] = t.export_delta(t.version, with_state=False).to_version
+                else:
+                    cut[name] = self._cut[name]
+            changed = any(d.num_rows or d.expired.shape[0] for d in deltas.values())
+            if kind is VersionKind.DELTA and not dense and not changed \
+                    and self.config.skip_empty:
+                return None
+            files: dict[str, dict[str, int]] = {}
+            delta_info: dict[str, dict[str, Any]] = {}
+            for name, d in deltas.items():
+                write_table_delta(tmp / "delta" / name, d)
+                files[f"delta/{name}/{MANIFEST}"] = file_record(tmp / "delta" / name / MANIFEST)
+                delta_info[name] = {"from_version": d.from_version, "to_version": d.to_version,
+                                    "rows": d.num_rows, "expired": int(d.expired.shape[0]),
+                                    "with_state": d.states is not None}
+            if kind is VersionKind.FULL:
+                for name, t in self.tables.items():
+                    t.save(tmp / "full" / name)
+                    files[f"full/{name}/{MANIFEST}"] = file_record(tmp / "full" / name / MANIFEST)
+            if state is not None:
+                write_dense(tmp / "dense", state, owner)
+                files[f"dense/{MANIFEST}"] = file_record(tmp / "dense" / MANIFEST)
+            return VersionManifest(
+                version=version, kind=kind, base=head if incremental else None,
+                fingerprint=info["fingerprint"], table_versions=dict(cut), deltas=delta_info,
+                full=kind is VersionKind.FULL, dense=state is not None,
+                created_unix_s=time.time(), event_time=event_time, meta=meta_d, files=files,
+                delta_bytes=dir_bytes(tmp / "delta") if deltas else 0,
+                full_bytes=dir_bytes(tmp / "full") if kind is VersionKind.FULL else 0,
+                dense_bytes=dir_bytes(tmp / "dense") if state is not None else 0,
+            )
+
+        m = self.registry._commit(build, self._registry_info(None))
+        if m is None:
+            return None
+        self._last_version = m.version
+        self._cut = dict(m.table_versions)
+        for name, t in self.tables.items():
+            t.forget_expired_before(self._cut[name])
+        if m.kind is VersionKind.FULL and self.config.auto_gc:
+            self.registry.gc(self.config.keep_full)
+        return m
