@@ -80,6 +80,10 @@ class SlotConfig:
         For ``multi``: keep at most the last ``max_len`` values.
     pooling : str
         ``sum`` or ``mean``.
+    id_space : str
+        Name hashed with the values (defaults to ``name``). Slots holding the same kind of
+        id (``item_id`` and the history ``hist_items``) set one id space so that an item
+        has one fid, and one row, in both.
     """
 
     name: str
@@ -88,11 +92,14 @@ class SlotConfig:
     kind: SlotKind = SlotKind.CATEGORICAL
     max_len: int = 50
     pooling: str = "sum"
+    id_space: str = ""
 
     def __post_init__(self) -> None:
         owner = f"SlotConfig {self.name!r}"
         if not self.column:
             object.__setattr__(self, "column", self.name)
+        if not self.id_space:
+            object.__setattr__(self, "id_space", self.name)
         try:
             object.__setattr__(self, "kind", SlotKind(self.kind))
         except ValueError as e:

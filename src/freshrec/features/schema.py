@@ -98,12 +98,12 @@ class FeatureSchema:
             col = batch.column(slot.column)
             if slot.kind is SlotKind.MULTI or pa.types.is_list(col.type) or \
                     pa.types.is_large_list(col.type):
-                v, ln = self._encode_list(slot.name, col, slot.max_len)
+                v, ln = self._encode_list(slot.id_space, col, slot.max_len)
             else:
                 valid = col.is_valid()
                 ln = np.asarray(valid, dtype=np.int32) if col.null_count else \
                     np.ones(n, np.int32)
-                v = hash_array(slot.name, col.drop_null() if col.null_count else col)
+                v = hash_array(slot.id_space, col.drop_null() if col.null_count else col)
             values.append(v)
             lengths.append(ln)
         sparse = JaggedBatch(self.slot_names,

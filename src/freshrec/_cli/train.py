@@ -1,0 +1,74 @@
+"""``freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from freshrec.config import FreshrecConfig, load_config
+from freshrec.errors import ConfigError
+from freshrec.train.trainer import Trainer
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--data", help="data path (default: data.path of the config)")
+    p.add_argument("--format", help="reader: criteo, movielens, obd, parquet, arrow")
+    p.add_argument("--run-dir", default="runs/train", help="checkpoints and metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
+    """A callable returning a fresh reader over the configured (or given) data."""
+    from freshrec.data.readers import open_reader
+
+    path = data or cfg.data.path
+    fmt = fmt or cfg.data.format
+    if not path or not fmt:
+        raise ConfigError("no data: pass --data and --format, or set data.path/data.format")
+    opts = dict(cfg.data.options)
+    return lambda: open_reader(fmt, path, chunk_rows=cfg.data.chunk_rows, **opts)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    make_reader = open_data(cfg, args.data, args.format)
+    trainer = Trainer(cfg, run_dir=args.run_dir)
+    if args.resume and trainer.resume():
+        print(f"resumed at step {trainer.step} (epoch {trainer.position['epoch']}, "
+              f"batch {trainer.position['batches']})")
+    summary = _fit_with_progress(trainer, make_reader, show=not args.no_progress)
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
+                      for k, v in summary.items()}))
+    print(f"checkpoint: {Path(args.run_dir) / 'checkpoints'}")
+    return 0
+
+
+def _fit_with_progress(trainer: Trainer, make_reader: Any, show: bool) -> dict[str, Any]:
+    if not show:
+        return trainer.fit(make_reader)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("train", total=None, info="")
+        state = {"t0": None, "n0": 0}
+
+        def on_step(t: Trainer, m: dict[str, float]) -> None:
+            import time
+
+            if state["t0"] is None:
+                state["t0"], state["n0"] = time.perf_counter(), t.examples
+            rate = (t.examples - state["n0"]) / max(time.perf_counter() - state["t0"], 1e-9)
+            sizes = " ".join(f"{n}={len(tb):,}" for n, tb in t.tables.items())
+            bar.update(task, advance=1, info=(
+                f"step {t.step} | {rate:,.0f} ex/s | AUC {m.get('auc', float('nan')):.4f} | "
+                f"logloss {m.get('logloss', float('nan')):.4f} | {sizes}"))
+
+        return trainer.fit(make_reader, on_step=on_step)

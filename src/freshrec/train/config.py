@@ -1,0 +1,127 @@
+"""Configuration of training: batch size, dense optimizer, sampling, checkpoints, expiry.
+
+Examples
+--------
+>>> TrainConfig(negative_sample_rate=0.25).negative_sample_rate
+0.25
+>>> TrainConfig(batch_size=0)
+Traceback (most recent call last):
+...
+freshrec.errors.ConfigError: TrainConfig: batch_size must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from freshrec._validate import is_int, is_number, require
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train.
+
+    Parameters
+    ----------
+    batch_size : int
+        Examples per step (source chunks are re-batched to this size).
+    dense_optimizer : str
+        ``adam``, ``adagrad`` or ``sgd`` for the dense parameters (tables use their own).
+    dense_lr : float
+    epochs : int
+        Passes over the data (1 = Monolith's one-pass batch stage).
+    negative_sample_rate : float
+        Keep-rate of negatives (1.0 keeps all). Kept negatives are re-weighted or the logits
+        corrected by ``log(rate)``, per ``correction``.
+    correction : str
+        ``logit`` (train unweighted, add ``log(rate)`` to logits at prediction) or
+        ``weight`` (weight kept negatives by ``1 / rate``).
+    checkpoint_every_steps : int
+        0 disables step-based checkpoints.
+    checkpoint_every_s : float
+        Wall seconds between checkpoints (0 disables).
+    keep_checkpoints : int
+        Newest checkpoints kept on disk.
+    expire_every_s : int
+        Event-time seconds between table expiry passes.
+    metrics_window_s : int
+        Event-time window of the windowed metrics.
+    log_every_steps : int
+        Steps between lines of the JSON-lines metrics log.
+    max_steps : int
+        Stop after this many steps (0 = no limit).
+    seed : int
+        Seeds torch and the negative-sampling coin.
+    threads : int
+        torch intra-op threads (0 = leave torch's default).
+    """
+
+    batch_size: int = 512
+    dense_optimizer: str = "adam"
+    dense_lr: float = 1e-3
+    epochs: int = 1
+    negative_sample_rate: float = 1.0
+    correction: str = "logit"
+    checkpoint_every_steps: int = 0
+    checkpoint_every_s: float = 0.0
+    keep_checkpoints: int = 2
+    expire_every_s: int = 3600
+    metrics_window_s: int = 3600
+    log_every_steps: int = 50
+    max_steps: int = 0
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        o = "TrainConfig"
+        require(
+            is_int(self.batch_size) and self.batch_size >= 1,
+            o,
+            "batch_size",
+            "an int >= 1",
+            self.batch_size,
+        )
+        require(
+            self.dense_optimizer in ("adam", "adagrad", "sgd"),
+            o,
+            "dense_optimizer",
+            "'adam', 'adagrad' or 'sgd'",
+            self.dense_optimizer,
+        )
+        require(
+            is_number(self.dense_lr) and self.dense_lr > 0,
+            o,
+            "dense_lr",
+            "a number > 0",
+            self.dense_lr,
+        )
+        require(is_int(self.epochs) and self.epochs >= 1, o, "epochs", "an int >= 1", self.epochs)
+        require(
+            is_number(self.negative_sample_rate) and 0 < self.negative_sample_rate <= 1,
+            o,
+            "negative_sample_rate",
+            "a number in (0, 1]",
+            self.negative_sample_rate,
+        )
+        require(
+            self.correction in ("logit", "weight"),
+            o,
+            "correction",
+            "'logit' or 'weight'",
+            self.correction,
+        )
+        for f in ("checkpoint_every_steps", "log_every_steps", "max_steps", "threads", "seed"):
+            v = getattr(self, f)
+            require(is_int(v) and v >= 0, o, f, "an int >= 0", v)
+        for f in ("expire_every_s", "metrics_window_s", "keep_checkpoints"):
+            v = getattr(self, f)
+            require(is_int(v) and v >= 1, o, f, "an int >= 1", v)
+        require(
+            is_number(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+            o,
+            "checkpoint_every_s",
+            "a number >= 0",
+            self.checkpoint_every_s,
+        )

@@ -1,0 +1,283 @@
+"""The trainer: progressive evaluation, then a step, over time-ordered batches.
+
+:class:`Trainer` is Monolith's batch stage and the core the online stage reuses: for each
+batch it first scores the examples (the forward pass of the step, before any update, so the
+running metrics are out-of-sample), updates progressive metrics, then backpropagates: table
+rows are updated inside backward by their own optimizers and dense parameters by a torch
+optimizer. It down-samples negatives, corrects predictions for it, expires table rows in
+event time and writes checkpoints that resume exactly.
+
+Examples
+--------
+>>> import pyarrow as pa, numpy as np
+>>> from freshrec.config import config_from_dict
+>>> cfg = config_from_dict({
+...     "features": {"tables": {"item": {"dim": 4, "optimizer": {"kind": "adagrad", "lr": 0.1}}},
+...                  "slots": {"item_id": {"table": "item"}}, "labels": ["click"]},
+...     "model": {"kind": "deepfm", "mlp": [8]}, "train": {"batch_size": 64}})
+>>> trainer = Trainer(cfg)
+>>> rng = np.random.default_rng(0)
+>>> items = rng.integers(0, 20, 640)
+>>> rb = pa.RecordBatch.from_pydict({"item_id": items, "click": (items % 2).astype(float),
+...                                  "event_time": np.arange(640)})
+>>> summary = trainer.fit([rb])
+>>> summary["examples"], summary["auc"] > 0.8
+(640, True)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from freshrec.config import FreshrecConfig
+from freshrec.features.schema import EncodedBatch, FeatureSchema
+from freshrec.models import build_model
+from freshrec.nn.pooled import PooledEmbedding, SlotSpec
+from freshrec.table.table import EmbeddingTable
+from freshrec.train._kernels import row_coins
+from freshrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from freshrec.train.metrics import default_metrics
+
+__all__ = ["Trainer", "rebatch"]
+
+log = logging.getLogger(__name__)
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """Re-cut a stream of record batches into batches of exactly ``size`` rows (last shorter).
+
+    >>> rbs = [pa.RecordBatch.from_pydict({"x": list(range(n))}) for n in (3, 4, 2)]
+    >>> [b.num_rows for b in rebatch(rbs, 4)]
+    [4, 4, 1]
+    """
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for rb in batches:
+        pending.append(rb)
+        have += rb.num_rows
+        while have >= size:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, size).to_batches(max_chunksize=size)[0]
+            rest = table.slice(size)
+            pending = rest.to_batches() if rest.num_rows else []
+            have -= size
+    if have:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=have)[0]
+
+
+class Trainer:
+    """Trains a config's model on record batches; see the module docstring.
+
+    Parameters
+    ----------
+    config : FreshrecConfig
+    run_dir : path, optional
+        Where ``checkpoints/`` and ``metrics.jsonl`` go; nothing is written without it.
+    """
+
+    def __init__(self, config: FreshrecConfig, run_dir: str | Path | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        tc = config.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        fc = config.features
+        self.schema = FeatureSchema(fc)
+        self.tables = {t.name: EmbeddingTable(t) for t in fc.tables}
+        self.embedding = PooledEmbedding(
+            self.tables, {s.name: SlotSpec(table=s.table, pooling=s.pooling) for s in fc.slots})
+        self.model = build_model(config.model, self.embedding, self.schema.n_dense)
+        params = list(self.model.parameters())
+        opt_cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
+                   "sgd": torch.optim.SGD}[tc.dense_optimizer]
+        self.optimizer = opt_cls(params, lr=tc.dense_lr)
+        self.metrics = default_metrics(window_s=tc.metrics_window_s)
+        self.step = 0
+        self.examples = 0
+        self.position = {"epoch": 0, "batches": 0}
+        self._last_expire: int | None = None
+        self._last_ckpt_wall = time.monotonic()
+        self._log_rate = math.log(tc.negative_sample_rate)
+        self._label = fc.labels[0]
+
+    # ------------------------------------------------------------------ steps
+    def predict_batch(self, enc: EncodedBatch) -> np.ndarray:
+        """Calibrated click probabilities (eval mode, no table writes)."""
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(enc.sparse, torch.from_numpy(enc.dense), None)
+        return self._probabilities(logits)
+
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        if self.config.train.correction == "logit" and self._log_rate:
+            logits = logits + self._log_rate
+        return torch.sigmoid(logits.detach()).numpy().astype(np.float64)
+
+    def learn_batch(self, enc: EncodedBatch) -> np.ndarray:
+        """Score ``enc`` (returned, calibrated), update progressive metrics, then train on it."""
+        self.model.train()
+        now = int(enc.event_time.max()) if enc.size else 0
+        y = enc.labels[:, 0]
+        logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
+        probs = self._probabilities(logits)
+        # metrics estimate the un-sampled stream: a kept negative stands for 1/rate negatives
+        rate = np.where(y > 0, 1.0, enc.sample_rate).astype(np.float64)
+        self.metrics.update(y, probs, enc.weight / rate, now=now)
+        weight = enc.weight.astype(np.float32)
+        if self.config.train.correction == "weight":
+            weight = (weight / rate).astype(np.float32)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.from_numpy(y), weight=torch.from_numpy(weight), reduction="sum"
+        ) / max(float(weight.sum()), 1e-12)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.examples += enc.size
+        self._maybe_expire(now)
+        return probs
+
+    def _maybe_expire(self, now: int) -> None:
+        if self._last_expire is None:
+            self._last_expire = now
+        elif now - self._last_expire >= self.config.train.expire_every_s:
+            removed = {n: t.expire(now) for n, t in self.tables.items()}
+            self._last_expire = now
+            log.info("expired now=%d %s", now, " ".join(f"{k}={v}" for k, v in removed.items()))
+
+    def sample_negatives(self, rb: pa.RecordBatch, first_row: int) -> pa.RecordBatch:
+        """Keep every positive and each negative with the configured rate (deterministic per row).
+
+        Adds a ``sample_rate`` column (the keep-rate, 1.0 for positives).
+        """
+        rate = self.config.train.negative_sample_rate
+        if rate >= 1.0:
+            return rb
+        y = np.asarray(rb.column(self._label).cast(pa.float32()).fill_null(0).to_numpy(
+            zero_copy_only=False))
+        seed = np.uint64(self.config.train.seed)
+        coin = row_coins(seed, np.int64(first_row), rb.num_rows, np.uint64(7))
+        keep = (y > 0) | (coin < rate)
+        kept = rb.filter(pa.array(keep))
+        col = self.config.features.sample_rate_column
+        rates = pa.array(np.where(y[keep] > 0, 1.0, rate).astype(np.float32))
+        if col in kept.schema.names:
+            kept = kept.drop_columns([col])
+        return kept.append_column(col, rates)
+
+    # ------------------------------------------------------------------ loops
+    def fit(
+        self,
+        batches: Iterable[pa.RecordBatch] | Callable[[], Iterable[pa.RecordBatch]],
+        *,
+        on_step: Callable[[Trainer, dict[str, float]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train for ``epochs`` passes; ``batches`` is re-iterated (or re-created) per epoch.
+
+        Resumes at :attr:`position` (restored by :meth:`resume`): batches already trained on
+        are read and skipped. Returns a summary dict (examples, steps, metrics).
+        """
+        tc = self.config.train
+        while self.position["epoch"] < tc.epochs:
+            source = batches() if callable(batches) else batches
+            skip = self.position["batches"]
+            rows_before = 0
+            for i, rb in enumerate(rebatch(source, tc.batch_size)):
+                if i < skip:
+                    rows_before += rb.num_rows
+                    continue
+                first_row = self.position["epoch"] * 10**12 + rows_before
+                rows_before += rb.num_rows
+                sampled = self.sample_negatives(rb, first_row)
+                if sampled.num_rows:
+                    self.learn_batch(self.schema.encode(sampled))
+                self.position["batches"] = i + 1
+                self._after_step(on_step)
+                if tc.max_steps and self.step >= tc.max_steps:
+                    return self.summary()
+            self.position = {"epoch": self.position["epoch"] + 1, "batches": 0}
+        if self.run_dir is not None:
+            self.save()
+        return self.summary()
+
+    def _after_step(self, on_step: Callable[[Trainer, dict[str, float]], None] | None) -> None:
+        tc = self.config.train
+        if self.run_dir is not None and tc.log_every_steps and self.step % tc.log_every_steps == 0:
+            line = {"step": self.step, "examples": self.examples, **self.metrics.get(),
+                    **{f"{n}_entries": len(t) for n, t in self.tables.items()}}
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        if on_step is not None:
+            on_step(self, self.metrics.get())
+        if self.run_dir is None:
+            return
+        due = tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0
+        due = due or (tc.checkpoint_every_s and
+                      time.monotonic() - self._last_ckpt_wall >= tc.checkpoint_every_s)
+        if due:
+            self.save()
+
+    def summary(self) -> dict[str, Any]:
+        """Steps, examples, progressive metrics and table sizes so far."""
+        return {"steps": self.step, "examples": self.examples, **self.metrics.get(),
+                **{f"{n}_entries": len(t) for n, t in self.tables.items()}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        """Write a checkpoint under ``run_dir/checkpoints`` (tables, dense, position)."""
+        if self.run_dir is None:
+            raise ValueError("Trainer.save: the trainer has no run_dir")
+        state = {"step": self.step, "examples": self.examples, "position": self.position,
+                 "last_expire": self._last_expire, "metrics": self.metrics.get(),
+                 "config_fingerprint": self.config.fingerprint(),
+                 "torch_rng": torch.get_rng_state().numpy().tolist()}
+        self._last_ckpt_wall = time.monotonic()
+        return save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
+                               self.tables, self.model.state_dict(), self.optimizer.state_dict(),
+                               state, keep=self.config.train.keep_checkpoints)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load the latest checkpoint of ``run_dir`` (or ``path``); False if there is none.
+
+        Progressive metrics restart empty after a resume; the model, tables, optimizer and
+        data position continue exactly.
+        """
+        root = Path(path) if path is not None else (
+            self.run_dir / "checkpoints" if self.run_dir else None)
+        ckpt = latest_checkpoint(root) if root is not None else None
+        if ckpt is None:
+            return False
+        model_state, optim_state, state = load_checkpoint(ckpt, self.tables,
+                                                          self.config.fingerprint())
+        self.model.load_state_dict(model_state)
+        if optim_state is not None:
+            self.optimizer.load_state_dict(optim_state)
+        self.step = int(state["step"])
+        self.examples = int(state["examples"])
+        self.position = {k: int(v) for k, v in state["position"].items()}
+        self._last_expire = state["last_expire"]
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        log.info("resumed checkpoint=%s step=%d", ckpt, self.step)
+        return True
+
+    def evaluate(self, batches: Iterable[pa.RecordBatch]) -> dict[str, float]:
+        """Metrics of the current model on ``batches`` (no training, no table writes)."""
+        metrics = default_metrics()
+        for rb in rebatch(batches, self.config.train.batch_size):
+            enc = self.schema.encode(rb)
+            metrics.update(enc.labels[:, 0], self.predict_batch(enc), enc.weight)
+        return metrics.get()
+
+
