@@ -137,15 +137,20 @@ class CriteoReader(Reader):
                 first_line=2 if header else 1,
                 pad=True,
             ):
-                batch = self._build(rows, line_nos, row_nos, report)
+                batch = self._build(rows, line_nos, row_nos, report, sep)
                 if batch is not None:
                     yield batch
 
     def _build(
-        self, rows: list[list[str]], lines: list[int], times: list[int], report: ReadReport
+        self,
+        rows: list[str],
+        lines: list[int],
+        times: list[int],
+        report: ReadReport,
+        sep: str,
     ) -> pa.RecordBatch | None:
         def extra(cols: dict[str, pa.Array], kept: np.ndarray) -> dict[str, pa.Array]:
             cols["event_time"] = pa.array(np.asarray(times, dtype=np.int64)[kept])
             return cols
 
-        return batch_from_rows(rows, lines, CRITEO_COLUMNS, _KINDS, report, extra)
+        return batch_from_rows(rows, lines, CRITEO_COLUMNS, _KINDS, report, extra, sep=sep)

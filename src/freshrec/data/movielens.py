@@ -117,7 +117,7 @@ class MovieLensReader(Reader):
             for rows, line_nos, _ in split_chunks(
                 fh, sep=sep, width=len(names), chunk_rows=1 << 16, report=report
             ):
-                b = batch_from_rows(rows, line_nos, names, kinds, report)
+                b = batch_from_rows(rows, line_nos, names, kinds, report, sep=sep)
                 if b is not None:
                     batches.append(b)
         if not batches:

@@ -138,13 +138,14 @@ class OpenBanditReader(Reader):
             for rows, line_nos, _ in split_chunks(
                 fh, sep=",", width=len(names), chunk_rows=1 << 16, report=report, first_line=2
             ):
-                b = batch_from_rows(rows, line_nos, names, kinds, report)
+                b = batch_from_rows(
+                    rows, line_nos, [n or None for n in names], kinds, report, sep=","
+                )
                 if b is not None:
                     batches.append(b)
-        keep = [n for n in names if n != ""]
         if not batches:
             return None
-        return pa.Table.from_batches(batches).select(keep)
+        return pa.Table.from_batches(batches)
 
     def _batches(self, report: ReadReport) -> Iterator[pa.RecordBatch]:
         ctx_report = ReadReport(path=str(self.context_path), max_reported=self.max_reported)
@@ -155,9 +156,7 @@ class OpenBanditReader(Reader):
         with open_text(self.path) as fh:
             names = _read_header(fh, self.path, _REQUIRED)
             kinds = [_kind(n) for n in names]
-            keep = [i for i, n in enumerate(names) if n != ""]
-            out_names = [_out_name(names[i]) for i in keep]
-            kinds_kept = [kinds[i] for i in keep]
+            out_names = [_out_name(n) if n else None for n in names]
             for rows, line_nos, _ in split_chunks(
                 fh,
                 sep=",",
@@ -166,8 +165,7 @@ class OpenBanditReader(Reader):
                 report=report,
                 first_line=2,
             ):
-                rows = [[r[i] for i in keep] for r in rows]
-                batch = batch_from_rows(rows, line_nos, out_names, kinds_kept, report)
+                batch = batch_from_rows(rows, line_nos, out_names, kinds, report, sep=",")
                 if batch is None:
                     continue
                 if context is not None:

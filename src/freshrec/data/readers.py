@@ -15,8 +15,9 @@ then emitted in chunks). A malformed line never stops a run: it is counted in th
 :class:`ReadReport` (file, line number and reason for the first ``max_reported`` lines, each
 logged as a warning) and skipped; every other line is kept.
 
-Text columns are converted a whole chunk at a time with Arrow casts; only when a cast fails
-are the offending values looked up one by one, so the fast path stays vectorised.
+A chunk of lines is split by Arrow's CSV parser (no quoting: none of these formats quote)
+and its columns converted with Arrow casts; only when a cast fails are the offending values
+located (by bisection), so the fast path stays vectorised.
 
 Examples
 --------
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from freshrec.errors import InputError
 
@@ -215,8 +217,7 @@ KINDS = ("int", "float", "hex", "str", "label", "time", "iso_time")
 _HEX_RE = "^[0-9a-fA-F]+$"
 
 
-def _nullify(values: Sequence[str]) -> pa.Array:
-    arr = pa.array(values, pa.string())
+def _nullify(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
 
@@ -224,8 +225,8 @@ def _all_true(mask: pa.Array) -> bool:
     return pc.all(mask).as_py() is not False
 
 
-def _convert_column(values: Sequence[str], kind: str) -> pa.Array:
-    """Convert one column of text; raise ``ValueError``/``ArrowInvalid`` if any value is bad."""
+def _convert_column(values: pa.Array, kind: str) -> pa.Array:
+    """Convert one string column; raise ``ValueError``/``ArrowInvalid`` if any value is bad."""
     arr = _nullify(values)
     if kind in ("label", "time", "iso_time") and arr.null_count:
         raise ValueError("missing value")
@@ -266,7 +267,7 @@ _EXPECTED = {
 }
 
 
-def _bad_positions(values: Sequence[str], kind: str, start: int = 0) -> list[int]:
+def _bad_positions(values: pa.Array, kind: str, start: int = 0) -> list[int]:
     """Positions of the values that fail :func:`_convert_column`, found by bisection.
 
     Uses the very conversion of the fast path, so what is reported bad is exactly what would
@@ -285,13 +286,13 @@ def _bad_positions(values: Sequence[str], kind: str, start: int = 0) -> list[int
 
 
 def columns_to_arrays(
-    columns: list[list[str]],
+    columns: Sequence[pa.Array],
     names: Sequence[str],
     kinds: Sequence[str],
     lines: list[int],
     report: ReadReport,
 ) -> tuple[list[pa.Array], np.ndarray]:
-    """Convert text columns of one chunk; drop and report rows holding a bad value.
+    """Convert the string columns of one chunk; drop and report rows holding a bad value.
 
     Returns the converted arrays and the boolean mask of kept rows (into the chunk).
     """
@@ -306,39 +307,76 @@ def columns_to_arrays(
             for i in _bad_positions(values, kind):
                 if keep[i]:
                     keep[i] = False
-                    v = values[i]
+                    v = values[i].as_py()
                     why = "missing value" if v == "" else f"{v!r} is not {_EXPECTED[kind]}"
                     report.add_bad(lines[i], f"field {names[j]}: {why}")
     if keep.all():
         return out, keep
-    idx = np.flatnonzero(keep)
+    mask = pa.array(keep)
     arrays = [
-        _convert_column([values[i] for i in idx], kind)
+        _convert_column(values.filter(mask), kind)
         for values, kind in zip(columns, kinds, strict=True)
     ]
     return arrays, keep
 
 
+def parse_lines(lines: list[str], sep: str, width: int) -> list[pa.Array]:
+    """Split ``lines`` (each exactly ``width`` fields, no quoting) into string columns.
+
+    Uses Arrow's CSV parser with quoting and null detection off, so each field arrives as
+    its raw text (``""`` for an empty field).
+    """
+    names = [f"f{j}" for j in range(width)]
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(
+            column_names=names, use_threads=False, block_size=max(len(data) + 1, 1 << 20)
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=sep,
+            quote_char=False,
+            double_quote=False,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return [table.column(j).combine_chunks() for j in range(width)]
+
+
 def batch_from_rows(
-    rows: list[list[str]],
+    rows: list[str],
     lines: list[int],
-    names: Sequence[str],
+    names: Sequence[str | None],
     kinds: Sequence[str],
     report: ReadReport,
     extra: Callable[[dict[str, pa.Array], np.ndarray], dict[str, pa.Array]] | None = None,
+    *,
+    sep: str,
 ) -> pa.RecordBatch | None:
-    """Build one batch from split text rows (all of ``len(names)`` fields).
+    """Build one batch from the text lines of a chunk (as given by :func:`split_chunks`).
 
-    ``extra(arrays, kept)`` may add or replace columns (``kept``: indices of the kept rows in
-    ``rows``). Returns None when every row was bad.
+    Columns whose name is None are dropped. ``extra(arrays, kept)`` may add or replace
+    columns (``kept``: indices of the kept rows in ``rows``). Returns None when every row was
+    bad.
     """
     if not rows:
         return None
-    columns = [list(col) for col in zip(*rows, strict=True)]
-    arrays, keep = columns_to_arrays(columns, names, kinds, lines, report)
+    columns = parse_lines(rows, sep, len(names))
+    chosen = [j for j, name in enumerate(names) if name is not None]
+    out_names = [str(names[j]) for j in chosen]
+    arrays, keep = columns_to_arrays(
+        [columns[j] for j in chosen], out_names, [kinds[j] for j in chosen], lines, report
+    )
     if not keep.any():
         return None
-    cols = dict(zip(names, arrays, strict=True))
+    cols = dict(zip(out_names, arrays, strict=True))
     if extra is not None:
         cols = extra(cols, np.flatnonzero(keep))
     return pa.RecordBatch.from_pydict(cols)
@@ -353,17 +391,17 @@ def split_chunks(
     report: ReadReport,
     first_line: int = 1,
     pad: bool = False,
-) -> Iterator[tuple[list[list[str]], list[int], list[int]]]:
-    """Split text lines into chunks of ``width`` fields.
+) -> Iterator[tuple[list[str], list[int], list[int]]]:
+    """Group text lines into chunks of lines holding ``width`` fields each.
 
-    Yields ``(rows, line_numbers, row_numbers)`` with up to ``chunk_rows`` rows;
-    ``line_numbers`` are 1-based file lines (``first_line`` is the number of the first line
-    given), ``row_numbers`` 0-based data rows counting malformed ones too, so they do not
-    shift when a line is bad. Lines with more fields, empty lines and (unless ``pad``)
-    lines with fewer fields are reported and skipped; with ``pad`` short lines are padded
-    with empty (missing) fields.
+    Yields ``(lines, line_numbers, row_numbers)`` with up to ``chunk_rows`` lines (line
+    ends stripped); ``line_numbers`` are 1-based file lines (``first_line`` is the number of
+    the first line given), ``row_numbers`` 0-based data rows counting malformed ones too,
+    so they do not shift when a line is bad. Lines with more fields, empty lines, lines
+    holding a carriage return and (unless ``pad``) lines with fewer fields are reported and
+    skipped; with ``pad``, short lines get empty (missing) fields appended.
     """
-    rows: list[list[str]] = []
+    rows: list[str] = []
     line_nos: list[int] = []
     row_nos: list[int] = []
     for k, raw in enumerate(lines):
@@ -372,14 +410,17 @@ def split_chunks(
         if text == "":
             report.add_bad(line_no, "empty line")
             continue
-        fields = text.split(sep)
-        if len(fields) != width:
-            if len(fields) > width or not pad:
+        n_fields = text.count(sep) + 1
+        if n_fields != width:
+            if n_fields > width or not pad:
                 most = "at most " if pad else ""
-                report.add_bad(line_no, f"expected {most}{width} fields, got {len(fields)}")
+                report.add_bad(line_no, f"expected {most}{width} fields, got {n_fields}")
                 continue
-            fields.extend([""] * (width - len(fields)))
-        rows.append(fields)
+            text += sep * (width - n_fields)
+        if "\r" in text:
+            report.add_bad(line_no, "carriage return inside the line")
+            continue
+        rows.append(text)
         line_nos.append(line_no)
         row_nos.append(k)
         if len(rows) >= chunk_rows:
