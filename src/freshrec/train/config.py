@@ -56,6 +56,8 @@ class TrainConfig:
         Seeds torch and the negative-sampling coin.
     threads : int
         torch intra-op threads (0 = leave torch's default).
+    prefetch : int
+        Batches prepared ahead on a background thread.
     """
 
     batch_size: int = 512
@@ -73,6 +75,7 @@ class TrainConfig:
     max_steps: int = 0
     seed: int = 0
     threads: int = 0
+    prefetch: int = 4
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -115,7 +118,7 @@ class TrainConfig:
         for f in ("checkpoint_every_steps", "log_every_steps", "max_steps", "threads", "seed"):
             v = getattr(self, f)
             require(is_int(v) and v >= 0, o, f, "an int >= 0", v)
-        for f in ("expire_every_s", "metrics_window_s", "keep_checkpoints"):
+        for f in ("expire_every_s", "metrics_window_s", "keep_checkpoints", "prefetch"):
             v = getattr(self, f)
             require(is_int(v) and v >= 1, o, f, "an int >= 1", v)
         require(

@@ -40,6 +40,7 @@ import pyarrow as pa
 import torch
 
 from freshrec.config import FreshrecConfig
+from freshrec.data.prefetch import Prefetcher
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
@@ -191,25 +192,38 @@ class Trainer:
         tc = self.config.train
         while self.position["epoch"] < tc.epochs:
             source = batches() if callable(batches) else batches
-            skip = self.position["batches"]
-            rows_before = 0
-            for i, rb in enumerate(rebatch(source, tc.batch_size)):
-                if i < skip:
-                    rows_before += rb.num_rows
-                    continue
-                first_row = self.position["epoch"] * 10**12 + rows_before
-                rows_before += rb.num_rows
-                sampled = self.sample_negatives(rb, first_row)
-                if sampled.num_rows:
-                    self.learn_batch(self.schema.encode(sampled))
-                self.position["batches"] = i + 1
-                self._after_step(on_step)
-                if tc.max_steps and self.step >= tc.max_steps:
-                    return self.summary()
+            prepared = Prefetcher(self._prepare(source, self.position["epoch"],
+                                                self.position["batches"]),
+                                  depth=tc.prefetch, name="freshrec-train-prepare")
+            try:
+                for i, enc in prepared:
+                    if enc is not None:
+                        self.learn_batch(enc)
+                    self.position["batches"] = i + 1
+                    self._after_step(on_step)
+                    if tc.max_steps and self.step >= tc.max_steps:
+                        return self.summary()
+            finally:
+                prepared.close()
             self.position = {"epoch": self.position["epoch"] + 1, "batches": 0}
         if self.run_dir is not None:
             self.save()
         return self.summary()
+
+    def _prepare(self, source: Iterable[pa.RecordBatch], epoch: int, skip: int
+                 ) -> Iterator[tuple[int, EncodedBatch | None]]:
+        """Re-batch, skip what a resumed run already trained on, sample and encode.
+
+        Runs on the prefetch thread, so data preparation overlaps training.
+        """
+        rows_before = 0
+        for i, rb in enumerate(rebatch(source, self.config.train.batch_size)):
+            first_row = epoch * 10**12 + rows_before
+            rows_before += rb.num_rows
+            if i < skip:
+                continue
+            sampled = self.sample_negatives(rb, first_row)
+            yield i, (self.schema.encode(sampled) if sampled.num_rows else None)
 
     def _after_step(self, on_step: Callable[[Trainer, dict[str, float]], None] | None) -> None:
         tc = self.config.train
