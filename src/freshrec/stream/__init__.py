@@ -21,11 +21,15 @@ from freshrec.stream.config import (
     RedisLogConfig,
     ValidationConfig,
 )
+from freshrec.stream.events import examples_to_record_batch
 from freshrec.stream.filelog import FileLog
+from freshrec.stream.join import Joiner
 from freshrec.stream.redislog import RedisLog
 
 __all__ = [
     "Log",
+    "Joiner",
+    "examples_to_record_batch",
     "Record",
     "FileLog",
     "RedisLog",

@@ -388,5 +388,11 @@ class FileLog(Log):
                 os.close(part.writer)
                 part.writer = None
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     def __repr__(self) -> str:
         return f"FileLog({str(self.path)!r}, partitions={self.partitions})"

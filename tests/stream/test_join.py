@@ -1,0 +1,303 @@
+"""Joiner: brute-force reference, dedupe, spill, bad events, validation, restart equivalence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import orjson
+import pytest
+
+from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
+from freshrec.errors import InputError
+from freshrec.stream import (
+    FileLog,
+    Joiner,
+    JoinerConfig,
+    RedisLog,
+    RedisLogConfig,
+    ValidationConfig,
+    examples_to_record_batch,
+)
+from freshrec.stream import events as ev
+
+SIM = SimulatorConfig(seed=3, n_users=200, n_items=300, candidates=20, requests_per_s=20.0,
+                      click_delay_median_s=20.0, bias=-2.5, malformed_rate=0.01,
+                      duplicate_rate=0.05)
+CFG = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+                   checkpoint_every_s=0.0)
+
+
+def _source(tmp_path, n_requests=400, partitions=1):
+    log = FileLog(tmp_path / "in", _fl(partitions))
+    recs = list(ClickStreamSimulator(SIM).records(n_requests=n_requests))
+    write_to_log(iter(recs), log)
+    return log, recs
+
+
+def _fl(partitions=1):
+    from freshrec.stream import FileLogConfig
+
+    return FileLogConfig(partitions=partitions, fsync="never")
+
+
+def _read_all(log):
+    out = []
+    for p in range(log.partitions):
+        off = 0
+        while recs := log.read(p, off, 10_000):
+            out += [orjson.loads(r.value) for r in recs]
+            off = recs[-1].offset + 1
+    return out
+
+
+def _reference(recs, window_s, actions):
+    """Brute force: dedupe, then label each candidate by any action within the window."""
+    seen, imps, acts = set(), {}, {}
+    for _, payload in recs:
+        try:
+            e = ev.decode(payload)
+            kind = ev.validate_event(e)
+        except InputError:
+            continue
+        if len(payload) > CFG.max_event_bytes or e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        if kind == "impression":
+            imps.setdefault(e["request_id"], e)
+        elif e["action"] in actions:
+            acts.setdefault((e["request_id"], e["item_id"]), []).append(e)
+    out = {}
+    for rid, imp in imps.items():
+        for c in imp["candidates"]:
+            got = {a["action"] for a in acts.get((rid, c["item_id"]), [])
+                   if a["timestamp"] - imp["timestamp"] <= window_s}
+            out[(rid, c["item_id"])] = tuple(float(a in got) for a in actions)
+    return out
+
+
+def _run(src, tmp_path, cfg=CFG, name="out", side=None, partitions=1):
+    out = FileLog(tmp_path / name, _fl(partitions))
+    j = Joiner(src, out, tmp_path / f"{name}-state", cfg, side_logs=side)
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    m = j.metrics()
+    j.close()
+    return _read_all(out), m, out
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_matches_brute_force_reference_join(tmp_path, partitions):
+    src, recs = _source(tmp_path, partitions=partitions)
+    examples, m, _ = _run(src, tmp_path, partitions=partitions)
+    got = {(e["request_id"], e["item_id"]): (e["click"], e["purchase"]) for e in examples}
+    assert len(got) == len(examples)  # no duplicates
+    ref = _reference(recs, CFG.window_s, CFG.actions)
+    assert got == ref
+    assert sum(v[0] for v in ref.values()) > 50  # the test has positives to find
+    assert m["duplicates"] > 0 and m["dead_letters"] > 0 and m["outside_window"] > 0
+    assert all(e["sample_rate"] == 1.0 for e in examples)
+    assert all(0 < e["true_p"] < 1 and "u_recent_clicks" in e and "i_category" in e
+               for e in examples)
+
+
+def test_negative_downsampling_keeps_positives_and_records_rate(tmp_path):
+    src, recs = _source(tmp_path)
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, negative_rate=0.25,
+                       checkpoint_every_s=0.0)
+    examples, m, _ = _run(src, tmp_path, cfg)
+    ref = _reference(recs, 60, ("click",))
+    pos = {k for k, v in ref.items() if v[0] == 1.0}
+    got_pos = {(e["request_id"], e["item_id"]) for e in examples if e["click"] == 1.0}
+    assert got_pos == pos
+    negs = [e for e in examples if e["click"] == 0.0]
+    assert all(e["sample_rate"] == 0.25 for e in negs)
+    assert all(e["sample_rate"] == 1.0 for e in examples if e["click"] == 1.0)
+    frac = len(negs) / (len(ref) - len(pos))
+    assert 0.2 < frac < 0.3
+    assert m["negatives_dropped"] == len(ref) - len(pos) - len(negs)
+
+
+def test_spill_to_disk_gives_the_same_examples(tmp_path):
+    src, _ = _source(tmp_path, n_requests=200)
+    full, _, _ = _run(src, tmp_path, CFG, name="a")
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+                       max_pending_in_memory=3, checkpoint_every_s=0.0)
+    spilled, m, _ = _run(src, tmp_path, cfg, name="b")
+    assert spilled == full
+    assert m["spilled"] > 100 and m["unspilled"] > 0
+    assert m["pending_in_memory"] <= 3
+
+
+def _imp(rid, ts, items=(1, 2)):
+    return {"type": "impression", "event_id": f"i-{rid}", "request_id": rid, "user_id": 1,
+            "timestamp": ts, "user": {}, "candidates": [
+                {"item_id": i, "position": k, "features": {}} for k, i in enumerate(items)]}
+
+
+def _act(eid, rid, item, ts, action="click"):
+    return {"type": "action", "event_id": eid, "request_id": rid, "item_id": item,
+            "action": action, "timestamp": ts}
+
+
+def test_bad_events_go_to_the_dead_letter_log(tmp_path):
+    src = FileLog(tmp_path / "in")
+    bad = [
+        b"\x00not json",
+        b"[1, 2]",
+        ev.encode({"type": "refund", "event_id": "x", "timestamp": 1}),
+        ev.encode({"type": "action", "event_id": "x", "request_id": "r"}),
+        ev.encode(_act("y", "r", 1, "noon")),
+        ev.encode({**_imp("r9", 5), "candidates": [{"position": 0}]}),
+        ev.encode({**_act("z", "r", 1, 5), "blob": "x" * 5000}),
+    ]
+    src.append([ev.encode(_imp("r1", 0)), *bad, ev.encode(_act("a1", "r1", 2, 3))])
+    dl = FileLog(tmp_path / "dl")
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, max_event_bytes=4096)
+    examples, m, _ = _run(src, tmp_path, cfg, side={"dead_letter": dl})
+    assert m["dead_letters"] == len(bad)
+    reasons = [d["reason"] for d in _read_all(dl)]
+    assert len(reasons) == len(bad)
+    assert "not valid JSON" in reasons[0] and "unknown type 'refund'" in reasons[2]
+    assert "'item_id' is missing" in reasons[3] and "'timestamp' must be" in reasons[4]
+    assert "candidates[0]" in reasons[5] and "max_event_bytes" in reasons[6]
+    assert [(e["item_id"], e["click"]) for e in examples] == [(1, 0.0), (2, 1.0)]
+
+
+def test_orphans_late_actions_and_corrections(tmp_path):
+    src = FileLog(tmp_path / "in")
+    src.append([ev.encode(e) for e in [
+        _act("a0", "r1", 1, 2),  # before its impression
+        _imp("r1", 1),
+        _imp("r2", 3),
+        _imp("r3", 40),  # moves the watermark past both deadlines
+        _act("a1", "r2", 2, 5),  # after r2 was emitted as a negative
+        _act("a1", "r2", 2, 5),  # duplicate
+        _act("a2", "rX", 1, 41),  # no impression ever
+        _imp("r4", 100),
+    ]])
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, emit_corrections=True,
+                       checkpoint_every_s=0.0)
+    examples, m, _ = _run(src, tmp_path, cfg)
+    by = {(e["request_id"], e["item_id"], e["correction"]): e["click"] for e in examples}
+    assert by[("r1", 1, 0)] == 1.0 and by[("r2", 2, 0)] == 0.0
+    assert by[("r2", 2, 1)] == 1.0  # the correction
+    assert m["late_after_emit"] == 1 and m["duplicates"] == 1 and m["unjoined_actions"] == 1
+
+
+def test_validation_quarantines_a_window_until_released(tmp_path):
+    src, _ = _source(tmp_path, n_requests=300)
+    q = FileLog(tmp_path / "q")
+    v = ValidationConfig(window_s=5, min_positive_ratio=0.5)  # every window fails
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, validation=v, checkpoint_every_s=0.0)
+    out = FileLog(tmp_path / "out")
+    j = Joiner(src, out, tmp_path / "state", cfg, side_logs={"quarantine": q})
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    assert _read_all(out) == []
+    held = _read_all(q)
+    windows = sorted({h["window"] for h in held})
+    assert len(windows) >= 3 and j.metrics()["quarantined_windows"] == len(windows)
+    n = j.release(windows[0])
+    assert n == sum(h["window"] == windows[0] for h in held) > 0
+    assert j.release(windows[0]) == 0  # idempotent
+    j.close()
+    assert len(_read_all(out)) == n
+
+
+def test_validation_passes_windows_within_bounds(tmp_path):
+    src, recs = _source(tmp_path, n_requests=200)
+    v = ValidationConfig(window_s=5, max_positive_ratio=1.0)
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, validation=v, checkpoint_every_s=0.0)
+    examples, m, _ = _run(src, tmp_path, cfg)
+    assert len(examples) == len(_reference(recs, 60, ("click",)))
+    assert m.get("quarantined_windows", 0) == 0
+
+
+def test_examples_to_record_batch(tmp_path):
+    src, _ = _source(tmp_path, n_requests=50)
+    examples, _, _ = _run(src, tmp_path)
+    rb = examples_to_record_batch(examples)
+    assert rb.num_rows == len(examples)
+    assert {"request_id", "item_id", "event_time", "click", "sample_rate",
+            "u_recent_clicks", "i_category"} <= set(rb.schema.names)
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog
+    from freshrec.stream import RedisLogConfig
+    kind, a, b, state = sys.argv[1:5]
+    if kind == "file":
+        src = FileLog(a, FileLogConfig(fsync="never"))
+        out = FileLog(b, FileLogConfig(fsync="never"))
+    else:
+        src = RedisLog(RedisLogConfig(url=a, name=b + "-in"))
+        out = RedisLog(RedisLogConfig(url=a, name=b + "-out"))
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+                       checkpoint_every_s=0.0, max_pending_in_memory=20)
+    j = Joiner(src, out, state, cfg)
+    while True:
+        j.step(max_records=40)
+        sys.stdout.write(f"{j.counters.get('events_in', 0)}\\n")
+        sys.stdout.flush()
+""")
+
+
+def _kill_and_resume(tmp_path, kind, src, make_out, args):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    state = tmp_path / "state"
+    for stop_at in (300, 700):
+        proc = subprocess.Popen([sys.executable, str(script), kind, *args, str(state)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if int(line) >= stop_at:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    out = make_out()
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+                       checkpoint_every_s=0.0, max_pending_in_memory=20)
+    j = Joiner(src, out, state, cfg)
+    assert j.counters["restarts"] >= 2
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    j.close()
+    return _read_all(out)
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_gives_the_same_examples_file_log(tmp_path):
+    src, _ = _source(tmp_path, n_requests=300)
+    straight, _, _ = _run(src, tmp_path, JoinerConfig(
+        window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+        checkpoint_every_s=0.0), name="straight")
+    resumed = _kill_and_resume(tmp_path, "file", src, lambda: FileLog(tmp_path / "out"),
+                               [str(tmp_path / "in"), str(tmp_path / "out")])
+    assert len(resumed) == len(straight) > 1000
+    assert resumed == straight
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_kill_9_and_restart_gives_the_same_examples_redis(tmp_path, redis_server):
+    name = f"j{uuid.uuid4().hex[:8]}"
+    src = RedisLog(RedisLogConfig(url=redis_server, name=name + "-in"))
+    recs = list(ClickStreamSimulator(SIM).records(n_requests=300))
+    write_to_log(iter(recs), src)
+    straight, _, _ = _run(src, tmp_path, JoinerConfig(
+        window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+        checkpoint_every_s=0.0), name="straight")
+    out_log = RedisLog(RedisLogConfig(url=redis_server, name=name + "-out"))
+    resumed = _kill_and_resume(tmp_path, "redis", src, lambda: out_log,
+                               [redis_server, name])
+    assert len(resumed) == len(straight) > 1000
+    assert resumed == straight
+    src.delete()
+    out_log.delete()
+    src.close()
+    out_log.close()
