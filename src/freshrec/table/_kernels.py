@@ -104,12 +104,20 @@ def gather(emb: np.ndarray, rows: np.ndarray, default: np.ndarray, out: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def touch_last_seen(last_seen: np.ndarray, rows: np.ndarray, now: np.uint32) -> None:
-    """Stamp ``last_seen`` of every present row with ``now``."""
+def touch_last_seen(
+    last_seen: np.ndarray, touched: np.ndarray, rows: np.ndarray, now: np.uint32,
+    version: np.uint32,
+) -> None:
+    """Stamp ``last_seen`` of every present row with ``now``.
+
+    A row whose ``last_seen`` changes is also stamped with ``version``, so that the next
+    delta carries it (receivers expire by ``last_seen``).
+    """
     for i in range(rows.shape[0]):
         r = rows[i]
-        if r >= 0:
+        if r >= 0 and last_seen[r] != now:
             last_seen[r] = now
+            touched[r] = version
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -186,6 +194,22 @@ def build_index(keys: np.ndarray, touched: np.ndarray, n_used: int, index: np.nd
     return n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _init_row(
+    emb: np.ndarray, r: int, fid: np.uint64, kind: int, scale: float, std: float,
+    seed: np.uint64,
+) -> None:
+    for j in range(emb.shape[1]):
+        if kind == 0:
+            emb[r, j] = 0.0
+        elif kind == 1:
+            emb[r, j] = (2.0 * unit_float(seed, fid, j) - 1.0) * scale
+        else:
+            u1 = unit_float(seed, fid, 2 * j)
+            u2 = unit_float(seed, fid, 2 * j + 1)
+            emb[r, j] = std * np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+
+
 @njit(cache=True, nogil=True)
 def init_rows(
     emb: np.ndarray, rows: np.ndarray, fids: np.ndarray, kind: int, scale: float, std: float,
@@ -195,19 +219,8 @@ def init_rows(
 
     Deterministic per (seed, fid, column), so every process gets the same row for a fid.
     """
-    dim = emb.shape[1]
     for i in range(rows.shape[0]):
-        r = rows[i]
-        fid = fids[i]
-        for j in range(dim):
-            if kind == 0:
-                emb[r, j] = 0.0
-            elif kind == 1:
-                emb[r, j] = (2.0 * unit_float(seed, fid, j) - 1.0) * scale
-            else:
-                u1 = unit_float(seed, fid, 2 * j)
-                u2 = unit_float(seed, fid, 2 * j + 1)
-                emb[r, j] = std * np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+        _init_row(emb, rows[i], fids[i], kind, scale, std, seed)
 
 
 @njit(cache=True, nogil=True)
@@ -381,16 +394,17 @@ def step_adagrad(
 ) -> int:
     """Element-wise Adagrad (as ``torch.optim.Adagrad``): ``state`` holds sum of g**2."""
     rejected = 0
+    lr32, eps32, wd32 = np.float32(lr), np.float32(eps), np.float32(weight_decay)  # as torch
     for i in range(rows.shape[0]):
         if not _finite_row(grads, i):
             rejected += 1
             continue
         r = rows[i]
         for j in range(emb.shape[1]):
-            g = grads[i, j] + weight_decay * emb[r, j]
+            g = grads[i, j] + wd32 * emb[r, j]
             acc = state[r, j] + g * g
             state[r, j] = acc
-            emb[r, j] -= lr * g / (np.sqrt(acc) + eps)
+            emb[r, j] -= lr32 * g / (np.sqrt(acc) + eps32)
         touched[r] = version
     return rejected
 
@@ -495,3 +509,74 @@ def write_rows(
                 state[r, j] = states[i, j]
         last_seen[r] = seen[i]
         touched[r] = version
+
+
+@njit(cache=True, nogil=True)
+def find_or_insert(
+    index: np.ndarray, keys: np.ndarray, emb: np.ndarray, state: np.ndarray,
+    touched: np.ndarray, last_seen: np.ndarray, free_rows: np.ndarray, n_free: int,
+    n_used: int, fids: np.ndarray, start: int, version: np.uint32, now: np.uint32,
+    init_kind: int, scale: float, std: float, seed: np.uint64, state_value: float,
+    slot_budget: int, out_rows: np.ndarray,
+) -> tuple[int, int, int, int, int]:
+    """Fused training lookup for tables that admit every fid: one probe per fid.
+
+    From position ``start`` on, write each fid's row into ``out_rows``; a present row gets
+    ``last_seen = now`` (and ``touched = version`` when that changes it); an absent fid is
+    inserted on the spot, exactly as :func:`insert_new` + :func:`init_rows` +
+    :func:`fill_state` would (rows from the free stack first, then ``n_used``). Stops before
+    the first fid that needs a row beyond ``keys.shape[0]`` or an EMPTY index slot beyond
+    ``slot_budget``, so the caller can make room and call again from there.
+
+    Returns ``(stopped_at, n_free, n_used, tombstones_reused, inserted)``; ``stopped_at`` is
+    ``fids.shape[0]`` when all were resolved.
+    """
+    mask = np.int64(index.shape[0] - 1)
+    capacity = keys.shape[0]
+    reused = 0
+    inserted = 0
+    for i in range(start, fids.shape[0]):
+        fid = fids[i]
+        h = np.int64(mix64(fid) & np.uint64(mask))
+        tomb = np.int64(-1)
+        r = -1
+        while True:
+            s = index[h]
+            if s == EMPTY:
+                break
+            if s == TOMBSTONE:
+                if tomb < 0:
+                    tomb = h
+            elif keys[s] == fid:
+                r = s
+                break
+            h = (h + 1) & mask
+        if r >= 0:
+            if last_seen[r] != now:
+                last_seen[r] = now
+                touched[r] = version
+            out_rows[i] = r
+            continue
+        if (n_free == 0 and n_used >= capacity) or (tomb < 0 and slot_budget <= 0):
+            return i, n_free, n_used, reused, inserted
+        if n_free > 0:
+            n_free -= 1
+            r = free_rows[n_free]
+        else:
+            r = n_used
+            n_used += 1
+        if tomb >= 0:
+            h = tomb
+            reused += 1
+        else:
+            slot_budget -= 1
+        index[h] = r
+        keys[r] = fid
+        touched[r] = version
+        last_seen[r] = now
+        _init_row(emb, r, fid, init_kind, scale, std, seed)
+        for j in range(state.shape[1]):
+            state[r, j] = state_value
+        out_rows[i] = r
+        inserted += 1
+    return fids.shape[0], n_free, n_used, reused, inserted

@@ -317,6 +317,8 @@ class EmbeddingTable:
         if not train:
             return self.find(f)
         t = _check_now(now, f"EmbeddingTable {self.name!r}.lookup(train=True)")
+        if self._sketch is None:
+            return self._resolve_admit_all(f, t)
         with self._writer:
             rows = np.empty(f.shape[0], np.int32)
             with self._mutex:
@@ -324,8 +326,44 @@ class EmbeddingTable:
             if missing:
                 self._admit(f, rows, t)
             with self._mutex:
-                K.touch_last_seen(self._last_seen, rows, t)
+                K.touch_last_seen(self._last_seen, self._touched, rows, t,
+                                  np.uint32(self._version))
         return rows
+
+    def _resolve_admit_all(self, f: np.ndarray, now: np.uint32) -> np.ndarray:
+        """:meth:`resolve` with ``train`` for a table admitting every fid: one fused pass.
+
+        Same result as find + insert of the distinct new fids + stamping ``last_seen``
+        (:func:`~freshrec.table._kernels.find_or_insert`); new rows are numbered in order of
+        first appearance. When rows or index slots run out the kernel stops, room is made
+        for the distinct absent fids left, and it goes on from there.
+        """
+        cfg = self.config
+        init = cfg.initializer
+        kind = _INIT_CODE[InitKind(init.kind)]
+        state_value = self._initial_state_value()
+        rows = np.empty(f.shape[0], np.int32)
+        pos = 0
+        with self._writer:
+            v = np.uint32(self._version)
+            while True:
+                budget = int(cfg.max_load * self._index.shape[0]) - len(self) - self._tombstones
+                with self._mutex:
+                    pos, self._n_free, self._n_used, reused, added = K.find_or_insert(
+                        self._index, self._keys, self._emb, self._state, self._touched,
+                        self._last_seen, self._free, self._n_free, self._n_used, f, pos, v,
+                        now, kind, float(init.scale), float(init.std), np.uint64(init.seed),
+                        state_value, budget, rows,
+                    )
+                self._tombstones -= reused
+                self._counters["admitted"] += added
+                if pos == f.shape[0]:
+                    return rows
+                rest = f[pos:]
+                found = np.empty(rest.shape[0], np.int32)
+                with self._mutex:
+                    K.find_rows(self._index, self._keys, rest, found)
+                self._reserve(int(np.unique(rest[found < 0]).shape[0]))
 
     def _admit(self, f: np.ndarray, rows: np.ndarray, now: np.uint32) -> None:
         miss = rows < 0
@@ -552,6 +590,9 @@ class EmbeddingTable:
                             self._n_free, self._n_used, new, v, np.uint32(0), out,
                         )
                         self._tombstones -= reused
+                        if not with_state and self._state.shape[1]:
+                            # A reused row must not keep a removed fid's optimizer state.
+                            K.fill_state(self._state, out, self._initial_state_value())
                     rows[miss] = out
                 states = delta.states[sl] if with_state else np.empty((0, 0), np.float32)
                 with self._mutex:
@@ -565,8 +606,10 @@ class EmbeddingTable:
 
         Files: ``keys.npy`` (uint64), ``values.npy`` (float32 n x dim), ``state.npy``
         (float32 n x state_dim), ``last_seen.npy`` and ``touched.npy`` (uint32),
-        ``default_row.npy``, ``sketch.npy`` when admission counts, and ``manifest.json`` with
-        the table config, its fingerprint, versions, counters and each file's CRC-32.
+        ``default_row.npy``, ``sketch.npy`` when admission counts, ``expired_fids.npy`` and
+        ``expired_versions.npy`` (the expired-fid log of :meth:`export_delta`), and
+        ``manifest.json`` with the table config, its fingerprint, versions, counters and each
+        file's CRC-32.
         """
         with self._writer:
             live = np.flatnonzero(self._touched[: self._n_used] != 0)
@@ -578,6 +621,13 @@ class EmbeddingTable:
                 }
                 if self._sketch is not None:
                     arrays["sketch"] = self._sketch.copy()
+            # The expired-fid log, so deltas exported after a reload still carry removals.
+            log_fids = [f for _, f in self._expired_log]
+            arrays["expired_fids"] = (np.concatenate(log_fids) if log_fids
+                                      else np.empty(0, np.uint64))
+            arrays["expired_versions"] = np.repeat(
+                np.array([v for v, _ in self._expired_log], np.int64),
+                [f.shape[0] for f in log_fids]).astype(np.int64)
             meta = {
                 "table": self.config.to_dict(), "fingerprint": self.config.fingerprint(),
                 "version": self._version, "applied_version": self._applied_version,
@@ -645,6 +695,9 @@ class EmbeddingTable:
         if self._sketch is not None and "sketch" in arrays:
             if arrays["sketch"].shape == self._sketch.shape:
                 self._sketch = arrays["sketch"].astype(np.uint32)
+        if "expired_fids" in arrays and "expired_versions" in arrays:
+            efids, evers = arrays["expired_fids"], arrays["expired_versions"]
+            self._expired_log = [(int(v), efids[evers == v]) for v in np.unique(evers)]
         self._version = int(meta["version"])
         self._applied_version = int(meta["applied_version"])
         self._counters.update({k: int(v) for k, v in meta["counters"].items()
