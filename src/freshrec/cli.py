@@ -25,6 +25,8 @@ __all__ = ["main", "COMMANDS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("freshrec._cli.bench", "run a benchmark and print its JSON result"),
+    "simulate": ("freshrec._cli.simulate", "write a simulated click stream to a log"),
+    "join": ("freshrec._cli.join", "join impressions and actions into training examples"),
     "train": ("freshrec._cli.train", "train a model on a data set (batch, one pass or epochs)"),
     "evaluate": ("freshrec._cli.evaluate", "evaluate a checkpoint on a data set"),
 }
