@@ -16,6 +16,8 @@ Examples
 AUC: 1.0000
 """
 
+from freshrec.train.trainer import Trainer, rebatch
+from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import (
     AUC,
     Calibration,
@@ -34,4 +36,7 @@ __all__ = [
     "MetricSet",
     "Windowed",
     "default_metrics",
+    "Trainer",
+    "TrainConfig",
+    "rebatch",
 ]

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from freshrec.config import config_from_dict, load_config
+from freshrec.errors import IncompatibleFormatError
+from freshrec.train.trainer import Trainer
+
+
+def _config(**train):
+    return config_from_dict({
+        "features": {
+            "tables": {"user": {"dim": 8, "optimizer": {"kind": "adagrad", "lr": 0.1},
+                                "ttl_s": 10_000},
+                       "item": {"dim": 8, "optimizer": {"kind": "adagrad", "lr": 0.1}}},
+            "slots": {"user_id": {"table": "user"}, "item_id": {"table": "item"}},
+            "dense": {"x": {"norm": "none"}},
+            "labels": ["click"]},
+        "model": {"kind": "deepfm", "mlp": [16]},
+        "train": {"batch_size": 128, "dense_lr": 0.01, **train},
+    }, where="test")
+
+
+def _stream(seed: int, n: int, n_users: int = 50, n_items: int = 40, base: float = -2.0,
+            chunk: int = 500, t0: int = 0):
+    """Clicks from a known logistic rule over user/item biases and a dense feature."""
+    rng = np.random.default_rng(seed)
+    ub = np.random.default_rng(123).normal(0, 1, n_users)
+    ib = np.random.default_rng(456).normal(0, 1, n_items)
+    users = rng.integers(0, n_users, n)
+    items = rng.integers(0, n_items, n)
+    x = rng.normal(0, 1, n).astype(np.float32)
+    p = 1 / (1 + np.exp(-(base + ub[users] + ib[items] + 0.5 * x)))
+    y = (rng.random(n) < p).astype(np.float32)
+    t = t0 + np.arange(n) // 10
+    out = []
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        out.append(pa.RecordBatch.from_pydict({
+            "user_id": users[sl], "item_id": items[sl], "x": x[sl], "click": y[sl],
+            "event_time": t[sl]}))
+    return out, p
+
+
+def _state(trainer: Trainer):
+    rows = {n: t.export_delta(0) for n, t in trainer.tables.items()}
+    tables = {n: dict(zip(d.fids.tolist(), map(tuple, d.values.tolist()), strict=True))
+              for n, d in rows.items()}
+    return tables, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_learns_the_rule():
+    data, _ = _stream(0, 20_000)
+    summary = Trainer(_config()).fit(data)
+    assert summary["examples"] == 20_000
+    assert summary["auc_window"] > 0.7
+    assert summary["user_entries"] == 50 and summary["item_entries"] == 40
+
+
+def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
+    data, _ = _stream(1, 6_000)
+    full = Trainer(_config(epochs=2, checkpoint_every_steps=7), run_dir=tmp_path / "a")
+    full.fit(data)
+
+    first = Trainer(_config(epochs=2, checkpoint_every_steps=7, max_steps=60),
+                    run_dir=tmp_path / "b")
+    first.fit(data)
+    assert first.step == 60
+    resumed = Trainer(_config(epochs=2, checkpoint_every_steps=7), run_dir=tmp_path / "b")
+    assert resumed.resume()
+    assert resumed.step == 56  # the newest checkpoint (every 7 steps) before the stop
+    resumed.fit(data)
+    assert resumed.step == full.step and resumed.examples == full.examples
+    t_full, d_full = _state(full)
+    t_res, d_res = _state(resumed)
+    assert t_full == t_res
+    for k in d_full:
+        assert torch.equal(d_full[k], d_res[k]), k
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    data, _ = _stream(2, 1_000)
+    Trainer(_config(checkpoint_every_steps=2), run_dir=tmp_path).fit(data)
+    other = config_from_dict({**_config().raw, "model": {"kind": "deepfm", "mlp": [8]}})
+    with pytest.raises(IncompatibleFormatError, match="features or model changed"):
+        Trainer(other, run_dir=tmp_path).resume()
+
+
+@pytest.mark.parametrize("rate, correction", [(1.0, "logit"), (0.2, "logit"), (0.2, "weight")])
+def test_calibration_holds_with_negative_down_sampling(rate, correction):
+    train, _ = _stream(3, 60_000, base=-3.0)
+    cfg = _config(negative_sample_rate=rate, correction=correction, epochs=2)
+    trainer = Trainer(cfg)
+    trainer.fit(train)
+    if rate < 1:
+        assert trainer.examples < 0.5 * 2 * 60_000  # negatives were really dropped
+    test, _ = _stream(4, 20_000, base=-3.0)
+    metrics = trainer.evaluate(test)
+    assert abs(metrics["calibration"] - 1.0) < 0.1, metrics
+    assert metrics["auc"] > 0.7
+
+
+def test_expiry_runs_in_event_time():
+    cfg = _config(expire_every_s=100, batch_size=100)  # batches never straddle early|late
+    trainer = Trainer(cfg)
+    early, _ = _stream(5, 2_000, n_users=50)
+    # later users are a disjoint id range: the early ones expire after ttl_s=10_000
+    late_rng = np.random.default_rng(6)
+    n = 2_000
+    late = [pa.RecordBatch.from_pydict({
+        "user_id": late_rng.integers(1000, 1010, n), "item_id": late_rng.integers(0, 40, n),
+        "x": np.zeros(n, np.float32), "click": (late_rng.random(n) < 0.2).astype(np.float32),
+        "event_time": 50_000 + np.arange(n)})]
+    trainer.fit(early + late)
+    assert len(trainer.tables["user"]) == 10
+    assert trainer.tables["user"].stats().expired == 50
+    assert len(trainer.tables["item"]) == 40  # no ttl on items
+
+
+def test_movielens_deepfm_reaches_a_sane_auc(shared_data, tmp_path):
+    from freshrec.data.movielens import MovieLensReader
+
+    cfg = load_config("configs/movielens.yaml", ["train.batch_size=512"])
+    summary = Trainer(cfg).fit(lambda: MovieLensReader(shared_data / "ml-100k"))
+    assert summary["examples"] == 100_000
+    assert summary["auc"] > 0.7
