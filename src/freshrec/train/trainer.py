@@ -33,13 +33,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from freshrec.config import FreshrecConfig
 from freshrec.data.prefetch import Prefetcher
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
@@ -48,6 +47,9 @@ from freshrec.table.table import EmbeddingTable
 from freshrec.train._kernels import row_coins
 from freshrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from freshrec.train.metrics import default_metrics
+
+if TYPE_CHECKING:
+    from freshrec.config import FreshrecConfig
 
 __all__ = ["Trainer", "rebatch"]
 
