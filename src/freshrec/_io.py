@@ -108,6 +108,8 @@ def read_bundle(
         raise SnapshotCorruptError(f"{mpath}: manifest missing (not a {fmt} bundle?)") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SnapshotCorruptError(f"{mpath}: manifest is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise SnapshotCorruptError(f"{mpath}: manifest has no 'files' table")
     if manifest.get("format") != fmt or manifest.get("format_version") != format_version:
         raise IncompatibleFormatError(
             f"{mpath}: expected format {fmt!r} version {format_version}, got "
@@ -116,6 +118,8 @@ def read_bundle(
     arrays = {}
     for fname, info in manifest["files"].items():
         fpath = path / fname
+        if not isinstance(info, dict) or not {"bytes", "crc32"} <= info.keys():
+            raise SnapshotCorruptError(f"{mpath}: entry of {fname} lacks 'bytes'/'crc32'")
         if not fpath.exists():
             raise SnapshotCorruptError(f"{fpath}: file listed in the manifest is missing")
         size = fpath.stat().st_size

@@ -44,7 +44,12 @@ import numpy as np
 import numpy.typing as npt
 
 from freshrec._io import read_bundle, write_bundle
-from freshrec.errors import IncompatibleFormatError, InputError, StaleDeltaError
+from freshrec.errors import (
+    IncompatibleFormatError,
+    InputError,
+    SnapshotCorruptError,
+    StaleDeltaError,
+)
 from freshrec.table import _kernels as K
 from freshrec.table.config import InitKind, OptimizerKind, TableConfig, table_config_from_dict
 from freshrec.table.delta import TableDelta
@@ -650,6 +655,10 @@ class EmbeddingTable:
             Another format version, or a layout different from ``config``.
         """
         meta, arrays = read_bundle(path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION)
+        lacking = [k for k in ("table", "fingerprint", "rows", "version", "applied_version",
+                               "counters") if k not in meta]
+        if lacking:
+            raise SnapshotCorruptError(f"{path}/manifest.json: missing field(s) {lacking}")
         saved = table_config_from_dict(meta["table"], where=f"{path}/manifest.json: table")
         if config is None:
             config = saved
