@@ -20,6 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from freshrec.errors import InputError
 from freshrec.table import (
     AdmissionConfig,
     EmbeddingTable,
@@ -375,3 +376,105 @@ def test_stats_counters():
     assert s.load_factor == pytest.approx(1 / s.index_slots)
     assert s.bytes_used >= s.capacity * (16 * 4 + 4 + 8 + 4 + 4) + 4 * s.index_slots
     assert repr(t) == "EmbeddingTable(name='t', dim=16, entries=1)"
+
+
+# ---------------------------------------------------------------------------- bad input
+def _bad_input_table() -> EmbeddingTable:
+    t = EmbeddingTable(TableConfig(name="bad", dim=3, ttl_s=5,
+                                   initializer=InitializerConfig(kind="uniform", seed=1)))
+    t.lookup(u64([1, 2, 3]), now=10, train=True)
+    return t
+
+
+def _assert_unchanged(t: EmbeddingTable, before: dict, stats_before) -> None:
+    after = dump(t)
+    assert after.keys() == before.keys()
+    for fid, (row, seen) in before.items():
+        np.testing.assert_array_equal(after[fid][0], row)
+        assert after[fid][1] == seen
+    s = t.stats()
+    assert (s.entries, s.admitted, s.rejected, s.nonfinite) == (
+        stats_before.entries, stats_before.admitted, stats_before.rejected,
+        stats_before.nonfinite)
+
+
+BAD_FIDS = [
+    (np.array([1.0, 2.0]), "got dtype float64"),
+    (np.array([True, False]), "got dtype bool"),
+    ([1.5, 2], "got 1.5 at 0"),
+    ([True], "got True at 0"),
+    ([1, -2], "got -2 at 1"),
+    ([2**64], "got 18446744073709551616 at 0"),
+    (np.array([[1, 2]], np.uint64), r"1-d array of ids, got shape \(1, 2\)"),
+    (np.uint64(3), r"got shape \(\)"),
+    (np.array([4, -1, 5], np.int64), "non-negative, got -1 at position 1"),
+    (np.array(["a"]), "got dtype <U1"),
+]
+
+
+@pytest.mark.parametrize(("fids", "match"), BAD_FIDS)
+def test_bad_fids_are_refused_everywhere(fids, match):
+    t = _bad_input_table()
+    before, stats_before = dump(t), t.stats()
+    calls = [lambda: t.lookup(fids), lambda: t.lookup(fids, now=11, train=True),
+             lambda: t.find(fids), lambda: t.apply_gradients(fids, np.zeros((2, 3), np.float32))]
+    for call in calls:
+        with pytest.raises(InputError, match=match):
+            call()
+    _assert_unchanged(t, before, stats_before)
+
+
+def test_bad_fids_from_torch():
+    torch = pytest.importorskip("torch")
+    t = _bad_input_table()
+    with pytest.raises(InputError, match="dtype float32"):
+        t.lookup(torch.tensor([1.0, 2.0]))
+    with pytest.raises(InputError, match="got -3"):
+        t.lookup(torch.tensor([-3]), now=11, train=True)
+
+
+BAD_GRADS = [
+    (np.zeros((2, 4), np.float32), r"grads must have shape \(2, 3\), got \(2, 4\)"),
+    (np.zeros((3, 3), np.float32), r"grads must have shape \(2, 3\), got \(3, 3\)"),
+    (np.zeros(6, np.float32), r"got \(6,\)"),
+    (np.zeros((2, 3, 1), np.float32), r"got \(2, 3, 1\)"),
+    (np.zeros((2, 3), np.int64), "grads must be a float array, got dtype int64"),
+    (np.zeros((2, 3), np.bool_), "got dtype bool"),
+]
+
+
+@pytest.mark.parametrize(("grads", "match"), BAD_GRADS)
+def test_bad_gradients_are_refused(grads, match):
+    t = _bad_input_table()
+    before, stats_before = dump(t), t.stats()
+    with pytest.raises(InputError, match=r"EmbeddingTable 'bad'\.apply_gradients: .*" + match):
+        t.apply_gradients(u64([1, 2]), grads)
+    _assert_unchanged(t, before, stats_before)
+
+
+@pytest.mark.parametrize("now", [None, -1, 2**32, 1.5, True, "10", np.float64(3)])
+def test_bad_now_is_refused(now):
+    t = _bad_input_table()
+    before, stats_before = dump(t), t.stats()
+    with pytest.raises(InputError, match=r"lookup\(train=True\): now must be an int"):
+        t.lookup(u64([1, 4]), now=now, train=True)
+    if now is not None:
+        with pytest.raises(InputError, match=r"\.expire: now must be an int"):
+            t.expire(now)
+        with pytest.raises(InputError, match="apply_gradients: now must be"):
+            t.apply_gradients(u64([1]), np.ones((1, 3), np.float32), now=now)
+    _assert_unchanged(t, before, stats_before)
+
+
+def test_numpy_int_now_is_accepted():
+    t = _bad_input_table()
+    t.lookup(u64([1]), now=np.int64(12), train=True)
+    assert dump(t)[1][1] == 12
+    assert t.expire(np.uint32(16)) == 2
+
+
+def test_bad_default_row_is_refused():
+    t = _bad_input_table()
+    with pytest.raises(InputError, match=r"default row must have shape \(3,\), got \(4,\)"):
+        t.set_default_row(np.zeros(4))
+    np.testing.assert_array_equal(t.lookup(u64([99])), [[0, 0, 0]])
