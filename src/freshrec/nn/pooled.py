@@ -10,7 +10,8 @@ TorchRec's fused embedding bags do. A training step is therefore
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,52 @@ class _TablePool(torch.autograd.Function):
         return (None,) * 7
 
 
+class _AllTablesPool(torch.autograd.Function):
+    """Pool every table group into one (B, F, D) tensor; backward steps every table.
+
+    The per-table work (resolve + pool forward, gradient routing + optimizer step backward)
+    runs on ``module``'s worker threads, one table per task; the numba kernels release the
+    GIL, and each table has its own locks, so tables proceed in parallel.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, anchor: torch.Tensor, module: PooledEmbedding, batch: JaggedBatch,
+        now: int | None, train: bool,
+    ) -> torch.Tensor:
+        b, dim = batch.batch_size, module.dim
+        out = np.empty((b, len(module.slot_names), dim), np.float32)
+
+        def work(item: tuple[str, list[str], list[int]]) -> tuple[Any, ...]:
+            table_name, slots, cols = item
+            table = module.tables[table_name]
+            fids, offsets, scale = module._gather(batch, slots)
+            rows = table.resolve(fids, now=now, train=train)
+            epoch = table.epoch
+            pooled = table.pool(rows, offsets, scale)
+            out[:, cols, :] = pooled.reshape(len(slots), b, dim).transpose(1, 0, 2)
+            return table, cols, rows, offsets, scale, fids, epoch
+
+        ctx.module = module
+        ctx.saved = module._map(work, module._plan)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
+        g_all = grad.detach().numpy()
+        module: PooledEmbedding = ctx.module
+
+        def work(saved: tuple[Any, ...]) -> None:
+            table, cols, rows, offsets, scale, fids, epoch = saved
+            if table.epoch != epoch:  # rows were removed since forward: re-resolve
+                rows = table.find(fids)
+            g = np.ascontiguousarray(g_all[:, cols, :].transpose(1, 0, 2), dtype=np.float32)
+            table.apply_bag_gradients(rows, offsets, scale, g.reshape(-1, g.shape[2]))
+
+        module._map(work, ctx.saved)
+        return (None,) * 5
+
+
 class PooledEmbedding(nn.Module):
     """Embeds the slots of a :class:`JaggedBatch`, one pooled vector per (slot, example).
 
@@ -104,6 +151,27 @@ class PooledEmbedding(nn.Module):
         self._groups: dict[str, list[str]] = {}
         for slot, spec in self.slots.items():
             self._groups.setdefault(spec.table, []).append(slot)
+        col = {s: i for i, s in enumerate(self.slot_names)}
+        self._plan = [(t, slots, [col[s] for s in slots]) for t, slots in self._groups.items()]
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[fn(x) for x in items]``, on ``torch.get_num_threads()`` threads when > 1."""
+        n = min(torch.get_num_threads(), len(items))
+        if n <= 1:
+            return [fn(x) for x in items]
+        if self._pool is None or self._pool_size != n:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix="freshrec-pool")
+            self._pool_size = n
+        return list(self._pool.map(fn, items))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"], state["_pool_size"] = None, 0
+        return state
 
     @property
     def dim(self) -> int:
@@ -113,9 +181,21 @@ class PooledEmbedding(nn.Module):
         return self.tables[self.slots[self.slot_names[0]].table].dim
 
     def forward(self, batch: JaggedBatch, now: int | None = None) -> torch.Tensor:
-        """Pooled embeddings as one tensor of shape (batch, slots, dim)."""
-        out = self.forward_dict(batch, now)
-        return torch.stack([out[s] for s in self.slot_names], dim=1)
+        """Pooled embeddings as one tensor of shape (batch, slots, dim).
+
+        One autograd node covers all tables; with ``torch.get_num_threads() > 1`` the tables
+        are looked up, pooled and updated in parallel (one table per task).
+        """
+        if not self._same_dim:
+            raise ConfigError("PooledEmbedding: slots have different dims; use forward_dict")
+        train = self.training and torch.is_grad_enabled()
+        if train and now is None:
+            raise InputError("PooledEmbedding: `now` (event-time seconds) is required in training")
+        missing = [s for s in self.slot_names if s not in batch.keys]
+        if missing:
+            raise InputError(f"PooledEmbedding: batch lacks slots {missing} (has {batch.keys})")
+        anchor = torch.empty(0, requires_grad=train)
+        return _AllTablesPool.apply(anchor, self, batch, now, train)
 
     def forward_dict(self, batch: JaggedBatch, now: int | None = None) -> dict[str, torch.Tensor]:
         """Pooled embeddings per slot, each of shape (batch, dim of its table)."""

@@ -1,0 +1,313 @@
+"""Training-throughput benchmark: DeepFM on freshrec tables vs static tables vs no tables.
+
+``freshrec bench train --json [--quick] [--threads 1,2] [--steps N] [--warmup N]``
+
+A synthetic Criteo-like stream: 26 single-valued categorical slots whose ids are drawn
+Zipf(s=1.05) over ``--vocab`` values per slot (1 M; ``--quick``: 100 k), each slot's ranks
+shuffled so hot ids are scattered, 13 dense N(0, 1) features, batch 4096. Labels follow a
+known logistic rule over the ids of three slots and one dense feature, so a model that learns
+reaches a known AUC (``oracle_auc``, from the true probabilities).
+
+The same DeepFM (dim 16, MLP 400-400-400, Adam for dense parameters) is trained, each run from
+scratch on the same batches, with
+
+* ``freshrec``: one dynamic, collisionless :class:`~freshrec.table.EmbeddingTable` per slot
+  behind :class:`~freshrec.nn.PooledEmbedding`, Adagrad inside the tables, fused in backward;
+* ``static``: one ``nn.EmbeddingBag(vocab, 16, sparse=True)`` per slot, ids pre-mapped to
+  ``[0, vocab)``, ``torch.optim.Adagrad`` over the sparse gradients;
+* ``torchrec_fused``: TorchRec's fused ``EmbeddingBagCollection`` when ``torchrec`` imports
+  (otherwise skipped, with ``torchrec_skipped_reason``);
+* ``dense_only``: the model's dense part alone, fed a fixed (B, 26, 16) tensor that requires
+  grad (so backward still computes the gradient w.r.t. the embeddings but nothing consumes
+  it) -- the floor no embedding system can beat.
+
+Throughput is the batch size over the median step time of the timed steps (a step is
+forward, loss, backward with the sparse update, dense optimizer step), at each thread count
+of ``--threads`` (``torch.set_num_threads``). Keys without a suffix are from the largest
+thread count that does not exceed the machine's cores. AUC is progressive (each batch scored
+before it is trained on) over the last 40% of the steps of that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from freshrec.benchinfo import machine_info
+from freshrec.features import JaggedBatch
+from freshrec.models import DeepFM
+from freshrec.nn import PooledEmbedding, SlotSpec
+from freshrec.table import EmbeddingTable, InitializerConfig, OptimizerConfig, TableConfig
+
+N_SLOTS = 26
+N_DENSE = 13
+DIM = 16
+SLOT_NAMES = [f"C{i + 1}" for i in range(N_SLOTS)]
+RULE_SLOTS = (0, 1, 2)
+
+
+# ---------------------------------------------------------------------------------- data
+class Stream:
+    """Pre-generated batches: per-slot values (B, 26) int64, fids, dense (B, 13), labels."""
+
+    def __init__(self, n_batches: int, batch: int, vocab: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        cdf = np.cumsum(np.arange(1, vocab + 1, dtype=np.float64) ** -1.05)
+        cdf /= cdf[-1]
+        perms = np.stack([rng.permutation(vocab) for _ in range(N_SLOTS)])
+        weights = rng.normal(0.0, 1.0, size=(len(RULE_SLOTS), vocab))
+        self.batch = batch
+        self.values: list[np.ndarray] = []
+        self.fids: list[JaggedBatch] = []
+        self.dense: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.probs: list[np.ndarray] = []
+        ones = np.ones(N_SLOTS * batch, np.int32)
+        slot_base = (np.arange(N_SLOTS, dtype=np.uint64) + np.uint64(1)) << np.uint64(40)
+        for _ in range(n_batches):
+            ranks = np.minimum(np.searchsorted(cdf, rng.random((N_SLOTS, batch))), vocab - 1)
+            vals = np.take_along_axis(perms, ranks, axis=1)  # (26, B) ids in [0, vocab)
+            dense = rng.standard_normal((batch, N_DENSE)).astype(np.float32)
+            z = sum(weights[i, vals[s]] for i, s in enumerate(RULE_SLOTS)) + dense[:, 0] - 1.0
+            p = 1.0 / (1.0 + np.exp(-z))
+            fids = (vals.astype(np.uint64) + slot_base[:, None]).reshape(-1)
+            self.values.append(np.ascontiguousarray(vals.T))
+            self.fids.append(JaggedBatch.from_lengths(SLOT_NAMES, fids, ones))
+            self.dense.append(torch.from_numpy(dense))
+            self.labels.append(torch.from_numpy((rng.random(batch) < p).astype(np.float32)))
+            self.probs.append(p)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+# ---------------------------------------------------------------------------------- models
+class StaticEmbeddingBags(nn.Module):
+    """One ``nn.EmbeddingBag(vocab, dim, sparse=True)`` per slot over pre-mapped ids."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.slot_names = list(SLOT_NAMES)
+        self.dim = dim
+        self.bags = nn.ModuleList(
+            nn.EmbeddingBag(vocab, dim, mode="sum", sparse=True) for _ in SLOT_NAMES
+        )
+        with torch.no_grad():
+            for bag in self.bags:
+                bag.weight.uniform_(-0.01, 0.01)
+
+    def forward(self, values: torch.Tensor, now: int | None = None) -> torch.Tensor:
+        # values: (B, 26) int64; a single-valued bag per example
+        cols = values.t()
+        return torch.stack([bag(cols[i].unsqueeze(1)) for i, bag in enumerate(self.bags)], 1)
+
+
+class _Shape:
+    """Stands in for an embedder in :class:`DeepFM`'s constructor (dense-only model)."""
+
+    slot_names = list(SLOT_NAMES)
+    dim = DIM
+
+
+def freshrec_tables(opt_kind: str, lr: float) -> dict[str, EmbeddingTable]:
+    return {
+        s: EmbeddingTable(TableConfig(
+            name=s, dim=DIM, capacity_hint=1 << 16,
+            initializer=InitializerConfig(kind="uniform", scale=0.01, seed=i),
+            optimizer=OptimizerConfig(kind=opt_kind, lr=lr)))
+        for i, s in enumerate(SLOT_NAMES)
+    }
+
+
+# ---------------------------------------------------------------------------------- runs
+Step = Callable[[int], torch.Tensor]
+
+
+def _make_run(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt: str,
+              sparse_lr: float, dense_lr: float, seed: int) -> tuple[Step, nn.Module]:
+    """A ``step(i) -> logits`` closure that trains one batch, and the model."""
+    torch.manual_seed(seed)
+    if kind == "freshrec":
+        tables = freshrec_tables(sparse_opt, sparse_lr)
+        emb = PooledEmbedding(tables, {s: SlotSpec(table=s) for s in SLOT_NAMES})
+        model: nn.Module = DeepFM(emb, N_DENSE, mlp=mlp)
+        dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
+
+        def step(i: int) -> torch.Tensor:
+            logits = model(stream.fids[i], stream.dense[i], now=i)
+            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+            dense_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dense_opt.step()
+            return logits
+
+        return step, model
+    if kind == "static":
+        bags = StaticEmbeddingBags(vocab, DIM)
+        model = DeepFM(bags, N_DENSE, mlp=mlp)
+        dense_params = [p for n, p in model.named_parameters() if not n.startswith("embedding")]
+        dense_opt = torch.optim.Adam(dense_params, lr=dense_lr)
+        sparse_optim = torch.optim.Adagrad(list(bags.parameters()), lr=sparse_lr)
+        values = [torch.from_numpy(v) for v in stream.values]
+
+        def step(i: int) -> torch.Tensor:
+            logits = model.interact(bags(values[i]), stream.dense[i])
+            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+            dense_opt.zero_grad(set_to_none=True)
+            sparse_optim.zero_grad(set_to_none=True)
+            loss.backward()
+            dense_opt.step()
+            sparse_optim.step()
+            return logits
+
+        return step, model
+    if kind == "dense_only":
+        model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
+        dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
+        fixed = (torch.rand(stream.batch, N_SLOTS, DIM) * 0.02 - 0.01).requires_grad_(True)
+
+        def step(i: int) -> torch.Tensor:
+            logits = model.interact(fixed, stream.dense[i])
+            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+            dense_opt.zero_grad(set_to_none=True)
+            fixed.grad = None
+            loss.backward()
+            dense_opt.step()
+            return logits
+
+        return step, model
+    raise ValueError(kind)
+
+
+def _time_run(step: Step, n_steps: int, warmup: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    times, preds = [], []
+    for i in range(n_steps):
+        t0 = time.perf_counter()
+        logits = step(i)
+        times.append(time.perf_counter() - t0)
+        preds.append(logits.detach().numpy().copy())
+    return np.asarray(times[warmup:]), preds
+
+
+def _auc(stream: Stream, preds: list[np.ndarray], tail: float = 0.4) -> float:
+    start = int(len(preds) * (1 - tail))
+    y = torch.cat(stream.labels[start:len(preds)]).numpy()
+    return float(roc_auc_score(y, np.concatenate(preds[start:])))
+
+
+def _profile_freshrec(stream: Stream, mlp: list[int], sparse_opt: str, sparse_lr: float,
+                      dense_lr: float, n_steps: int, warmup: int, seed: int) -> dict[str, float]:
+    """ms per step in each phase of a freshrec step (simple wall-clock timers)."""
+    torch.manual_seed(seed)
+    tables = freshrec_tables(sparse_opt, sparse_lr)
+    emb_mod = PooledEmbedding(tables, {s: SlotSpec(table=s) for s in SLOT_NAMES})
+    model = DeepFM(emb_mod, N_DENSE, mlp=mlp)
+    dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
+    phases = ["lookup_pool_fwd", "dense_fwd", "dense_bwd", "sparse_update_bwd", "dense_opt"]
+    acc = {p: [] for p in phases}
+    for i in range(n_steps):
+        t0 = time.perf_counter()
+        emb = emb_mod(stream.fids[i], now=i)
+        t1 = time.perf_counter()
+        logits = model.interact(emb, stream.dense[i])
+        loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+        t2 = time.perf_counter()
+        mark: list[float] = []
+        emb.register_hook(lambda g, mark=mark: mark.append(time.perf_counter()))
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = time.perf_counter()
+        dense_opt.step()
+        t5 = time.perf_counter()
+        if i >= warmup:
+            t3 = mark[0] if mark else t2
+            for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                acc[p].append(v * 1e3)
+    return {f"profile_{p}_ms": float(np.median(v)) for p, v in acc.items()}
+
+
+def _torchrec_reason() -> str | None:
+    try:
+        import torchrec  # noqa: F401
+    except Exception as e:  # ImportError or a broken install
+        return f"torchrec does not import: {type(e).__name__}: {e}"
+    return "torchrec imports, but its fused CPU path is not wired into this benchmark yet"
+
+
+def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="freshrec bench train")
+    ap.add_argument("--quick", action="store_true", help="vocab 100 k, fewer steps (< 1 min)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    ap.add_argument("--vocab", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first")
+    ap.add_argument("--mlp", default="400,400,400")
+    ap.add_argument("--sparse-opt", default="adagrad", choices=["adagrad", "rowwise_adagrad"])
+    ap.add_argument("--seed", type=int, default=0)
+    opts = ap.parse_args(argv)
+    say = print if verbose else (lambda *a, **k: None)
+    vocab = opts.vocab or (100_000 if opts.quick else 1_000_000)
+    steps = opts.steps or (12 if opts.quick else 40)
+    warmup = opts.warmup if opts.warmup is not None else (3 if opts.quick else 10)
+    threads = [int(t) for t in opts.threads.split(",")]
+    mlp = [int(w) for w in opts.mlp.split(",")]
+    n = warmup + steps
+    sparse_lr, dense_lr = 0.05, 1e-3
+
+    say(f"generating {n} batches of {opts.batch} (vocab {vocab:,} per slot)...")
+    stream = Stream(n, opts.batch, vocab, opts.seed)
+    oracle = float(roc_auc_score(torch.cat(stream.labels[int(n * 0.6):]).numpy(),
+                                 np.concatenate(stream.probs[int(n * 0.6):])))
+    cores = os.cpu_count() or 1
+    main_t = max([t for t in threads if t <= cores] or threads)
+    result: dict[str, Any] = {
+        "bench": "train", "model": "deepfm", "slots": N_SLOTS, "dense_features": N_DENSE,
+        "dim": DIM, "mlp": mlp, "batch": opts.batch, "vocab_per_slot": vocab,
+        "zipf_s": 1.05, "warmup_steps": warmup, "timed_steps": steps,
+        "sparse_optimizer": opts.sparse_opt, "dense_optimizer": "adam",
+        "static_sparse_optimizer": "adagrad", "threads": main_t, "thread_counts": threads,
+        "oracle_auc": oracle,
+    }
+    reason = _torchrec_reason()
+    if reason is not None:
+        result["torchrec_skipped_reason"] = reason
+    kinds = ["dense_only", "static", "freshrec"]
+    for t in threads:
+        torch.set_num_threads(t)
+        for kind in kinds:
+            step, model = _make_run(kind, stream, vocab, mlp, opts.sparse_opt, sparse_lr,
+                                    dense_lr, opts.seed)
+            times, preds = _time_run(step, n, warmup)
+            rate = opts.batch / float(np.median(times))
+            result[f"{kind}_examples_per_s_t{t}"] = rate
+            result[f"{kind}_step_ms_mean_t{t}"] = float(times.mean() * 1e3)
+            if kind != "dense_only":
+                result[f"{kind}_auc_t{t}"] = _auc(stream, preds)
+            say(f"threads={t} {kind:>10}: {rate:,.0f} examples/s "
+                f"(median step {np.median(times) * 1e3:.1f} ms)")
+            del step, model
+        fr = result[f"freshrec_examples_per_s_t{t}"]
+        result[f"freshrec_vs_static_ratio_t{t}"] = fr / result[f"static_examples_per_s_t{t}"]
+        result[f"freshrec_vs_dense_only_ratio_t{t}"] = (
+            fr / result[f"dense_only_examples_per_s_t{t}"])
+        prof = _profile_freshrec(stream, mlp, opts.sparse_opt, sparse_lr, dense_lr,
+                                 min(n, warmup + 10), warmup, opts.seed)
+        result.update({f"{k}_t{t}": v for k, v in prof.items()})
+        say(f"threads={t} freshrec profile (ms/step): "
+            + ", ".join(f"{k[8:-3]}={v:.1f}" for k, v in prof.items()))
+    for key in ("freshrec_examples_per_s", "static_examples_per_s", "dense_only_examples_per_s",
+                "freshrec_vs_static_ratio", "freshrec_vs_dense_only_ratio", "freshrec_auc",
+                "static_auc"):
+        result[key] = result[f"{key}_t{main_t}"]
+    result.update(machine_info())
+    return result

@@ -1,0 +1,88 @@
+"""The fused training lookup (``find_or_insert``) of tables that admit every fid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freshrec.table import (
+    AdmissionConfig,
+    EmbeddingTable,
+    InitializerConfig,
+    OptimizerConfig,
+    TableConfig,
+)
+
+
+def _cfg(**kw) -> TableConfig:
+    base = dict(name="t", dim=3, capacity_hint=16, ttl_s=5,
+                initializer=InitializerConfig(kind="normal", std=0.5, seed=7),
+                optimizer=OptimizerConfig(kind="adagrad", lr=0.1, initial_accumulator=0.25))
+    base.update(kw)
+    return TableConfig(**base)
+
+
+@pytest.mark.parametrize("max_load", [0.5, 0.9])
+def test_matches_a_dict_model_through_growth_duplicates_and_expiry(max_load):
+    rng = np.random.default_rng(1)
+    t = EmbeddingTable(_cfg(max_load=max_load))
+    init = EmbeddingTable(_cfg(max_load=max_load))  # rows a fid gets when first inserted
+    model: dict[int, int] = {}  # fid -> last_seen
+    for now in range(40):
+        fids = rng.integers(0, 3000, size=int(rng.integers(1, 600))).astype(np.uint64)
+        fids = np.concatenate([fids, fids[:50]])  # duplicates within the batch
+        known = {int(f) for f in fids if int(f) in model}
+        rows = t.resolve(fids, now=now, train=True)
+        # same fid -> same row, distinct fids -> distinct rows, every row valid
+        assert (rows >= 0).all()
+        pairs = dict(zip(fids.tolist(), rows.tolist(), strict=True))
+        assert len(set(pairs.values())) == len(pairs)
+        np.testing.assert_array_equal(t.find(fids), rows)
+        new = np.array(sorted({int(f) for f in fids} - known), np.uint64)
+        if new.shape[0]:  # new rows hold their deterministic initial values and state
+            np.testing.assert_array_equal(t.lookup(new), init.lookup(new, now=0, train=True))
+            assert (t._state[t.find(new)] == 0.25).all()
+        for f in fids.tolist():
+            model[f] = now
+        s = t.stats()
+        assert s.entries == len(model)
+        assert s.entries + s.tombstones <= max_load * s.index_slots
+        assert (t._last_seen[rows] == now).all()
+        if now % 7 == 6:
+            gone = t.expire(now)
+            stale = [f for f, seen in model.items() if seen < now - 5]
+            assert gone == len(stale)
+            for f in stale:
+                del model[f]
+    alive = np.array(sorted(model), np.uint64)
+    assert (t.find(alive) >= 0).all()
+    assert t.stats().admitted >= len(model)
+
+
+def test_same_rows_as_the_admission_path():
+    """Contents agree with the sketch-admission path when that path admits everything."""
+    rng = np.random.default_rng(3)
+    fast = EmbeddingTable(_cfg())
+    slow = EmbeddingTable(_cfg(admission=AdmissionConfig(min_count=1, probability=0.999999999)))
+    for now in range(10):
+        fids = rng.integers(0, 500, size=300).astype(np.uint64)
+        fast.resolve(fids, now=now, train=True)
+        slow.resolve(fids, now=now, train=True)
+        g = rng.standard_normal((fids.shape[0], 3)).astype(np.float32)
+        fast.apply_gradients(fids, g)
+        slow.apply_gradients(fids, g)
+    probe = np.arange(500, dtype=np.uint64)
+    np.testing.assert_array_equal(fast.find(probe) >= 0, slow.find(probe) >= 0)
+    np.testing.assert_allclose(fast.lookup(probe), slow.lookup(probe), rtol=1e-6)
+    assert len(fast) == len(slow)
+
+
+def test_version_stamp_only_when_last_seen_changes():
+    t = EmbeddingTable(_cfg())
+    f = np.array([1, 2], np.uint64)
+    rows = t.resolve(f, now=3, train=True)
+    t.export_delta(0)  # closes version 1
+    t.resolve(f, now=3, train=True)
+    assert (t._touched[rows] == 1).all()
+    t.resolve(f, now=4, train=True)
+    assert (t._touched[rows] == 2).all()
