@@ -27,7 +27,13 @@ from freshrec.table.config import (
     table_config_from_dict,
 )
 from freshrec.table.delta import TableDelta
-from freshrec.table.table import EmbeddingTable, TableStats, as_fids
+from freshrec.table.table import (
+    EmbeddingTable,
+    RowInitializer,
+    TableStats,
+    as_fids,
+    rows_from_table,
+)
 
 __all__ = [
     "AdmissionConfig",
@@ -39,6 +45,8 @@ __all__ = [
     "TableConfig",
     "TableDelta",
     "TableStats",
+    "RowInitializer",
     "as_fids",
+    "rows_from_table",
     "table_config_from_dict",
 ]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,10 @@ from freshrec.table import _kernels as K
 from freshrec.table.config import InitKind, OptimizerKind, TableConfig, table_config_from_dict
 from freshrec.table.delta import TableDelta
 
-__all__ = ["EmbeddingTable", "TableStats", "as_fids"]
+__all__ = ["EmbeddingTable", "TableStats", "RowInitializer", "as_fids", "rows_from_table"]
+
+RowInitializer = Callable[[npt.NDArray[np.uint64]], tuple[np.ndarray, np.ndarray]]
+"""``fn(new_fids) -> (rows, mask)``: initial rows for new fids where ``mask`` is True."""
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,30 @@ def _check_now(now: Any, owner: str) -> np.uint32:
         raise InputError(f"{owner}: now must be an int of event-time seconds in [0, 2**32), "
                          f"got {now!r}")
     return np.uint32(now)
+
+
+def rows_from_table(source: EmbeddingTable) -> RowInitializer:
+    """A :data:`RowInitializer` giving new fids the rows they have in ``source``.
+
+    SmartNews initialises new users' embeddings from another model; load that model's table
+    (``EmbeddingTable.from_snapshot(path)``) and pass it here. Fids unknown to ``source``
+    keep the configured initializer.
+
+    Examples
+    --------
+    >>> from freshrec.table import TableConfig
+    >>> old = EmbeddingTable(TableConfig(name="user", dim=2))
+    >>> _ = old.lookup(np.array([1], np.uint64), now=0, train=True)
+    >>> new = EmbeddingTable(TableConfig(name="user", dim=2))
+    >>> new.row_initializer = rows_from_table(old)
+    >>> bool((new.lookup([1, 2], now=5, train=True)[0] == old.lookup([1])[0]).all())
+    True
+    """
+
+    def init(fids: npt.NDArray[np.uint64]) -> tuple[np.ndarray, np.ndarray]:
+        return source.lookup(fids), source.find(fids) >= 0
+
+    return init
 
 
 @dataclass(frozen=True)
@@ -184,6 +212,13 @@ class EmbeddingTable:
         self._epoch = 0
         self._expired_log: list[tuple[int, npt.NDArray[np.uint64]]] = []
         self._counters = {"admitted": 0, "rejected": 0, "expired": 0, "nonfinite": 0}
+        #: Forward-only when True: lookups (and admission) go on, gradients are dropped
+        #: (SmartNews' limited embedding updates: frozen tables, or a warm-up of N steps).
+        self.frozen = False
+        #: Optional ``fn(new_fids) -> (rows (n, dim) float32, mask (n,) bool)`` called for
+        #: fids getting a row; rows where ``mask`` replace the configured initializer's
+        #: (e.g. rows from another model: :func:`freshrec.table.rows_from_table`).
+        self.row_initializer: RowInitializer | None = None
         adm = config.admission
         self._sketch: npt.NDArray[np.uint32] | None = None
         if not adm.admits_all:
@@ -322,7 +357,7 @@ class EmbeddingTable:
         if not train:
             return self.find(f)
         t = _check_now(now, f"EmbeddingTable {self.name!r}.lookup(train=True)")
-        if self._sketch is None:
+        if self._sketch is None and self.row_initializer is None:
             return self._resolve_admit_all(f, t)
         with self._writer:
             rows = np.empty(f.shape[0], np.int32)
@@ -406,6 +441,17 @@ class EmbeddingTable:
                         float(init.std), np.uint64(init.seed))
             if self._state.shape[1]:
                 K.fill_state(self._state, out, self._initial_state_value())
+        if self.row_initializer is not None:
+            values, mask = self.row_initializer(new)
+            values = np.asarray(values, np.float32)
+            mask = np.asarray(mask, bool)
+            if values.shape != (new.shape[0], self.dim) or mask.shape != (new.shape[0],):
+                raise InputError(
+                    f"EmbeddingTable {self.name!r}: row_initializer must return rows of shape "
+                    f"({new.shape[0]}, {self.dim}) and a mask of shape ({new.shape[0]},), got "
+                    f"{values.shape} and {mask.shape}")
+            with self._mutex:
+                self._emb[out[mask]] = values[mask]
         return out
 
     def _initial_state_value(self) -> float:
@@ -445,6 +491,8 @@ class EmbeddingTable:
             raise InputError(
                 f"{owner}: grads must have shape ({f.shape[0]}, {self.dim}), got {g.shape}"
             )
+        if self.frozen:
+            return 0
         with self._writer:
             rows = self.find(f)
             urows, ugrads = K.sum_by_row(rows, np.ascontiguousarray(g, dtype=np.float32))
@@ -458,6 +506,8 @@ class EmbeddingTable:
         Used by :class:`freshrec.nn.PooledEmbedding`; ``rows`` must be current (same
         :attr:`epoch` as when they were resolved).
         """
+        if self.frozen:
+            return 0
         with self._writer:
             urows, ugrads = K.sum_bag_grads(rows, offsets, scale, grad_out)
             return self._step(urows, ugrads)
