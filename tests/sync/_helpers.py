@@ -15,7 +15,7 @@ def table_configs() -> list[TableConfig]:
     return [
         TableConfig(name="user", dim=8, ttl_s=40,
                     optimizer=OptimizerConfig(kind="adagrad", lr=0.1),
-                    admission=AdmissionConfig(min_count=2)),
+                    admission=AdmissionConfig(min_count=2, sketch_width=1024)),
         TableConfig(name="item", dim=4, optimizer=OptimizerConfig(kind="rowwise_adagrad")),
         TableConfig(name="ad", dim=3, ttl_s=25, optimizer=OptimizerConfig(kind="ftrl")),
     ]

@@ -493,8 +493,8 @@ class Registry:
         at it. Subscribers reload that state (a full snapshot + deltas up to ``version``).
 
         A publisher that finds ``HEAD`` moved publishes a full snapshot next, so stop (or
-        restore) the trainer to keep serving on the rolled-back state. Rolling back to
-        ``HEAD`` itself publishes nothing.
+        restore) the trainer to keep serving on the rolled-back state. Rolling back to the
+        state ``HEAD`` already holds publishes nothing and returns ``HEAD``'s manifest.
 
         Raises
         ------
@@ -509,6 +509,10 @@ class Registry:
         def build(tmp: Path, new: int, head: int | None) -> VersionManifest | None:
             if head == target.version:
                 return None
+            if head is not None:
+                cur = self.manifest(head)
+                if cur.kind is VersionKind.ROLLBACK and cur.base == target.version:
+                    return None
             return VersionManifest(
                 version=new, kind=VersionKind.ROLLBACK, base=target.version,
                 fingerprint=target.fingerprint, table_versions=dict(target.table_versions),
@@ -518,8 +522,8 @@ class Registry:
 
         m = self._commit(build, None)
         if m is None:
-            log.info("registry=%s rollback to HEAD %d: nothing to do", self.root, version)
-            return target
+            log.info("registry=%s rollback to %d: HEAD already holds it", self.root, version)
+            return self.manifest()
         log.warning("registry=%s rolled back to version=%d as version=%d", self.root,
                     target.version, m.version)
         return m

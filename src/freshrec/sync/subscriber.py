@@ -198,13 +198,13 @@ class Subscriber:
             if cur == local:
                 delta_way = rev[::-1]
                 break
-            if cur not in present or (local is not None and cur < local):
+            if cur not in present:
                 break
             m = reg.manifest(cur)
             if m.kind is VersionKind.FULL and full_way is None:
                 full_way = [PlanStep(version=cur, action=StepAction.LOAD_FULL,
                                      nbytes=m.full_bytes, dense=m.dense), *rev[::-1]]
-                if local is None:
+                if local is None or cur < local:  # versions only decrease: no delta way
                     break
             action = StepAction.MARK if m.kind is VersionKind.ROLLBACK else StepAction.APPLY_DELTA
             rev.append(PlanStep(version=cur, action=action, nbytes=m.delta_bytes,
@@ -296,7 +296,12 @@ class Subscriber:
                     _anchor(t, m.table_versions[name])
             elif step.action is StepAction.APPLY_DELTA:
                 for name, d in staged.deltas[m.version].items():
-                    tables[name].apply_delta(d, chunk_rows=self.config.chunk_rows)
+                    t = tables[name]
+                    t.apply_delta(d, chunk_rows=self.config.chunk_rows)
+                    if d.expired.shape[0]:
+                        # apply_delta logs the fids it removes for a later export_delta; a
+                        # subscriber never exports, so drop the log instead of growing it.
+                        t.forget_expired_before(t.version)
             self._version = step.version
 
     def update(
