@@ -22,7 +22,9 @@ scratch on the same batches, with
   it) -- the floor no embedding system can beat.
 
 Throughput is the batch size over the median step time of the timed steps (a step is
-forward, loss, backward with the sparse update, dense optimizer step), at each thread count
+forward, loss, backward with the sparse update, dense optimizer step). The runs are
+interleaved step by step (each run trains batch i before any trains batch i+1), so that all
+see the same machine conditions. This is done at each thread count
 of ``--threads`` (``torch.set_num_threads``). Keys without a suffix are from the largest
 thread count that does not exceed the machine's cores. AUC is progressive (each batch scored
 before it is trained on) over the last 40% of the steps of that run.
@@ -188,14 +190,20 @@ def _make_run(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt:
     raise ValueError(kind)
 
 
-def _time_run(step: Step, n_steps: int, warmup: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    times, preds = [], []
+def _time_interleaved(
+    runs: dict[str, Step], n_steps: int, warmup: int
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+    """Step every run on batch i before any run sees batch i+1, so that all runs share the
+    same machine conditions (other load, thermal state); per-step times after ``warmup``."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    preds: dict[str, list[np.ndarray]] = {k: [] for k in runs}
     for i in range(n_steps):
-        t0 = time.perf_counter()
-        logits = step(i)
-        times.append(time.perf_counter() - t0)
-        preds.append(logits.detach().numpy().copy())
-    return np.asarray(times[warmup:]), preds
+        for kind, step in runs.items():
+            t0 = time.perf_counter()
+            logits = step(i)
+            times[kind].append(time.perf_counter() - t0)
+            preds[kind].append(logits.detach().numpy().copy())
+    return {k: np.asarray(v[warmup:]) for k, v in times.items()}, preds
 
 
 def _auc(stream: Stream, preds: list[np.ndarray], tail: float = 0.4) -> float:
@@ -255,6 +263,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     ap.add_argument("--sparse-opt", default="adagrad", choices=["adagrad", "rowwise_adagrad"])
     ap.add_argument("--seed", type=int, default=0)
     opts = ap.parse_args(argv)
+    torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: silences a warning
     say = print if verbose else (lambda *a, **k: None)
     vocab = opts.vocab or (100_000 if opts.quick else 1_000_000)
     steps = opts.steps or (12 if opts.quick else 40)
@@ -284,18 +293,18 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     kinds = ["dense_only", "static", "freshrec"]
     for t in threads:
         torch.set_num_threads(t)
+        runs = {k: _make_run(k, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
+                             opts.seed)[0] for k in kinds}
+        times, preds = _time_interleaved(runs, n, warmup)
         for kind in kinds:
-            step, model = _make_run(kind, stream, vocab, mlp, opts.sparse_opt, sparse_lr,
-                                    dense_lr, opts.seed)
-            times, preds = _time_run(step, n, warmup)
-            rate = opts.batch / float(np.median(times))
+            rate = opts.batch / float(np.median(times[kind]))
             result[f"{kind}_examples_per_s_t{t}"] = rate
-            result[f"{kind}_step_ms_mean_t{t}"] = float(times.mean() * 1e3)
+            result[f"{kind}_step_ms_mean_t{t}"] = float(times[kind].mean() * 1e3)
             if kind != "dense_only":
-                result[f"{kind}_auc_t{t}"] = _auc(stream, preds)
+                result[f"{kind}_auc_t{t}"] = _auc(stream, preds[kind])
             say(f"threads={t} {kind:>10}: {rate:,.0f} examples/s "
-                f"(median step {np.median(times) * 1e3:.1f} ms)")
-            del step, model
+                f"(median step {np.median(times[kind]) * 1e3:.1f} ms)")
+        del runs
         fr = result[f"freshrec_examples_per_s_t{t}"]
         result[f"freshrec_vs_static_ratio_t{t}"] = fr / result[f"static_examples_per_s_t{t}"]
         result[f"freshrec_vs_dense_only_ratio_t{t}"] = (
