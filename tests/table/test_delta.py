@@ -236,3 +236,48 @@ def test_readers_never_see_half_written_rows():
     assert not errors, errors
     assert reads[0] > 0
     np.testing.assert_array_equal(table.lookup(fids), versions)
+
+
+def test_readers_never_see_a_reused_row_before_it_is_written():
+    """Delta v expires the fids of delta v-1 and inserts new ones into their freed rows."""
+    dim, n, versions = 32, 5_000, 16
+    table = EmbeddingTable(TableConfig(name="t", dim=dim))
+    sets = [np.arange(n, dtype=np.uint64) + np.uint64(v * n) for v in range(versions + 1)]
+    deltas = [dataclasses.replace(_constant_delta(sets[v], dim, v),
+                                  expired=sets[v - 1] if v > 1 else u64([]))
+              for v in range(1, versions + 1)]
+    probe = np.concatenate([s[::53] for s in sets[1:]])
+    owner = np.repeat(np.arange(1, versions + 1), sets[1][::53].shape[0]).astype(np.float32)
+    done = threading.Event()
+    errors: list[str] = []
+
+    def reader() -> None:
+        while not done.is_set() and not errors:
+            rows = table.lookup(probe)
+            bad = ~((rows == 0) | (rows == owner[:, None])).all(axis=1)
+            if bad.any():
+                errors.append(f"fid of version {owner[bad][0]} read {rows[bad][0][:4]}")
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for d in deltas:
+            table.apply_delta(d, chunk_rows=64)
+    finally:
+        done.set()
+        th.join(timeout=60)
+    assert not errors, errors
+    assert len(table) == n and table.stats().capacity < 3 * n
+
+
+def test_duplicate_fids_in_a_delta_get_one_row():
+    cfg = TableConfig(name="t", dim=2)
+    t = EmbeddingTable(cfg)
+    d = dataclasses.replace(_constant_delta(u64([5, 6, 5]), 2, 1),
+                            values=np.array([[1, 1], [2, 2], [3, 3]], np.float32))
+    t.apply_delta(d, chunk_rows=2)
+    t2 = EmbeddingTable(cfg)
+    t2.apply_delta(d)
+    for tab in (t, t2):
+        assert len(tab) == 2
+        assert tab.lookup(u64([5, 6])).tolist() == [[3, 3], [2, 2]]     # last write wins

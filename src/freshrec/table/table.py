@@ -635,11 +635,15 @@ class EmbeddingTable:
                 fids = delta.fids[sl]
                 rows = self.find(fids)
                 miss = rows < 0
-                if miss.any():
-                    new = fids[miss]
+                states = delta.states[sl] if with_state else np.empty((0, 0), np.float32)
+                new = np.unique(fids[miss])        # a fid twice in a delta gets one row
+                if new.shape[0]:
                     self._reserve(new.shape[0])
-                    out = np.empty(new.shape[0], np.int32)
-                    with self._mutex:
+                # Insert and write under one lock hold: readers never see a new fid with
+                # the stale contents of a reused row.
+                with self._mutex:
+                    if new.shape[0]:
+                        out = np.empty(new.shape[0], np.int32)
                         self._n_free, self._n_used, reused = K.insert_new(
                             self._index, self._keys, self._touched, self._last_seen, self._free,
                             self._n_free, self._n_used, new, v, np.uint32(0), out,
@@ -648,9 +652,7 @@ class EmbeddingTable:
                         if not with_state and self._state.shape[1]:
                             # A reused row must not keep a removed fid's optimizer state.
                             K.fill_state(self._state, out, self._initial_state_value())
-                    rows[miss] = out
-                states = delta.states[sl] if with_state else np.empty((0, 0), np.float32)
-                with self._mutex:
+                        K.find_rows(self._index, self._keys, fids, rows)
                     K.write_rows(self._emb, self._state, self._last_seen, self._touched, rows,
                                  delta.values[sl], states, delta.last_seen[sl], v, with_state)
             self._applied_version = delta.to_version
