@@ -76,11 +76,9 @@ def test_kill_9_mid_write_keeps_every_acknowledged_record(tmp_path):
     for _round in range(3):
         proc = subprocess.Popen([sys.executable, str(script), str(logdir)],
                                 stdout=subprocess.PIPE, text=True)
-        lines = 0
         assert proc.stdout is not None
-        for line in proc.stdout:
+        for lines, line in enumerate(proc.stdout, 1):
             acked = max(acked, int(line))
-            lines += 1
             if lines >= 40:
                 break
         os.kill(proc.pid, signal.SIGKILL)  # most likely in the middle of a write

@@ -110,24 +110,65 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         o = "SimulatorConfig"
         for f in ("seed", "start_time"):
-            require(is_int(getattr(self, f)) and getattr(self, f) >= 0, o, f, "an int >= 0",
-                    getattr(self, f))
+            require(
+                is_int(getattr(self, f)) and getattr(self, f) >= 0,
+                o,
+                f,
+                "an int >= 0",
+                getattr(self, f),
+            )
         for f in ("n_users", "n_items", "dim", "candidates"):
-            require(is_int(getattr(self, f)) and getattr(self, f) >= 1, o, f, "an int >= 1",
-                    getattr(self, f))
-        require(self.candidates <= self.n_items, o, "candidates",
-                f"<= n_items ({self.n_items})", self.candidates)
+            require(
+                is_int(getattr(self, f)) and getattr(self, f) >= 1,
+                o,
+                f,
+                "an int >= 1",
+                getattr(self, f),
+            )
+        require(
+            self.candidates <= self.n_items,
+            o,
+            "candidates",
+            f"<= n_items ({self.n_items})",
+            self.candidates,
+        )
         for f in ("zipf_s", "requests_per_s", "click_delay_median_s", "late_click_max_s"):
-            require(is_number(getattr(self, f)) and getattr(self, f) > 0, o, f, "a number > 0",
-                    getattr(self, f))
-        for f in ("position_decay", "drift_per_s", "new_users_per_s", "new_items_per_s",
-                  "item_churn_per_s", "max_jitter_s"):
-            require(is_number(getattr(self, f)) and getattr(self, f) >= 0, o, f,
-                    "a number >= 0", getattr(self, f))
-        for f in ("late_click_rate", "purchase_rate", "duplicate_rate", "malformed_rate",
-                  "session_continue"):
-            require(is_number(getattr(self, f)) and 0 <= getattr(self, f) <= 1, o, f,
-                    "a number in [0, 1]", getattr(self, f))
+            require(
+                is_number(getattr(self, f)) and getattr(self, f) > 0,
+                o,
+                f,
+                "a number > 0",
+                getattr(self, f),
+            )
+        for f in (
+            "position_decay",
+            "drift_per_s",
+            "new_users_per_s",
+            "new_items_per_s",
+            "item_churn_per_s",
+            "max_jitter_s",
+        ):
+            require(
+                is_number(getattr(self, f)) and getattr(self, f) >= 0,
+                o,
+                f,
+                "a number >= 0",
+                getattr(self, f),
+            )
+        for f in (
+            "late_click_rate",
+            "purchase_rate",
+            "duplicate_rate",
+            "malformed_rate",
+            "session_continue",
+        ):
+            require(
+                is_number(getattr(self, f)) and 0 <= getattr(self, f) <= 1,
+                o,
+                f,
+                "a number in [0, 1]",
+                getattr(self, f),
+            )
         require(is_number(self.bias), o, "bias", "a number", self.bias)
 
 
@@ -147,8 +188,10 @@ class _Population:
 
     def add(self, n: int, centres: np.ndarray | None = None) -> None:
         vec = self.rng.normal(0, 1 / math.sqrt(self.dim), (n, self.dim))
-        attrs = np.stack([self.rng.integers(0, 50, n), self.rng.integers(0, 3, n),
-                          self.rng.integers(0, 8, n)], axis=1)
+        attrs = np.stack(
+            [self.rng.integers(0, 50, n), self.rng.integers(0, 3, n), self.rng.integers(0, 8, n)],
+            axis=1,
+        )
         if centres is not None:
             vec = 0.6 * vec + centres[attrs[:, 0]]
         self.vec = np.concatenate([self.vec, vec])
@@ -174,13 +217,13 @@ class _Population:
         k = np.searchsorted(self._cdf, self.rng.random(size))
         return self._ids[np.minimum(k, len(self._ids) - 1)]
 
-
     def candidates(self, n: int) -> np.ndarray:
         """``n`` distinct live ids: half drawn by popularity, the rest uniformly."""
         self.sample(1)  # refresh the cdf
         while True:
-            draw = np.concatenate([self.sample(n), self._ids[self.rng.integers(
-                0, len(self._ids), 2 * n)]])
+            draw = np.concatenate(
+                [self.sample(n), self._ids[self.rng.integers(0, len(self._ids), 2 * n)]]
+            )
             _, first = np.unique(draw, return_index=True)
             if len(first) >= n:
                 first.sort()
@@ -247,21 +290,35 @@ class ClickStreamSimulator:
             dt_u = t - user_time.get(user, t)
             user_time[user] = t
             if dt_u > 0 and c.drift_per_s > 0:
-                users.vec[user] = (users.vec[user] * math.exp(-1e-5 * dt_u)
-                                   + rng.normal(0, c.drift_per_s * math.sqrt(dt_u), c.dim))
+                users.vec[user] = users.vec[user] * math.exp(-1e-5 * dt_u) + rng.normal(
+                    0, c.drift_per_s * math.sqrt(dt_u), c.dim
+                )
             cand = items.candidates(c.candidates)
             pos = np.arange(len(cand))
-            logit = (items.vec[cand] @ users.vec[user] + users.bias[user] + items.bias[cand]
-                     + c.bias - c.position_decay * pos)
+            logit = (
+                items.vec[cand] @ users.vec[user]
+                + users.bias[user]
+                + items.bias[cand]
+                + c.bias
+                - c.position_decay * pos
+            )
             p = 1.0 / (1.0 + np.exp(-logit))
             clicked = rng.random(len(cand)) < p
             rid = f"r{c.seed}-{k}"
             ua = users.attrs[user]
             imp: dict[str, Any] = {
-                "v": SCHEMA_VERSION, "type": "impression", "event_id": f"e{n_event}",
-                "request_id": rid, "user_id": user, "timestamp": round(t, 3),
-                "user": {"gender": int(ua[1]), "age": int(ua[2]), "region": int(ua[0] % 20),
-                         "recent_clicks": list(recent.get(user, []))},
+                "v": SCHEMA_VERSION,
+                "type": "impression",
+                "event_id": f"e{n_event}",
+                "request_id": rid,
+                "user_id": user,
+                "timestamp": round(t, 3),
+                "user": {
+                    "gender": int(ua[1]),
+                    "age": int(ua[2]),
+                    "region": int(ua[0] % 20),
+                    "recent_clicks": list(recent.get(user, [])),
+                },
                 "candidates": [],
             }
             n_event += 1
@@ -270,14 +327,23 @@ class ClickStreamSimulator:
             if c.true_probabilities:
                 pl = np.round(p, 6).tolist()
                 imp["candidates"] = [
-                    {"item_id": cl[j], "position": j,
-                     "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]},
-                     "true_p": pl[j]} for j, a in enumerate(ia)]
+                    {
+                        "item_id": cl[j],
+                        "position": j,
+                        "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]},
+                        "true_p": pl[j],
+                    }
+                    for j, a in enumerate(ia)
+                ]
             else:
                 imp["candidates"] = [
-                    {"item_id": cl[j], "position": j,
-                     "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]}}
-                    for j, a in enumerate(ia)]
+                    {
+                        "item_id": cl[j],
+                        "position": j,
+                        "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]},
+                    }
+                    for j, a in enumerate(ia)
+                ]
             imp_payload = encode(imp)
             push(t + rng.uniform(0, c.max_jitter_s), rid, imp_payload)
             for j in np.flatnonzero(clicked):
@@ -290,9 +356,15 @@ class ClickStreamSimulator:
                 if rng.random() < c.purchase_rate:
                     acts.append(("purchase", t + delay + rng.exponential(30.0)))
                 for action, ts in acts:
-                    ev = {"v": SCHEMA_VERSION, "type": "action", "event_id": f"e{n_event}",
-                          "request_id": rid, "item_id": item, "action": action,
-                          "timestamp": round(ts, 3)}
+                    ev = {
+                        "v": SCHEMA_VERSION,
+                        "type": "action",
+                        "event_id": f"e{n_event}",
+                        "request_id": rid,
+                        "item_id": item,
+                        "action": action,
+                        "timestamp": round(ts, 3),
+                    }
                     n_event += 1
                     payload = encode(ev)
                     d = ts + rng.uniform(0, c.max_jitter_s)
@@ -321,15 +393,31 @@ class ClickStreamSimulator:
         if kind == 0:
             return encode({"type": "action", "event_id": f"e{n}", "request_id": rid})
         if kind == 1:
-            return encode({"type": "action", "event_id": f"e{n}", "request_id": rid,
-                           "item_id": 1, "action": "click", "timestamp": "yesterday"})
+            return encode(
+                {
+                    "type": "action",
+                    "event_id": f"e{n}",
+                    "request_id": rid,
+                    "item_id": 1,
+                    "action": "click",
+                    "timestamp": "yesterday",
+                }
+            )
         if kind == 2:
             return encode({"type": "purchase_order", "event_id": f"e{n}", "timestamp": t})
         if kind == 3:
             return b"\x00{not json"
-        return encode({"type": "action", "event_id": f"e{n}", "request_id": rid,
-                       "item_id": 1, "action": "click", "timestamp": t,
-                       "blob": "x" * (2 << 20)})
+        return encode(
+            {
+                "type": "action",
+                "event_id": f"e{n}",
+                "request_id": rid,
+                "item_id": 1,
+                "action": "click",
+                "timestamp": t,
+                "blob": "x" * (2 << 20),
+            }
+        )
 
 
 def write_to_log(

@@ -4,10 +4,10 @@ Examples
 --------
 >>> JoinerConfig(window_s=300, actions=("click", "like")).actions
 ('click', 'like')
->>> FileLogConfig(fsync="sometimes")
+>>> FileLogConfig(fsync="sometimes")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-freshrec.errors.ConfigError: FileLogConfig: fsync must be one of 'always', 'interval', 'never', got 'sometimes'
+freshrec.errors.ConfigError: FileLogConfig: fsync must be one of ..., got 'sometimes'
 """
 
 from __future__ import annotations

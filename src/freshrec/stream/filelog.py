@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import logging
 import os
@@ -389,10 +390,8 @@ class FileLog(Log):
                 part.writer = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"FileLog({str(self.path)!r}, partitions={self.partitions})"

@@ -1,0 +1,113 @@
+"""Simulator: determinism, realism knobs, true probabilities, writing to a log."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from freshrec.data.obd_replay import open_bandit_events
+from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
+from freshrec.errors import ConfigError, InputError
+from freshrec.stream import FileLog, FileLogConfig
+from freshrec.stream import events as ev
+
+CFG = SimulatorConfig(seed=7, n_users=300, n_items=400, candidates=30, requests_per_s=50.0,
+                      duplicate_rate=0.05, malformed_rate=0.02)
+
+
+def _events(cfg=CFG, n=600):
+    return list(ClickStreamSimulator(cfg).records(n_requests=n))
+
+
+def test_same_seed_same_stream_other_seed_other_stream():
+    a, b = _events(), _events()
+    assert a == b
+    c = _events(SimulatorConfig(**{**CFG.__dict__, "seed": 8}))
+    assert a != c
+
+
+def test_stream_shape_duplicates_malformed_and_delays():
+    recs = _events()
+    good, bad = [], 0
+    for _, r in recs:
+        try:
+            e = ev.decode(r)
+            ev.validate_event(e)
+            good.append(e)
+        except InputError:
+            bad += 1
+    imps = [e for e in good if e["type"] == "impression"]
+    acts = [e for e in good if e["type"] == "action"]
+    assert len({e["request_id"] for e in imps}) == 600
+    assert all(len(e["candidates"]) == 30 for e in imps)
+    assert all(len({c["item_id"] for c in e["candidates"]}) == 30 for e in imps)
+    assert bad > 0
+    ids = [e["event_id"] for e in good]
+    assert len(ids) > len(set(ids))  # duplicate deliveries
+    imp_ts = {e["request_id"]: e["timestamp"] for e in imps}
+    delays = np.array([a["timestamp"] - imp_ts[a["request_id"]] for a in acts
+                       if a["action"] == "click"])
+    assert (delays > -0.001).all() and np.median(delays) < 30 and delays.max() > 60
+    assert {a["action"] for a in acts} == {"click", "purchase"}
+    ts = [e["timestamp"] for e in good]
+    assert any(x > y for x, y in zip(ts, ts[1:], strict=False))  # out of order deliveries
+
+
+def test_clicks_follow_the_true_probability():
+    recs = _events(SimulatorConfig(**{**CFG.__dict__, "duplicate_rate": 0.0,
+                                      "late_click_rate": 0.0}), n=1500)
+    evs = [ev.decode(r) for _, r in recs if r[:1] == b"{"]
+    clicked = {(e["request_id"], e["item_id"]) for e in evs
+               if e.get("type") == "action" and e.get("action") == "click"}
+    ps, ys = [], []
+    for e in evs:
+        if e.get("type") == "impression":
+            for c in e["candidates"]:
+                ps.append(c["true_p"])
+                ys.append((e["request_id"], c["item_id"]) in clicked)
+    ps, ys = np.array(ps), np.array(ys)
+    assert abs(ys.mean() - ps.mean()) < 0.2 * ps.mean()
+    hi = ps > np.quantile(ps, 0.9)
+    assert ys[hi].mean() > 2 * ys[~hi].mean()  # the probability is informative
+
+
+def test_items_churn_and_users_appear():
+    cfg = SimulatorConfig(**{**CFG.__dict__, "new_items_per_s": 5.0, "item_churn_per_s": 5.0,
+                             "new_users_per_s": 5.0})
+    imps = [ev.decode(r) for _, r in _events(cfg, n=1500) if b'"impression"' in r]
+    first = {c["item_id"] for e in imps[:100] for c in e["candidates"]}
+    last = {c["item_id"] for e in imps[-100:] for c in e["candidates"]}
+    assert max(last) >= 400  # new items were shown
+    assert max(e["user_id"] for e in imps) >= 300 or len(first ^ last) > 0
+
+
+def test_write_to_log_partitions_by_request(tmp_path):
+    log = FileLog(tmp_path, FileLogConfig(partitions=3, fsync="never"))
+    n = write_to_log(ClickStreamSimulator(CFG).records(n_requests=100), log, batch=50)
+    assert n == sum(log.end_offset(p) for p in range(3))
+    for p in range(3):
+        for r in log.read(p, 0, 10_000):
+            if r.value[:1] == b"{":
+                e = orjson.loads(r.value)
+                if "request_id" in e:
+                    assert ev.partition_for(e["request_id"], 3) == p
+    log.close()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="candidates must be <= n_items"):
+        SimulatorConfig(n_items=10, candidates=20)
+    with pytest.raises(ConfigError, match="duplicate_rate must be a number in"):
+        SimulatorConfig(duplicate_rate=2)
+
+
+def test_open_bandit_replay_in_time_order(shared_data):
+    recs = [ev.decode(r) for _, r in open_bandit_events(shared_data / "obd" / "random" / "all")]
+    imps = [e for e in recs if e["type"] == "impression"]
+    acts = [e for e in recs if e["type"] == "action"]
+    assert len(imps) == 10_000 and len(acts) > 0
+    ts = [e["timestamp"] for e in recs]
+    assert ts == sorted(ts)
+    for e in recs:
+        ev.validate_event(e)
