@@ -49,8 +49,11 @@ def open_bandit_events(
         user_cols = [c for c in cols if c.startswith("user_feature")]
         if with_affinity:
             user_cols += [c for c in cols if c.startswith("user_item_affinity")]
-        item_cols = [c for c in cols if c not in _SKIP and c not in user_cols
-                     and not c.startswith("user_item_affinity")]
+        item_cols = [
+            c
+            for c in cols
+            if c not in _SKIP and c not in user_cols and not c.startswith("user_item_affinity")
+        ]
         for i in range(batch.num_rows):
             ts = int(cols["event_time"][i])
             while heap and heap[0][0] <= ts:
@@ -58,20 +61,37 @@ def open_bandit_events(
                 yield r, payload
             rid = f"obd{n}"
             user = {c: cols[c][i] for c in user_cols}
-            uid = zlib.crc32("|".join(str(user[c]) for c in user_cols
-                                      if c.startswith("user_feature")).encode())
+            uid = zlib.crc32(
+                "|".join(str(user[c]) for c in user_cols if c.startswith("user_feature")).encode()
+            )
             item = int(cols["item_id"][i])
             imp: dict[str, Any] = {
-                "v": SCHEMA_VERSION, "type": "impression", "event_id": f"obd-i{n}",
-                "request_id": rid, "user_id": uid, "timestamp": ts, "user": user,
-                "candidates": [{"item_id": item, "position": int(cols["position"][i]),
-                                "features": {c: cols[c][i] for c in item_cols}}],
+                "v": SCHEMA_VERSION,
+                "type": "impression",
+                "event_id": f"obd-i{n}",
+                "request_id": rid,
+                "user_id": uid,
+                "timestamp": ts,
+                "user": user,
+                "candidates": [
+                    {
+                        "item_id": item,
+                        "position": int(cols["position"][i]),
+                        "features": {c: cols[c][i] for c in item_cols},
+                    }
+                ],
             }
             yield rid, encode(imp)
             if cols["label"][i] and cols["label"][i] > 0:
-                act = {"v": SCHEMA_VERSION, "type": "action", "event_id": f"obd-a{n}",
-                       "request_id": rid, "item_id": item, "action": "click",
-                       "timestamp": ts + click_delay_s}
+                act = {
+                    "v": SCHEMA_VERSION,
+                    "type": "action",
+                    "event_id": f"obd-a{n}",
+                    "request_id": rid,
+                    "item_id": item,
+                    "action": "click",
+                    "timestamp": ts + click_delay_s,
+                }
                 heapq.heappush(heap, (ts + click_delay_s, n, rid, encode(act)))
             n += 1
     while heap:
