@@ -1,0 +1,49 @@
+"""Serving: millisecond scoring of one user against N candidates, with hot model updates.
+
+A :class:`Predictor` scores a request with one model version: user-side features are
+encoded and embedded once and broadcast, candidate features come from a :class:`FeatureIndex`
+(raw features hashed once per distinct candidate, the Meituan write-up's feature index),
+candidate rows are looked up in one batched call per table, and the first dense layer is
+split into a per-request user block and a per-candidate block. A :class:`ModelUpdater`
+follows the registry (:mod:`freshrec.sync`): sparse deltas are applied in place in a
+background thread while requests are served, dense updates and full snapshots are loaded and
+warmed up off the request path and swapped in with one reference assignment. The
+:class:`Server` exposes it over HTTP (JSON and the KServe v2 inference protocol, health,
+readiness and Prometheus metrics) and writes an impression event per request to the event
+log, so that the joiner can join clicks to what was served.
+
+Examples
+--------
+>>> from freshrec.serve import ServeConfig
+>>> ServeConfig(port=0, threads=1).update_mode
+'background'
+"""
+
+from freshrec.serve.config import ServeConfig, serve_config_from_dict
+from freshrec.serve.impressions import ImpressionWriter, impression_event
+from freshrec.serve.metrics import ServeMetrics
+from freshrec.serve.predictor import FeatureIndex, FeatureLayout, Predictor, column_side
+from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
+from freshrec.serve.server import Server, default_log_spec, run_server
+from freshrec.serve.updater import ModelUpdater, config_from_registry
+
+__all__ = [
+    "FeatureIndex",
+    "FeatureLayout",
+    "ImpressionWriter",
+    "ModelUpdater",
+    "Predictor",
+    "RequestError",
+    "ScoreRequest",
+    "ServeConfig",
+    "ServeMetrics",
+    "Server",
+    "column_side",
+    "config_from_registry",
+    "default_log_spec",
+    "impression_event",
+    "parse_request",
+    "parse_v2_request",
+    "run_server",
+    "serve_config_from_dict",
+]

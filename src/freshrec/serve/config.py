@@ -1,0 +1,134 @@
+"""Configuration of the serving process: limits, threads, update polling, impression log.
+
+Examples
+--------
+>>> ServeConfig().max_candidates
+1000
+>>> ServeConfig(max_in_flight=0)
+Traceback (most recent call last):
+...
+freshrec.errors.ConfigError: ServeConfig: max_in_flight must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from freshrec._validate import check_keys, is_int, is_number, require
+from freshrec.errors import ConfigError
+
+__all__ = ["ServeConfig", "serve_config_from_dict"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How a :class:`~freshrec.serve.Server` serves.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Where the HTTP server listens (port 0: any free port, see ``Server.port``).
+    model_name : str
+        Name of the model in the KServe v2 routes (``/v2/models/{model_name}/infer``).
+    max_candidates : int
+        Most candidates one request may carry; more is a 400 naming ``candidates``.
+    max_body_bytes : int
+        Largest request body; more is a 413.
+    max_in_flight : int
+        Requests admitted at once; the next ones get 503 with ``Retry-After`` (overload
+        sheds load instead of queueing without bound).
+    retry_after_s : int
+        Value of the ``Retry-After`` header of a 503.
+    threads : int
+        torch intra-op threads of the process (``0``: leave torch's default). One thread is
+        the measured choice on 2 cores (see docs/serving.md).
+    poll_interval_s : float
+        Wall seconds between looks at the registry's ``HEAD``.
+    update_mode : str
+        ``"background"`` (default): a thread applies sparse deltas in place and loads, warms
+        and swaps dense updates and full snapshots. ``"naive"``: the request that notices a
+        new version loads it on the request path with no warm-up (the baseline the
+        benchmark compares against; never use it in production).
+    warmup_requests : int
+        Requests (recorded ones first, then generated ones) scored by a new model before it
+        is swapped in or the server reports ready.
+    warmup_candidates : int
+        Candidates per generated warm-up request.
+    chunk_rows : int
+        Rows written per short table lock when applying a sparse delta.
+    updater_nice : int
+        Niceness added to the update thread (Linux: per thread), so loading a new version
+        yields the CPU to request handling. 0 leaves it.
+    switch_interval_s : float
+        ``sys.setswitchinterval`` of the process (how long a thread may hold the GIL while
+        another waits); short, so the update thread's Python work delays requests little.
+        0 leaves Python's default (5 ms).
+    log_queue : int
+        Impression events buffered for the log writer; when full, events are dropped and
+        counted (``freshrec_impressions_dropped_total``) rather than blocking requests.
+    log_partitions : int
+        Partitions of the impression log (an event goes to the partition of its request id).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = "freshrec"
+    max_candidates: int = 1000
+    max_body_bytes: int = 4 << 20
+    max_in_flight: int = 64
+    retry_after_s: int = 1
+    threads: int = 1
+    poll_interval_s: float = 1.0
+    update_mode: str = "background"
+    warmup_requests: int = 8
+    warmup_candidates: int = 100
+    chunk_rows: int = 2048
+    updater_nice: int = 10
+    switch_interval_s: float = 0.0005
+    log_queue: int = 100_000
+    log_partitions: int = 1
+
+    def __post_init__(self) -> None:
+        o = "ServeConfig"
+        require(isinstance(self.host, str) and bool(self.host), o, "host", "a non-empty str",
+                self.host)
+        require(is_int(self.port) and 0 <= self.port <= 65535, o, "port", "an int in [0, 65535]",
+                self.port)
+        require(isinstance(self.model_name, str) and self.model_name.replace("-", "")
+                .replace("_", "").replace(".", "").isalnum(), o, "model_name",
+                "a name of letters, digits, '-', '_' or '.'", self.model_name)
+        for name in ("max_candidates", "max_body_bytes", "max_in_flight", "retry_after_s",
+                     "warmup_candidates", "chunk_rows", "log_queue", "log_partitions"):
+            v = getattr(self, name)
+            require(is_int(v) and v >= 1, o, name, "an int >= 1", v)
+        for name in ("threads", "warmup_requests", "updater_nice"):
+            v = getattr(self, name)
+            require(is_int(v) and v >= 0, o, name, "an int >= 0", v)
+        require(is_number(self.poll_interval_s) and self.poll_interval_s > 0, o,
+                "poll_interval_s", "a number of seconds > 0", self.poll_interval_s)
+        require(is_number(self.switch_interval_s) and self.switch_interval_s >= 0, o,
+                "switch_interval_s", "a number of seconds >= 0", self.switch_interval_s)
+        require(self.update_mode in ("background", "naive"), o, "update_mode",
+                "'background' or 'naive'", self.update_mode)
+
+
+def serve_config_from_dict(data: Mapping[str, Any], where: str = "serve") -> ServeConfig:
+    """Build a :class:`ServeConfig` from a mapping; unknown keys name ``where``.
+
+    Examples
+    --------
+    >>> serve_config_from_dict({"port": 9000}).port
+    9000
+    >>> serve_config_from_dict({"prot": 9000})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: serve: unknown key 'prot' (expected one of: ...)
+    """
+    check_keys(data, {f.name for f in dataclasses.fields(ServeConfig)}, where)
+    try:
+        return ServeConfig(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e

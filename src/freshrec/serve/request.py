@@ -1,0 +1,236 @@
+"""Scoring requests: the JSON shape, its validation, and the KServe v2 tensor shape.
+
+A request scores one user against N candidates::
+
+    {"request_id": "r1",                      # optional (generated when absent)
+     "user_id": 42,                           # optional (or inside "user")
+     "user": {"gender": 1, "recent_clicks": [3, 9]},
+     "candidates": [{"item_id": 7, "category": 3}, {"item_id": 8}],
+     "now": 1700000000.0}                     # optional event time, seconds
+
+Feature names are the impression event's (``freshrec.stream.events``): the joiner turns user
+feature ``gender`` into column ``u_gender`` and candidate feature ``category`` into
+``i_category``, and the model's slots read those columns, so serving and training see the
+same values. A candidate may also carry its features under ``"features"`` (the impression
+event's form).
+
+Examples
+--------
+>>> req = parse_request(b'{"user": {"age": 3}, "candidates": [{"item_id": 1}], "user_id": 5}')
+>>> req.user_id, req.user, [c["item_id"] for c in req.candidates], len(req.request_id) > 0
+(5, {'age': 3}, [1], True)
+>>> parse_request(b'{"candidates": [{"item": 1}]}')
+Traceback (most recent call last):
+...
+freshrec.serve.request.RequestError: candidates[0].item_id: missing (each candidate needs one)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from freshrec.errors import InputError
+
+__all__ = ["RequestError", "ScoreRequest", "parse_request", "parse_v2_request"]
+
+_IDS = (int, str)
+_counter = itertools.count()
+_prefix = os.urandom(4).hex()
+
+
+class RequestError(InputError):
+    """A request the server refuses: ``status`` (4xx) and the ``field`` at fault.
+
+    Examples
+    --------
+    >>> e = RequestError("candidates", "too many (1001 > 1000)")
+    >>> str(e), e.status
+    ('candidates: too many (1001 > 1000)', 400)
+    """
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+
+@dataclass(slots=True)
+class ScoreRequest:
+    """A parsed request: who, which candidates (flat feature dicts with ``item_id``), when."""
+
+    request_id: str | int
+    user: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    user_id: str | int | None = None
+    now: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_request_id() -> str:
+    """A process-unique request id (random prefix + counter)."""
+    return f"{_prefix}-{next(_counter)}"
+
+
+def _check_id(v: Any, where: str) -> Any:
+    if isinstance(v, bool) or not isinstance(v, _IDS):
+        raise RequestError(where, f"must be an int or a string, got {v!r:.60}")
+    return v
+
+
+def _candidate(c: Any, i: int) -> dict[str, Any]:
+    if type(c) is not dict:
+        raise RequestError(f"candidates[{i}]", f"must be an object, got {c!r:.60}")
+    if "item_id" not in c:
+        raise RequestError(f"candidates[{i}].item_id", "missing (each candidate needs one)")
+    iid = c["item_id"]
+    if type(iid) is not int and type(iid) is not str:
+        _check_id(iid, f"candidates[{i}].item_id")
+    feats = c.get("features")
+    if feats is not None:
+        if type(feats) is not dict:
+            raise RequestError(f"candidates[{i}].features", f"must be an object, got {feats!r:.60}")
+        c = {**feats, **{k: v for k, v in c.items() if k != "features"}}
+    return c
+
+
+def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
+    """Validate a decoded JSON object into a :class:`ScoreRequest` (errors name the field)."""
+    if type(obj) is not dict:
+        raise RequestError("body", f"must be a JSON object, got {type(obj).__name__}")
+    rid = obj.get("request_id")
+    rid = new_request_id() if rid is None else _check_id(rid, "request_id")
+    user = obj.get("user")
+    if user is None:
+        user = {}
+    elif type(user) is not dict:
+        raise RequestError("user", f"must be an object of feature -> value, got {user!r:.60}")
+    uid = obj.get("user_id", user.get("user_id"))
+    if uid is not None:
+        _check_id(uid, "user_id")
+    cands = obj.get("candidates")
+    if cands is None:
+        raise RequestError("candidates", "missing (a list of {\"item_id\": ...} objects)")
+    if type(cands) is not list:
+        raise RequestError("candidates", f"must be a list of objects, got {cands!r:.60}")
+    if len(cands) > max_candidates:
+        raise RequestError("candidates", f"too many ({len(cands)} > {max_candidates})")
+    cands = [_candidate(c, i) for i, c in enumerate(cands)]
+    now = obj.get("now")
+    if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
+        raise RequestError("now", f"must be a number of seconds, got {now!r:.60}")
+    return ScoreRequest(request_id=rid, user=user, candidates=cands, user_id=uid,
+                        now=None if now is None else float(now))
+
+
+def parse_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
+    """Decode and validate a JSON request body (see the module docstring).
+
+    Raises
+    ------
+    RequestError
+        Not JSON, or a field of the wrong type (the message names it), or too many candidates.
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError("body", f"not valid JSON ({e})") from e
+    return build_request(obj, max_candidates)
+
+
+def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
+    """Decode a KServe v2 inference request into a :class:`ScoreRequest`.
+
+    Inputs are named after the joined-example columns: ``item_id`` and ``i_<feature>`` (and
+    ``position``, ignored) hold one value per candidate (shape ``[N]``; a list feature
+    ``[N, L]``); ``user_id`` and ``u_<feature>`` hold the user's value (shape ``[1]``, or
+    ``[1, L]`` for a list). ``parameters`` may carry ``request_id`` and ``now``; the
+    request's ``id`` is used as the request id when given.
+
+    Examples
+    --------
+    >>> body = orjson.dumps({"id": "q1", "inputs": [
+    ...     {"name": "item_id", "shape": [2], "datatype": "INT64", "data": [7, 8]},
+    ...     {"name": "u_age", "shape": [1], "datatype": "INT64", "data": [30]}]})
+    >>> r = parse_v2_request(body)
+    >>> r.request_id, r.user, r.candidates
+    ('q1', {'age': 30}, [{'item_id': 7}, {'item_id': 8}])
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError("body", f"not valid JSON ({e})") from e
+    if type(obj) is not dict:
+        raise RequestError("body", f"must be a JSON object, got {type(obj).__name__}")
+    inputs = obj.get("inputs")
+    if type(inputs) is not list or not inputs:
+        raise RequestError("inputs", "must be a non-empty list of tensors")
+    params = obj.get("parameters") or {}
+    if type(params) is not dict:
+        raise RequestError("parameters", "must be an object")
+    user: dict[str, Any] = {}
+    cand_cols: dict[str, list[Any]] = {}
+    user_id = None
+    for i, t in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if type(t) is not dict or type(t.get("name")) is not str:
+            raise RequestError(f"{where}.name", "every input needs a string name")
+        name, data, shape = t["name"], t.get("data"), t.get("shape")
+        if type(data) is not list:
+            raise RequestError(f"{where}.data", f"input {name!r}: must be a list")
+        if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
+            raise RequestError(f"{where}.shape", f"input {name!r}: must be a list of ints")
+        rows = _unflatten(data, shape, f"{where}.data")
+        if name == "user_id" or name.startswith("u_"):
+            if len(rows) != 1:
+                raise RequestError(f"{where}.shape", f"user input {name!r} must have 1 row, "
+                                   f"got {len(rows)}")
+            if name == "user_id":
+                user_id = rows[0]
+            else:
+                user[name[2:]] = rows[0]
+        elif name == "position":
+            continue
+        elif name == "item_id" or name.startswith("i_"):
+            cand_cols["item_id" if name == "item_id" else name[2:]] = rows
+        else:
+            raise RequestError(f"{where}.name", f"unknown input {name!r} (expected item_id, "
+                               f"user_id, i_<feature> or u_<feature>)")
+    if "item_id" not in cand_cols:
+        raise RequestError("inputs", "no 'item_id' input (one value per candidate)")
+    n = len(cand_cols["item_id"])
+    for name, rows in cand_cols.items():
+        if len(rows) != n:
+            raise RequestError("inputs", f"input {name!r} has {len(rows)} rows, item_id {n}")
+    keys = list(cand_cols)
+    cols = [cand_cols[k] for k in keys]
+    cands = [dict(zip(keys, vals, strict=True)) for vals in zip(*cols, strict=True)]
+    req_obj = {"request_id": obj.get("id", params.get("request_id")), "user": user,
+               "candidates": cands, "now": params.get("now")}
+    if user_id is not None:
+        req_obj["user_id"] = user_id
+    return build_request(req_obj, max_candidates)
+
+
+def _unflatten(data: list[Any], shape: list[int], where: str) -> list[Any]:
+    """Rows of a row-major tensor: ``shape [N]`` -> N scalars, ``[N, L]`` -> N lists."""
+    if len(shape) == 1:
+        if len(data) != shape[0]:
+            raise RequestError(where, f"holds {len(data)} values, shape says {shape[0]}")
+        if data and type(data[0]) is list:  # already nested
+            return data
+        return data
+    if len(shape) == 2:
+        n, m = shape
+        if data and type(data[0]) is list:
+            if len(data) != n:
+                raise RequestError(where, f"holds {len(data)} rows, shape says {n}")
+            return data
+        if len(data) != n * m:
+            raise RequestError(where, f"holds {len(data)} values, shape says {n} x {m}")
+        return [data[r * m:(r + 1) * m] for r in range(n)]
+    raise RequestError(where, f"tensors of rank 1 or 2 only, got shape {shape}")

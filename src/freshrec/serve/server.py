@@ -1,0 +1,221 @@
+"""The serving process: updater + impression writer + HTTP app on uvicorn.
+
+:class:`Server` wires them and runs uvicorn either in the calling thread
+(:meth:`Server.serve_forever`, what ``freshrec serve`` does) or in a background thread
+(:meth:`Server.start` / :meth:`Server.stop`, what tests and the demo do);
+:func:`run_server` is the blocking one-call form.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import uvicorn
+
+from freshrec.config import FreshrecConfig
+from freshrec.errors import InputError
+from freshrec.serve.app import build_app
+from freshrec.serve.config import ServeConfig
+from freshrec.serve.impressions import ImpressionWriter
+from freshrec.serve.metrics import ServeMetrics
+from freshrec.serve.updater import ModelUpdater
+from freshrec.stream.base import Log
+from freshrec.stream.open import open_log
+from freshrec.sync import Registry
+
+__all__ = ["Server", "run_server", "default_log_spec"]
+
+log = logging.getLogger(__name__)
+
+
+def default_log_spec(registry: str | os.PathLike[str]) -> str:
+    """The default impression log: a file log ``log/`` beside the registry directory.
+
+    >>> default_log_spec("/runs/a/registry")
+    'file:/runs/a/log'
+    """
+    return "file:" + str(Path(registry).resolve().parent / "log")
+
+
+class Server:
+    """A scoring server over a registry.
+
+    Parameters
+    ----------
+    registry : path or Registry
+        Where model versions are published.
+    config : ServeConfig, optional
+    model_config : FreshrecConfig, optional
+        The model's config; by default read from ``HEAD``'s ``meta["config"]``.
+    log : Log or str or None, optional
+        Impression log: a :class:`~freshrec.stream.Log`, a spec for
+        :func:`~freshrec.stream.open.open_log` (``file:DIR``, ``redis://...``), ``None`` for
+        the default file log beside the registry, or ``False`` for none.
+
+    Examples
+    --------
+    ::
+
+        server = Server("runs/x/registry", ServeConfig(port=0))
+        server.start()                 # returns once the model is loaded and warm
+        httpx.post(server.url + "/score", json={...})
+        server.stop()
+    """
+
+    def __init__(self, registry: str | os.PathLike[str] | Registry,
+                 config: ServeConfig | None = None, *,
+                 model_config: FreshrecConfig | None = None,
+                 log: Log | str | bool | None = None) -> None:
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.config = config if config is not None else ServeConfig()
+        self.model_config = model_config
+        self._log_arg = log
+        self.metrics = ServeMetrics()
+        self.updater = ModelUpdater(self.registry, model_config, self.config, self.metrics)
+        self.log: Log | None = None
+        self.impressions: ImpressionWriter | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (after :meth:`start`)."""
+        return f"http://{self.config.host}:{self.port}"
+
+    def _prepare(self) -> Any:
+        sc = self.config
+        if sc.threads:
+            torch.set_num_threads(sc.threads)
+        if sc.switch_interval_s:
+            sys.setswitchinterval(sc.switch_interval_s)
+        if self._log_arg is not False:
+            if isinstance(self._log_arg, Log):
+                self.log = self._log_arg
+            else:
+                spec = self._log_arg if isinstance(self._log_arg, str) else \
+                    default_log_spec(self.registry.root)
+                self.log = open_log(spec, partitions=sc.log_partitions)
+            self.impressions = ImpressionWriter(self.log, max_queue=sc.log_queue,
+                                                metrics=self.metrics)
+            self.impressions.start()
+        naive = None
+        if sc.update_mode == "naive":
+            naive = self._naive_reloader()
+            if self.registry.head() is not None:
+                self.updater.load(warm=False)
+        else:
+            if self.registry.head() is None:
+                log.warning("registry %s is empty: not ready until a version is published",
+                            self.registry.root)
+            else:
+                self.updater.load()
+            self.updater.start()
+        app = build_app(self.updater, config=sc, impressions=self.impressions,
+                        naive_reload=naive)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((sc.host, sc.port))
+        self.port = self._sock.getsockname()[1]
+        ucfg = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                              http=_http_impl(), loop=_loop_impl())
+        self._uvicorn = uvicorn.Server(ucfg)
+        return self._uvicorn
+
+    def _naive_reloader(self) -> Any:
+        """Reload (full, no warm-up) on the request path when ``HEAD`` moved."""
+        last = {"t": 0.0}
+        interval = self.config.poll_interval_s
+
+        def check() -> None:
+            now = time.monotonic()
+            if now - last["t"] < interval:
+                return
+            last["t"] = now
+            cur = self.updater.current
+            head = self.registry.head()
+            if head is not None and (cur is None or cur.version != head):
+                self.updater.load(warm=False)
+
+        return check
+
+    def serve_forever(self) -> None:
+        """Load, then serve in this thread until interrupted (``freshrec serve``)."""
+        server = self._prepare()
+        log.info("serving on %s", self.url)
+        try:
+            server.run(sockets=[self._sock])
+        finally:
+            self._cleanup()
+
+    def start(self, timeout_s: float = 60.0) -> Server:
+        """Load, then serve on a background thread; returns once the server accepts."""
+        server = self._prepare()
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._sock]},
+                                        name="freshrec-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise InputError(f"server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, the updater and the impression writer (queued events are written)."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self.updater.stop()
+        if self.impressions is not None:
+            self.impressions.close()
+            self.impressions = None
+        if self.log is not None and not isinstance(self._log_arg, Log):
+            self.log.close()
+            self.log = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _http_impl() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def _loop_impl() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_server(registry: str | os.PathLike[str], *, config: ServeConfig | None = None,
+               model_config: FreshrecConfig | None = None,
+               log: Log | str | bool | None = None) -> None:
+    """Serve ``registry`` until interrupted (blocking); see :class:`Server`."""
+    Server(registry, config, model_config=model_config, log=log).serve_forever()
