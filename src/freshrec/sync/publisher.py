@@ -180,9 +180,9 @@ class Publisher:
                 return None
         t = self._timers
         if self._last_version is None or now - t["full"] >= cfg.full_interval_s:
-            m = self.publish_full(event_time=event_time, meta=meta)
+            full = self.publish_full(event_time=event_time, meta=meta)
             t.update(full=now, dense=now, sparse=now)
-            return m
+            return full
         dense_due = now - t["dense"] >= cfg.dense_interval_s
         sparse_due = now - t["sparse"] >= cfg.sparse_interval_s
         if not (dense_due or sparse_due):

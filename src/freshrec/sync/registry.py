@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from enum import Enum, unique
+from enum import StrEnum, unique
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ VERSIONS = "versions"
 
 
 @unique
-class VersionKind(str, Enum):
+class VersionKind(StrEnum):
     """What a registry version holds."""
 
     FULL = "full"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, unique
+from enum import StrEnum, unique
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ LoadDenseFn = Callable[[dict[str, torch.Tensor]], Any]
 
 
 @unique
-class StepAction(str, Enum):
+class StepAction(StrEnum):
     """What a subscriber does with one version of a plan."""
 
     LOAD_FULL = "load_full"
