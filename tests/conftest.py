@@ -17,11 +17,11 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real ``redis-server`` on a free loopback port, no persistence; yields its URL.
+def start_redis(workdir: Path, port: int | None = None, *extra: str):
+    """Start a real ``redis-server`` on loopback in ``workdir``; returns ``(process, port)``.
 
-    Runs ``scripts/ensure-redis`` first when ``redis-server`` is not on PATH.
+    Runs ``scripts/ensure-redis`` first when ``redis-server`` is not on PATH. ``extra`` are
+    more server options (e.g. ``--appendonly yes`` for a server that is killed and restarted).
     """
     import shutil
     import socket
@@ -31,25 +31,34 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("redis-server") is None:
         script = Path(__file__).resolve().parents[1] / "scripts" / "ensure-redis"
         subprocess.run(["bash", str(script)], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    args = ["--save", "", "--appendonly", "no"] if not extra else list(extra)
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--daemonize", "no", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
+                return proc, port
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError(f"redis-server did not start on port {port}") from None
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``redis-server`` on a free loopback port, no persistence; yields its URL."""
+    import subprocess
+
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:

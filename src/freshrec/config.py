@@ -1,7 +1,8 @@
 """The whole freshrec configuration, loaded from YAML.
 
 Top-level keys are the fields of :class:`FreshrecConfig`: ``features`` (tables, slots,
-dense fields, labels), ``model``, ``train`` and ``data`` (default reader). An unknown key
+dense fields, labels), ``model``, ``train``, ``data`` (default reader), ``online`` (the
+online trainer) and ``sync`` (what is published to the registry, and how often). An unknown key
 anywhere is an error that names the key and the file. ``--set a.b=v`` overrides from the CLI
 are applied to the parsed YAML before validation (values parsed as YAML scalars).
 
@@ -33,7 +34,8 @@ from freshrec._validate import check_keys
 from freshrec.errors import ConfigError
 from freshrec.features.config import FeatureConfig, feature_config_from_dict
 from freshrec.models.config import ModelConfig, model_config_from_dict
-from freshrec.train.config import TrainConfig
+from freshrec.sync.config import PublisherConfig
+from freshrec.train.config import OnlineConfig, TrainConfig
 
 __all__ = ["FreshrecConfig", "DataConfig", "load_config", "config_from_dict", "apply_overrides"]
 
@@ -56,6 +58,8 @@ class FreshrecConfig:
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    sync: PublisherConfig = field(default_factory=PublisherConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
@@ -65,7 +69,7 @@ class FreshrecConfig:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-_TOP = {"features", "model", "train", "data"}
+_TOP = {"features", "model", "train", "data", "online", "sync"}
 
 
 def _typed(cls: type, data: Any, where: str) -> Any:
@@ -87,6 +91,8 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Freshrec
         model=model_config_from_dict(data.get("model") or {}, where=f"{where}: model"),
         train=_typed(TrainConfig, data.get("train"), f"{where}: train"),
         data=_typed(DataConfig, data.get("data"), f"{where}: data"),
+        online=_typed(OnlineConfig, data.get("online"), f"{where}: online"),
+        sync=_typed(PublisherConfig, data.get("sync"), f"{where}: sync"),
         raw=json.loads(json.dumps(data, default=str)),
     )
 

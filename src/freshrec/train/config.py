@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from freshrec._validate import is_int, is_number, require
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "OnlineConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,3 +128,56 @@ class TrainConfig:
             "a number >= 0",
             self.checkpoint_every_s,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineConfig:
+    """How the online trainer consumes the joined-example log.
+
+    Parameters
+    ----------
+    max_records : int
+        Records read per partition per step.
+    poll_timeout_s : float
+        Wait for new records when the log is drained.
+    checkpoint_every_s : float
+        Wall seconds between checkpoints (model + input offsets together); 0 checkpoints
+        after every step.
+    frozen_tables : tuple of str
+        Tables that are looked up but never updated (forward-only).
+    embedding_warmup_steps : int
+        Steps during which every table is forward-only (the dense part learns first).
+    init_from : str
+        A batch-training checkpoint (or checkpoints folder) to start from; ignored when the
+        online run has a checkpoint of its own.
+    window_report_s : int
+        Event-time window of the admitted/expired/AUC report lines.
+
+    Examples
+    --------
+    >>> OnlineConfig(frozen_tables=["user"]).frozen_tables
+    ('user',)
+    """
+
+    max_records: int = 4096
+    poll_timeout_s: float = 0.2
+    checkpoint_every_s: float = 30.0
+    frozen_tables: tuple[str, ...] = ()
+    embedding_warmup_steps: int = 0
+    init_from: str = ""
+    window_report_s: int = 60
+
+    def __post_init__(self) -> None:
+        o = "OnlineConfig"
+        object.__setattr__(self, "frozen_tables", tuple(self.frozen_tables))
+        require(is_int(self.max_records) and self.max_records >= 1, o, "max_records",
+                "an int >= 1", self.max_records)
+        for f in ("poll_timeout_s", "checkpoint_every_s"):
+            v = getattr(self, f)
+            require(is_number(v) and v >= 0, o, f, "a number >= 0", v)
+        require(is_int(self.embedding_warmup_steps) and self.embedding_warmup_steps >= 0, o,
+                "embedding_warmup_steps", "an int >= 0", self.embedding_warmup_steps)
+        require(is_int(self.window_report_s) and self.window_report_s >= 1, o,
+                "window_report_s", "an int >= 1", self.window_report_s)
+        require(isinstance(self.init_from, str), o, "init_from", "a path string",
+                self.init_from)

@@ -113,6 +113,8 @@ class Trainer:
         self._last_ckpt_wall = time.monotonic()
         self._log_rate = math.log(tc.negative_sample_rate)
         self._label = fc.labels[0]
+        #: The state dict of the checkpoint :meth:`resume` loaded (empty before).
+        self.resumed_state: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ steps
     def predict_batch(self, enc: EncodedBatch) -> np.ndarray:
@@ -251,14 +253,18 @@ class Trainer:
                 **{f"{n}_entries": len(t) for n, t in self.tables.items()}}
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
-        """Write a checkpoint under ``run_dir/checkpoints`` (tables, dense, position)."""
+    def save(self, extra: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint under ``run_dir/checkpoints`` (tables, dense, position).
+
+        ``extra`` (JSON-able) is stored with it, e.g. the online trainer's input offsets,
+        and comes back in :attr:`resumed_state`.
+        """
         if self.run_dir is None:
             raise ValueError("Trainer.save: the trainer has no run_dir")
         state = {"step": self.step, "examples": self.examples, "position": self.position,
                  "last_expire": self._last_expire, "metrics": self.metrics.get(),
                  "config_fingerprint": self.config.fingerprint(),
-                 "torch_rng": torch.get_rng_state().numpy().tolist()}
+                 "torch_rng": torch.get_rng_state().numpy().tolist(), **(extra or {})}
         self._last_ckpt_wall = time.monotonic()
         return save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
                                self.tables, self.model.state_dict(), self.optimizer.state_dict(),
@@ -284,6 +290,7 @@ class Trainer:
         self.examples = int(state["examples"])
         self.position = {k: int(v) for k, v in state["position"].items()}
         self._last_expire = state["last_expire"]
+        self.resumed_state = state
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resumed checkpoint=%s step=%d", ckpt, self.step)
         return True
