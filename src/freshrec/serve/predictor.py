@@ -302,8 +302,9 @@ class FeatureIndex:
     """Candidate raw features -> fids and dense values, kept by ``item_id`` (see module doc).
 
     An entry is reused only when the request's candidate dict equals the one it was built
-    from, so the index can never serve stale features; it is cleared when it would exceed
-    ``max_items``. Thread-safe (one lock around each batch).
+    from, so the index can never serve stale features; changed features get a new row (the
+    old one is garbage until the index is cleared, which happens when it would exceed
+    ``max_items`` rows). Thread-safe (one lock around each batch).
 
     Parameters
     ----------
@@ -383,12 +384,9 @@ class FeatureIndex:
         pos, raw = self._pos, self._raw
         targets = []
         fresh = len(raw)
-        for c in todo:
-            r = pos.get(c["item_id"]) if store else None
-            if r is None:
-                r = fresh
-                fresh += 1
-            targets.append(r)
+        for _ in todo:  # always fresh rows: a row read by a hit in this batch stays intact
+            targets.append(fresh)
+            fresh += 1
         need = fresh
         if need > self.fids.shape[0]:
             cap = max(need, 2 * self.fids.shape[0])
@@ -419,11 +417,8 @@ class FeatureIndex:
             for k, r in enumerate(targets):
                 store_m[r] = f[ends[k] - ln[k]: ends[k]]
         if store:
+            raw.extend(todo)
             for c, r in zip(todo, targets, strict=True):
-                if r == len(raw):
-                    raw.append(c)
-                else:
-                    raw[r] = c
                 pos[c["item_id"]] = r
         out[miss] = t
         return out

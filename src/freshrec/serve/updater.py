@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 def config_from_registry(registry: Registry) -> FreshrecConfig:
-    """The model config published with ``HEAD`` (``meta["config"]``, the raw YAML mapping).
+    """The model config published with ``HEAD`` (``meta["config"]``, the raw YAML mapping, of
+    ``HEAD`` or the nearest version before it on its chain that has one).
 
     Raises
     ------
@@ -53,7 +54,11 @@ def config_from_registry(registry: Registry) -> FreshrecConfig:
     head = registry.head()
     if head is None:
         raise InputError(f"registry {registry.root}: empty (no version published)")
-    raw = registry.manifest(head).meta.get("config")
+    raw = None
+    for m in reversed(registry.chain(head)):  # HEAD first, back to its full snapshot
+        raw = m.meta.get("config")
+        if raw is not None:
+            break
     if not isinstance(raw, Mapping):
         raise InputError(
             f"registry {registry.root}: version {head} carries no model config in its meta "
