@@ -240,3 +240,35 @@ def test_local_tables_must_be_the_registrys(trainer):
 def test_subscriber_on_an_empty_registry(tmp_path):
     sub = Subscriber(Registry(tmp_path / "none"))
     assert sub.plan().steps == () and sub.update(make_tables()) is None
+
+
+def test_subscriber_polling_while_the_trainer_publishes(tmp_path):
+    """A reader thread updating in a loop never sees a half-written version."""
+    import threading
+
+    t = Trainer(tmp_path / "reg")
+    t.pub.publish_full()
+    follower, errors, seen = make_tables(), [], []
+    done = threading.Event()
+
+    def poll():
+        sub = Subscriber(t.reg)
+        try:
+            while not done.is_set() or sub.version != t.reg.head():
+                v = sub.update(follower)
+                if v is not None and (not seen or seen[-1] != v):
+                    seen.append(v)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    for _ in range(25):
+        t.now += 3
+        train_step(t.rng, t.tables, t.now)
+        t.pub.publish_sparse()
+    done.set()
+    reader.join(timeout=120)
+    assert not reader.is_alive() and errors == []
+    assert seen[-1] == t.reg.head() == 26 and seen == sorted(seen)
+    assert_tables_equal(t.tables, follower, with_state=False)
