@@ -1,4 +1,13 @@
-"""``freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]``."""
+"""``freshrec train``: batch training on a data set, or ``--online`` from a log of examples.
+
+    freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]
+    freshrec train --online --config CFG --source LOG [--registry DIR] [--run-dir DIR]
+
+Online training resumes from its own last checkpoint (model and input offsets together) or
+starts from ``online.init_from`` (a batch checkpoint); it publishes to ``--registry`` per the
+``sync`` section and stops after ``--idle-timeout`` seconds without new examples (``0``
+waits forever; Ctrl-C checkpoints and stops).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=2")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--online", action="store_true",
+                   help="train from a log of joined examples (see --source)")
+    p.add_argument("--source", help="online: the examples log (file:DIR, redis://HOST:PORT#NAME)")
+    p.add_argument("--partitions", type=int, default=1, help="online: partitions of --source")
+    p.add_argument("--registry", help="online: publish updates to this registry directory")
+    p.add_argument("--idle-timeout", type=float, default=0.0,
+                   help="online: stop after this many seconds without examples (0: never)")
 
 
 def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
@@ -37,6 +53,8 @@ def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    if args.online:
+        return _run_online(cfg, args)
     make_reader = open_data(cfg, args.data, args.format)
     trainer = Trainer(cfg, run_dir=args.run_dir)
     if args.resume and trainer.resume():
@@ -72,3 +90,25 @@ def _fit_with_progress(trainer: Trainer, make_reader: Any, show: bool) -> dict[s
                 f"logloss {m.get('logloss', float('nan')):.4f} | {sizes}"))
 
         return trainer.fit(make_reader, on_step=on_step)
+
+
+def _run_online(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
+    from freshrec.stream.open import open_log
+    from freshrec.sync import Registry
+    from freshrec.train.online import OnlineTrainer
+
+    if not args.source:
+        raise ConfigError("--online needs --source (the joined-examples log)")
+    online = OnlineTrainer(cfg, open_log(args.source, partitions=args.partitions),
+                           run_dir=args.run_dir,
+                           registry=Registry(args.registry) if args.registry else None)
+    print(f"online: offsets {online.offsets}, lag {online.lag()} examples")
+    idle = args.idle_timeout if args.idle_timeout > 0 else float("inf")
+    try:
+        summary = online.run(idle_timeout_s=idle)
+    except KeyboardInterrupt:
+        online.checkpoint()
+        summary = {**online.trainer.summary(), "offsets": online.offsets, "interrupted": True}
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
+                      for k, v in summary.items()}, default=str))
+    return 0
