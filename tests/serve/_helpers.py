@@ -56,7 +56,8 @@ def examples(rng: np.random.Generator, n: int, t0: int = 0) -> pa.RecordBatch:
             "u_recent": [int(x) for x in rng.integers(0, 60, rng.integers(0, 5))],
             "item_id": item, "position": int(rng.integers(0, 10)),
             "i_cat": str(item % 5), "i_tags": [item % 3, 7], "u_age": float(rng.integers(18, 60)),
-            "i_price": float(rng.random() * 10), "click": float(item % 2 == 0 and rng.random() < 0.8),
+            "i_price": float(rng.random() * 10),
+            "click": float(item % 2 == 0 and rng.random() < 0.8),
             "event_time": t0 + i,
         })
     return examples_to_record_batch(rows)
@@ -70,6 +71,13 @@ def train_and_publish(reg: Registry, cfg: FreshrecConfig, seed: int = 0,
     pub = Publisher(reg, trainer.tables, trainer.model.state_dict)
     pub.publish_full(event_time=n, meta={"config": dict(cfg.raw)})
     return trainer, pub
+
+
+def train_more(trainer: Trainer, seed: int, n: int = 512, t0: int = 5000) -> None:
+    """More training steps on new examples (``fit`` stops after its epochs)."""
+    rb = examples(np.random.default_rng(seed), n, t0=t0)
+    for start in range(0, n, 128):
+        trainer.learn_batch(trainer.schema.encode(rb.slice(start, 128)))
 
 
 def request(rng: np.random.Generator, n: int = 10, rid: str | None = None) -> dict[str, Any]:
