@@ -1,0 +1,339 @@
+"""Serving benchmark: model time, end-to-end latency at fixed QPS, hot updates.
+
+``freshrec bench serve --json [--quick] [--seconds S] [--qps 250,500,1000]``
+
+Model: Wide & Deep with a 592-d input (18 slots x 32 + 16 dense) and a 3 x 256 MLP (the
+Meituan write-up's), 100 candidates per request, 8 user-side and 10 candidate-side slots.
+Tables hold ``--users`` and ``--items`` rows. Steps:
+
+1. model time: :meth:`Predictor.score` in this process on recorded requests (feature index
+   warm), with 1 and with 2 torch threads;
+2. end-to-end: ``freshrec serve`` in a subprocess (1 thread), an open-loop load generator in
+   another (``loadgen.py``) at each QPS; latency from the scheduled send to the response;
+   max QPS whose p99.9 <= 10 ms with no errors;
+3. hot updates at 500 QPS: a full snapshot published every ``--swap-every`` seconds (new
+   publisher, so the server reloads) vs steady state in the same run; the same with
+   ``--update-mode naive`` (reload on the request path, no warm-up); continuous 10 k-row
+   sparse deltas (server RSS before/after: ``delta_memory_growth_ratio`` = after / before);
+4. stall: in this process, the longest single-row lookup while 10 k-row deltas are applied
+   (chunks of 2,048 rows) vs without deltas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import torch
+
+from freshrec.benchinfo import machine_info, percentiles_ms
+from freshrec.config import config_from_dict
+from freshrec.features import hash_array
+from freshrec.serve import Predictor
+from freshrec.serve.request import build_request
+from freshrec.sync import Publisher, Registry, Subscriber
+from freshrec.table import EmbeddingTable
+
+HERE = Path(__file__).resolve().parent
+USER_SLOTS = ["user_id", "u_gender", "u_age", "u_region", "u_recent", "u_f0", "u_f1", "u_f2"]
+CAND_SLOTS = ["item_id", "position", "i_cat", "i_brand", "i_f0", "i_f1", "i_f2", "i_f3", "i_f4",
+              "i_f5"]
+DENSE = [f"u_d{i}" for i in range(8)] + [f"i_d{i}" for i in range(8)]
+
+
+def bench_config() -> dict:
+    table = {"dim": 32, "optimizer": {"kind": "adagrad", "lr": 0.05},
+             "initializer": {"kind": "normal", "std": 0.05}, "capacity_hint": 1024}
+    slots = {s: {"table": "user" if s.startswith("u") else "item"} for s in USER_SLOTS}
+    slots.update({s: {"table": "item"} for s in CAND_SLOTS})
+    slots["u_recent"] = {"table": "item", "kind": "multi", "max_len": 10, "pooling": "mean",
+                         "id_space": "item_id"}
+    return {"features": {"tables": {"user": table, "item": table}, "slots": slots,
+                         "dense": {d: {"norm": "log"} for d in DENSE}, "labels": ["click"]},
+            "model": {"kind": "wide_deep", "mlp": [256, 256, 256]},
+            "train": {"negative_sample_rate": 0.1}}
+
+
+def make_registry(root: Path, users: int, items: int) -> tuple[Registry, dict, dict]:
+    raw = bench_config()
+    cfg = config_from_dict(raw, where="bench_serve")
+    tables = {t.name: EmbeddingTable(t) for t in cfg.features.tables}
+    tables["user"].lookup(hash_array("user_id", np.arange(users)), now=1, train=True)
+    tables["item"].lookup(hash_array("item_id", np.arange(items)), now=1, train=True)
+    for s in USER_SLOTS[1:] + CAND_SLOTS[1:]:
+        if s != "u_recent":
+            t = "user" if s.startswith("u") else "item"
+            tables[t].lookup(hash_array(s, np.arange(1000)), now=1, train=True)
+    pred = Predictor.build(cfg, tables=tables)
+    dense = {k: v.clone() for k, v in pred.model.state_dict().items()}
+    reg = Registry(root)
+    Publisher(reg, tables, lambda: dense).publish_full(event_time=int(time.time()),
+                                                      meta={"config": raw})
+    return reg, tables, dense
+
+
+def make_requests(n: int, cands: int, users: int, items: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    pop = rng.zipf(1.2, size=20 * n * cands) % items  # popular items repeat across requests
+    out = []
+    for k in range(n):
+        user = {"gender": int(rng.integers(0, 2)), "age": int(rng.integers(0, 80)),
+                "region": int(rng.integers(0, 50)),
+                "recent": [int(x) for x in rng.integers(0, items, 10)],
+                **{f"f{i}": int(rng.integers(0, 1000)) for i in range(3)},
+                **{f"d{i}": float(rng.random()) for i in range(8)}}
+        ids = pop[k * cands:(k + 1) * cands]
+        cs = []
+        for iid in ids.tolist():
+            r = np.random.default_rng(iid)  # an item's features are a function of the item
+            c = {"item_id": iid, "cat": int(r.integers(0, 1000)),
+                 "brand": int(r.integers(0, 1000)),
+                 **{f"f{i}": int(r.integers(0, 1000)) for i in range(6)},
+                 **{f"d{i}": round(float(r.random()), 4) for i in range(8)}}
+            cs.append(c)
+        out.append({"request_id": f"b{seed}-{k}", "user_id": int(rng.integers(0, users)),
+                    "user": user, "candidates": cs})
+    return out
+
+
+def model_time(reg: Registry, bodies: list[dict], iters: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    state = Subscriber(reg).materialize()
+    cfg = config_from_dict(state.meta["config"])
+    pred = Predictor.build(cfg, tables=state.tables, dense=state.dense)
+    reqs = [build_request(b, 1000) for b in bodies]
+    for r in reqs[:50]:
+        pred.score(r)
+    lat = []
+    for i in range(iters):
+        t = time.perf_counter()
+        pred.score(reqs[i % len(reqs)])
+        lat.append(time.perf_counter() - t)
+    return percentiles_ms(lat)
+
+
+class ServerProc:
+    def __init__(self, reg: Path, log: Path, mode: str = "background") -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "freshrec.cli", "serve", "--registry", str(reg), "--port",
+             str(self.port), "--log", str(log), "--threads", "1", "--poll-interval", "0.2",
+             "--update-mode", mode, "--max-in-flight", "256"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.proc.stderr.read()[-2000:]!r}")
+            time.sleep(0.1)
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def load(url: str, bodies_path: Path, qps: float, seconds: float) -> dict:
+    out = bodies_path.parent / f"lat-{qps}-{time.monotonic_ns()}.json"
+    subprocess.run([sys.executable, str(HERE / "loadgen.py"), url, str(bodies_path), str(qps),
+                    str(seconds), str(out)], check=True)
+    res = json.loads(out.read_text())
+    p = percentiles_ms(res["latencies_s"])
+    p["errors"] = sum(v for k, v in res["codes"].items() if k != "200")
+    p["achieved_qps"] = res["achieved_qps"]
+    return p
+
+
+def during(fn, seconds: float, every: float) -> threading.Thread:
+    """Run ``fn`` every ``every`` seconds for ``seconds`` on a thread."""
+    def loop() -> None:
+        end = time.monotonic() + seconds
+        nxt = time.monotonic() + every / 2
+        while time.monotonic() < end:
+            if time.monotonic() >= nxt:
+                fn()
+                nxt += every
+            time.sleep(0.01)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def stall(reg: Registry, rows: int, rounds: int) -> dict:
+    """Longest 1-fid lookup with and without 10 k-row deltas being applied (in process)."""
+    state = Subscriber(reg).materialize()
+    table = state.tables["item"]
+    src = Subscriber(reg).materialize().tables["item"]
+    fids = hash_array("item_id", np.arange(min(rows * 5, len(src) - 1000)))
+    probe = fids[:1]
+    res = {}
+    for mode in ("steady", "delta"):
+        stop = threading.Event()
+        worst = [0.0]
+
+        def reader(stop: threading.Event = stop, worst: list[float] = worst) -> None:
+            while not stop.is_set():
+                t = time.perf_counter()
+                table.lookup(probe)
+                worst[0] = max(worst[0], time.perf_counter() - t)
+                time.sleep(0)
+
+        th = threading.Thread(target=reader)
+        th.start()
+        rng = np.random.default_rng(0)
+        for _ in range(rounds):
+            if mode == "delta":
+                pick = fids[rng.choice(fids.shape[0], rows, replace=False)]
+                src.apply_gradients(pick, rng.normal(size=(rows, src.dim)).astype(np.float32))
+                d = src.export_delta(table.applied_version, with_state=False)
+                table.apply_delta(d, chunk_rows=2048, check_version=False)
+            else:
+                time.sleep(0.05)
+        stop.set()
+        th.join()
+        res[mode] = worst[0] * 1e3
+    return res
+
+
+def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
+    ap = argparse.ArgumentParser(prog="freshrec bench serve")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--qps", default=None, help="comma-separated QPS levels")
+    ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--items", type=int, default=None)
+    ap.add_argument("--swap-every", type=float, default=10.0)
+    a = ap.parse_args(argv)
+    q = a.quick
+    seconds = a.seconds or (4.0 if q else 20.0)
+    levels = [float(x) for x in (a.qps or ("250,500,1000" if q else
+                                           "250,500,750,1000,1250,1500")).split(",")]
+    users, items = a.users or (20_000 if q else 200_000), a.items or (20_000 if q else 100_000)
+    swap_every = min(a.swap_every, seconds / 2) if q else a.swap_every
+    update_seconds = max(seconds, 2.5 * swap_every)
+    say = print if verbose else (lambda *x, **k: None)
+    tmp = Path(tempfile.mkdtemp(prefix="freshrec-bench-serve-"))
+    reg, _, _ = make_registry(tmp / "registry", users, items)
+    bodies = make_requests(200 if q else 500, 100, users, items)
+    bodies_path = tmp / "bodies.jsonl"
+    bodies_path.write_bytes(b"\n".join(orjson.dumps(b) for b in bodies) + b"\n")
+    res: dict = {"candidates": 100, "input_dim": 592, "mlp": [256, 256, 256], "users": users,
+                 "items": items, "seconds_per_level": seconds, "quick": q,
+                 "loadavg_start": os.getloadavg()[0]}
+    iters = 500 if q else 5000
+    for th in (1, 2):
+        m = model_time(reg, bodies, iters, th)
+        sfx = "" if th == 1 else "_threads2"
+        res.update({f"model_p50_ms{sfx}": m["p50"], f"model_p99_ms{sfx}": m["p99"],
+                    f"model_p99_9_ms{sfx}": m["p99_9"]})
+        say(f"model time threads={th}: {m}")
+    torch.set_num_threads(1)
+    server = ServerProc(tmp / "registry", tmp / "log")
+    try:
+        load(server.url, bodies_path, 200, 1.0)  # warm connections and caches
+        best = 0.0
+        for qps in levels:
+            p = load(server.url, bodies_path, qps, seconds)
+            say(f"e2e qps={qps:g}: {p}")
+            k = f"qps{int(qps)}"
+            res.update({f"e2e_p50_ms_{k}": p["p50"], f"e2e_p99_ms_{k}": p["p99"],
+                        f"e2e_p99_9_ms_{k}": p["p99_9"], f"e2e_errors_{k}": p["errors"]})
+            if p["p99_9"] <= 10.0 and p["errors"] == 0 and p["achieved_qps"] >= 0.95 * qps:
+                best = max(best, qps)
+        res["max_qps_p99_9_under_10ms"] = best
+        # steady vs full-model swaps, at 500 QPS
+        steady = load(server.url, bodies_path, 500, update_seconds)
+        res["steady_p99_9_ms_qps500"] = steady["p99_9"]
+
+        def swap() -> None:
+            st = Subscriber(reg).materialize()
+            Publisher(reg, st.tables, lambda: st.dense).publish_full(
+                event_time=int(time.time()), meta=st.meta)
+
+        th = during(swap, update_seconds, swap_every)
+        sw = load(server.url, bodies_path, 500, update_seconds)
+        th.join()
+        res["swap_p99_9_ms_qps500"] = sw["p99_9"]
+        res["swap_p99_9_ratio"] = sw["p99_9"] / steady["p99_9"]
+        say(f"steady {steady} swap {sw}")
+        # continuous 10 k-row sparse deltas
+        st = Subscriber(reg).materialize()
+        pub = Publisher(reg, st.tables, lambda: st.dense)
+        pub.publish_full(event_time=int(time.time()), meta=st.meta)
+        time.sleep(2.0)
+        rss0 = server.rss_bytes()
+        ids = hash_array("item_id", np.arange(items))
+        rng = np.random.default_rng(1)
+
+        def delta() -> None:
+            pick = ids[rng.choice(ids.shape[0], 10_000, replace=False)]
+            st.tables["item"].apply_gradients(
+                pick, rng.normal(size=(10_000, 32)).astype(np.float32))
+            pub.publish_sparse(event_time=int(time.time()))
+
+        th = during(delta, update_seconds, 1.0)
+        dl = load(server.url, bodies_path, 500, update_seconds)
+        th.join()
+        time.sleep(1.0)
+        rss1 = server.rss_bytes()
+        res["delta_p99_9_ms_qps500"] = dl["p99_9"]
+        res["delta_p99_9_ratio"] = dl["p99_9"] / steady["p99_9"]
+        res["delta_memory_growth_ratio"] = rss1 / rss0
+        res["server_rss_mib"] = rss0 / 2**20
+        say(f"deltas {dl} rss {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB")
+    finally:
+        server.close()
+    naive = ServerProc(tmp / "registry", tmp / "log-naive", mode="naive")
+    try:
+        load(naive.url, bodies_path, 200, 1.0)
+        nsteady = load(naive.url, bodies_path, 500, update_seconds)
+
+        def swap2() -> None:
+            s2 = Subscriber(reg).materialize()
+            Publisher(reg, s2.tables, lambda: s2.dense).publish_full(
+                event_time=int(time.time()), meta=s2.meta)
+
+        th = during(swap2, update_seconds, swap_every)
+        nsw = load(naive.url, bodies_path, 500, update_seconds)
+        th.join()
+        res["naive_swap_p99_9_ms_qps500"] = nsw["p99_9"]
+        res["naive_swap_p99_9_ratio"] = nsw["p99_9"] / steady["p99_9"]
+        res["naive_steady_p99_9_ms_qps500"] = nsteady["p99_9"]
+        say(f"naive steady {nsteady} swap {nsw}")
+    finally:
+        naive.close()
+    s = stall(reg, 10_000, 5 if q else 20)
+    res["delta_max_stall_ms"] = s["delta"]
+    res["steady_max_stall_ms"] = s["steady"]
+    res["loadavg_end"] = os.getloadavg()[0]
+    res["machine"] = machine_info()
+    res["threads"] = 1
+    return res
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))
