@@ -45,13 +45,33 @@ def _fl(partitions=1):
     return FileLogConfig(partitions=partitions, fsync="never")
 
 
-def _read_all(log):
+def _records(log):
     out = []
     for p in range(log.partitions):
         off = 0
         while recs := log.read(p, off, 10_000):
-            out += [orjson.loads(r.value) for r in recs]
+            out += [r.value for r in recs]
             off = recs[-1].offset + 1
+    return out
+
+
+def _read_all(log):
+    """Side logs: orjson rows."""
+    return [orjson.loads(v) for v in _records(log)]
+
+
+def _read_examples(log):
+    """The joiner's output: Arrow example records, decoded per partition, in order."""
+    out = []
+    for p in range(log.partitions):
+        off, values = 0, []
+        while recs := log.read(p, off, 10_000):
+            values += [r.value for r in recs]
+            off = recs[-1].offset + 1
+        rb, bad = ev.decode_examples(values)
+        assert bad == 0
+        assert all(v[:4] == ev.EXAMPLES_MAGIC for v in values)
+        out += rb.to_pylist() if rb is not None else []
     return out
 
 
@@ -86,7 +106,7 @@ def _run(src, tmp_path, cfg=CFG, name="out", side=None, partitions=1):
     j.run(idle_timeout_s=0.0, flush_at_end=True)
     m = j.metrics()
     j.close()
-    return _read_all(out), m, out
+    return _read_examples(out), m, out
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -196,7 +216,7 @@ def test_validation_quarantines_a_window_until_released(tmp_path):
     out = FileLog(tmp_path / "out")
     j = Joiner(src, out, tmp_path / "state", cfg, side_logs={"quarantine": q})
     j.run(idle_timeout_s=0.0, flush_at_end=True)
-    assert _read_all(out) == []
+    assert _read_examples(out) == []
     held = _read_all(q)
     windows = sorted({h["window"] for h in held})
     assert len(windows) >= 3 and j.metrics()["quarantined_windows"] == len(windows)
@@ -204,7 +224,7 @@ def test_validation_quarantines_a_window_until_released(tmp_path):
     assert n == sum(h["window"] == windows[0] for h in held) > 0
     assert j.release(windows[0]) == 0  # idempotent
     j.close()
-    assert len(_read_all(out)) == n
+    assert len(_read_examples(out)) == n
 
 
 def test_validation_passes_windows_within_bounds(tmp_path):
@@ -267,7 +287,7 @@ def _kill_and_resume(tmp_path, kind, src, make_out, args):
     assert j.counters["restarts"] >= 2
     j.run(idle_timeout_s=0.0, flush_at_end=True)
     j.close()
-    return _read_all(out)
+    return _read_examples(out)
 
 
 @pytest.mark.slow

@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -41,6 +40,31 @@ from freshrec.stream.events import SCHEMA_VERSION, encode, partition_for
 __all__ = ["SimulatorConfig", "ClickStreamSimulator", "write_to_log"]
 
 logger = logging.getLogger(__name__)
+
+#: requests generated together (vectorised) by :meth:`ClickStreamSimulator.records`
+_BLOCK = 256
+_TRUE_P = np.frombuffer(b'"true_p":0.', np.uint8)
+_CLOSE = np.frombuffer(b"},", np.uint8)
+_POW10 = 10 ** np.arange(5, -1, -1, dtype=np.int64)
+
+
+def _ascii(texts: list[str]) -> np.ndarray:
+    """Strings -> a (len, width) uint8 array of their ASCII, padded with spaces."""
+    width = max(map(len, texts), default=1)
+    return np.frombuffer("".join(t.ljust(width) for t in texts).encode(),
+                         np.uint8).reshape(len(texts), width)
+
+
+def _item_fragments(attrs: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """JSON fragments ``{"item_id":..,"features":{..},`` of every item (rows already in
+    ``done`` are kept; new items are appended, the width grows when needed)."""
+    new = _ascii([f'{{"item_id":{i},"features":{{"category":{a},"brand":{b * 100 + c},'
+                  f'"price":{c}}},' for i, (a, b, c) in
+                  enumerate(attrs[len(done):].tolist(), start=len(done))])
+    width = max(done.shape[1], new.shape[1])
+    pad = [np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=32)
+           for x in (done, new)]
+    return np.concatenate(pad)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +241,30 @@ class _Population:
         k = np.searchsorted(self._cdf, self.rng.random(size))
         return self._ids[np.minimum(k, len(self._ids) - 1)]
 
+    def candidates_block(self, rows: int, n: int) -> np.ndarray:
+        """``rows`` x ``n`` ids, each row ``n`` distinct live ids drawn like
+        :meth:`candidates` (half by popularity, the rest uniformly; first draws first)."""
+        self.sample(1)  # refresh the cdf
+        draw = np.concatenate(
+            [self.sample(rows * n).reshape(rows, n),
+             self._ids[self.rng.integers(0, len(self._ids), (rows, 2 * n))]], axis=1)
+        order = np.argsort(draw, axis=1, kind="stable")
+        srt = np.take_along_axis(draw, order, axis=1)
+        first_sorted = np.ones_like(srt, bool)
+        first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        first = np.empty_like(first_sorted)
+        np.put_along_axis(first, order, first_sorted, axis=1)
+        rank = np.cumsum(first, axis=1)
+        take = first & (rank <= n)
+        out = np.empty((rows, n), np.int64)
+        ok = rank[:, -1] >= n
+        if ok.all():
+            out[:] = draw[take].reshape(rows, n)
+            return out
+        for r in range(rows):  # too few distinct ids in a row (tiny catalogues): redraw
+            out[r] = draw[r][take[r]] if ok[r] else self.candidates(n)
+        return out
+
     def candidates(self, n: int) -> np.ndarray:
         """``n`` distinct live ids: half drawn by popularity, the rest uniformly."""
         self.sample(1)  # refresh the cdf
@@ -244,7 +292,12 @@ class ClickStreamSimulator:
 
     def records(self, n_requests: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Yield ``(request_id, encoded event)`` in delivery order, ``n_requests`` requests
-        (None: forever). Actions and late deliveries are flushed at the end."""
+        (None: forever). Actions and late deliveries are flushed at the end.
+
+        Requests are drawn in blocks (at most :data:`_BLOCK` requests, never across a
+        population update): users, candidates, click probabilities, clicks, delays and
+        deliveries are vectorised over the block; only the session/drift walk and the event
+        encoding go request by request."""
         c = self.config
         rng = np.random.default_rng(c.seed)
         centres = rng.normal(0, 1.2 / math.sqrt(c.dim), (50, c.dim))
@@ -260,17 +313,18 @@ class ClickStreamSimulator:
         t = float(c.start_time)
         last_tick = t
         k = 0
-
-        def push(deliver: float, rid: str, payload: bytes) -> None:
-            nonlocal seq
-            heapq.heappush(heap, (deliver, seq, rid, payload))
-            seq += 1
-
+        n_cand = c.candidates
+        pos = np.arange(n_cand)
+        with_p = c.true_probabilities
+        item_json = np.zeros((0, 1), np.uint8)
+        pos_json = _ascii([f'"position":{j}' + ("," if with_p else "") for j in range(n_cand)])
         while n_requests is None or k < n_requests:
-            t += rng.exponential(1.0 / c.requests_per_s)
-            if t - last_tick >= 1.0:  # population dynamics once per event-time second
-                dt = t - last_tick
-                last_tick = t
+            size = _BLOCK if n_requests is None else min(_BLOCK, n_requests - k)
+            times = t + np.cumsum(rng.exponential(1.0 / c.requests_per_s, size))
+            # a population update happens before the first request of the next event-second
+            if times[0] - last_tick >= 1.0:
+                dt = float(times[0]) - last_tick
+                last_tick = float(times[0])
                 for pop, rate in ((users, c.new_users_per_s), (items, c.new_items_per_s)):
                     n_new = int(rng.poisson(rate * dt))
                     if n_new:
@@ -278,111 +332,121 @@ class ClickStreamSimulator:
                 n_old = int(rng.poisson(c.item_churn_per_s * dt))
                 if n_old:
                     items.retire(n_old)
-            # session: continue an open one or start a new one
-            if sessions and rng.random() < c.session_continue:
-                user = sessions[int(rng.integers(len(sessions)))]
-            else:
-                user = int(users.sample(1)[0])
-                sessions.append(user)
-                if len(sessions) > 64:
-                    sessions.pop(0)
-            # taste drift since the user was last seen (OU walk towards 0)
-            dt_u = t - user_time.get(user, t)
-            user_time[user] = t
-            if dt_u > 0 and c.drift_per_s > 0:
-                users.vec[user] = users.vec[user] * math.exp(-1e-5 * dt_u) + rng.normal(
-                    0, c.drift_per_s * math.sqrt(dt_u), c.dim
-                )
-            cand = items.candidates(c.candidates)
-            pos = np.arange(len(cand))
-            logit = (
-                items.vec[cand] @ users.vec[user]
-                + users.bias[user]
-                + items.bias[cand]
-                + c.bias
-                - c.position_decay * pos
-            )
-            p = 1.0 / (1.0 + np.exp(-logit))
-            clicked = rng.random(len(cand)) < p
-            rid = f"r{c.seed}-{k}"
-            ua = users.attrs[user]
-            imp: dict[str, Any] = {
-                "v": SCHEMA_VERSION,
-                "type": "impression",
-                "event_id": f"e{n_event}",
-                "request_id": rid,
-                "user_id": user,
-                "timestamp": round(t, 3),
-                "user": {
-                    "gender": int(ua[1]),
-                    "age": int(ua[2]),
-                    "region": int(ua[0] % 20),
-                    "recent_clicks": list(recent.get(user, [])),
-                },
-                "candidates": [],
-            }
-            n_event += 1
-            ia = items.attrs[cand].tolist()
-            cl = cand.tolist()
-            if c.true_probabilities:
-                pl = np.round(p, 6).tolist()
-                imp["candidates"] = [
-                    {
-                        "item_id": cl[j],
-                        "position": j,
-                        "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]},
-                        "true_p": pl[j],
-                    }
-                    for j, a in enumerate(ia)
-                ]
-            else:
-                imp["candidates"] = [
-                    {
-                        "item_id": cl[j],
-                        "position": j,
-                        "features": {"category": a[0], "brand": a[1] * 100 + a[2], "price": a[2]},
-                    }
-                    for j, a in enumerate(ia)
-                ]
-            imp_payload = encode(imp)
-            push(t + rng.uniform(0, c.max_jitter_s), rid, imp_payload)
-            for j in np.flatnonzero(clicked):
-                item = int(cand[j])
-                if rng.random() < c.late_click_rate:
-                    delay = rng.uniform(60, c.late_click_max_s)
+            size = max(1, int(np.searchsorted(times, last_tick + 1.0, side="left")))
+            times = times[:size]
+            t = float(times[-1])
+            # sessions and taste drift, request by request (they depend on each other)
+            cont = rng.random(size) < c.session_continue
+            pick = rng.random(size)
+            fresh = users.sample(size)
+            noise = rng.normal(0, 1, (size, c.dim))
+            block_users = np.empty(size, np.int64)
+            uvec = np.empty((size, c.dim))
+            tl = times.tolist()
+            for i in range(size):
+                if sessions and cont[i]:
+                    user = sessions[int(pick[i] * len(sessions))]
                 else:
-                    delay = c.click_delay_median_s * math.exp(rng.normal(0, 0.8))
-                acts = [("click", t + delay)]
-                if rng.random() < c.purchase_rate:
-                    acts.append(("purchase", t + delay + rng.exponential(30.0)))
-                for action, ts in acts:
-                    ev = {
-                        "v": SCHEMA_VERSION,
-                        "type": "action",
-                        "event_id": f"e{n_event}",
-                        "request_id": rid,
-                        "item_id": item,
-                        "action": action,
-                        "timestamp": round(ts, 3),
-                    }
-                    n_event += 1
-                    payload = encode(ev)
-                    d = ts + rng.uniform(0, c.max_jitter_s)
-                    push(d, rid, payload)
-                    if rng.random() < c.duplicate_rate:
-                        push(d + rng.uniform(0, 5.0), rid, payload)
-                rl = recent.setdefault(user, [])
-                rl.append(item)
-                del rl[:-10]
-            if rng.random() < c.duplicate_rate:
-                push(t + rng.uniform(0, 5.0), rid, imp_payload)
-            if rng.random() < c.malformed_rate * 2:
-                push(t, rid, self._malformed(rng, rid, n_event, t))
+                    user = int(fresh[i])
+                    sessions.append(user)
+                    if len(sessions) > 64:
+                        sessions.pop(0)
+                dt_u = tl[i] - user_time.get(user, tl[i])
+                user_time[user] = tl[i]
+                if dt_u > 0 and c.drift_per_s > 0:
+                    users.vec[user] = (users.vec[user] * math.exp(-1e-5 * dt_u)
+                                       + noise[i] * (c.drift_per_s * math.sqrt(dt_u)))
+                block_users[i] = user
+                uvec[i] = users.vec[user]
+            cand = items.candidates_block(size, n_cand)
+            logit = (np.einsum("bcd,bd->bc", items.vec[cand], uvec)
+                     + users.bias[block_users][:, None] + items.bias[cand]
+                     + c.bias - c.position_decay * pos)
+            p = 1.0 / (1.0 + np.exp(-logit))
+            clicked = rng.random(p.shape) < p
+            # per click: delay, purchase, deliveries and duplicates, all at once
+            ci, cj = np.nonzero(clicked)
+            m = len(ci)
+            late = rng.random(m) < c.late_click_rate
+            delay = np.where(late, rng.uniform(60, c.late_click_max_s, m),
+                             c.click_delay_median_s * np.exp(rng.normal(0, 0.8, m)))
+            click_ts = times[ci] + delay
+            bought = rng.random(m) < c.purchase_rate
+            buy_ts = click_ts + rng.exponential(30.0, m)
+            click_dl = click_ts + rng.uniform(0, c.max_jitter_s, m)
+            buy_dl = buy_ts + rng.uniform(0, c.max_jitter_s, m)
+            click_dup = rng.random(m) < c.duplicate_rate
+            buy_dup = rng.random(m) < c.duplicate_rate
+            dup_shift = rng.uniform(0, 5.0, (m, 2))
+            imp_dl = times + rng.uniform(0, c.max_jitter_s, size)
+            imp_dup = rng.random(size) < c.duplicate_rate
+            imp_dup_dl = times + rng.uniform(0, 5.0, size)
+            bad = rng.random(size) < c.malformed_rate * 2
+            # the candidate lists of the block as JSON text in one uint8 array: per candidate
+            # its item's fragment, its position's fragment and true_p's digits (fixed-width
+            # pieces padded with spaces, which JSON allows between tokens)
+            ua = users.attrs[block_users].tolist()
+            if len(item_json) < len(items.bias):
+                item_json = _item_fragments(items.attrs, item_json)
+            pieces = [item_json[cand], np.broadcast_to(pos_json, (size, *pos_json.shape))]
+            if with_p:
+                p6 = np.minimum(np.rint(p * 1e6), 999_999).astype(np.int64)
+                pieces.append(np.broadcast_to(_TRUE_P, (size, n_cand, len(_TRUE_P))))
+                pieces.append(((p6[..., None] // _POW10) % 10 + 48).astype(np.uint8))
+            pieces.append(np.broadcast_to(_CLOSE, (size, n_cand, 2)))
+            text = np.concatenate(pieces, axis=2)
+            text[:, -1, -1] = 32  # no comma after the last candidate
+            text = text.reshape(size, -1)
+            cts, bts = np.round(click_ts, 3).tolist(), np.round(buy_ts, 3).tolist()
+            clicks_of = np.searchsorted(ci, np.arange(size + 1)).tolist()
+            cj_l, cdl, bdl = (cand[ci, cj].tolist(), click_dl.tolist(), buy_dl.tolist())
+            shifts = dup_shift.tolist()
+            for i in range(size):
+                user = int(block_users[i])
+                rid = f"r{c.seed}-{k}"
+                u = ua[i]
+                head = encode({
+                    "v": SCHEMA_VERSION, "type": "impression", "event_id": f"e{n_event}",
+                    "request_id": rid, "user_id": user, "timestamp": round(tl[i], 3),
+                    "user": {"gender": u[1], "age": u[2], "region": u[0] % 20,
+                             "recent_clicks": list(recent.get(user, []))}})
+                body = text[i].tobytes()
+                imp_payload = b"".join((head[:-1], b',"candidates":[', body, b"]}"))
                 n_event += 1
-            k += 1
-            while heap and heap[0][0] <= t:
-                _, _, r, payload = heapq.heappop(heap)
-                yield r, payload
+                heapq.heappush(heap, (float(imp_dl[i]), seq, rid, imp_payload))
+                seq += 1
+                for q in range(clicks_of[i], clicks_of[i + 1]):
+                    item = cj_l[q]
+                    acts = [("click", cts[q], cdl[q], click_dup[q], shifts[q][0])]
+                    if bought[q]:
+                        acts.append(("purchase", bts[q], bdl[q], buy_dup[q], shifts[q][1]))
+                    for action, ts, d, dup, shift in acts:
+                        payload = encode({"v": SCHEMA_VERSION, "type": "action",
+                                          "event_id": f"e{n_event}", "request_id": rid,
+                                          "item_id": item, "action": action,
+                                          "timestamp": ts})
+                        n_event += 1
+                        heapq.heappush(heap, (d, seq, rid, payload))
+                        seq += 1
+                        if dup:
+                            heapq.heappush(heap, (d + shift, seq, rid, payload))
+                            seq += 1
+                    rl = recent.setdefault(user, [])
+                    rl.append(item)
+                    del rl[:-10]
+                if imp_dup[i]:
+                    heapq.heappush(heap, (float(imp_dup_dl[i]), seq, rid, imp_payload))
+                    seq += 1
+                if bad[i]:
+                    heapq.heappush(heap, (tl[i], seq, rid,
+                                          self._malformed(rng, rid, n_event, tl[i])))
+                    seq += 1
+                    n_event += 1
+                k += 1
+                now = tl[i]
+                while heap and heap[0][0] <= now:
+                    _, _, r, payload = heapq.heappop(heap)
+                    yield r, payload
         while heap:
             _, _, r, payload = heapq.heappop(heap)
             yield r, payload

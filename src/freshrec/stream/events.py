@@ -1,4 +1,4 @@
-"""Event schema (version 1), its validation, and the joined-example record.
+"""Event schema (version 1), its validation, and the joined-example records.
 
 Events travel through the log as JSON objects (encoded with orjson: one event per record;
 see ``docs/stream.md`` for why rows and not Arrow batches). Two types:
@@ -24,6 +24,23 @@ positive emitted after its negative), ``true_p`` when the impression had it, the
 features as ``u_<name>`` and the candidate features as ``i_<name>`` (raw scalars, strings or
 lists of ints).
 
+Joined-example records, format version 1 (what the joiner appends to its output log)
+-------------------------------------------------------------------------------------
+
+Each record of the output log holds *many* examples as one Arrow record batch::
+
+    b"FRXB"                      4 bytes, magic
+    <u32 little-endian version>  4 bytes, EXAMPLES_FORMAT_VERSION (1)
+    <Arrow IPC stream>           the schema, one record batch, end-of-stream marker
+
+with the columns above (``int64`` ids and times when the events had integer ids, ``string``
+otherwise, ``double`` labels / ``sample_rate`` / ``true_p``, ``int64`` ``correction``,
+features as Arrow infers them from the JSON values; a value an example lacks is null). The
+schema metadata carries ``freshrec.examples.version``. The joiner writes one record per output
+partition and checkpoint (split every :data:`MAX_ROWS_PER_RECORD` examples), in the order the
+examples were emitted. The legacy format -- one example per record as an orjson object -- is
+still read: :func:`decode_examples` takes any mix of the two.
+
 Examples
 --------
 >>> ev = {"type": "action", "event_id": "e2", "request_id": "r1", "item_id": 7,
@@ -38,10 +55,14 @@ freshrec.errors.InputError: action event: field 'request_id' is missing
 
 from __future__ import annotations
 
+import itertools
+import operator
+import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -49,18 +70,37 @@ from freshrec.errors import InputError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "EXAMPLES_FORMAT_VERSION",
+    "EXAMPLES_MAGIC",
+    "MAX_ROWS_PER_RECORD",
     "encode",
     "decode",
     "validate_event",
     "partition_for",
     "flatten_example",
     "examples_to_record_batch",
+    "CompactImpression",
+    "compact_impression",
+    "EmittedImpression",
+    "emitted_to_record_batch",
+    "emitted_to_rows",
+    "encode_examples",
+    "decode_examples",
 ]
 
 SCHEMA_VERSION = 1
+#: version of the joined-example record format (see the module docstring)
+EXAMPLES_FORMAT_VERSION = 1
+#: first 4 bytes of a joined-example record in the Arrow format
+EXAMPLES_MAGIC = b"FRXB"
+#: the joiner splits its output into records of at most this many examples
+MAX_ROWS_PER_RECORD = 16_384
+_HEADER = EXAMPLES_MAGIC + struct.pack("<I", EXAMPLES_FORMAT_VERSION)
+_META = {b"freshrec.examples.version": str(EXAMPLES_FORMAT_VERSION).encode()}
 
 _ID = (str, int)
 _NUM = (int, float)
+_ID_TYPES = frozenset((str, int))
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "impression": {"event_id": _ID, "request_id": _ID, "user_id": _ID, "timestamp": _NUM,
                    "user": (dict,), "candidates": (list,)},
@@ -94,9 +134,10 @@ def _field(ev: Mapping[str, Any], name: str, types: tuple[type, ...], where: str
         raise InputError(f"{where}: field {name!r} must be {expected}, got {v!r:.60}")
 
 
-def validate_event(ev: Mapping[str, Any]) -> str:
+def validate_event(ev: Mapping[str, Any], *, candidates: bool = True) -> str:
     """Check an event against schema v1; returns its type or raises :class:`InputError`
-    naming the field, what was expected and what arrived."""
+    naming the field, what was expected and what arrived. ``candidates=False`` skips the
+    per-candidate checks of an impression (:func:`compact_impression` makes them)."""
     kind = ev.get("type")
     if kind not in _REQUIRED:
         raise InputError(f"event: unknown type {kind!r} (expected 'impression' or 'action')")
@@ -106,7 +147,7 @@ def validate_event(ev: Mapping[str, Any]) -> str:
     where = f"{kind} event"
     for name, types in _REQUIRED[kind].items():
         _field(ev, name, types, where)
-    if kind == "impression":
+    if kind == "impression" and candidates:
         for i, c in enumerate(ev["candidates"]):
             w = f"impression event: candidates[{i}]"
             if not isinstance(c, dict):
@@ -183,3 +224,321 @@ def examples_to_record_batch(
     if schema is None:
         return pa.RecordBatch.from_pylist(rows)
     return pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+# -- impressions held column-wise ---------------------------------------------------------
+_NO_FEATURES: dict[str, Any] = {}
+_ITEM_ID = operator.itemgetter("item_id")
+_POSITION = operator.itemgetter("position")
+_FEATURES = operator.itemgetter("features")
+_TRUE_P = operator.itemgetter("true_p")
+_INT_TYPE = frozenset((int,))
+_DICT_TYPE = frozenset((dict,))
+
+
+class CompactImpression:
+    """A validated impression with its candidates held column-wise (no dict per candidate).
+
+    ``features`` is ``(keys, columns)``: one list of values per feature key, ``None`` where a
+    candidate lacks the key. Built by :func:`compact_impression`.
+    """
+
+    __slots__ = ("request_id", "user_id", "timestamp", "user", "items", "positions",
+                 "true_p", "feature_keys", "feature_cols", "item_type")
+
+    def __init__(self, request_id: str | int, user_id: str | int, timestamp: float,
+                 user: dict[str, Any], items: list[Any], positions: list[int],
+                 true_p: list[Any] | None, feature_keys: tuple[str, ...],
+                 feature_cols: list[list[Any]]) -> None:
+        self.request_id, self.user_id, self.timestamp = request_id, user_id, timestamp
+        self.user, self.items, self.positions, self.true_p = user, items, positions, true_p
+        self.feature_keys, self.feature_cols = feature_keys, feature_cols
+        #: the type of every item id (int or str), None when they mix
+        self.item_type: type | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
+    """Validate the candidates of an impression whose top-level fields passed
+    :func:`validate_event` (``candidates=False``) and hold them column-wise; raises
+    :class:`InputError` with :func:`validate_event`'s message for a bad candidate.
+
+    Examples
+    --------
+    >>> imp = compact_impression({"request_id": "r1", "user_id": 4, "timestamp": 10.5,
+    ...     "user": {}, "candidates": [{"item_id": 9, "position": 0, "features": {"c": 1}},
+    ...                                {"item_id": 8, "position": 1}]})
+    >>> imp.items, imp.feature_keys, imp.feature_cols
+    ([9, 8], ('c',), [[1, None]])
+    """
+    cands = ev["candidates"]
+    try:
+        items = list(map(_ITEM_ID, cands))
+        positions = list(map(_POSITION, cands))
+        try:
+            feats = list(map(_FEATURES, cands))
+        except KeyError:
+            feats = [c.get("features", _NO_FEATURES) for c in cands]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        items = None  # type: ignore[assignment]
+    item_types = set(map(type, items)) if items is not None else set()
+    if (items is None or not _ID_TYPES.issuperset(item_types)
+            or not _INT_TYPE.issuperset(map(type, positions))
+            or not _DICT_TYPE.issuperset(map(type, feats))):
+        validate_event(ev)  # raises with the message naming the bad candidate
+        raise InputError("impression event: bad candidates")  # pragma: no cover
+    try:
+        true_p: list[Any] | None = list(map(_TRUE_P, cands))
+    except KeyError:
+        true_p = [c.get("true_p") for c in cands]
+        if true_p.count(None) == len(true_p):
+            true_p = None
+    keys: tuple[str, ...] = tuple(feats[0]) if feats else ()
+    try:
+        cols = [list(map(operator.itemgetter(k), feats)) for k in keys]
+        uniform = sum(map(len, feats)) == len(keys) * len(feats)
+    except KeyError:
+        uniform = False
+    if not uniform:
+        keys = tuple(dict.fromkeys(itertools.chain.from_iterable(feats)))
+        cols = [[f.get(k) for f in feats] for k in keys]
+    imp = CompactImpression(ev["request_id"], ev["user_id"], ev["timestamp"], ev["user"],
+                            items, positions, true_p, keys, cols)
+    if len(item_types) == 1:
+        imp.item_type = item_types.pop()
+    return imp
+
+
+class EmittedImpression:
+    """An impression the joiner emits: which candidates are kept and which are labelled.
+
+    Parameters
+    ----------
+    imp
+        The impression.
+    labels
+        ``{candidate index: actions}`` of the labelled candidates.
+    keep
+        Sorted indices of the kept candidates (every labelled one among them); ``None``: all.
+    negative_rate
+        ``sample_rate`` of the kept negatives.
+    """
+
+    __slots__ = ("imp", "labels", "keep", "negative_rate")
+
+    def __init__(self, imp: CompactImpression, labels: dict[int, list[str]],
+                 keep: list[int] | None, negative_rate: float) -> None:
+        self.imp, self.labels, self.keep, self.negative_rate = imp, labels, keep, negative_rate
+
+    def __len__(self) -> int:
+        return len(self.imp) if self.keep is None else len(self.keep)
+
+
+def _kept(values: list[Any], keep: list[int] | None) -> list[Any]:
+    return values if keep is None else [values[j] for j in keep]
+
+
+def emitted_to_rows(emitted: Sequence[EmittedImpression],
+                    actions: Sequence[str]) -> list[dict[str, Any]]:
+    """The legacy row form (one dict per example, as :func:`flatten_example`)."""
+    rows = []
+    for e in emitted:
+        imp = e.imp
+        user = {f"u_{k}": v for k, v in imp.user.items()}
+        idx = range(len(imp)) if e.keep is None else e.keep
+        for j in idx:
+            acts = e.labels.get(j, ())
+            ex: dict[str, Any] = {"request_id": imp.request_id, "user_id": imp.user_id,
+                                  "item_id": imp.items[j], "position": imp.positions[j],
+                                  "event_time": int(imp.timestamp)}
+            for a in actions:
+                ex[a] = float(a in acts)
+            ex["sample_rate"] = 1.0 if acts else e.negative_rate
+            ex["correction"] = 0
+            if imp.true_p is not None:
+                ex["true_p"] = imp.true_p[j]
+            ex.update(user)
+            for k, col in zip(imp.feature_keys, imp.feature_cols, strict=True):
+                ex[f"i_{k}"] = col[j]  # a missing key is null, as in Arrow
+            rows.append(ex)
+    return rows
+
+
+def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
+                            actions: Sequence[str]) -> pa.RecordBatch:
+    """Examples of emitted impressions as one record batch, built column by column.
+
+    Raises :class:`pyarrow.ArrowInvalid` / ``ArrowTypeError`` when a column mixes types
+    that Arrow cannot hold in one array (callers fall back to :func:`emitted_to_rows`).
+
+    Examples
+    --------
+    >>> imp = compact_impression({"request_id": "r1", "user_id": 4, "timestamp": 10.5,
+    ...     "user": {"age": 3}, "candidates": [{"item_id": 9, "position": 0},
+    ...                                        {"item_id": 8, "position": 1}]})
+    >>> rb = emitted_to_record_batch([EmittedImpression(imp, {1: ["click"]}, None, 1.0)],
+    ...                              ["click"])
+    >>> rb.to_pylist()[1]  # doctest: +NORMALIZE_WHITESPACE
+    {'request_id': 'r1', 'user_id': 4, 'item_id': 8, 'position': 1, 'event_time': 10,
+     'click': 1.0, 'sample_rate': 1.0, 'correction': 0, 'u_age': 3}
+    """
+    counts = np.fromiter((len(e) for e in emitted), np.int64, len(emitted))
+    n = int(counts.sum())
+    starts = np.zeros(len(emitted), np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    parent = pa.array(np.repeat(np.arange(len(emitted), dtype=np.int64), counts))
+    imps = [e.imp for e in emitted]
+
+    def per_example(values: list[Any]) -> pa.Array:
+        return pa.array(values).take(parent)
+
+    cols: dict[str, pa.Array] = {
+        "request_id": per_example([i.request_id for i in imps]),
+        "user_id": per_example([i.user_id for i in imps]),
+    }
+    all_kept = all(e.keep is None for e in emitted)
+    if all_kept:
+        cols["item_id"] = pa.array(list(itertools.chain.from_iterable(i.items for i in imps)))
+        cols["position"] = pa.array(
+            list(itertools.chain.from_iterable(i.positions for i in imps)))
+    else:
+        cols["item_id"] = pa.array([x for e in emitted for x in _kept(e.imp.items, e.keep)])
+        cols["position"] = pa.array(
+            [x for e in emitted for x in _kept(e.imp.positions, e.keep)])
+    cols["event_time"] = pa.array(
+        np.repeat(np.fromiter((int(i.timestamp) for i in imps), np.int64, len(imps)), counts))
+    lab = np.zeros((len(actions), n))
+    positive = np.zeros(n, bool)
+    a_index = {a: k for k, a in enumerate(actions)}
+    for e, s in zip(emitted, starts.tolist(), strict=True):
+        if not e.labels:
+            continue
+        for j, acts in e.labels.items():
+            row = s + (j if e.keep is None else e.keep.index(j))
+            positive[row] = True
+            for a in acts:
+                lab[a_index[a], row] = 1.0
+    for k, a in enumerate(actions):
+        cols[a] = pa.array(lab[k])
+    rates = np.repeat(np.fromiter((e.negative_rate for e in emitted), np.float64,
+                                  len(emitted)), counts)
+    rates[positive] = 1.0
+    cols["sample_rate"] = pa.array(rates)
+    cols["correction"] = pa.array(np.zeros(n, np.int64))
+    if any(i.true_p is not None for i in imps):
+        tp: list[Any] = []
+        for e in emitted:
+            t = e.imp.true_p
+            tp += _kept(t, e.keep) if t is not None else [None] * len(e)
+        cols["true_p"] = pa.array(tp, pa.float64())
+    ukeys = dict.fromkeys(itertools.chain.from_iterable(i.user for i in imps))
+    for k in ukeys:
+        cols[f"u_{k}"] = per_example([i.user.get(k) for i in imps])
+    fkeys = dict.fromkeys(itertools.chain.from_iterable(i.feature_keys for i in imps))
+    for k in fkeys:
+        vals: list[Any] = []
+        for e in emitted:
+            imp = e.imp
+            try:
+                col = imp.feature_cols[imp.feature_keys.index(k)]
+            except ValueError:
+                vals += [None] * len(e)
+                continue
+            vals += _kept(col, e.keep)
+        cols[f"i_{k}"] = pa.array(vals)
+    return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols),
+                                      metadata=_META)
+
+
+def encode_examples(batch: pa.RecordBatch) -> bytes:
+    """One joined-example record (format v1: magic, version, Arrow IPC stream).
+
+    Examples
+    --------
+    >>> rb = pa.RecordBatch.from_pylist([{"item_id": 1, "click": 1.0}])
+    >>> decode_examples([encode_examples(rb)])[0].to_pylist()
+    [{'item_id': 1, 'click': 1.0}]
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(_HEADER)
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_examples(values: Sequence[bytes]) -> tuple[pa.RecordBatch | None, int]:
+    """Records of a joined-example log -> ``(one record batch in record order, rejected)``.
+
+    Takes Arrow records (format v1) and legacy orjson rows (one example per record) in any
+    mix. ``rejected`` counts the records skipped: not an example record, an unknown format
+    version, or columns whose types cannot be unified with the records before them. Returns
+    ``(None, rejected)`` when no example is left.
+
+    Examples
+    --------
+    >>> rb, bad = decode_examples([b'{"item_id": 1, "click": 0.0}', b"not json",
+    ...     encode_examples(pa.RecordBatch.from_pylist([{"item_id": 2, "click": 1.0}]))])
+    >>> rb.to_pylist(), bad
+    ([{'item_id': 1, 'click': 0.0}, {'item_id': 2, 'click': 1.0}], 1)
+    """
+    parts: list[tuple[pa.RecordBatch, int]] = []  # (batch, records it came from)
+    rows: list[dict[str, Any]] = []
+    rejected = 0
+
+    def flush_rows() -> None:
+        nonlocal rejected
+        if not rows:
+            return
+        try:
+            parts.append((pa.RecordBatch.from_pylist(rows), len(rows)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            for r in rows:  # types that mix within the rows: one batch per row
+                try:
+                    parts.append((pa.RecordBatch.from_pylist([r]), 1))
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    rejected += 1
+        rows.clear()
+
+    for v in values:
+        if v[:4] == EXAMPLES_MAGIC:
+            flush_rows()
+            if v[4:8] != _HEADER[4:]:
+                rejected += 1
+                continue
+            try:
+                reader = pa.ipc.open_stream(pa.py_buffer(v)[8:])
+                parts += [(b, 1) for b in reader if b.num_rows]
+            except (pa.ArrowInvalid, OSError):
+                rejected += 1
+            continue
+        try:
+            ex = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            rejected += 1
+            continue
+        if isinstance(ex, dict):
+            rows.append(ex)
+        else:
+            rejected += 1
+    flush_rows()
+    if not parts:
+        return None, rejected
+    if len(parts) == 1:
+        return parts[0][0], rejected
+    tables = [pa.Table.from_batches([b]) for b, _ in parts]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+        keep = [tables[0]]
+        schema = tables[0].schema
+        for t, (_, nrec) in zip(tables[1:], parts[1:], strict=True):
+            try:
+                schema = pa.unify_schemas([schema, t.schema], promote_options="permissive")
+                keep.append(t)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):
+                rejected += nrec
+        table = pa.concat_tables(keep, promote_options="permissive")
+    table = table.combine_chunks()
+    return table.to_batches()[0], rejected

@@ -15,13 +15,20 @@ How it works (Monolith's online joiner, with SmartNews' stream validation):
   impression wait for it; actions after their impression was emitted are counted
   (``late_after_emit``) and, with ``emit_corrections``, emitted as a key-and-label-only
   example with ``correction=1``.
-- Pending impressions live in LMDB; memory holds at most ``max_pending_in_memory`` of them as
-  a write-back cache (the rest are "spilled" and read back when an action or their deadline
-  comes). The LMDB write transaction stays open between checkpoints.
+- A pending impression is held column-wise (:class:`~freshrec.stream.events.CompactImpression`:
+  no dict per candidate). Its durable state in LMDB is small: where the impression is in the
+  input log (partition, offset), its labels so far and its deadline; the impression itself is
+  read back from the input log when needed (after a restart, or when it was evicted from
+  memory: at most ``max_pending_in_memory`` pending impressions are held in memory). The input
+  log must therefore keep records until their impression is emitted (``window_s +
+  allowed_lateness_s`` of event time at least). The LMDB write transaction stays open between
+  checkpoints.
 - Output (examples, dead letters, quarantined windows) is buffered and appended at each
-  checkpoint, and then one LMDB commit stores the pending state, the input offsets and the
-  output end offsets together. On restart, output written after the last commit is truncated
-  and input is re-read from the committed offsets: a kill -9 loses and duplicates nothing.
+  checkpoint -- examples as Arrow record batches, one record per output partition and
+  checkpoint (format: :mod:`freshrec.stream.events`) -- and then one LMDB commit stores the
+  pending state, the input offsets and the output end offsets together. On restart, output
+  written after the last commit is truncated and input is re-read from the committed offsets:
+  a kill -9 loses and duplicates nothing.
 - With validation, examples are held per window of impression time; a closed window whose
   counts, positive ratio or join rate are out of bounds is logged as an alert and written to
   the quarantine log instead, until :meth:`Joiner.release`.
@@ -42,14 +49,18 @@ Examples
 ...          "action": "click", "timestamp": 200}
 >>> _ = src.append([events.encode(e) for e in (imp, click, later)])
 >>> j = Joiner(src, out, d + "/state", JoinerConfig(window_s=10, allowed_lateness_s=0))
->>> [(e["item_id"], e["click"]) for e in j.step()]
-[(7, 0.0), (8, 1.0)]
+>>> j.step(), j.checkpoint()
+(2, None)
+>>> rb, _ = events.decode_examples([r.value for r in out.read(0, 0)])
+>>> rb.select(["item_id", "click"]).to_pylist()
+[{'item_id': 7, 'click': 0.0}, {'item_id': 8, 'click': 1.0}]
 >>> j.close(); src.close(); out.close()
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import math
 import os
@@ -62,6 +73,7 @@ from typing import Any
 
 import lmdb
 import orjson
+import pyarrow as pa
 
 from freshrec.errors import InputError
 from freshrec.stream import events as ev
@@ -77,6 +89,9 @@ logger = logging.getLogger(__name__)
 LATENESS_BUCKETS_S = (0, 1, 5, 30, 60, 300, 3600, math.inf)
 _BUCKET_S = 60
 _STATE_KEY = b"state"
+_STATE_VERSION = 2  # pending impressions are (partition, offset) references into the input
+_READ_AHEAD = 256
+_SOURCE_CACHE_MAX = 4096
 
 
 def _be(x: int) -> bytes:
@@ -84,12 +99,41 @@ def _be(x: int) -> bytes:
 
 
 class _Pending:
-    __slots__ = ("imp", "labels", "deadline_ms", "dirty", "persisted")
+    __slots__ = ("imp", "labels", "deadline_ms", "dirty", "persisted", "src", "index",
+                 "found")
 
-    def __init__(self, imp: dict[str, Any], labels: dict[str, list[str]], deadline_ms: int,
-                 dirty: bool, persisted: bool) -> None:
+    def __init__(self, imp: ev.CompactImpression, labels: dict[str, list[str]],
+                 deadline_ms: int, dirty: bool, persisted: bool, src: tuple[int, int]) -> None:
         self.imp, self.labels, self.deadline_ms = imp, labels, deadline_ms
-        self.dirty, self.persisted = dirty, persisted
+        self.dirty, self.persisted, self.src = dirty, persisted, src
+        self.index: dict[str, list[int]] | None = None  # str(item id) -> candidate indices
+        self.found: dict[str, list[int]] = {}  # positions of the labelled items
+
+    def find(self, item: Any) -> list[int] | None:
+        """Candidate indices whose item id reads as ``str(item)`` (None: not a candidate)."""
+        key = str(item)
+        got = self.found.get(key)
+        if got is not None:
+            return got
+        items = self.imp.items
+        if type(item) is self.imp.item_type:  # one C-level scan per occurrence
+            js: list[int] = []
+            try:
+                while True:
+                    js.append(items.index(item, js[-1] + 1 if js else 0))
+            except ValueError:
+                pass
+        else:  # ids of another type ("7" and 7 are the same item): index them by str
+            if self.index is None:
+                index: dict[str, list[int]] = {}
+                for j, it in enumerate(items):
+                    index.setdefault(str(it), []).append(j)
+                self.index = index
+            js = self.index.get(key, [])
+        if not js:
+            return None
+        self.found[key] = js
+        return js
 
 
 class Joiner:
@@ -124,20 +168,27 @@ class Joiner:
                     ("pending", "due", "seen", "emitted", "emitted_t")}
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
         self._due_heap: list[tuple[int, str]] = []
-        self._out: dict[str, list[tuple[int, bytes]]] = {"output": [], "dead_letter": [],
-                                                          "quarantine": []}
+        self._out: dict[str, list[tuple[int, bytes]]] = {"dead_letter": [], "quarantine": []}
+        # examples per output partition, in emission order: EmittedImpression or a row dict
+        self._out_examples: dict[int, list[ev.EmittedImpression | dict[str, Any]]] = {}
+        self._source_cache: dict[tuple[int, int], bytes] = {}
         self._restore()
         self._txn = self._env.begin(write=True)
         self._last_ckpt = time.monotonic()
         self._t0 = time.monotonic()
-        self._step_out: list[dict[str, Any]] = []
+        self._step_examples = 0
         self._next_due = -math.inf  # recomputed at the first emission
+        self._expired_bucket = -1
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self) -> None:
         with self._env.begin() as txn:
             blob = txn.get(_STATE_KEY)
         s: dict[str, Any] = orjson.loads(blob) if blob else {}
+        if blob and s.get("version", 1) != _STATE_VERSION:
+            raise InputError(f"joiner state {self.state_dir}: state version "
+                             f"{s.get('version', 1)} is not {_STATE_VERSION}; start from a "
+                             f"new state directory")
         self.offsets: dict[int, int] = {int(k): v for k, v in s.get("offsets", {}).items()}
         for p in range(self.source.partitions):
             self.offsets.setdefault(p, 0)
@@ -175,25 +226,74 @@ class Joiner:
         """Largest event time seen minus the allowed lateness."""
         return self.max_ts - self.config.allowed_lateness_s
 
+    def _example_records(self, items: list[ev.EmittedImpression | dict[str, Any]]
+                         ) -> list[bytes]:
+        """Encode buffered examples: runs of emitted impressions column-wise, runs of rows
+        (validated windows, corrections) with ``from_pylist``; one record per run, split at
+        :data:`~freshrec.stream.events.MAX_ROWS_PER_RECORD` examples."""
+        recs: list[bytes] = []
+        run: list[Any] = []
+        rows_in_run = 0
+
+        def flush() -> None:
+            nonlocal rows_in_run
+            if not run:
+                return
+            if isinstance(run[0], ev.EmittedImpression):
+                try:
+                    rb = ev.emitted_to_record_batch(run, self.config.actions)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    rb = None
+                    rows = ev.emitted_to_rows(run, self.config.actions)
+            else:
+                rows = run
+                rb = None
+            if rb is None:
+                try:
+                    rb = pa.RecordBatch.from_pylist(rows)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    # types Arrow cannot put in one column: the legacy row records
+                    recs.extend(orjson.dumps(r) for r in rows)
+            if rb is not None:
+                recs.append(ev.encode_examples(rb))
+            run.clear()
+            rows_in_run = 0
+
+        for it in items:
+            kind = isinstance(it, ev.EmittedImpression)
+            if run and (kind != isinstance(run[0], ev.EmittedImpression)
+                        or rows_in_run >= ev.MAX_ROWS_PER_RECORD):
+                flush()
+            run.append(it)
+            rows_in_run += len(it) if kind else 1  # type: ignore[arg-type]
+        flush()
+        return recs
+
     def checkpoint(self) -> None:
         """Append buffered output, then commit state + input offsets + output ends at once."""
         ends: dict[str, dict[str, int]] = {}
         for name, log in self._logs().items():
-            recs = self._out.get(name, [])
             by_part: dict[int, list[bytes]] = {}
-            for p, payload in recs:
-                by_part.setdefault(p, []).append(payload)
+            if name == "output":
+                for p, items in self._out_examples.items():
+                    by_part[p] = self._example_records(items)
+                self._out_examples.clear()
+            else:
+                for p, payload in self._out.get(name, []):
+                    by_part.setdefault(p, []).append(payload)
+                self._out.get(name, []).clear()
             for p, payloads in by_part.items():
-                log.append(payloads, partition=p)
+                if payloads:
+                    log.append(payloads, partition=p)
             ends[name] = {str(p): log.end_offset(p) for p in range(log.partitions)}
             if hasattr(log, "flush"):
                 log.flush()
-            recs.clear()
         for rid, pend in self._mem.items():
             if pend.dirty:
                 self._persist(rid, pend)
-        state = {"offsets": self.offsets, "max_ts": self.max_ts if self.max_ts > -math.inf
-                 else None, "counters": self.counters, "lateness": self.lateness,
+        state = {"version": _STATE_VERSION, "offsets": self.offsets,
+                 "max_ts": self.max_ts if self.max_ts > -math.inf else None,
+                 "counters": self.counters, "lateness": self.lateness,
                  "orphans": self._orphans, "windows": self._windows, "ends": ends,
                  "released": self._released, "quarantined": self._quarantined}
         if state["max_ts"] is None:
@@ -205,7 +305,7 @@ class Joiner:
 
     def _persist(self, rid: str, pend: _Pending) -> None:
         key = rid.encode()
-        self._txn.put(key, orjson.dumps({"imp": pend.imp, "lab": pend.labels,
+        self._txn.put(key, orjson.dumps({"src": pend.src, "lab": pend.labels,
                                          "d": pend.deadline_ms}), db=self._db["pending"])
         if not pend.persisted:
             self._txn.put(_be(pend.deadline_ms) + key, b"", db=self._db["due"])
@@ -214,12 +314,47 @@ class Joiner:
     def _cache(self, rid: str, pend: _Pending) -> None:
         self._next_due = min(self._next_due, pend.deadline_ms)
         self._mem[rid] = pend
-        bisect.insort(self._due_heap, (pend.deadline_ms, rid))
+        heapq.heappush(self._due_heap, (pend.deadline_ms, rid))
         while len(self._mem) > self.config.max_pending_in_memory:
             old_rid, old = self._mem.popitem(last=False)
             if old.dirty or not old.persisted:
                 self._persist(old_rid, old)
             self._count("spilled")
+
+    def _source_record(self, partition: int, offset: int) -> bytes | None:
+        """The input record at ``(partition, offset)``, read ahead and cached."""
+        key = (partition, offset)
+        got = self._source_cache.pop(key, None)
+        if got is not None:
+            return got
+        if len(self._source_cache) > _SOURCE_CACHE_MAX:
+            self._source_cache.clear()
+        for r in self.source.read(partition, offset, _READ_AHEAD):
+            if r.offset == offset:
+                got = r.value
+            elif r.offset > offset:
+                self._source_cache[(partition, r.offset)] = r.value
+        return got
+
+    def _load(self, rid: str, raw: bytes) -> _Pending | None:
+        """A persisted pending impression: its state from LMDB, the event from the input."""
+        d = orjson.loads(raw)
+        p, o = d["src"]
+        payload = self._source_record(p, o)
+        imp = None
+        if payload is not None:
+            try:
+                imp = ev.compact_impression(ev.decode(payload))
+            except (InputError, KeyError):
+                imp = None
+        if imp is None or str(imp.request_id) != rid:
+            logger.error("joiner: pending impression request_id=%s is no longer in the input "
+                         "log at partition=%d offset=%d; dropped", rid, p, o)
+            self._count("pending_lost")
+            self._txn.delete(rid.encode(), db=self._db["pending"])
+            self._txn.delete(_be(d["d"]) + rid.encode(), db=self._db["due"])
+            return None
+        return _Pending(imp, d["lab"], d["d"], dirty=False, persisted=True, src=(p, o))
 
     def _get_pending(self, rid: str) -> _Pending | None:
         pend = self._mem.get(rid)
@@ -228,17 +363,18 @@ class Joiner:
         raw = self._txn.get(rid.encode(), db=self._db["pending"])
         if raw is None:
             return None
-        d = orjson.loads(raw)
-        pend = _Pending(d["imp"], d["lab"], d["d"], dirty=False, persisted=True)
+        pend = self._load(rid, raw)
+        if pend is None:
+            return None
         self._count("unspilled")
         self._cache(rid, pend)
         return pend
 
     # -- processing ----------------------------------------------------------------------
-    def step(self, max_records: int = 5000, timeout_s: float = 0.0) -> list[dict[str, Any]]:
-        """Read up to ``max_records`` per partition, join, emit what is due; returns the
-        examples emitted (they reach the output log at the next checkpoint, which happens
-        here once ``checkpoint_every_s`` has passed)."""
+    def step(self, max_records: int = 5000, timeout_s: float = 0.0) -> int:
+        """Read up to ``max_records`` per partition, join, emit what is due; returns how
+        many examples were emitted (they reach the output log at the next checkpoint, which
+        happens here once ``checkpoint_every_s`` has passed)."""
         got_any = False
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], max_records, 0.0)
@@ -251,8 +387,8 @@ class Joiner:
             time.sleep(min(timeout_s, 0.01))
         if time.monotonic() - self._last_ckpt >= self.config.checkpoint_every_s:
             self.checkpoint()
-        emitted, self._step_out = self._step_out, []
-        return emitted
+        n, self._step_examples = self._step_examples, 0
+        return n
 
     def run(self, *, idle_timeout_s: float = 1.0, max_events: int | None = None,
             flush_at_end: bool = False) -> dict[str, Any]:
@@ -276,13 +412,14 @@ class Joiner:
         self.checkpoint()
         return self.metrics()
 
-    def flush(self) -> list[dict[str, Any]]:
-        """End of stream: emit every pending impression and close every window."""
-        out = self._step_out + self._emit_due(math.inf)
-        self._step_out = []
+    def flush(self) -> int:
+        """End of stream: emit every pending impression and close every window; returns how
+        many examples were emitted."""
+        self._emit_due(math.inf)
         self._close_windows(math.inf)
         self.checkpoint()
-        return out
+        n, self._step_examples = self._step_examples, 0
+        return n
 
     def _dead(self, payload: bytes, partition: int, offset: int, reason: str) -> None:
         self._count("dead_letters")
@@ -292,7 +429,8 @@ class Joiner:
             self._out["dead_letter"].append((0, rec))
 
     def _process(self, payload: bytes, partition: int, offset: int) -> None:
-        self._count("events_in")
+        c = self.counters
+        c["events_in"] = c.get("events_in", 0) + 1
         if len(payload) > self.config.max_event_bytes:
             self._dead(payload, partition, offset,
                        f"event of {len(payload)} bytes > max_event_bytes "
@@ -300,7 +438,8 @@ class Joiner:
             return
         try:
             e = ev.decode(payload)
-            kind = ev.validate_event(e)
+            kind = ev.validate_event(e, candidates=False)
+            imp = ev.compact_impression(e) if kind == "impression" else None
         except InputError as err:
             self._dead(payload, partition, offset, str(err))
             return
@@ -316,9 +455,9 @@ class Joiner:
         if ts > self.max_ts:
             self.max_ts = ts
             if self.watermark * 1000 >= self._next_due:
-                self._step_out += self._emit_due(self.watermark)
-        if kind == "impression":
-            self._impression(e, ts)
+                self._emit_due(self.watermark)
+        if imp is not None:
+            self._impression(imp, ts, (partition, offset))
         else:
             self._action(e, ts)
 
@@ -330,17 +469,17 @@ class Joiner:
         return self._windows.setdefault(w, {"examples": 0, "positives": 0, "actions": 0,
                                             "joined": 0, "held": []})
 
-    def _impression(self, e: dict[str, Any], ts: float) -> None:
-        rid = str(e["request_id"])
+    def _impression(self, imp: ev.CompactImpression, ts: float, src: tuple[int, int]) -> None:
+        rid = str(imp.request_id)
         self._count("impressions")
-        if (self._get_pending(rid) is not None
+        if (rid in self._mem or self._get_pending(rid) is not None
                 or self._txn.get(rid.encode(), db=self._db["emitted"]) is not None):
             self._count("duplicates")
             return
         if ts + self.config.window_s < self.watermark:
             self._count("late_impressions")
-        pend = _Pending(e, {}, int(round((ts + self.config.window_s) * 1000)), dirty=True,
-                        persisted=False)
+        pend = _Pending(imp, {}, int(round((ts + self.config.window_s) * 1000)), dirty=True,
+                        persisted=False, src=src)
         self._cache(rid, pend)
         for a in self._orphans.pop(rid, []):
             self._label(pend, a, float(a["timestamp"]))
@@ -365,17 +504,20 @@ class Joiner:
                       "event_time": int(ts), **{a: float(a == e["action"])
                                                 for a in self.config.actions},
                       "sample_rate": 1.0, "correction": 1}
-                self._emit(ex, rid)
+                self._count("examples_out")
+                self._step_examples += 1
+                self._out_examples.setdefault(
+                    ev.partition_for(rid, self.output.partitions), []).append(ex)
             return
         self._orphans.setdefault(rid, []).append(e)
 
     def _label(self, pend: _Pending, e: dict[str, Any], ts: float) -> None:
-        imp_ts = float(pend.imp["timestamp"])
+        imp_ts = float(pend.imp.timestamp)
         if ts - imp_ts > self.config.window_s:
             self._count("outside_window")
             return
         item = str(e["item_id"])
-        if not any(str(c["item_id"]) == item for c in pend.imp["candidates"]):
+        if pend.find(e["item_id"]) is None:
             self._count("unknown_item")
             return
         acts = pend.labels.setdefault(item, [])
@@ -397,13 +539,12 @@ class Joiner:
     def _due(self, watermark: float) -> list[tuple[int, str]]:
         lim = math.inf if watermark == math.inf else int(math.floor(watermark * 1000))
         due: dict[str, int] = {}
-        k = 0
-        while k < len(self._due_heap) and self._due_heap[k][0] <= lim:
-            d, rid = self._due_heap[k]
-            if rid in self._mem and self._mem[rid].deadline_ms == d:
+        heap, mem = self._due_heap, self._mem
+        while heap and heap[0][0] <= lim:
+            d, rid = heapq.heappop(heap)
+            p = mem.get(rid)
+            if p is not None and p.deadline_ms == d:
                 due[rid] = d
-            k += 1
-        del self._due_heap[:k]
         cur = self._txn.cursor(db=self._db["due"])
         if cur.first():
             for key in cur.iternext(values=False):
@@ -420,68 +561,72 @@ class Joiner:
             nxt = min(nxt, int.from_bytes(cur.key()[:8], "big"))
         self._next_due = nxt
 
-    def _emit_due(self, watermark: float) -> list[dict[str, Any]]:
+    def _emit_due(self, watermark: float) -> None:
         if watermark == -math.inf:
-            return []
-        out: list[dict[str, Any]] = []
+            return
+        txn, dbs = self._txn, self._db
         for d, rid in self._due(watermark):
+            key = rid.encode()
             pend = self._mem.pop(rid, None)
             if pend is None:
-                raw = self._txn.get(rid.encode(), db=self._db["pending"])
+                raw = txn.get(key, db=dbs["pending"])
                 if raw is None:
                     continue
-                dd = orjson.loads(raw)
-                pend = _Pending(dd["imp"], dd["lab"], dd["d"], dirty=False, persisted=True)
-            if pend.persisted:
-                self._txn.delete(rid.encode(), db=self._db["pending"])
-                self._txn.delete(_be(d) + rid.encode(), db=self._db["due"])
-            imp_ts = float(pend.imp["timestamp"])
-            self._txn.put(rid.encode(), _be(int(imp_ts)), db=self._db["emitted"])
-            self._txn.put(_be(int(imp_ts) // _BUCKET_S) + rid.encode(), b"",
-                          db=self._db["emitted_t"])
-            for c in pend.imp["candidates"]:
-                acts = pend.labels.get(str(c["item_id"]), ())
-                labels = {a: float(a in acts) for a in self.config.actions}
-                if acts:
-                    rate = 1.0
-                    self._count("positives")
-                elif self._keep(rid, c["item_id"]):
-                    rate = self.config.negative_rate
-                    self._count("negatives")
-                else:
-                    self._count("negatives_dropped")
+                pend = self._load(rid, raw)
+                if pend is None:
                     continue
-                ex = ev.flatten_example(pend.imp, c, labels, rate)
-                out.append(ex)
-                self._emit(ex, rid)
+            if pend.persisted:
+                txn.delete(key, db=dbs["pending"])
+                txn.delete(_be(d) + key, db=dbs["due"])
+            imp_ts = int(float(pend.imp.timestamp))
+            txn.put(key, _be(imp_ts), db=dbs["emitted"])
+            txn.put(_be(imp_ts // _BUCKET_S) + key, b"", db=dbs["emitted_t"])
+            self._emit(pend, rid)
         self._refresh_next_due()
         self._expire(watermark)
         self._close_windows(watermark)
-        return out
 
-    def _emit(self, ex: dict[str, Any], rid: str) -> None:
-        self._count("examples_out")
-        win = self._window(float(ex["event_time"]))
+    def _emit(self, pend: _Pending, rid: str) -> None:
+        imp = pend.imp
+        labels: dict[int, list[str]] = {}
+        for item, acts in pend.labels.items():
+            for j in pend.find(item) or ():
+                labels[j] = acts
+        n = len(imp)
+        keep: list[int] | None = None
+        rate = self.config.negative_rate
+        if rate < 1.0:
+            keep = [j for j in range(n) if j in labels or self._keep(rid, imp.items[j])]
+        kept = n if keep is None else len(keep)
+        self._count("positives", len(labels))
+        self._count("negatives", kept - len(labels))
+        if n - kept:
+            self._count("negatives_dropped", n - kept)
+        self._count("examples_out", kept)
+        self._step_examples += kept
+        em = ev.EmittedImpression(imp, labels, keep, rate)
+        win = self._window(float(int(float(imp.timestamp))))
         if win is None:
-            self._out["output"].append(
-                (ev.partition_for(rid, self.output.partitions), orjson.dumps(ex)))
+            self._out_examples.setdefault(
+                ev.partition_for(rid, self.output.partitions), []).append(em)
             return
-        win["examples"] += 1
-        if any(ex.get(a) for a in self.config.actions):
-            win["positives"] += 1
-        win["held"].append(ex)
+        win["examples"] += kept
+        win["positives"] += len(labels)
+        win["held"].extend(ev.emitted_to_rows([em], self.config.actions))
 
     def _expire(self, watermark: float) -> None:
         """Forget dedupe keys and emitted ids older than the horizon; drop orphans whose
         impression can no longer come."""
         if watermark == math.inf:
             return
-        for rid in [r for r, acts in self._orphans.items()
-                    if max(float(a["timestamp"]) for a in acts) < watermark]:
-            self._count("unjoined_actions", len(self._orphans.pop(rid)))
+        if self._orphans:
+            for rid in [r for r, acts in self._orphans.items()
+                        if max(float(a["timestamp"]) for a in acts) < watermark]:
+                self._count("unjoined_actions", len(self._orphans.pop(rid)))
         horizon = int(watermark - self.config.dedupe_horizon_s) // _BUCKET_S
-        if horizon <= 0:
+        if horizon <= 0 or horizon <= self._expired_bucket:
             return
+        self._expired_bucket = horizon
         for name in ("seen", "emitted_t"):
             cur = self._txn.cursor(db=self._db[name])
             while cur.first() and int.from_bytes(cur.key()[:8], "big") < horizon:
@@ -522,9 +667,9 @@ class Joiner:
                         (0, orjson.dumps({"window": int(w), "example": ex})))
             else:
                 for ex in held:
-                    self._out["output"].append(
-                        (ev.partition_for(ex["request_id"], self.output.partitions),
-                         orjson.dumps(ex)))
+                    self._out_examples.setdefault(
+                        ev.partition_for(ex["request_id"], self.output.partitions),
+                        []).append(ex)
 
     def release(self, window: int) -> int:
         """Let a quarantined window's examples through to the output; returns how many."""
@@ -536,9 +681,8 @@ class Joiner:
             d = orjson.loads(rec)
             if d["window"] == window:
                 ex = d["example"]
-                self._out["output"].append(
-                    (ev.partition_for(ex["request_id"], self.output.partitions),
-                     orjson.dumps(ex)))
+                self._out_examples.setdefault(
+                    ev.partition_for(ex["request_id"], self.output.partitions), []).append(ex)
                 n += 1
         self._released.append(window)
         self._count("released_examples", n)

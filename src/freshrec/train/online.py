@@ -35,11 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
+import pyarrow as pa
 
 from freshrec.errors import InputError
 from freshrec.stream.base import Log
-from freshrec.stream.events import examples_to_record_batch
+from freshrec.stream.events import decode_examples
 from freshrec.sync.publisher import Publisher
 from freshrec.sync.registry import Registry
 from freshrec.train.trainer import Trainer, rebatch
@@ -75,7 +75,8 @@ class OnlineTrainer:
     config : FreshrecConfig
         ``online`` and ``sync`` sections drive this class; ``train`` the steps.
     source : Log
-        The joiner's output log (orjson-encoded flat examples).
+        The joiner's output log: Arrow example records, or orjson rows (one flat example
+        per record); see :func:`~freshrec.stream.events.decode_examples`.
     run_dir : path
         Checkpoints and ``metrics.jsonl``.
     registry : Registry, optional
@@ -123,46 +124,29 @@ class OnlineTrainer:
     def step(self, timeout_s: float = 0.0) -> int:
         """Read what is available (waiting up to ``timeout_s``), train on it; returns examples."""
         oc = self.config.online
-        rows: list[dict[str, Any]] = []
+        values: list[bytes] = []
         ends = dict(self.offsets)
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], oc.max_records, timeout_s)
-            for r in recs:
-                try:
-                    ex = orjson.loads(r.value)
-                    if not isinstance(ex, dict):
-                        raise ValueError("not an object")
-                    rows.append(ex)
-                except ValueError as e:
-                    self.rejected += 1
-                    log.warning("online: partition %d offset %d: not an example (%s)", p,
-                                r.offset, e)
+            values += [r.value for r in recs]
             if recs:
                 ends[p] = recs[-1].offset + 1
         n = 0
-        if rows:
-            n = self._train(rows)
+        if values:
+            rb, bad = decode_examples(values)
+            if bad:
+                self.rejected += bad
+                log.warning("online: %d records are not examples (skipped)", bad)
+            if rb is not None:
+                n = self._train(rb)
         self.offsets = ends
         self._maybe_checkpoint()
         self._maybe_publish()
         return n
 
-    def _train(self, rows: list[dict[str, Any]]) -> int:
+    def _train(self, rb: pa.RecordBatch) -> int:
         t = self.trainer
         oc = self.config.online
-        try:
-            rb = examples_to_record_batch(rows)
-        except Exception:  # noqa: BLE001 - a mixed-type batch: fall back row by row
-            good = []
-            for r in rows:
-                try:
-                    examples_to_record_batch([r])
-                    good.append(r)
-                except Exception:  # noqa: BLE001
-                    self.rejected += 1
-            if not good:
-                return 0
-            rb = examples_to_record_batch(good)
         n = 0
         for chunk in rebatch([rb], self.config.train.batch_size):
             try:
