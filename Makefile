@@ -29,7 +29,6 @@ test: $(VENV)/.installed
 
 check: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench-table: $(VENV)/.installed
 	$(VENV)/bin/freshrec bench table --json

@@ -112,11 +112,11 @@ def test_registry_replica_equals_the_trainer(tmp_path):
                 sub = Subscriber(reg)
                 sub.update(replica.tables)
             else:
-                sub.update(replica.tables, lambda sd: replica.dense.update(sd))
+                sub.update(replica.tables, replica.dense.update)
     online.run(idle_timeout_s=0.0)
     assert len(reg.versions()) > 3
     assert online.trainer.tables["item"].stats().expired > 0  # expiry travelled in deltas
-    sub.update(replica.tables, lambda sd: replica.dense.update(sd))
+    sub.update(replica.tables, replica.dense.update)
     for name, table in online.trainer.tables.items():
         mine = dict(zip(*_rows(table), strict=True))
         theirs = dict(zip(*_rows(replica.tables[name]), strict=True))

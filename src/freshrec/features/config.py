@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum, unique
+from enum import StrEnum, unique
 from typing import Any
 
 from freshrec._validate import check_keys, is_int, is_number, require
@@ -39,7 +39,7 @@ __all__ = [
 
 
 @unique
-class SlotKind(str, Enum):
+class SlotKind(StrEnum):
     """Shape of a categorical slot."""
 
     CATEGORICAL = "categorical"
@@ -49,7 +49,7 @@ class SlotKind(str, Enum):
 
 
 @unique
-class DenseNorm(str, Enum):
+class DenseNorm(StrEnum):
     """Normalisation of a dense field."""
 
     NONE = "none"

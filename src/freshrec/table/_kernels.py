@@ -363,7 +363,7 @@ def pool(
 
 @njit(cache=True, nogil=True, inline="always")
 def _finite_row(g: np.ndarray, i: int) -> bool:
-    for j in range(g.shape[1]):
+    for j in range(g.shape[1]):  # noqa: SIM110 - numba: no generators
         if not np.isfinite(g[i, j]):
             return False
     return True

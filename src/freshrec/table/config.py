@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, unique
+from enum import StrEnum, unique
 from typing import Any
 
 from freshrec._validate import check_keys, is_int, is_number, require
@@ -37,7 +37,7 @@ __all__ = [
 
 
 @unique
-class InitKind(str, Enum):
+class InitKind(StrEnum):
     """How a new row is filled. Every kind is deterministic per (seed, fid)."""
 
     ZEROS = "zeros"
@@ -49,7 +49,7 @@ class InitKind(str, Enum):
 
 
 @unique
-class OptimizerKind(str, Enum):
+class OptimizerKind(StrEnum):
     """Per-row optimizers; their state is stored beside the row."""
 
     SGD = "sgd"

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -753,9 +753,9 @@ class EmbeddingTable:
         self._n_used = n
         K.build_index(self._keys, self._touched, n, self._index)
         self._default = arrays["default_row"].astype(np.float32)
-        if self._sketch is not None and "sketch" in arrays:
-            if arrays["sketch"].shape == self._sketch.shape:
-                self._sketch = arrays["sketch"].astype(np.uint32)
+        if (self._sketch is not None and "sketch" in arrays
+                and arrays["sketch"].shape == self._sketch.shape):
+            self._sketch = arrays["sketch"].astype(np.uint32)
         if "expired_fids" in arrays and "expired_versions" in arrays:
             efids, evers = arrays["expired_fids"], arrays["expired_versions"]
             self._expired_log = [(int(v), efids[evers == v]) for v in np.unique(evers)]

@@ -16,7 +16,6 @@ Examples
 AUC: 1.0000
 """
 
-from freshrec.train.trainer import Trainer, rebatch
 from freshrec.train.config import TrainConfig
 from freshrec.train.metrics import (
     AUC,
@@ -27,6 +26,7 @@ from freshrec.train.metrics import (
     Windowed,
     default_metrics,
 )
+from freshrec.train.trainer import Trainer, rebatch
 
 __all__ = [
     "AUC",
