@@ -222,7 +222,9 @@ def examples_to_record_batch(
     """
     rows = list(examples)
     if schema is None:
-        return pa.RecordBatch.from_pylist(rows)
+        # every key of every row becomes a column (from_pylist alone keeps the first row's)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.RecordBatch.from_pydict({k: [r.get(k) for r in rows] for k in keys})
     return pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
