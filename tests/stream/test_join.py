@@ -321,3 +321,43 @@ def test_kill_9_and_restart_gives_the_same_examples_redis(tmp_path, redis_server
     out_log.delete()
     src.close()
     out_log.close()
+
+
+def test_ids_of_mixed_types_fall_back_to_row_records(tmp_path):
+    """Arrow cannot hold int and str item ids in one column: those examples are written as
+    the legacy orjson rows instead (and still labelled right)."""
+    src = FileLog(tmp_path / "in")
+    src.append([ev.encode(e) for e in [
+        _imp("r1", 0, items=(1, 2)),
+        _imp("r2", 0, items=("a", "b")),
+        _act("a1", "r2", "b", 1),
+        _imp("r3", 100),
+    ]])
+    out = FileLog(tmp_path / "out")
+    j = Joiner(src, out, tmp_path / "state", JoinerConfig(window_s=10, allowed_lateness_s=0,
+                                                          checkpoint_every_s=60.0))
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    j.close()
+    values = _records(out)
+    assert values and all(v[:1] == b"{" for v in values)
+    got = {(r["request_id"], r["item_id"]): r["click"] for r in map(orjson.loads, values)}
+    assert got == {("r1", 1): 0.0, ("r1", 2): 0.0, ("r2", "a"): 0.0, ("r2", "b"): 1.0,
+                   ("r3", 1): 0.0, ("r3", 2): 0.0}
+    rb, bad = ev.decode_examples(values)  # the trainer keeps what unifies
+    assert rb is not None and bad == 2 and rb.num_rows == 4
+
+
+def test_pending_impressions_are_read_back_from_the_input_after_a_restart(tmp_path):
+    src = FileLog(tmp_path / "in")
+    src.append([ev.encode(_imp("r1", 0, items=(1, 2, 3))), ev.encode(_act("a1", "r1", 3, 1))])
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, checkpoint_every_s=0.0)
+    out = FileLog(tmp_path / "out")
+    j = Joiner(src, out, tmp_path / "state", cfg)
+    assert j.step() == 0 and j.metrics()["pending_on_disk"] == 1
+    j.close()
+    src.append([ev.encode(_imp("r2", 50))])
+    j = Joiner(src, out, tmp_path / "state", cfg)  # nothing of r1 in memory now
+    assert j.step() == 3
+    j.close()
+    assert [(e["item_id"], e["click"]) for e in _read_examples(out)] == [
+        (1, 0.0), (2, 0.0), (3, 1.0)]

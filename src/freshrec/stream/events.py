@@ -494,11 +494,11 @@ def decode_examples(values: Sequence[bytes]) -> tuple[pa.RecordBatch | None, int
         if not rows:
             return
         try:
-            parts.append((pa.RecordBatch.from_pylist(rows), len(rows)))
+            parts.append((examples_to_record_batch(rows), len(rows)))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             for r in rows:  # types that mix within the rows: one batch per row
                 try:
-                    parts.append((pa.RecordBatch.from_pylist([r]), 1))
+                    parts.append((examples_to_record_batch([r]), 1))
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
                     rejected += 1
         rows.clear()

@@ -229,7 +229,7 @@ class Joiner:
     def _example_records(self, items: list[ev.EmittedImpression | dict[str, Any]]
                          ) -> list[bytes]:
         """Encode buffered examples: runs of emitted impressions column-wise, runs of rows
-        (validated windows, corrections) with ``from_pylist``; one record per run, split at
+        (validated windows, corrections) with ``examples_to_record_batch``; one record per run, split at
         :data:`~freshrec.stream.events.MAX_ROWS_PER_RECORD` examples."""
         recs: list[bytes] = []
         run: list[Any] = []
@@ -250,7 +250,7 @@ class Joiner:
                 rb = None
             if rb is None:
                 try:
-                    rb = pa.RecordBatch.from_pylist(rows)
+                    rb = ev.examples_to_record_batch(rows)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
                     # types Arrow cannot put in one column: the legacy row records
                     recs.extend(orjson.dumps(r) for r in rows)
@@ -376,12 +376,18 @@ class Joiner:
         many examples were emitted (they reach the output log at the next checkpoint, which
         happens here once ``checkpoint_every_s`` has passed)."""
         got_any = False
+        every = self.config.checkpoint_every_s
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], max_records, 0.0)
             if recs:
                 got_any = True
-                for r in recs:
+                for k, r in enumerate(recs, 1):
                     self._process(r.value, p, r.offset)
+                    # a checkpoint is due in the middle of a large read: stop here (the
+                    # rest is read again), so output is not held back by the read size
+                    if every and k % 64 == 0 and time.monotonic() - self._last_ckpt >= every:
+                        recs = recs[:k]
+                        break
                 self.offsets[p] = recs[-1].offset + 1
         if not got_any and timeout_s > 0:
             time.sleep(min(timeout_s, 0.01))
