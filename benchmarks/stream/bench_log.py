@@ -7,7 +7,11 @@ to Redis Streams, then reads them all back from offset 0 in batches of B. Withou
 ``--redis`` a private ``redis-server`` is started on a free loopback port (no persistence)
 and stopped afterwards; Redis is skipped (keys absent, ``redis_skipped`` set) when no
 server can be had. Also measures the event encodings considered for records: orjson rows
-vs Arrow IPC batches, on simulated impressions (100 candidates each).
+vs Arrow IPC batches, on simulated impressions (100 candidates each); and the two formats of
+joined-example records on the examples of those impressions: one orjson row per example
+(the legacy format) vs Arrow record batches built column-wise (format v1, one record per
+impression batch), encode = from the joiner's held impressions to record bytes, decode = from
+record bytes to one ``pyarrow.RecordBatch`` (what the online trainer needs).
 """
 
 from __future__ import annotations
@@ -109,6 +113,32 @@ def _encodings(n_events: int) -> dict[str, float]:
     back = pa.ipc.open_stream(blob).read_all().to_pylist()
     out["arrow_ipc_decode_to_rows_events_per_s"] = len(back) / (time.perf_counter() - t)
     out["arrow_ipc_bytes_per_event"] = len(blob) / len(imps)
+    out.update(_example_records(imps))
+    return out
+
+
+def _example_records(imps: list[dict]) -> dict[str, float]:
+    from freshrec.stream import events as ev
+
+    emitted = [ev.EmittedImpression(ev.compact_impression(e), {}, None, 1.0) for e in imps]
+    n = sum(len(e) for e in emitted)
+    actions = ["click"]
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    rows = [orjson.dumps(r) for r in ev.emitted_to_rows(emitted, actions)]
+    out["examples_rows_encode_per_s"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    recs = [ev.encode_examples(ev.emitted_to_record_batch(emitted[i:i + 100], actions))
+            for i in range(0, len(emitted), 100)]
+    out["examples_arrow_encode_per_s"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    ev.decode_examples(rows)
+    out["examples_rows_decode_per_s"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    ev.decode_examples(recs)
+    out["examples_arrow_decode_per_s"] = n / (time.perf_counter() - t)
+    out["examples_rows_bytes_per_example"] = sum(map(len, rows)) / n
+    out["examples_arrow_bytes_per_example"] = sum(map(len, recs)) / n
     return out
 
 
