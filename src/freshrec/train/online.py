@@ -200,7 +200,13 @@ class OnlineTrainer:
         if self.publisher is None:
             return
         self.publisher.maybe_publish(time.monotonic(), event_time=self.newest_event_time,
-                                     meta={"offsets": self.offsets, "step": self.trainer.step})
+                                     meta=self._publish_meta())
+
+    def _publish_meta(self) -> dict[str, Any]:
+        """Published with every version: input offsets, step, and the model config (serving
+        builds its model from it)."""
+        return {"offsets": self.offsets, "step": self.trainer.step,
+                "config": dict(self.config.raw)}
 
     def lag(self) -> int:
         """Examples in the log not yet trained on."""
@@ -240,7 +246,7 @@ class OnlineTrainer:
         self.checkpoint()
         if self.publisher is not None:
             self.publisher.publish_sparse(event_time=self.newest_event_time,
-                                          meta={"offsets": self.offsets})
+                                          meta=self._publish_meta())
         return {**self.trainer.summary(), "offsets": dict(self.offsets),
                 "rejected": self.rejected, "source_errors": self.source_errors}
 
