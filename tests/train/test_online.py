@@ -115,6 +115,10 @@ def test_registry_replica_equals_the_trainer(tmp_path):
                 sub.update(replica.tables, replica.dense.update)
     online.run(idle_timeout_s=0.0)
     assert len(reg.versions()) > 3
+    meta = reg.manifest().meta  # progress travels with each version (the demo shows it)
+    assert meta["examples"] == online.trainer.examples == 2000
+    assert meta["metrics"]["auc"] == pytest.approx(online.trainer.metrics.get()["auc"])
+    assert reg.manifest(reg.versions()[0]).meta["examples"] < 2000
     assert online.trainer.tables["item"].stats().expired > 0  # expiry travelled in deltas
     sub.update(replica.tables, replica.dense.update)
     for name, table in online.trainer.tables.items():

@@ -30,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,9 +204,13 @@ class OnlineTrainer:
                                      meta=self._publish_meta())
 
     def _publish_meta(self) -> dict[str, Any]:
-        """Published with every version: input offsets, step, and the model config (serving
-        builds its model from it)."""
+        """Published with every version: input offsets, step, examples trained, the
+        progressive metrics (``auc``, ``logloss``, ...; ``None`` while undefined) and the
+        model config (serving builds its model from it)."""
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                   for k, v in self.trainer.metrics.get().items()}
         return {"offsets": self.offsets, "step": self.trainer.step,
+                "examples": self.trainer.examples, "metrics": metrics,
                 "config": dict(self.config.raw)}
 
     def lag(self) -> int:
