@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("freshrec._cli.evaluate", "evaluate a checkpoint on a data set"),
     "serve": ("freshrec._cli.serve", "serve the newest registry model over HTTP"),
     "registry": ("freshrec._cli.registry", "list, inspect, roll back or clean a model registry"),
+    "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
 }
 
 
