@@ -18,10 +18,7 @@ $(VENV)/.installed: pyproject.toml
 ML100K ?= ../shared/data/ml-100k
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/freshrec bench table --quick
-	@if [ -d "$(ML100K)" ]; then \
-	  $(VENV)/bin/freshrec train --config configs/movielens.yaml --data "$(ML100K)" --run-dir runs/demo; \
-	else echo "MovieLens not found at $(ML100K): set ML100K=path/to/ml-100k to train the demo model"; fi
+	$(VENV)/bin/freshrec demo
 
 test: $(VENV)/.installed
 	bash scripts/ensure-redis

@@ -33,7 +33,8 @@ What runs (one work directory, default ``runs/demo-<timestamp>``)::
   request's time + delay. The server's impression carries the same ``request_id``, so the
   joiner joins the click to what the server logged: the loop is closed.
 - **Measured**: the driver's end-to-end latency per request and the AUC of the scores the
-  server returned against the clicks drawn ("serving AUC"); the log's growth; the examples
+  server returned against the clicks drawn ("serving AUC"; the AUC of the true click
+  probabilities, "oracle AUC", is the ceiling any model can reach); the log's growth; the examples
   the joiner wrote; the registry's newest version and the trainer's progressive AUC (from
   each version's meta); the version and freshness the server reports on ``/metrics``.
 
@@ -183,6 +184,12 @@ class DemoConfig:
 
 
 # ---------------------------------------------------------------------------- children
+#: A child runs ``freshrec <argv>`` with SIGINT as KeyboardInterrupt even when the demo was
+#: started with SIGINT ignored (``nohup``, ``cmd &``): the demo stops children with SIGINT.
+_CHILD_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from freshrec.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 class _Child:
     """A ``freshrec`` command in its own process group, output to a file."""
 
@@ -195,7 +202,7 @@ class _Child:
                    NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with open(self.out, "wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "freshrec.cli", *self.argv], stdout=fh,
+                [sys.executable, "-c", _CHILD_MAIN, *self.argv], stdout=fh,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)
         log.info("demo started child=%s pid=%d", self.name, self.proc.pid)
@@ -281,6 +288,7 @@ class _DriverStats:
     latencies: list[float] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    true_p: list[np.ndarray] = field(default_factory=list)
     last_error: str = ""
 
 
@@ -429,6 +437,7 @@ class TrafficDriver:
                 s.latencies.append(latency)
                 s.scores.append(scores)
                 s.labels.append(clicked.astype(np.float64))
+                s.true_p.append(true_p)
         conn.close()
 
 
@@ -482,6 +491,7 @@ class _Monitor:
         self.latencies: list[float] = []
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.true_p: list[np.ndarray] = []
         self._recent: list[tuple[float, _DriverStats]] = []
         self.totals = {"requests": 0, "errors": 0, "clicks_drawn": 0, "clicks_written": 0,
                        "examples_out": 0}
@@ -527,6 +537,7 @@ class _Monitor:
         self.latencies += s.latencies
         self.scores += s.scores
         self.labels += s.labels
+        self.true_p += s.true_p
         self._recent = [(t, r) for t, r in self._recent if now - t < 10.0] + [(now, s)]
         span = max(now - self._recent[0][0], 1.0) if len(self._recent) > 1 else 1.0
         lat = [x for _, r in self._recent for x in r.latencies]
@@ -633,6 +644,7 @@ def _summary(mon: _Monitor, trainer_final: dict[str, Any], versions: list[int],
         "updates_applied": max((s["updates_applied"] for s in mon.samples), default=0),
         "online_auc": float(auc) if auc is not None else math.nan,
         "serving_auc": _auc(mon.scores, mon.labels),
+        "oracle_auc": _auc(mon.true_p, mon.labels),
         "freshness_last_s": fresh[-1] if fresh else math.nan,
         "freshness_median_s": float(np.median(fresh)) if fresh else math.nan,
     }
@@ -709,6 +721,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
          f"{s['updates_applied']} ({_fmt(s['served_version'])})"),
         ("online AUC (trainer, progressive)", _fmt(s["online_auc"], ".4f")),
         ("serving AUC (scores vs clicks)", _fmt(s["serving_auc"], ".4f")),
+        ("oracle AUC (true click probability)", _fmt(s["oracle_auc"], ".4f")),
         ("freshness last / median (s)",
          f"{_fmt(s['freshness_last_s'], '.1f')} / {_fmt(s['freshness_median_s'], '.1f')}"),
     ]
