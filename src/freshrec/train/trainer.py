@@ -59,23 +59,34 @@ log = logging.getLogger(__name__)
 def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
     """Re-cut a stream of record batches into batches of exactly ``size`` rows (last shorter).
 
+    Slices are zero-copy; rows are copied only for a batch that spans two input batches.
+
     >>> rbs = [pa.RecordBatch.from_pydict({"x": list(range(n))}) for n in (3, 4, 2)]
     >>> [b.num_rows for b in rebatch(rbs, 4)]
     [4, 4, 1]
+    >>> [b.column(0).to_pylist() for b in rebatch(rbs, 4)][1]
+    [1, 2, 3, 0]
     """
-    pending: list[pa.RecordBatch] = []
+    parts: list[pa.RecordBatch] = []
     have = 0
     for rb in batches:
-        pending.append(rb)
-        have += rb.num_rows
-        while have >= size:
-            table = pa.Table.from_batches(pending).combine_chunks()
-            yield table.slice(0, size).to_batches(max_chunksize=size)[0]
-            rest = table.slice(size)
-            pending = rest.to_batches() if rest.num_rows else []
-            have -= size
+        start = 0
+        while start < rb.num_rows:
+            take = min(size - have, rb.num_rows - start)
+            parts.append(rb.slice(start, take))
+            have += take
+            start += take
+            if have == size:
+                yield _joined(parts)
+                parts, have = [], 0
     if have:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=have)[0]
+        yield _joined(parts)
+
+
+def _joined(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(parts) == 1:
+        return parts[0]
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
 
 
 class Trainer:
