@@ -3,8 +3,12 @@
 Every scored request becomes one ``impression`` event (schema v1,
 :mod:`freshrec.stream.events`) with the request id, the user and its features, each
 candidate with its features and position, the model version and the timestamp, so that the
-joiner can join clicks to it by ``(request_id, item_id)``. The request thread only puts a
-tuple on a bounded queue; a writer thread builds, encodes and appends the events in batches.
+joiner can join clicks to it by ``(request_id, item_id)``. The request thread only appends a
+tuple to a bounded deque (no lock, no thread wake-up); a writer thread wakes every
+``interval_s`` (or when a batch is waiting), builds, encodes and appends the events in
+batches. An event is spliced from pre-encoded pieces where the predictor's feature index
+has them (each candidate's JSON around its position, :func:`impression_record`), so
+writing it costs a few microseconds of the GIL instead of rebuilding 100 candidate dicts.
 
 Examples
 --------
@@ -26,16 +30,18 @@ True
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from typing import Any
+
+import orjson
 
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.request import ScoreRequest
 from freshrec.stream.base import Log
 from freshrec.stream.events import SCHEMA_VERSION, encode, partition_for
 
-__all__ = ["ImpressionWriter", "impression_event"]
+__all__ = ["ImpressionWriter", "impression_event", "impression_record"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,32 @@ def impression_event(req: ScoreRequest, version: int | None, timestamp: float) -
     return ev
 
 
+def impression_record(req: ScoreRequest, version: int | None, timestamp: float) -> bytes:
+    """The encoded impression event of a served request: ``encode(impression_event(...))``,
+    spliced from ``req.fragments`` when the predictor set them (the same JSON object).
+
+    >>> from freshrec.stream.events import decode
+    >>> r = ScoreRequest(request_id="r", user={"a": 1}, candidates=[{"item_id": 3, "c": 1}])
+    >>> r.fragments = [(b'{"item_id":3,"position":', b',"features":{"c":1}}')]
+    >>> decode(impression_record(r, 2, 5.0)) == impression_event(r, 2, 5.0)
+    True
+    """
+    frags = req.fragments
+    if frags is None or len(frags) != len(req.candidates) or None in frags:
+        return encode(impression_event(req, version, timestamp))
+    ev: dict[str, Any] = {
+        "v": SCHEMA_VERSION, "type": "impression", "event_id": f"imp-{req.request_id}",
+        "request_id": req.request_id,
+        "user_id": req.user_id if req.user_id is not None else "",
+        "timestamp": timestamp, "user": req.user,
+    }
+    if version is not None:
+        ev["model_version"] = version
+    head = orjson.dumps(ev)
+    cands = b",".join([h + b"%d" % j + t for j, (h, t) in enumerate(frags)])  # type: ignore[misc]
+    return b"".join((head[:-1], b',"candidates":[', cands, b"]}"))
+
+
 class ImpressionWriter:
     """Writes impression events to a :class:`~freshrec.stream.Log` from a background thread.
 
@@ -67,16 +99,23 @@ class ImpressionWriter:
         Events waiting to be written; :meth:`submit` drops (and counts) beyond it.
     metrics : ServeMetrics, optional
     batch : int
-        Most events appended at once.
+        Most events appended at once (a full batch wakes the writer early).
+    interval_s : float
+        How long queued events may wait for the writer (it wakes at least this often); no
+        thread is woken per request.
     """
 
     def __init__(self, log: Log, *, max_queue: int = 100_000,
-                 metrics: ServeMetrics | None = None, batch: int = 512) -> None:
+                 metrics: ServeMetrics | None = None, batch: int = 512,
+                 interval_s: float = 0.02) -> None:
         self.log = log
         self.metrics = metrics
         self.batch = batch
-        self._queue: queue.Queue[tuple[ScoreRequest, int | None, float] | None] = \
-            queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.interval_s = interval_s
+        self._pending: deque[tuple[ScoreRequest, int | None, float]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped = 0
@@ -84,46 +123,50 @@ class ImpressionWriter:
 
     def start(self) -> None:
         """Start the writer thread."""
+        self._stop = False
         self._thread = threading.Thread(target=self._run, name="freshrec-impressions",
                                         daemon=True)
         self._thread.start()
 
     def submit(self, req: ScoreRequest, *, version: int | None, timestamp: float) -> bool:
         """Queue the impression of ``req``; ``False`` (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait((req, version, timestamp))
-            return True
-        except queue.Full:
+        pending = self._pending
+        if len(pending) >= self.max_queue:
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.impressions_dropped.inc()
             return False
+        pending.append((req, version, timestamp))
+        if len(pending) == self.batch:
+            self._wake.set()
+        return True
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            items = []
-            while True:
-                if item is None:
-                    stop = True
-                else:
-                    items.append(item)
-                if stop or len(items) >= self.batch:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if items:
+        pending = self._pending
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            stop = self._stop
+            while pending:
+                items = []
+                while pending and len(items) < self.batch:
+                    items.append(pending.popleft())
                 self._write(items)
+            if stop:
+                return
 
     def _write(self, items: list[tuple[ScoreRequest, int | None, float]]) -> None:
         parts: dict[int, list[bytes]] = {}
         n = self.log.partitions
         for req, version, ts in items:
             p = partition_for(req.request_id, n) if n > 1 else 0
-            parts.setdefault(p, []).append(encode(impression_event(req, version, ts)))
+            try:
+                rec = impression_record(req, version, ts)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the writer
+                self.failed += 1
+                log.exception("impression event of request %r not encodable", req.request_id)
+                continue
+            parts.setdefault(p, []).append(rec)
         for p, records in parts.items():
             try:
                 self.log.append(records, partition=p)
@@ -139,7 +182,8 @@ class ImpressionWriter:
     def close(self) -> None:
         """Write what is queued, stop the thread and flush the log."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._stop = True
+            self._wake.set()
             self._thread.join()
             self._thread = None
         flush = getattr(self.log, "flush", None)

@@ -56,21 +56,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import torch
 
 from freshrec.config import FreshrecConfig
 from freshrec.errors import IncompatibleFormatError
 from freshrec.features.config import DenseConfig, DenseNorm, FeatureConfig, SlotKind
-from freshrec.features.hashing import hash_array
+from freshrec.features.hashing import hash_array, slot_key
 from freshrec.models import build_model
 from freshrec.models.base import CTRModel
 from freshrec.models.deepfm import DeepFM
 from freshrec.models.wide_deep import WideDeep
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
+from freshrec.serve._kernels import hash_ints_keyed
 from freshrec.serve.request import RequestError, ScoreRequest
 from freshrec.table import EmbeddingTable
 
-__all__ = ["FeatureIndex", "FeatureLayout", "Predictor", "column_side"]
+__all__ = ["FeatureIndex", "FeatureLayout", "Predictor", "candidate_fragment", "column_side"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,32 @@ def _normalize(x: npt.NDArray[np.float64], d: DenseConfig) -> npt.NDArray[np.flo
     if d.norm is DenseNorm.MINMAX:
         return ((x - d.min) / (d.max - d.min)).astype(np.float32)
     return x.astype(np.float32)
+
+
+class _DenseNormalizer:
+    """:func:`_normalize` of several fields at once (the same float64 arithmetic per value).
+
+    ``x`` is ``(..., k)`` raw values (NaN: missing, replaced by the field's ``fill``).
+    """
+
+    def __init__(self, cfgs: Sequence[DenseConfig]) -> None:
+        self.fill = np.array([d.fill for d in cfgs], np.float64)
+        std = {DenseNorm.STANDARD: lambda d: (d.mean, d.std),
+               DenseNorm.MINMAX: lambda d: (d.min, d.max - d.min)}
+        sd = [std[d.norm](d) if d.norm in std else (0.0, 1.0) for d in cfgs]
+        self.sub = np.array([a for a, _ in sd], np.float64)
+        self.div = np.array([b for _, b in sd], np.float64)
+        self.log = np.array([d.norm is DenseNorm.LOG for d in cfgs], np.bool_)
+        self.any_log = bool(self.log.any())
+
+    def __call__(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        nan = np.isnan(x)
+        if nan.any():
+            x = np.where(nan, self.fill, x)
+        y = (x - self.sub) / self.div
+        if self.any_log:
+            y = np.where(self.log, np.log1p(np.maximum(x, 0.0)), y)
+        return y.astype(np.float32)
 
 
 def hash_values(id_space: str, values: Sequence[Any], where: Any
@@ -298,6 +326,23 @@ class FeatureLayout:
         return out
 
 
+def candidate_fragment(c: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+    """The impression-event JSON of candidate ``c`` around its position: ``head + b"3" +
+    tail`` is ``{"item_id": .., "position": 3, "features": {..}}`` (``None`` when a value is
+    not JSON-serialisable).
+
+    >>> h, t = candidate_fragment({"item_id": 7, "cat": 2, "position": 9})
+    >>> h + b"3" + t
+    b'{"item_id":7,"position":3,"features":{"cat":2}}'
+    """
+    try:
+        feats = {k: v for k, v in c.items() if k != "item_id" and k != "position"}
+        return (b'{"item_id":' + orjson.dumps(c["item_id"]) + b',"position":',
+                b',"features":' + orjson.dumps(feats) + b"}")
+    except (TypeError, KeyError, orjson.JSONEncodeError):
+        return None
+
+
 class FeatureIndex:
     """Candidate raw features -> fids and dense values, kept by ``item_id`` (see module doc).
 
@@ -336,6 +381,7 @@ class FeatureIndex:
         lay = self.layout
         self._pos: dict[Any, int] = {}
         self._raw: list[dict[str, Any]] = []
+        self._frags: list[tuple[bytes, bytes] | None] = []
         self.fids = np.zeros((cap, len(lay.cand_single)), np.uint64)
         self.valid = np.zeros((cap, len(lay.cand_single)), np.bool_)
         self.dense = np.zeros((cap, len(lay.cand_dense)), np.float32)
@@ -345,33 +391,35 @@ class FeatureIndex:
         return len(self._raw)
 
     def rows(self, cands: Sequence[dict[str, Any]], *, store: bool = True,
-             offset: int = 0) -> npt.NDArray[np.intp]:
+             offset: int = 0, fragments: list[tuple[bytes, bytes] | None] | None = None
+             ) -> npt.NDArray[np.intp]:
         """Index rows of ``cands``, encoding (and storing, with ``store``) the ones not there.
 
         With ``store=False`` unseen candidates are encoded into scratch rows past the end,
-        valid until the next call.
+        valid until the next call. ``fragments`` (with ``store``): a list that receives each
+        candidate's :func:`candidate_fragment`, kept with its row.
         """
         with self._lock:
             pos, raw = self._pos, self._raw
             n = len(cands)
-            out = np.empty(n, np.intp)
-            miss: list[int] = []
-            for i, c in enumerate(cands):
-                r = pos.get(c["item_id"])
-                if r is not None and raw[r] == c:
-                    out[i] = r
-                else:
-                    miss.append(i)
+            get = pos.get
+            found = [get(c["item_id"], -1) for c in cands]
+            miss = [i for i, r in enumerate(found) if r < 0 or raw[r] != cands[i]]
+            out = np.array(found, np.intp)
             self.hits += n - len(miss)
-            if not miss:
-                return out
-            self.misses += len(miss)
-            todo = [cands[i] for i in miss]
-            if store and len(raw) + len(todo) > self.max_items:
-                log.info("feature index full (%d items): cleared", len(raw))
-                self._clear(self.fids.shape[0])
-                return self._rows_unlocked(cands, offset)
-            return self._encode(cands, out, miss, todo, store, offset)
+            if miss:
+                self.misses += len(miss)
+                todo = [cands[i] for i in miss]
+                if store and len(raw) + len(todo) > self.max_items:
+                    log.info("feature index full (%d items): cleared", len(raw))
+                    self._clear(self.fids.shape[0])
+                    out = self._rows_unlocked(cands, offset)
+                else:
+                    out = self._encode(cands, out, miss, todo, store, offset)
+            if store and fragments is not None:
+                frags = self._frags
+                fragments.extend([frags[r] for r in out.tolist()])
+            return out
 
     def _rows_unlocked(self, cands: Sequence[dict[str, Any]], offset: int) -> npt.NDArray[np.intp]:
         out = np.empty(len(cands), np.intp)
@@ -418,10 +466,47 @@ class FeatureIndex:
                 store_m[r] = f[ends[k] - ln[k]: ends[k]]
         if store:
             raw.extend(todo)
+            self._frags.extend([candidate_fragment(c) for c in todo])
             for c, r in zip(todo, targets, strict=True):
                 pos[c["item_id"]] = r
         out[miss] = t
         return out
+
+
+def _compile_mlp(layers: Sequence[torch.nn.Module]
+                 ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]] | None:
+    """The MLP after the fused first layer as ``(W^T, b)`` steps (``(None, None)``: ReLU);
+    ``None`` when it holds another kind of layer (then the modules themselves run)."""
+    ops: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
+    for layer in layers:
+        if type(layer) is torch.nn.Linear:
+            with torch.no_grad():
+                ops.append((layer.weight.detach().t().contiguous(),
+                            None if layer.bias is None else layer.bias.detach().clone()))
+        elif type(layer) is torch.nn.ReLU:
+            ops.append((None, None))
+        elif type(layer) in (torch.nn.Dropout, torch.nn.Identity):
+            continue  # identities in eval mode
+        else:
+            return None
+    return ops
+
+
+def _run_mlp(ops: list[tuple[torch.Tensor | None, torch.Tensor | None]],
+             x: torch.Tensor) -> torch.Tensor:
+    """``addmm`` + in-place ReLU steps of :func:`_compile_mlp` (no module dispatch)."""
+    owned = False
+    for w, b in ops:
+        if w is None:
+            if owned:
+                x.relu_()
+            else:
+                x = torch.relu(x)
+                owned = True
+        else:
+            x = torch.mm(x, w) if b is None else torch.addmm(b, x, w)
+            owned = True
+    return x
 
 
 def _pool(table: EmbeddingTable, fids: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64],
@@ -520,19 +605,34 @@ class Predictor:
                                index=self.index)
 
     def _precompute(self) -> None:
-        """Column maps of the user/candidate blocks and the fused first-layer weights."""
+        """Column maps of the user/candidate blocks, per-slot hashing keys and the fused
+        first-layer weights."""
         lay, d = self.layout, self.dim
         f = lay.n_slots
-        self._ucols = [c for s in lay.user_slots for c in range(s.index * d, (s.index + 1) * d)]
+        # user slots grouped by table (one find + pool per table, pooled rows contiguous)
+        utables = list(dict.fromkeys(s.table for s in lay.user_slots))
+        self._uslots = [s for t in utables for s in lay.user_slots if s.table == t]
+        self._ucols = [c for s in self._uslots for c in range(s.index * d, (s.index + 1) * d)]
         self._ucols += [f * d + x.index for x in lay.user_dense]
         self._ccols = [c for s in lay.cand_slots for c in range(s.index * d, (s.index + 1) * d)]
         self._ccols += [f * d + x.index for x in lay.cand_dense]
         self._in_u, self._in_c = len(self._ucols), len(self._ccols)
         ugroups: dict[str, list[_Slot]] = {}
-        for s in lay.user_slots:
+        for s in self._uslots:
             ugroups.setdefault(s.table, []).append(s)
         self._ugroups = list(ugroups.items())
-        self._ucol_of = {s.name: k * d for k, s in enumerate(lay.user_slots)}
+        self._ucol_of = {s.name: k * d for k, s in enumerate(self._uslots)}
+        # fast user path: per slot (slot, read req.user_id, multi); keys and bag ranges
+        self._uplan = [(s, s.key == "user_id", s.multi) for s in self._uslots]
+        self._ukeys = np.array([slot_key(s.id_space) for s in self._uslots], np.uint64)
+        self._umean = np.array([s.mean for s in self._uslots], np.bool_)
+        self._ubags: list[tuple[str, int, int]] = []
+        b = 0
+        for table, slots in self._ugroups:
+            self._ubags.append((table, b, b + len(slots)))
+            b += len(slots)
+        self._udense_keys = [x.key for x in lay.user_dense]
+        self._udense_norm = _DenseNormalizer([x.cfg for x in lay.user_dense])
         # candidate-side slot groups per table: (table, [(kind, j)]) in x_c column order
         groups: dict[str, list[tuple[str, int]]] = {}
         single = {s.name: j for j, s in enumerate(lay.cand_single)}
@@ -544,28 +644,102 @@ class Predictor:
         self._cgroups = list(groups.items())
         self._cmean = {s.table: [x.mean for x in lay.cand_slots if x.table == s.table]
                        for s in lay.cand_slots}
+        # groups of single-valued slots (and the position): one gather of the index's fid
+        # rows, item-major bags, pooled rows reshaped straight into x_c's columns
+        self._cfast: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[int]] | None]
+        self._cfast = []
+        for _table, members in self._cgroups:
+            if any(kind == "multi" for kind, _ in members):
+                self._cfast.append(None)
+                continue
+            at = [g for g, (kind, _) in enumerate(members) if kind == "single"]
+            js = [j for kind, j in members if kind == "single"]
+            pos = [g for g, (kind, _) in enumerate(members) if kind == POS]
+            self._cfast.append((np.array(at, np.intp), np.array(js, np.intp), pos))
         pos_space = [s.id_space for s in lay.cand_slots if s.side == POS]
         cap = 1024
         self._pos_fids = (hash_array(pos_space[0], np.arange(cap, dtype=np.int64))
                           if pos_space else np.empty(0, np.uint64))
         self._fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any] | None = None
+        self._ops: list[tuple[torch.Tensor | None, torch.Tensor | None]] | None = None
         m = self.model
         first_pairs: tuple[Any, Any] | None = None
         if type(m) is WideDeep:
             first_pairs = (m.wide, m.deep)
         elif type(m) is DeepFM:
             first_pairs = (m.linear, m.mlp)
-        if first_pairs is not None:
+        if first_pairs is not None and first_pairs[0].out_features == 1:
             lin, mlp = first_pairs
+            self._hidden = int(mlp[0].out_features)
             with torch.no_grad():
-                w = torch.cat([lin.weight, mlp[0].weight]).detach()
-                b = torch.cat([lin.bias, mlp[0].bias]).detach()
+                # hidden units first, the wide/linear unit last: h[:, :H] is the MLP's input
+                w = torch.cat([mlp[0].weight, lin.weight]).detach()
+                b = torch.cat([mlp[0].bias, lin.bias]).detach()
                 wu = w[:, self._ucols].t().contiguous()
                 wc = w[:, self._ccols].t().contiguous()
-            self._fused = (wu, wc, b, torch.nn.Sequential(*list(mlp)[1:]))
+            rest = list(mlp)[1:]
+            self._fused = (wu, wc, b, torch.nn.Sequential(*rest))
+            self._ops = _compile_mlp(rest)
 
     # ------------------------------------------------------------------ scoring
     def _user_block(self, req: ScoreRequest) -> npt.NDArray[np.float32]:
+        xu = self._user_fast(req)
+        return xu if xu is not None else self._user_block_checked(req)
+
+    def _user_fast(self, req: ScoreRequest) -> npt.NDArray[np.float32] | None:
+        """The user block when every user id is an int and every dense value a number: all
+        slots hashed in one call; ``None`` sends the request to the checked path (strings,
+        floats as ids, wrong types and their errors)."""
+        u = req.user
+        vals: list[int] = []
+        lens: list[int] = []
+        for s, is_uid, multi in self._uplan:
+            raw = req.user_id if is_uid and "user_id" not in u else u.get(s.key)
+            if raw is None:
+                lens.append(0)
+            elif type(raw) is int and not multi:
+                vals.append(raw)
+                lens.append(1)
+            elif multi and type(raw) is list:
+                if len(raw) > s.max_len:
+                    raw = raw[-s.max_len:]
+                for v in raw:
+                    if type(v) is not int:
+                        return None
+                vals.extend(raw)
+                lens.append(len(raw))
+            else:
+                return None
+        xu = np.empty(self._in_u, np.float32)
+        if self._uslots:
+            try:
+                v = np.array(vals, np.int64)
+            except OverflowError:
+                return None
+            ln = np.array(lens, np.int32)
+            fids = np.empty(v.shape[0], np.uint64)
+            hash_ints_keyed(np.repeat(self._ukeys, ln), v, fids)
+            off = _offsets(ln)
+            scale = np.ones(ln.shape[0], np.float32)
+            mean = self._umean & (ln > 0)
+            if mean.any():
+                scale[mean] = (1.0 / ln[mean].astype(np.float64)).astype(np.float32)
+            d = self.dim
+            for table, b0, b1 in self._ubags:
+                pooled = _pool(self.tables[table], fids[off[b0]:off[b1]],
+                               off[b0:b1 + 1] - off[b0], scale[b0:b1])
+                xu[b0 * d:b1 * d] = pooled.reshape(-1)
+        if self._udense_keys:
+            try:
+                x = np.array([u.get(k) for k in self._udense_keys], np.float64)
+            except (ValueError, TypeError):
+                return None
+            if x.ndim != 1:
+                return None
+            xu[len(self._uslots) * self.dim:] = self._udense_norm(x)
+        return xu
+
+    def _user_block_checked(self, req: ScoreRequest) -> npt.NDArray[np.float32]:
         lay, d = self.layout, self.dim
         u = req.user
         xu = np.zeros(self._in_u, np.float32)
@@ -593,15 +767,45 @@ class Predictor:
             xu[base + j] = dense_values(x.cfg, [u.get(x.key)], lambda i, x=x: f"user.{x.key}")[0]
         return xu
 
+    def _positions(self, n: int) -> npt.NDArray[np.uint64]:
+        if n > self._pos_fids.shape[0]:
+            space = [s.id_space for s in self.layout.cand_slots if s.side == POS][0]
+            self._pos_fids = hash_array(space, np.arange(2 * n, dtype=np.int64))
+        return self._pos_fids[:n]
+
     def _cand_block(self, req: ScoreRequest, store: bool) -> npt.NDArray[np.float32]:
         lay, d = self.layout, self.dim
         cands = req.candidates
         n = len(cands)
         idx = self.index
-        rows = idx.rows(cands, store=store)
+        frags: list[tuple[bytes, bytes] | None] | None = [] if store else None
+        rows = idx.rows(cands, store=store, fragments=frags)
+        if store:
+            req.fragments = frags
         xc = np.empty((n, self._in_c), np.float32)
+        fids_all = valid_all = None
         off = 0
-        for table, members in self._cgroups:
+        for (table, members), fast in zip(self._cgroups, self._cfast, strict=True):
+            g = len(members)
+            if fast is not None:
+                at, js, pos = fast
+                if fids_all is None:
+                    fids_all, valid_all = idx.fids[rows], idx.valid[rows]
+                f = np.empty((n, g), np.uint64)
+                ok = np.empty((n, g), np.bool_)
+                f[:, at] = fids_all[:, js]
+                ok[:, at] = valid_all[:, js]
+                for p in pos:
+                    f[:, p] = self._positions(n)
+                    ok[:, p] = True
+                ok = ok.reshape(-1)
+                lengths = ok.astype(np.int32)
+                fids = f.reshape(-1) if ok.all() else f.reshape(-1)[ok]
+                pooled = _pool(self.tables[table], fids, _offsets(lengths),
+                               np.ones(n * g, np.float32))
+                xc[:, off:off + g * d] = pooled.reshape(n, g * d)
+                off += g * d
+                continue
             vals, lens = [], []
             for kind, j in members:
                 if kind == "single":
@@ -609,10 +813,7 @@ class Predictor:
                     vals.append(idx.fids[rows, j][ok])
                     lens.append(ok.astype(np.int32))
                 elif kind == POS:
-                    if n > self._pos_fids.shape[0]:
-                        space = [s.id_space for s in lay.cand_slots if s.side == POS][0]
-                        self._pos_fids = hash_array(space, np.arange(2 * n, dtype=np.int64))
-                    vals.append(self._pos_fids[:n])
+                    vals.append(self._positions(n))
                     lens.append(np.ones(n, np.int32))
                 else:
                     parts = [idx.multi[j][r] for r in rows]
@@ -620,12 +821,11 @@ class Predictor:
                     lens.append(np.array([p.shape[0] for p in parts], np.int32))
             lengths = np.concatenate(lens)
             scale = np.ones(lengths.shape[0], np.float32)
-            for g, mean in enumerate(self._cmean[table]):
+            for gi, mean in enumerate(self._cmean[table]):
                 if mean:
-                    ln = lengths[g * n:(g + 1) * n]
-                    scale[g * n:(g + 1) * n] = np.where(ln > 0, 1.0 / np.maximum(ln, 1), 0.0)
+                    ln = lengths[gi * n:(gi + 1) * n]
+                    scale[gi * n:(gi + 1) * n] = np.where(ln > 0, 1.0 / np.maximum(ln, 1), 0.0)
             pooled = _pool(self.tables[table], np.concatenate(vals), _offsets(lengths), scale)
-            g = len(members)
             xc[:, off:off + g * d] = pooled.reshape(g, n, d).transpose(1, 0, 2).reshape(n, g * d)
             off += g * d
         if lay.cand_dense:
@@ -649,8 +849,13 @@ class Predictor:
         with torch.inference_mode():
             if self._fused is not None:
                 wu, wc, b, rest = self._fused
+                hid = self._hidden
                 h = torch.addmm(torch.addmm(b, xu, wu), xc, wc)
-                out = h[:, 0] + rest(h[:, 1:]).squeeze(1)
+                if self._ops is not None:
+                    deep = _run_mlp(self._ops, h[:, :hid])
+                else:
+                    deep = rest(h[:, :hid])
+                out = h[:, hid] + deep.squeeze(1)
                 if type(self.model) is DeepFM:
                     out = out + self._fm(xu, xc, n)
                 return out

@@ -69,6 +69,10 @@ class ScoreRequest:
     user_id: str | int | None = None
     now: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Each candidate's impression-event JSON around its position, ``(head, tail)``, set by
+    #: the predictor from its feature index (see :func:`~freshrec.serve.impressions.
+    #: impression_record`); ``None``: the impression is built from the candidates.
+    fragments: list[tuple[bytes, bytes] | None] | None = None
 
 
 def new_request_id() -> str:
@@ -119,7 +123,10 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
         raise RequestError("candidates", f"must be a list of objects, got {cands!r:.60}")
     if len(cands) > max_candidates:
         raise RequestError("candidates", f"too many ({len(cands)} > {max_candidates})")
-    cands = [_candidate(c, i) for i, c in enumerate(cands)]
+    for c in cands:  # the common case checked inline; the first odd one takes the slow path
+        if type(c) is not dict or type(c.get("item_id")) not in _IDS or "features" in c:
+            cands = [_candidate(c, i) for i, c in enumerate(cands)]
+            break
     now = obj.get("now")
     if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
         raise RequestError("now", f"must be a number of seconds, got {now!r:.60}")
