@@ -10,7 +10,8 @@ Tables hold ``--users`` and ``--items`` rows. Steps:
    warm), with 1 and with 2 torch threads;
 2. end-to-end: ``freshrec serve`` in a subprocess (1 thread), an open-loop load generator in
    another (``loadgen.py``) at each QPS; latency from the scheduled send to the response;
-   max QPS whose p99.9 <= 10 ms with no errors;
+   max QPS whose p99.9 <= 10 ms with no errors; the server's CPU time per request (user +
+   system, all threads: the figure least distorted by other jobs on a shared machine);
 3. hot updates at 500 QPS: a full snapshot published every ``--swap-every`` seconds (new
    publisher, so the server reloads) vs steady state in the same run; the same with
    ``--update-mode naive`` (reload on the request path, no warm-up); continuous 10 k-row
@@ -146,6 +147,11 @@ class ServerProc:
                 raise RuntimeError(f"server did not start: {self.proc.stderr.read()[-2000:]!r}")
             time.sleep(0.1)
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (all its threads)."""
+        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -165,6 +171,7 @@ def load(url: str, bodies_path: Path, qps: float, seconds: float) -> dict:
     p = percentiles_ms(res["latencies_s"])
     p["errors"] = sum(v for k, v in res["codes"].items() if k != "200")
     p["achieved_qps"] = res["achieved_qps"]
+    p["sent"] = res["sent"]
     return p
 
 
@@ -257,9 +264,13 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
         load(server.url, bodies_path, 200, 1.0)  # warm connections and caches
         best = 0.0
         for qps in levels:
+            c0 = server.cpu_s()
             p = load(server.url, bodies_path, qps, seconds)
+            p["server_cpu_ms_per_request"] = (server.cpu_s() - c0) * 1e3 / max(1, p["sent"])
             say(f"e2e qps={qps:g}: {p}")
             k = f"qps{int(qps)}"
+            res[f"e2e_server_cpu_ms_per_req_{k}"] = p["server_cpu_ms_per_request"]
+            res[f"e2e_achieved_qps_{k}"] = p["achieved_qps"]
             res.update({f"e2e_p50_ms_{k}": p["p50"], f"e2e_p99_ms_{k}": p["p99"],
                         f"e2e_p99_9_ms_{k}": p["p99_9"], f"e2e_errors_{k}": p["errors"]})
             if p["p99_9"] <= 10.0 and p["errors"] == 0 and p["achieved_qps"] >= 0.95 * qps:
