@@ -49,9 +49,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,7 @@ __all__ = ["FeatureIndex", "FeatureLayout", "Predictor", "candidate_fragment", "
 log = logging.getLogger(__name__)
 
 USER, CAND, POS = "user", "candidate", "position"
+_ITEM_ID = operator.itemgetter("item_id")
 
 
 def column_side(column: str) -> tuple[str, str]:
@@ -402,9 +405,11 @@ class FeatureIndex:
         with self._lock:
             pos, raw = self._pos, self._raw
             n = len(cands)
-            get = pos.get
-            found = [get(c["item_id"], -1) for c in cands]
-            miss = [i for i, r in enumerate(found) if r < 0 or raw[r] != cands[i]]
+            found = list(map(pos.get, map(_ITEM_ID, cands), repeat(-1, n)))
+            if -1 not in found and list(map(raw.__getitem__, found)) == cands:
+                miss: list[int] = []  # all hits: one list comparison in C
+            else:
+                miss = [i for i, r in enumerate(found) if r < 0 or raw[r] != cands[i]]
             out = np.array(found, np.intp)
             self.hits += n - len(miss)
             if miss:
@@ -417,8 +422,7 @@ class FeatureIndex:
                 else:
                     out = self._encode(cands, out, miss, todo, store, offset)
             if store and fragments is not None:
-                frags = self._frags
-                fragments.extend([frags[r] for r in out.tolist()])
+                fragments.extend(map(self._frags.__getitem__, out.tolist() if miss else found))
             return out
 
     def _rows_unlocked(self, cands: Sequence[dict[str, Any]], offset: int) -> npt.NDArray[np.intp]:
