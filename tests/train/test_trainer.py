@@ -118,6 +118,8 @@ def test_expiry_runs_in_event_time():
     assert len(trainer.tables["user"]) == 10
     assert trainer.tables["user"].stats().expired == 50
     assert len(trainer.tables["item"]) == 40  # no ttl on items
+    # without a publisher nothing exports deltas: the expired-fid log is not kept
+    assert trainer.tables["user"].export_delta(0).expired.shape[0] == 0
 
 
 def test_movielens_deepfm_reaches_a_sane_auc(shared_data, tmp_path):

@@ -102,6 +102,7 @@ class OnlineTrainer:
         self._resume()
         self.publisher = (Publisher(registry, self.trainer.tables, self._dense_state,
                                     config.sync) if registry is not None else None)
+        self.trainer.keep_expired_log = self.publisher is not None
         self._last_ckpt = time.monotonic()
         self._window: dict[str, Any] = {}
 

@@ -124,6 +124,9 @@ class Trainer:
         self._last_ckpt_wall = time.monotonic()
         self._log_rate = math.log(tc.negative_sample_rate)
         self._label = fc.labels[0]
+        #: Keep the tables' log of expired fids for delta export (a publisher reads it and
+        #: trims it); off, the log is dropped after each expiry pass so it cannot grow.
+        self.keep_expired_log = False
         #: The state dict of the checkpoint :meth:`resume` loaded (empty before).
         self.resumed_state: dict[str, Any] = {}
 
@@ -169,6 +172,9 @@ class Trainer:
             self._last_expire = now
         elif now - self._last_expire >= self.config.train.expire_every_s:
             removed = {n: t.expire(now) for n, t in self.tables.items()}
+            if not self.keep_expired_log:  # nobody exports deltas: do not keep expired fids
+                for t in self.tables.values():
+                    t.forget_expired_before(t.version)
             self._last_expire = now
             log.info("expired now=%d %s", now, " ".join(f"{k}={v}" for k, v in removed.items()))
 
