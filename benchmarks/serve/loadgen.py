@@ -2,7 +2,9 @@
 
 Sends the pre-encoded JSON bodies of file ``BODIES`` (one per line) round-robin to
 ``URL/score`` at a fixed rate on keep-alive connections (a new connection whenever all are
-busy, so a slow response never delays the next send), and writes to ``OUT`` a JSON object
+busy, so a slow response never delays the next send; connections idle over 4 s are dropped
+before the server's keep-alive timeout closes them; a request unanswered in 30 s counts as
+an error), and writes to ``OUT`` a JSON object
 with each request's latency measured from its *scheduled* send time (no coordinated
 omission) and the status codes.
 """
@@ -15,21 +17,36 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+IDLE_S = 4.0  # a pooled connection idle longer is dropped (uvicorn closes them after 5 s)
+TIMEOUT_S = 30.0  # a request unanswered this long counts as an error (status 0)
+
 
 async def _one(pool: list, host: str, port: int, req: bytes) -> int:
-    if pool:
-        reader, writer = pool.pop()
-    else:
-        reader, writer = await asyncio.open_connection(host, port)
-    writer.write(req)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    pool.append((reader, writer))
+    now = time.monotonic()
+    conn = None
+    while pool:
+        reader, writer, idle_since = pool.pop()
+        if now - idle_since < IDLE_S:
+            conn = reader, writer
+            break
+        writer.close()
+    if conn is None:
+        conn = await asyncio.open_connection(host, port)
+    reader, writer = conn
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+    except BaseException:
+        writer.close()
+        raise
+    pool.append((reader, writer, time.monotonic()))
     return status
 
 
@@ -48,7 +65,7 @@ async def run(url: str, bodies: list[bytes], qps: float, seconds: float) -> dict
     async def fire(i: int, due: float) -> None:
         try:
             status = await _one(pool, host, port, reqs[i % len(reqs)])
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
             status = 0
         lat.append(time.perf_counter() - due)
         codes[str(status)] = codes.get(str(status), 0) + 1

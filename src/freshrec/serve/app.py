@@ -121,6 +121,9 @@ def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
         try:
             try:
                 body = await read_body()
+            except _Disconnected:  # the client went away mid-body: nothing to answer
+                metrics.requests.inc(route=route, code="499")
+                return 499, b"", None
             except _TooLarge:
                 metrics.requests.inc(route=route, code="413")
                 metrics.errors.inc(kind="too_large")
