@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,15 @@ from freshrec.benchinfo import machine_info
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_TS = re.compile(rb'"timestamp":([0-9.]+)')
+
+
 def producer(spec: str, rate: float, seconds: float, candidates: int, out: str) -> None:
-    """Simulate at ``rate`` events/s of wall time (event time follows the wall clock)."""
+    """Simulate at about ``rate`` events/s with event time following the wall clock.
+
+    Records the wall time each click was appended, and how far generation fell behind event
+    time at worst (``behind_s``: when large, the machine could not hold the rate).
+    """
     from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig
     from freshrec.stream.events import decode
     from freshrec.stream.open import open_log
@@ -49,38 +57,37 @@ def producer(spec: str, rate: float, seconds: float, candidates: int, out: str) 
         bias=-2.5, start_time=int(time.time()), duplicate_rate=0.0, malformed_rate=0.0,
         late_click_rate=0.0, max_jitter_s=0.2, click_delay_median_s=1.0))
     clicks: dict[str, float] = {}
-    t_end = time.time() + seconds
     batch: list[bytes] = []
-    meta: list[tuple[str, str, float]] = []
+    keys: list[str] = []
+    ts0 = w0 = 0.0
+    behind = 0.0
+    t_end = time.time() + seconds
     for _, payload in sim.records():
-        ev = decode(payload)
-        ts = float(ev["timestamp"])
-        now = time.time()
-        if ts > now:
-            if batch:
-                log.append(batch)
-                t = time.time()
-                for key, kind, _ in meta:
-                    if kind == "click":
-                        clicks[key] = t
-                batch, meta = [], []
-            time.sleep(min(ts - now, 0.5))
+        m = _TS.search(payload)
+        ts = float(m.group(1)) if m else ts0
+        if not ts0:
+            ts0, w0 = ts, time.time()
+        if payload.startswith(b'{"v":1,"type":"action"'):
+            ev = decode(payload)
+            if ev["action"] == "click":
+                keys.append(f"{ev['request_id']}|{ev['item_id']}")
         batch.append(payload)
-        if ev["type"] == "action":
-            meta.append((f"{ev['request_id']}|{ev['item_id']}", ev["action"], ts))
-        if len(batch) >= 256:
+        if len(batch) >= 64:
+            lag = (time.time() - w0) - (ts - ts0)
+            if lag < 0:
+                time.sleep(-lag)
+            behind = max(behind, lag)
             log.append(batch)
-            t = time.time()
-            for key, kind, _ in meta:
-                if kind == "click":
-                    clicks[key] = t
-            batch, meta = [], []
-        if now > t_end:
-            break
+            now = time.time()
+            for key in keys:
+                clicks[key] = now
+            batch, keys = [], []
+            if now > t_end:
+                break
     if batch:
         log.append(batch)
     log.close()
-    Path(out).write_bytes(orjson.dumps(clicks))
+    Path(out).write_bytes(orjson.dumps({"clicks": clicks, "behind_s": behind}))
 
 
 SUBSCRIBER = """
@@ -175,7 +182,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
                 if p.poll() is None:
                     p.kill()
         applied = orjson.loads((d / "applied.json").read_bytes())
-        clicks = orjson.loads((d / "clicks.json").read_bytes())
+        produced = orjson.loads((d / "clicks.json").read_bytes())
+        clicks = produced["clicks"]
         from freshrec.stream.events import decode_examples  # type: ignore[attr-defined]
         from freshrec.sync import Registry
 
@@ -220,6 +228,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         "event_to_servable_p99_s": float(np.nanpercentile(lat_a, 99)),
         "click_to_example_p50_s": float(np.nanpercentile(ex_a, 50)),
         "click_to_example_p99_s": float(np.nanpercentile(ex_a, 99)),
+        "producer_behind_s": float(produced["behind_s"]),
         "versions_applied": len(applied), "logs": "redis" if opts.redis else "file",
         "threads": 1, **machine_info(),
     }
