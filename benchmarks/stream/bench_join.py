@@ -6,7 +6,7 @@
    written to a fresh file log and to Redis Streams; the joiner (window 10 s, lateness 2 s,
    checkpoints every 0.2 s) reads them all and emits every example (flush at the end). One
    process, so events/s is per core. On the file log the same records also go through the
-   previous joiner (one orjson row per example, ``benchmarks/stream/_rows_join.py``) as the
+   previous joiner (one orjson row per example, read from git 3869910 at run time) as the
    same-run baseline ``file_join_rows_events_per_s``; the two alternate (``--repeats``
    rounds, best of each reported) so both see the same machine load.
 2. Latency: a producer process appends a simulated stream whose event time advances like
@@ -26,10 +26,14 @@ import argparse
 import importlib.util
 import itertools
 import multiprocessing as mp
+import subprocess
+import sys
 import tempfile
 import time
+import types
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -42,6 +46,27 @@ from freshrec.stream.events import decode_examples
 
 WINDOW_S, LATENESS_S = 10, 2
 LAT_WINDOW_S = 1  # label window of the latency run (its stream lasts a few seconds)
+
+
+ROWS_JOINER_COMMIT = "38699102f2699a720de1f389ecb9bffb116a1c40"
+
+
+def _rows_joiner() -> tuple[Any, str]:
+    """The joiner before its columnar output (one orjson row per example), the same-run
+    baseline: ``src/freshrec/stream/join.py`` as of git 3869910, read from the history (it
+    runs against today's package). Returns ``(Joiner class or None, reason when None)``."""
+    try:
+        out = subprocess.run(
+            ["git", "show", f"{ROWS_JOINER_COMMIT}:src/freshrec/stream/join.py"],
+            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"git not available ({e})"
+    if out.returncode != 0:
+        return None, f"git history lacks {ROWS_JOINER_COMMIT[:7]}: {out.stderr.strip()}"
+    module = types.ModuleType("freshrec_rows_joiner")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(out.stdout, f"git {ROWS_JOINER_COMMIT[:7]}:join.py", "exec"), module.__dict__)
+    return module.Joiner, ""
 
 
 def _sibling(name: str):
@@ -195,16 +220,20 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
                               "allowed_lateness_s": LATENESS_S, "threads": 1,
                               "repeats": repeats, "simulator_events_per_s": sim_rate,
                               "output_format": "arrow"}
-    rows_join = _sibling("_rows_join.py").Joiner
+    rows_join, why = _rows_joiner()
     new, old = [], []
     for _ in range(repeats):
         new.append(_file_throughput(Joiner, thr))
-        old.append(_file_throughput(rows_join, thr))
+        if rows_join is not None:
+            old.append(_file_throughput(rows_join, thr))
     res["file_join_events_per_s"], res["file_join_examples_per_s"] = max(new)
-    res["file_join_rows_events_per_s"], res["file_join_rows_examples_per_s"] = max(old)
-    res["file_join_speedup"] = max(new)[0] / max(old)[0]
+    if old:
+        res["file_join_rows_events_per_s"], res["file_join_rows_examples_per_s"] = max(old)
+        res["file_join_speedup"] = max(new)[0] / max(old)[0]
+    else:
+        res["file_join_rows_skipped"] = why
     say(f"file join: {res['file_join_events_per_s']:,.0f} events/s (rows joiner "
-        f"{res['file_join_rows_events_per_s']:,.0f})")
+        f"{res.get('file_join_rows_events_per_s', why)})")
     with _sibling("bench_log.py").redis_server(opts.redis) as url:
         if url is None:
             res["redis_skipped"] = "redis-server not found"
