@@ -38,7 +38,7 @@ from freshrec.features.config import DenseConfig, DenseNorm, FeatureConfig, Slot
 from freshrec.features.hashing import hash_array
 from freshrec.features.jagged import JaggedBatch
 
-__all__ = ["FeatureSchema", "EncodedBatch"]
+__all__ = ["FeatureSchema", "EncodedBatch", "normalize_dense"]
 
 
 @dataclass(frozen=True)
@@ -159,13 +159,27 @@ class FeatureSchema:
             x = np.full(batch.num_rows, d.fill, np.float32)
         else:
             x = _floats(batch.column(d.column), d.fill, f"dense column {d.column!r}")
-        if d.norm is DenseNorm.STANDARD:
-            return ((x - d.mean) / d.std).astype(np.float32)
-        if d.norm is DenseNorm.LOG:
-            return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
-        if d.norm is DenseNorm.MINMAX:
-            return ((x - d.min) / (d.max - d.min)).astype(np.float32)
-        return x
+        return normalize_dense(x, d)
+
+
+def normalize_dense(x: npt.NDArray[np.floating], d: DenseConfig) -> npt.NDArray[np.float32]:
+    """Normalise one dense field's values (nulls already filled) as ``d.norm`` says.
+
+    The arithmetic runs in ``x``'s dtype, then the result is float32; training and serving
+    both call this.
+
+    >>> from freshrec.features.config import DenseConfig
+    >>> normalize_dense(np.array([40.0]), DenseConfig(name="age", norm="standard", mean=30,
+    ...                 std=10)).tolist()
+    [1.0]
+    """
+    if d.norm is DenseNorm.STANDARD:
+        return ((x - d.mean) / d.std).astype(np.float32)
+    if d.norm is DenseNorm.LOG:
+        return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
+    if d.norm is DenseNorm.MINMAX:
+        return ((x - d.min) / (d.max - d.min)).astype(np.float32)
+    return x.astype(np.float32, copy=False)
 
 
 def _floats(col: pa.Array, fill: float, what: str) -> npt.NDArray[np.float32]:

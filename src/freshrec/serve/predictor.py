@@ -65,6 +65,7 @@ from freshrec.config import FreshrecConfig
 from freshrec.errors import IncompatibleFormatError
 from freshrec.features.config import DenseConfig, DenseNorm, FeatureConfig, SlotKind
 from freshrec.features.hashing import hash_array, slot_key
+from freshrec.features.schema import normalize_dense
 from freshrec.models import build_model
 from freshrec.models.base import CTRModel
 from freshrec.models.deepfm import DeepFM
@@ -122,19 +123,8 @@ class _Dense:
     index: int  # position among the dense fields
 
 
-def _normalize(x: npt.NDArray[np.float64], d: DenseConfig) -> npt.NDArray[np.float32]:
-    """The normalisation of :class:`~freshrec.features.FeatureSchema` (nulls already filled)."""
-    if d.norm is DenseNorm.STANDARD:
-        return ((x - d.mean) / d.std).astype(np.float32)
-    if d.norm is DenseNorm.LOG:
-        return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
-    if d.norm is DenseNorm.MINMAX:
-        return ((x - d.min) / (d.max - d.min)).astype(np.float32)
-    return x.astype(np.float32)
-
-
 class _DenseNormalizer:
-    """:func:`_normalize` of several fields at once (the same float64 arithmetic per value).
+    """:func:`~freshrec.features.schema.normalize_dense` of several fields at once (the same float64 arithmetic per value).
 
     ``x`` is ``(..., k)`` raw values (NaN: missing, replaced by the field's ``fill``).
     """
@@ -234,7 +224,7 @@ def dense_values(d: DenseConfig, values: Sequence[Any], where: Any) -> npt.NDArr
         raise RequestError(where(0), "must be numbers") from None
     if np.isnan(x).any():
         x[np.isnan(x)] = d.fill
-    return _normalize(x, d)
+    return normalize_dense(x, d)
 
 
 def _multi(slot: _Slot, lists: Sequence[Any], where: Any
@@ -840,7 +830,7 @@ class Predictor:
     def _with_position(self, dense: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
         for j, x in enumerate(self.layout.cand_dense):
             if x.cfg.column == "position":
-                dense[:, j] = _normalize(np.arange(n, dtype=np.float64), x.cfg)
+                dense[:, j] = normalize_dense(np.arange(n, dtype=np.float64), x.cfg)
         return dense
 
     def logits(self, req: ScoreRequest, *, store: bool = True) -> torch.Tensor:
