@@ -155,6 +155,17 @@ def _index_put(index: np.ndarray, fid: np.uint64, row: int) -> None:
     index[h] = row
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _take_row(free_rows: np.ndarray, n_free: int, n_used: int) -> tuple[int, int, int]:
+    """A row for a new entry: the top of the free stack, else the next unused one.
+
+    Returns ``(row, n_free, n_used)``.
+    """
+    if n_free > 0:
+        return free_rows[n_free - 1], n_free - 1, n_used
+    return n_used, n_free, n_used + 1
+
+
 @njit(cache=True, nogil=True)
 def insert_new(
     index: np.ndarray, keys: np.ndarray, touched: np.ndarray, last_seen: np.ndarray,
@@ -168,12 +179,7 @@ def insert_new(
     mask = np.int64(index.shape[0] - 1)
     reused = 0
     for i in range(fids.shape[0]):
-        if n_free > 0:
-            n_free -= 1
-            r = free_rows[n_free]
-        else:
-            r = n_used
-            n_used += 1
+        r, n_free, n_used = _take_row(free_rows, n_free, n_used)
         fid = fids[i]
         keys[r] = fid
         touched[r] = version
@@ -584,12 +590,7 @@ def find_or_insert(
             continue
         if (n_free == 0 and n_used >= capacity) or (tomb < 0 and slot_budget <= 0):
             return i, n_free, n_used, reused, inserted
-        if n_free > 0:
-            n_free -= 1
-            r = free_rows[n_free]
-        else:
-            r = n_used
-            n_used += 1
+        r, n_free, n_used = _take_row(free_rows, n_free, n_used)
         if tomb >= 0:
             h = tomb
             reused += 1
