@@ -135,13 +135,14 @@ def test_pool_and_bag_gradients_match_python(bags):
     ref_grads: dict[int, np.ndarray] = {}
     for b, bag in enumerate(bags):
         want = sum((emb[r] if r >= 0 else default for r in bag), np.zeros(dim)) * scale[b]
-        np.testing.assert_allclose(out[b], want, rtol=1e-6)
+        np.testing.assert_allclose(out[b], want, rtol=1e-6, atol=1e-5)
         for r in bag:
             if r >= 0:
                 ref_grads[r] = ref_grads.get(r, np.zeros(dim)) + grad_out[b] * scale[b]
     assert sorted(urows.tolist()) == sorted(ref_grads)
     for r, g in zip(urows.tolist(), ugrads, strict=True):
-        np.testing.assert_allclose(g, ref_grads[r], rtol=1e-6)
+        # float32 sums of +-x/3 terms cancel to ~1e-7, hence the absolute tolerance
+        np.testing.assert_allclose(g, ref_grads[r], rtol=1e-6, atol=1e-5)
 
 
 def test_lookup_copy_and_gather():
