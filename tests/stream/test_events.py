@@ -109,3 +109,12 @@ def test_example_record_layout_is_versioned():
     rec = ev.encode_examples(pa.RecordBatch.from_pylist([{"x": 1}]))
     assert rec[:4] == ev.EXAMPLES_MAGIC and rec[4:8] == b"\x01\x00\x00\x00"
     assert pa.ipc.open_stream(pa.py_buffer(rec)[8:]).read_all().num_rows == 1
+
+
+def test_example_record_is_the_arrow_stream_writer_output():
+    rb = pa.RecordBatch.from_pylist([{"x": 1, "tags": [1, 2], "s": "a"}, {"x": None,
+                                     "tags": [], "s": None}]).slice(1)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rb.schema) as w:
+        w.write_batch(rb)
+    assert ev.encode_examples(rb) == ev._HEADER + sink.getvalue().to_pybytes()
