@@ -15,8 +15,10 @@ scratch on the same batches, with
   behind :class:`~freshrec.nn.PooledEmbedding`, Adagrad inside the tables, fused in backward;
 * ``static``: one ``nn.EmbeddingBag(vocab, 16, sparse=True)`` per slot, ids pre-mapped to
   ``[0, vocab)``, ``torch.optim.Adagrad`` over the sparse gradients;
-* ``torchrec_fused``: TorchRec's fused ``EmbeddingBagCollection`` when ``torchrec`` imports
-  (otherwise skipped, with ``torchrec_skipped_reason``);
+* ``torchrec_fused``: TorchRec's ``FusedEmbeddingBagCollection`` (one table per slot, ids
+  pre-mapped as for static, the same Adagrad as freshrec's ``--sparse-opt`` fused into
+  backward by FBGEMM's CPU kernels) when it trains on this machine (``scripts/install-torchrec``;
+  otherwise skipped, with ``torchrec_skipped_reason``);
 * ``dense_only``: the model's dense part alone, fed a fixed (B, 26, 16) tensor that requires
   grad (so backward still computes the gradient w.r.t. the embeddings but nothing consumes
   it) -- the floor no embedding system can beat.
@@ -55,6 +57,9 @@ N_DENSE = 13
 DIM = 16
 SLOT_NAMES = [f"C{i + 1}" for i in range(N_SLOTS)]
 RULE_SLOTS = (0, 1, 2)
+#: (a, b) pairs reported as ``{a}_vs_{b}_ratio`` (examples/s of a over b) when both ran.
+RATIOS = [("freshrec", "static"), ("freshrec", "dense_only"), ("freshrec", "torchrec_fused"),
+          ("torchrec_fused", "static"), ("torchrec_fused", "dense_only")]
 
 
 # ---------------------------------------------------------------------------------- data
@@ -130,6 +135,33 @@ def freshrec_tables(opt_kind: str, lr: float) -> dict[str, EmbeddingTable]:
     }
 
 
+def _torchrec_fused_ebc(vocab: int, opt_kind: str,
+                        lr: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """TorchRec's ``FusedEmbeddingBagCollection`` (one table per slot, ``opt_kind`` Adagrad
+    fused into backward) as ``embed(values (26, B) int64) -> (B, 26, 16)``.
+
+    ``adagrad`` is element-wise (FBGEMM ``EXACT_ADAGRAD``), ``rowwise_adagrad`` is FBGEMM's
+    ``EXACT_ROWWISE_ADAGRAD``; eps 1e-10 and init U(-0.01, 0.01) as in the other runs.
+    """
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+    from torchrec.optim import RowWiseAdagrad
+
+    ebc = FusedEmbeddingBagCollection(
+        tables=[EmbeddingBagConfig(name=f"t_{s}", embedding_dim=DIM, num_embeddings=vocab,
+                                   feature_names=[s], weight_init_min=-0.01,
+                                   weight_init_max=0.01) for s in SLOT_NAMES],
+        optimizer_type=torch.optim.Adagrad if opt_kind == "adagrad" else RowWiseAdagrad,
+        optimizer_kwargs={"lr": lr, "eps": 1e-10})
+
+    def embed(values: torch.Tensor) -> torch.Tensor:
+        kjt = KeyedJaggedTensor(keys=SLOT_NAMES, values=values.reshape(-1),
+                                lengths=torch.ones(values.numel(), dtype=torch.int32))
+        return ebc(kjt).values().view(values.shape[1], N_SLOTS, DIM)
+
+    return embed
+
+
 # ---------------------------------------------------------------------------------- runs
 Step = Callable[[int], torch.Tensor]
 
@@ -169,6 +201,21 @@ def _make_run(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt:
             loss.backward()
             dense_opt.step()
             sparse_optim.step()
+            return logits
+
+        return step, model
+    if kind == "torchrec_fused":
+        embed = _torchrec_fused_ebc(vocab, sparse_opt, sparse_lr)
+        model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
+        dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
+        slot_major = [torch.from_numpy(np.ascontiguousarray(v.T)) for v in stream.values]
+
+        def step(i: int) -> torch.Tensor:
+            logits = model.interact(embed(slot_major[i]), stream.dense[i])
+            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+            dense_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dense_opt.step()
             return logits
 
         return step, model
@@ -244,11 +291,13 @@ def _profile_freshrec(stream: Stream, mlp: list[int], sparse_opt: str, sparse_lr
 
 
 def _torchrec_reason() -> str | None:
+    """Why the TorchRec run is skipped (``None`` when its fused CPU path trains a batch)."""
     try:
-        import torchrec  # noqa: F401
-    except Exception as e:  # ImportError or a broken install
-        return f"torchrec does not import: {type(e).__name__}: {e}"
-    return "torchrec imports, but its fused CPU path is not wired into this benchmark yet"
+        embed = _torchrec_fused_ebc(100, "adagrad", 0.05)
+        embed(torch.zeros((N_SLOTS, 2), dtype=torch.int64)).sum().backward()
+    except Exception as e:  # ImportError, or a broken install / unsupported CPU kernel
+        return f"torchrec fused EmbeddingBagCollection fails on CPU: {type(e).__name__}: {e}"
+    return None
 
 
 def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
@@ -290,7 +339,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     reason = _torchrec_reason()
     if reason is not None:
         result["torchrec_skipped_reason"] = reason
-    kinds = ["dense_only", "static", "freshrec"]
+    kinds = ["dense_only", "static", "freshrec"] + (["torchrec_fused"] if reason is None else [])
     for t in threads:
         torch.set_num_threads(t)
         runs = {k: _make_run(k, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
@@ -302,21 +351,21 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
             result[f"{kind}_step_ms_mean_t{t}"] = float(times[kind].mean() * 1e3)
             if kind != "dense_only":
                 result[f"{kind}_auc_t{t}"] = _auc(stream, preds[kind])
-            say(f"threads={t} {kind:>10}: {rate:,.0f} examples/s "
+            say(f"threads={t} {kind:>14}: {rate:,.0f} examples/s "
                 f"(median step {np.median(times[kind]) * 1e3:.1f} ms)")
         del runs
-        fr = result[f"freshrec_examples_per_s_t{t}"]
-        result[f"freshrec_vs_static_ratio_t{t}"] = fr / result[f"static_examples_per_s_t{t}"]
-        result[f"freshrec_vs_dense_only_ratio_t{t}"] = (
-            fr / result[f"dense_only_examples_per_s_t{t}"])
+        for a, b in RATIOS:
+            if a in kinds and b in kinds:
+                result[f"{a}_vs_{b}_ratio_t{t}"] = (result[f"{a}_examples_per_s_t{t}"]
+                                                    / result[f"{b}_examples_per_s_t{t}"])
         prof = _profile_freshrec(stream, mlp, opts.sparse_opt, sparse_lr, dense_lr,
                                  min(n, warmup + 10), warmup, opts.seed)
         result.update({f"{k}_t{t}": v for k, v in prof.items()})
         say(f"threads={t} freshrec profile (ms/step): "
             + ", ".join(f"{k[8:-3]}={v:.1f}" for k, v in prof.items()))
-    for key in ("freshrec_examples_per_s", "static_examples_per_s", "dense_only_examples_per_s",
-                "freshrec_vs_static_ratio", "freshrec_vs_dense_only_ratio", "freshrec_auc",
-                "static_auc"):
+    main_keys = [f"{k}_examples_per_s" for k in kinds] + [f"{k}_auc" for k in kinds[1:]]
+    main_keys += [f"{a}_vs_{b}_ratio" for a, b in RATIOS if a in kinds and b in kinds]
+    for key in main_keys:
         result[key] = result[f"{key}_t{main_t}"]
     result.update(machine_info())
     return result
