@@ -7,7 +7,8 @@ Meituan write-up's), 100 candidates per request, 8 user-side and 10 candidate-si
 Tables hold ``--users`` and ``--items`` rows. Steps:
 
 1. model time: :meth:`Predictor.score` in this process on recorded requests (feature index
-   warm), with 1 and with 2 torch threads;
+   warm), with 1 and with 2 threads, for the default dense engine (``model_engine``: ONNX
+   Runtime when installed) and for the torch engine (``torch_model_*``), taking turns;
 2. end-to-end: ``freshrec serve`` in a subprocess (1 thread), an open-loop load generator in
    another (``loadgen.py``) at each QPS; latency from the scheduled send to the response;
    max QPS whose p99.9 <= 10 ms with no errors; the server's CPU time per request (user +
@@ -107,20 +108,29 @@ def make_requests(n: int, cands: int, users: int, items: int, seed: int = 0) -> 
     return out
 
 
-def model_time(reg: Registry, bodies: list[dict], iters: int, threads: int) -> dict:
+def model_time(reg: Registry, bodies: list[dict], iters: int, threads: int,
+               engines: tuple[str, ...]) -> dict[str, dict]:
+    """Latency percentiles of ``Predictor.score`` per engine; the engines take turns in
+    rounds of 250 requests so that all see the same machine conditions."""
     torch.set_num_threads(threads)
     state = Subscriber(reg).materialize()
     cfg = config_from_dict(state.meta["config"])
-    pred = Predictor.build(cfg, tables=state.tables, dense=state.dense)
+    preds = {e: Predictor.build(cfg, tables=state.tables, dense=state.dense, engine=e)
+             for e in engines}
     reqs = [build_request(b, 1000) for b in bodies]
-    for r in reqs[:50]:
-        pred.score(r)
-    lat = []
-    for i in range(iters):
-        t = time.perf_counter()
-        pred.score(reqs[i % len(reqs)])
-        lat.append(time.perf_counter() - t)
-    return percentiles_ms(lat)
+    lat: dict[str, list[float]] = {e: [] for e in engines}
+    for pred in preds.values():
+        for r in reqs[:50]:
+            pred.score(r)
+    for start in range(0, iters, 250):
+        for e, pred in preds.items():
+            for i in range(start, min(iters, start + 250)):
+                t = time.perf_counter()
+                pred.score(reqs[i % len(reqs)])
+                lat[e].append(time.perf_counter() - t)
+    out: dict[str, dict] = {e: percentiles_ms(v) for e, v in lat.items()}
+    out["auto"]["engine"] = preds["auto"].engine.name if "auto" in preds else None
+    return out
 
 
 class ServerProc:
@@ -252,12 +262,16 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
                  "items": items, "seconds_per_level": seconds, "quick": q,
                  "loadavg_start": os.getloadavg()[0]}
     iters = 500 if q else 5000
+    # the default engine (ONNX Runtime when installed) and torch, 1 and 2 threads
     for th in (1, 2):
-        m = model_time(reg, bodies, iters, th)
         sfx = "" if th == 1 else "_threads2"
-        res.update({f"model_p50_ms{sfx}": m["p50"], f"model_p99_ms{sfx}": m["p99"],
-                    f"model_p99_9_ms{sfx}": m["p99_9"]})
-        say(f"model time threads={th}: {m}")
+        for name, m in model_time(reg, bodies, iters, th, ("auto", "torch")).items():
+            pre = "" if name == "auto" else "torch_"
+            if name == "auto":
+                res["model_engine"] = m["engine"]
+            res.update({f"{pre}model_p50_ms{sfx}": m["p50"], f"{pre}model_p99_ms{sfx}": m["p99"],
+                        f"{pre}model_p99_9_ms{sfx}": m["p99_9"]})
+            say(f"model time engine={name} threads={th}: {m}")
     torch.set_num_threads(1)
     server = ServerProc(tmp / "registry", tmp / "log")
     try:

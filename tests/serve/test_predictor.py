@@ -100,13 +100,14 @@ def _single_item_config():
     return config_from_dict(raw, where="tests/serve")
 
 
-def test_fast_paths_equal_training_code_path(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_fast_paths_equal_training_code_path(tmp_path, engine):
     cfg = _single_item_config()
     reg = Registry(tmp_path / "reg")
     train_and_publish(reg, cfg)
     state = Subscriber(reg).materialize()
-    pred = Predictor.build(cfg, tables=state.tables, dense=state.dense)
-    assert all(f is not None for f in pred._cfast) and pred._ops is not None
+    pred = Predictor.build(cfg, tables=state.tables, dense=state.dense, engine=engine)
+    assert all(f is not None for f in pred._cfast) and pred.engine.name == engine
     rng = np.random.default_rng(5)
     for _ in range(3):
         body = request(rng, n=15)

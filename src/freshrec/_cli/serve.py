@@ -23,7 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model config YAML (default: the one published with the registry)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value (with --config)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of torch and ONNX Runtime")
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the dense part (auto: ONNX Runtime when installed)")
     p.add_argument("--max-in-flight", type=int, default=64, help="requests admitted at once")
     p.add_argument("--poll-interval", type=float, default=1.0,
                    help="seconds between looks at the registry")
@@ -33,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model_config = load_config(args.config, args.set) if args.config else None
-    config = ServeConfig(host=args.host, port=args.port, threads=args.threads,
+    config = ServeConfig(host=args.host, port=args.port, threads=args.threads, engine=args.engine,
                          max_in_flight=args.max_in_flight, poll_interval_s=args.poll_interval,
                          update_mode=args.update_mode)
     log = False if args.log == "none" else args.log

@@ -19,6 +19,7 @@ from typing import Any
 
 from freshrec._validate import check_keys, is_int, is_number, require
 from freshrec.errors import ConfigError
+from freshrec.serve.engine import ENGINES
 
 __all__ = ["ServeConfig", "serve_config_from_dict"]
 
@@ -42,8 +43,12 @@ class ServeConfig:
         sheds load instead of queueing without bound).
     retry_after_s : int
         Value of the ``Retry-After`` header of a 503.
+    engine : str
+        What runs the dense part of Wide & Deep / DeepFM: ``"auto"`` (ONNX Runtime when
+        installed, else torch), ``"torch"`` or ``"onnxruntime"``
+        (:mod:`freshrec.serve.engine`; measured in docs/serving.md).
     threads : int
-        torch intra-op threads of the process (``0``: leave torch's default). One thread is
+        torch (and ONNX Runtime) intra-op threads of the process (``0``: leave torch's default). One thread is
         the measured choice on 2 cores (see docs/serving.md).
     poll_interval_s : float
         Wall seconds between looks at the registry's ``HEAD``.
@@ -80,6 +85,7 @@ class ServeConfig:
     max_body_bytes: int = 4 << 20
     max_in_flight: int = 64
     retry_after_s: int = 1
+    engine: str = "auto"
     threads: int = 1
     poll_interval_s: float = 1.0
     update_mode: str = "background"
@@ -111,6 +117,7 @@ class ServeConfig:
                 "poll_interval_s", "a number of seconds > 0", self.poll_interval_s)
         require(is_number(self.switch_interval_s) and self.switch_interval_s >= 0, o,
                 "switch_interval_s", "a number of seconds >= 0", self.switch_interval_s)
+        require(self.engine in ENGINES, o, "engine", f"one of {list(ENGINES)}", self.engine)
         require(self.update_mode in ("background", "naive"), o, "update_mode",
                 "'background' or 'naive'", self.update_mode)
 

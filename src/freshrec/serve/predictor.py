@@ -72,6 +72,7 @@ from freshrec.models.deepfm import DeepFM
 from freshrec.models.wide_deep import WideDeep
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
 from freshrec.serve._kernels import hash_ints_keyed
+from freshrec.serve.engine import FusedLayers, OnnxDense, TorchDense, dense_engine
 from freshrec.serve.request import RequestError, ScoreRequest
 from freshrec.table import EmbeddingTable
 
@@ -467,42 +468,6 @@ class FeatureIndex:
         return out
 
 
-def _compile_mlp(layers: Sequence[torch.nn.Module]
-                 ) -> list[tuple[torch.Tensor | None, torch.Tensor | None]] | None:
-    """The MLP after the fused first layer as ``(W^T, b)`` steps (``(None, None)``: ReLU);
-    ``None`` when it holds another kind of layer (then the modules themselves run)."""
-    ops: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
-    for layer in layers:
-        if type(layer) is torch.nn.Linear:
-            with torch.no_grad():
-                ops.append((layer.weight.detach().t().contiguous(),
-                            None if layer.bias is None else layer.bias.detach().clone()))
-        elif type(layer) is torch.nn.ReLU:
-            ops.append((None, None))
-        elif type(layer) in (torch.nn.Dropout, torch.nn.Identity):
-            continue  # identities in eval mode
-        else:
-            return None
-    return ops
-
-
-def _run_mlp(ops: list[tuple[torch.Tensor | None, torch.Tensor | None]],
-             x: torch.Tensor) -> torch.Tensor:
-    """``addmm`` + in-place ReLU steps of :func:`_compile_mlp` (no module dispatch)."""
-    owned = False
-    for w, b in ops:
-        if w is None:
-            if owned:
-                x.relu_()
-            else:
-                x = torch.relu(x)
-                owned = True
-        else:
-            x = torch.mm(x, w) if b is None else torch.addmm(b, x, w)
-            owned = True
-    return x
-
-
 def _pool(table: EmbeddingTable, fids: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64],
           scale: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Pooled rows of ``fids``; redone if rows were removed between find and pool."""
@@ -538,11 +503,17 @@ class Predictor:
         Event-time watermark of the model's newest training data (freshness).
     index : FeatureIndex, optional
         Shared candidate feature index (a new one when absent).
+    engine : str
+        What runs the fused dense part of Wide & Deep and DeepFM: ``"auto"`` (ONNX Runtime
+        when installed, else torch), ``"torch"`` or ``"onnxruntime"``
+        (:func:`~freshrec.serve.engine.dense_engine`; other models always run on torch).
     """
 
     def __init__(self, config: FreshrecConfig, model: CTRModel, *, version: int | None = None,
-                 event_time: int | None = None, index: FeatureIndex | None = None) -> None:
+                 event_time: int | None = None, index: FeatureIndex | None = None,
+                 engine: str = "auto") -> None:
         self.config = config
+        self.engine_name = engine
         self.model = model.eval()
         self.version = version
         self.event_time = event_time
@@ -564,7 +535,8 @@ class Predictor:
     @classmethod
     def build(cls, config: FreshrecConfig, *, tables: Mapping[str, EmbeddingTable] | None = None,
               dense: Mapping[str, torch.Tensor] | None = None, version: int | None = None,
-              event_time: int | None = None, index: FeatureIndex | None = None) -> Predictor:
+              event_time: int | None = None, index: FeatureIndex | None = None,
+              engine: str = "auto") -> Predictor:
         """A predictor for ``config`` over ``tables`` (new empty ones when absent) with the
         dense state dict ``dense`` (the model's initial weights when absent or empty)."""
         fc = config.features
@@ -582,13 +554,14 @@ class Predictor:
             load_dense(model, dense)
         else:
             log.warning("Predictor: no dense parameters given; serving initial weights")
-        return cls(config, model, version=version, event_time=event_time, index=index)
+        return cls(config, model, version=version, event_time=event_time, index=index,
+                   engine=engine)
 
     @classmethod
     def from_model(cls, config: FreshrecConfig, model: CTRModel, *, version: int | None = None,
-                   event_time: int | None = None) -> Predictor:
+                   event_time: int | None = None, engine: str = "auto") -> Predictor:
         """A predictor serving ``model`` itself (e.g. a trainer's, in tests and benchmarks)."""
-        return cls(config, model, version=version, event_time=event_time)
+        return cls(config, model, version=version, event_time=event_time, engine=engine)
 
     def with_dense(self, dense: Mapping[str, torch.Tensor], *, version: int | None = None,
                    event_time: int | None = None) -> Predictor:
@@ -596,7 +569,7 @@ class Predictor:
         return Predictor.build(self.config, tables=self.tables, dense=dense,
                                version=self.version if version is None else version,
                                event_time=self.event_time if event_time is None else event_time,
-                               index=self.index)
+                               index=self.index, engine=self.engine_name)
 
     def _precompute(self) -> None:
         """Column maps of the user/candidate blocks, per-slot hashing keys and the fused
@@ -654,8 +627,7 @@ class Predictor:
         cap = 1024
         self._pos_fids = (hash_array(pos_space[0], np.arange(cap, dtype=np.int64))
                           if pos_space else np.empty(0, np.uint64))
-        self._fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any] | None = None
-        self._ops: list[tuple[torch.Tensor | None, torch.Tensor | None]] | None = None
+        self.engine: TorchDense | OnnxDense | None = None
         m = self.model
         first_pairs: tuple[Any, Any] | None = None
         if type(m) is WideDeep:
@@ -664,16 +636,9 @@ class Predictor:
             first_pairs = (m.linear, m.mlp)
         if first_pairs is not None and first_pairs[0].out_features == 1:
             lin, mlp = first_pairs
-            self._hidden = int(mlp[0].out_features)
-            with torch.no_grad():
-                # hidden units first, the wide/linear unit last: h[:, :H] is the MLP's input
-                w = torch.cat([mlp[0].weight, lin.weight]).detach()
-                b = torch.cat([mlp[0].bias, lin.bias]).detach()
-                wu = w[:, self._ucols].t().contiguous()
-                wc = w[:, self._ccols].t().contiguous()
-            rest = list(mlp)[1:]
-            self._fused = (wu, wc, b, torch.nn.Sequential(*rest))
-            self._ops = _compile_mlp(rest)
+            fused = FusedLayers.from_modules(mlp[0], lin, list(mlp)[1:], self._ucols,
+                                             self._ccols)
+            self.engine = dense_engine(fused, self.engine_name)
 
     # ------------------------------------------------------------------ scoring
     def _user_block(self, req: ScoreRequest) -> npt.NDArray[np.float32]:
@@ -840,19 +805,13 @@ class Predictor:
             return torch.empty(0)
         xu = torch.from_numpy(self._user_block(req)).unsqueeze(0)
         xc = torch.from_numpy(self._cand_block(req, store))
+        if self.engine is not None:
+            out = self.engine(xu.numpy(), xc.numpy())
+            if type(self.model) is DeepFM:
+                with torch.inference_mode():
+                    out = out + self._fm(xu, xc, n).numpy()
+            return torch.from_numpy(out)
         with torch.inference_mode():
-            if self._fused is not None:
-                wu, wc, b, rest = self._fused
-                hid = self._hidden
-                h = torch.addmm(torch.addmm(b, xu, wu), xc, wc)
-                if self._ops is not None:
-                    deep = _run_mlp(self._ops, h[:, :hid])
-                else:
-                    deep = rest(h[:, :hid])
-                out = h[:, hid] + deep.squeeze(1)
-                if type(self.model) is DeepFM:
-                    out = out + self._fm(xu, xc, n)
-                return out
             x = torch.empty(n, self._in_u + self._in_c)
             x[:, self._ucols] = xu
             x[:, self._ccols] = xc

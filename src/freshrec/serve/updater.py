@@ -143,7 +143,8 @@ class ModelUpdater:
         state = Subscriber(reg, config=self._sub_config()).materialize()
         pred = Predictor.build(self.config, tables=state.tables, dense=state.dense,
                                version=state.version, event_time=state.event_time,
-                               index=self.current.index if self.current is not None else None)
+                               index=self.current.index if self.current is not None else None,
+                               engine=self.serve_config.engine)
         if warm:
             self._warm(pred)
         self._sub = _DeltaOnlySubscriber(reg, version=state.version, config=self._sub_config())
