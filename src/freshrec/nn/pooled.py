@@ -11,9 +11,9 @@ TorchRec's fused embedding bags do. A training step is therefore
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -61,31 +61,40 @@ class _TablePool(torch.autograd.Function):
         return (None,) * 7
 
 
+class _Resolved(NamedTuple):
+    """One table group of a batch resolved to rows (valid while ``table.epoch == epoch``)."""
+
+    table: EmbeddingTable
+    cols: list[int]
+    rows: np.ndarray
+    offsets: np.ndarray
+    scale: np.ndarray
+    fids: np.ndarray
+    epoch: int
+
+
 class _AllTablesPool(torch.autograd.Function):
     """Pool every table group into one (B, F, D) tensor; backward steps every table.
 
     The per-table work (resolve + pool forward, gradient routing + optimizer step backward)
     runs on ``module``'s worker threads, one table per task; the numba kernels release the
-    GIL, and each table has its own locks, so tables proceed in parallel.
+    GIL, and each table has its own locks, so tables proceed in parallel. Groups found in
+    ``prefetched`` (table name -> :class:`_Resolved`) are only pooled.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, anchor: torch.Tensor, module: PooledEmbedding, batch: JaggedBatch,
-        now: int | None, train: bool,
+        now: int | None, train: bool, prefetched: dict[str, _Resolved],
     ) -> torch.Tensor:
         b, dim = batch.batch_size, module.dim
         out = np.empty((b, len(module.slot_names), dim), np.float32)
 
-        def work(item: tuple[str, list[str], list[int]]) -> tuple[Any, ...]:
-            table_name, slots, cols = item
-            table = module.tables[table_name]
-            fids, offsets, scale = module._gather(batch, slots)
-            rows = table.resolve(fids, now=now, train=train)
-            epoch = table.epoch
-            pooled = table.pool(rows, offsets, scale)
-            out[:, cols, :] = pooled.reshape(len(slots), b, dim).transpose(1, 0, 2)
-            return table, cols, rows, offsets, scale, fids, epoch
+        def work(item: tuple[str, list[str], list[int]]) -> _Resolved:
+            res = prefetched.get(item[0]) or module._resolve(item, batch, now, train)
+            pooled = res.table.pool(res.rows, res.offsets, res.scale)
+            out[:, res.cols, :] = pooled.reshape(len(res.cols), b, dim).transpose(1, 0, 2)
+            return res
 
         ctx.module = module
         ctx.saved = module._map(work, module._plan)
@@ -96,15 +105,24 @@ class _AllTablesPool(torch.autograd.Function):
         g_all = grad.detach().numpy()
         module: PooledEmbedding = ctx.module
 
-        def work(saved: tuple[Any, ...]) -> None:
-            table, cols, rows, offsets, scale, fids, epoch = saved
-            if table.epoch != epoch:  # rows were removed since forward: re-resolve
-                rows = table.find(fids)
-            g = np.ascontiguousarray(g_all[:, cols, :].transpose(1, 0, 2), dtype=np.float32)
-            table.apply_bag_gradients(rows, offsets, scale, g.reshape(-1, g.shape[2]))
+        def work(res: _Resolved) -> None:
+            rows = res.rows
+            if res.table.epoch != res.epoch:  # rows were removed since forward: re-resolve
+                rows = res.table.find(res.fids)
+            g = np.ascontiguousarray(g_all[:, res.cols, :].transpose(1, 0, 2), dtype=np.float32)
+            res.table.apply_bag_gradients(rows, res.offsets, res.scale, g.reshape(-1, g.shape[2]))
 
         module._map(work, ctx.saved)
-        return (None,) * 5
+        return (None,) * 6
+
+
+@dataclass
+class _Prefetch:
+    """A batch whose rows are being resolved in the background (see ``prefetch``)."""
+
+    batch: JaggedBatch
+    now: int
+    future: Future[dict[str, tuple[_Resolved, int]]]  # table -> (resolved, table version)
 
 
 class PooledEmbedding(nn.Module):
@@ -155,6 +173,8 @@ class PooledEmbedding(nn.Module):
         self._plan = [(t, slots, [col[s] for s in slots]) for t, slots in self._groups.items()]
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._pending: _Prefetch | None = None
 
     def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """``[fn(x) for x in items]``, on ``torch.get_num_threads()`` threads when > 1."""
@@ -171,6 +191,7 @@ class PooledEmbedding(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_pool"], state["_pool_size"] = None, 0
+        state["_prefetcher"], state["_pending"] = None, None
         return state
 
     @property
@@ -184,38 +205,99 @@ class PooledEmbedding(nn.Module):
         """Pooled embeddings as one tensor of shape (batch, slots, dim).
 
         One autograd node covers all tables; with ``torch.get_num_threads() > 1`` the tables
-        are looked up, pooled and updated in parallel (one table per task).
+        are looked up, pooled and updated in parallel (one table per task). Rows resolved by
+        :meth:`prefetch` for this batch are only pooled.
         """
         if not self._same_dim:
             raise ConfigError("PooledEmbedding: slots have different dims; use forward_dict")
-        train = self.training and torch.is_grad_enabled()
-        if train and now is None:
-            raise InputError("PooledEmbedding: `now` (event-time seconds) is required in training")
-        missing = [s for s in self.slot_names if s not in batch.keys]
-        if missing:
-            raise InputError(f"PooledEmbedding: batch lacks slots {missing} (has {batch.keys})")
+        train = self._check(batch, now)
+        prefetched = self._claim_prefetch(batch, now, train)
         anchor = torch.empty(0, requires_grad=train)
-        return _AllTablesPool.apply(anchor, self, batch, now, train)
+        return _AllTablesPool.apply(anchor, self, batch, now, train, prefetched)
 
     def forward_dict(self, batch: JaggedBatch, now: int | None = None) -> dict[str, torch.Tensor]:
         """Pooled embeddings per slot, each of shape (batch, dim of its table)."""
+        train = self._check(batch, now)
+        prefetched = self._claim_prefetch(batch, now, train)
+        b = batch.batch_size
+        out: dict[str, torch.Tensor] = {}
+        anchor = torch.empty(0, requires_grad=train)
+        for item in self._plan:
+            res = prefetched.get(item[0]) or self._resolve(item, batch, now, train)
+            pooled = _TablePool.apply(anchor, res.table, res.rows, res.offsets, res.scale,
+                                      res.fids, res.epoch)
+            for i, slot in enumerate(item[1]):
+                out[slot] = pooled[i * b : (i + 1) * b]
+        return out
+
+    def prefetch(self, batch: JaggedBatch, now: int) -> None:
+        """Resolve the next training batch's fids to rows on a background thread.
+
+        Call it after the forward of the current batch (e.g. before ``loss.backward()``):
+        the fid -> row resolve of ``batch`` (admitting new fids, stamping ``last_seen``)
+        then overlaps this batch's dense compute, and the next ``forward(batch, now)`` only
+        pools, after this batch's backward has updated the rows, so the results are those
+        of the plain path. Resolving does not depend on row values, and the backward of
+        earlier batches only changes values, so the two commute per table (each table's
+        writer lock orders them).
+
+        Until that forward, the tables must not be changed in any other way (no
+        ``expire``, ``export_delta``, ``apply_delta``, direct lookups or another forward):
+        the next ``forward``/``forward_dict`` must be the training forward of ``batch`` at
+        ``now``, and it raises :class:`~freshrec.errors.InputError` otherwise, or when a
+        table's epoch or version changed in between. Tables with a ``row_initializer`` (it
+        may read other tables' values) are resolved in that forward instead.
+        """
+        self._check(batch, now)
+        if self._pending is not None:
+            raise InputError("PooledEmbedding.prefetch: the prefetched batch was not trained on")
+        items = [it for it in self._plan if self.tables[it[0]].row_initializer is None]
+
+        def work() -> dict[str, tuple[_Resolved, int]]:
+            out = {}
+            for item in items:
+                res = self._resolve(item, batch, now, True)
+                out[item[0]] = (res, res.table.version)
+            return out
+
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="freshrec-prefetch")
+        self._pending = _Prefetch(batch, now, self._prefetcher.submit(work))
+
+    def _check(self, batch: JaggedBatch, now: int | None) -> bool:
+        """Validate a call; returns whether it trains (admits fids, steps in backward)."""
         train = self.training and torch.is_grad_enabled()
         if train and now is None:
             raise InputError("PooledEmbedding: `now` (event-time seconds) is required in training")
         missing = [s for s in self.slot_names if s not in batch.keys]
         if missing:
             raise InputError(f"PooledEmbedding: batch lacks slots {missing} (has {batch.keys})")
-        b = batch.batch_size
-        out: dict[str, torch.Tensor] = {}
-        anchor = torch.empty(0, requires_grad=train)
-        for table_name, slots in self._groups.items():
-            table = self.tables[table_name]
-            fids, offsets, scale = self._gather(batch, slots)
-            rows = table.resolve(fids, now=now, train=train)
-            pooled = _TablePool.apply(anchor, table, rows, offsets, scale, fids, table.epoch)
-            for i, slot in enumerate(slots):
-                out[slot] = pooled[i * b : (i + 1) * b]
-        return out
+        return train
+
+    def _claim_prefetch(
+        self, batch: JaggedBatch, now: int | None, train: bool
+    ) -> dict[str, _Resolved]:
+        """The rows :meth:`prefetch` resolved for this call (empty without a prefetch)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return {}
+        resolved = pending.future.result()
+        if not train or pending.batch is not batch or pending.now != now:
+            raise InputError("PooledEmbedding: the call after prefetch(batch, now) must be the "
+                             "training forward of that batch at that `now`")
+        for res, version in resolved.values():
+            if res.table.epoch != res.epoch or res.table.version != version:
+                raise InputError(f"PooledEmbedding: table {res.table.name!r} was changed "
+                                 "(rows removed or a delta exported) after prefetch")
+        return {name: res for name, (res, _) in resolved.items()}
+
+    def _resolve(self, item: tuple[str, list[str], list[int]], batch: JaggedBatch,
+                 now: int | None, train: bool) -> _Resolved:
+        table_name, slots, cols = item
+        table = self.tables[table_name]
+        fids, offsets, scale = self._gather(batch, slots)
+        rows = table.resolve(fids, now=now, train=train)
+        return _Resolved(table, cols, rows, offsets, scale, fids, table.epoch)
 
     def _gather(
         self, batch: JaggedBatch, slots: list[str]
