@@ -8,7 +8,8 @@ Tables hold ``--users`` and ``--items`` rows. Steps:
 
 1. model time: :meth:`Predictor.score` in this process on recorded requests (feature index
    warm), with 1 and with 2 threads, for the default dense engine (``model_engine``: ONNX
-   Runtime when installed) and for the torch engine (``torch_model_*``), taking turns;
+   Runtime when installed), for the torch engine (``torch_model_*``) and with candidates
+   named by id from a preloaded item catalogue (``by_id_model_*``), taking turns;
 2. end-to-end: ``freshrec serve`` in a subprocess (1 thread), an open-loop load generator in
    another (``loadgen.py``) at each QPS; latency from the scheduled send to the response;
    max QPS whose p99.9 <= 10 ms with no errors; the server's CPU time per request (user +
@@ -108,33 +109,54 @@ def make_requests(n: int, cands: int, users: int, items: int, seed: int = 0) -> 
     return out
 
 
+def by_id(bodies: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The bodies with candidates named by id, and the item catalogue they need."""
+    items = {c["item_id"]: c for b in bodies for c in b["candidates"]}
+    ided = [{"request_id": b["request_id"], "user_id": b["user_id"], "user": b["user"],
+             "candidate_ids": [c["item_id"] for c in b["candidates"]]} for b in bodies]
+    return ided, list(items.values())
+
+
+#: Model-time variants: name -> (engine, candidates named by id)
+VARIANTS = {"auto": ("auto", False), "torch": ("torch", False), "by_id": ("auto", True)}
+
+
 def model_time(reg: Registry, bodies: list[dict], iters: int, threads: int,
-               engines: tuple[str, ...]) -> dict[str, dict]:
-    """Latency percentiles of ``Predictor.score`` per engine; the engines take turns in
-    rounds of 250 requests so that all see the same machine conditions."""
+               variants: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, dict]:
+    """Latency percentiles of ``Predictor.score`` per variant (:data:`VARIANTS`); the
+    variants take turns in rounds of 250 requests so that all see the same machine
+    conditions. The by-id variant's index holds every candidate first (the catalogue)."""
     torch.set_num_threads(threads)
     state = Subscriber(reg).materialize()
     cfg = config_from_dict(state.meta["config"])
-    preds = {e: Predictor.build(cfg, tables=state.tables, dense=state.dense, engine=e)
-             for e in engines}
-    reqs = [build_request(b, 1000) for b in bodies]
-    lat: dict[str, list[float]] = {e: [] for e in engines}
-    for pred in preds.values():
-        for r in reqs[:50]:
+    ided, catalogue = by_id(bodies)
+    preds, reqs = {}, {}
+    for v in variants:
+        engine, ids = VARIANTS[v]
+        preds[v] = Predictor.build(cfg, tables=state.tables, dense=state.dense, engine=engine)
+        if ids:
+            preds[v].index.add(catalogue)
+        reqs[v] = [build_request(b, 1000) for b in (ided if ids else bodies)]
+    lat: dict[str, list[float]] = {v: [] for v in variants}
+    for v, pred in preds.items():
+        for r in reqs[v][:50]:
             pred.score(r)
     for start in range(0, iters, 250):
-        for e, pred in preds.items():
+        for v, pred in preds.items():
+            rs = reqs[v]
             for i in range(start, min(iters, start + 250)):
                 t = time.perf_counter()
-                pred.score(reqs[i % len(reqs)])
-                lat[e].append(time.perf_counter() - t)
-    out: dict[str, dict] = {e: percentiles_ms(v) for e, v in lat.items()}
-    out["auto"]["engine"] = preds["auto"].engine.name if "auto" in preds else None
+                pred.score(rs[i % len(rs)])
+                lat[v].append(time.perf_counter() - t)
+    out: dict[str, dict] = {v: percentiles_ms(x) for v, x in lat.items()}
+    for v, pred in preds.items():
+        out[v]["engine"] = pred.engine.name if pred.engine is not None else None
     return out
 
 
 class ServerProc:
-    def __init__(self, reg: Path, log: Path, mode: str = "background") -> None:
+    def __init__(self, reg: Path, log: Path, mode: str = "background",
+                 items: Path | None = None) -> None:
         import socket
 
         with socket.socket() as s:
@@ -144,7 +166,8 @@ class ServerProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "freshrec.cli", "serve", "--registry", str(reg), "--port",
              str(self.port), "--log", str(log), "--threads", "1", "--poll-interval", "0.2",
-             "--update-mode", mode, "--max-in-flight", "256"],
+             "--update-mode", mode, "--max-in-flight", "256",
+             *(["--items", str(items)] if items is not None else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
@@ -244,6 +267,9 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--items", type=int, default=None)
     ap.add_argument("--swap-every", type=float, default=10.0)
+    ap.add_argument("--by-id", action="store_true",
+                    help="end-to-end runs send candidate_ids (the server loads an item "
+                         "catalogue) instead of every candidate's features")
     ap.add_argument("--update-qps", type=float, default=100.0,
                     help="offered QPS of the hot-update runs (below saturation, so that a "
                          "spike is the update's and not the queue's)")
@@ -260,23 +286,31 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
     reg, _, _ = make_registry(tmp / "registry", users, items)
     bodies = make_requests(200 if q else 500, 100, users, items)
     bodies_path = tmp / "bodies.jsonl"
-    bodies_path.write_bytes(b"\n".join(orjson.dumps(b) for b in bodies) + b"\n")
+    items_path = None
+    sent = bodies
+    if a.by_id:
+        sent, catalogue = by_id(bodies)
+        items_path = tmp / "items.jsonl"
+        items_path.write_bytes(b"\n".join(orjson.dumps(c) for c in catalogue) + b"\n")
+    bodies_path.write_bytes(b"\n".join(orjson.dumps(b) for b in sent) + b"\n")
     res: dict = {"candidates": 100, "input_dim": 592, "mlp": [256, 256, 256], "users": users,
                  "items": items, "seconds_per_level": seconds, "quick": q,
+                 "by_id": a.by_id, "body_bytes": float(np.mean([len(orjson.dumps(b))
+                                                                 for b in sent])),
                  "loadavg_start": os.getloadavg()[0]}
     iters = 500 if q else 5000
-    # the default engine (ONNX Runtime when installed) and torch, 1 and 2 threads
+    # the default engine (ONNX Runtime when installed), torch, and candidates by id
     for th in (1, 2):
         sfx = "" if th == 1 else "_threads2"
-        for name, m in model_time(reg, bodies, iters, th, ("auto", "torch")).items():
-            pre = "" if name == "auto" else "torch_"
+        for name, m in model_time(reg, bodies, iters, th).items():
+            pre = "" if name == "auto" else f"{name}_"
             if name == "auto":
                 res["model_engine"] = m["engine"]
             res.update({f"{pre}model_p50_ms{sfx}": m["p50"], f"{pre}model_p99_ms{sfx}": m["p99"],
                         f"{pre}model_p99_9_ms{sfx}": m["p99_9"]})
-            say(f"model time engine={name} threads={th}: {m}")
+            say(f"model time {name} threads={th}: {m}")
     torch.set_num_threads(1)
-    server = ServerProc(tmp / "registry", tmp / "log")
+    server = ServerProc(tmp / "registry", tmp / "log", items=items_path)
     try:
         load(server.url, bodies_path, 200, 1.0)  # warm connections and caches
         best = 0.0
@@ -338,7 +372,7 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
         say(f"deltas {dl} rss {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB")
     finally:
         server.close()
-    naive = ServerProc(tmp / "registry", tmp / "log-naive", mode="naive")
+    naive = ServerProc(tmp / "registry", tmp / "log-naive", mode="naive", items=items_path)
     try:
         load(naive.url, bodies_path, 200, 1.0)
         nsteady = load(naive.url, bodies_path, uq, update_seconds)

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a model config value (with --config)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads of torch and ONNX Runtime")
+    p.add_argument("--items", default=None, metavar="JSONL",
+                   help="item catalogue (one candidate object per line) loaded into the "
+                        "feature index: requests may then send candidate_ids")
     p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="what runs the dense part (auto: ONNX Runtime when installed)")
     p.add_argument("--max-in-flight", type=int, default=64, help="requests admitted at once")
@@ -37,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model_config = load_config(args.config, args.set) if args.config else None
     config = ServeConfig(host=args.host, port=args.port, threads=args.threads, engine=args.engine,
+                         items_path=args.items,
                          max_in_flight=args.max_in_flight, poll_interval_s=args.poll_interval,
                          update_mode=args.update_mode)
     log = False if args.log == "none" else args.log

@@ -47,6 +47,10 @@ class ServeConfig:
         What runs the dense part of Wide & Deep / DeepFM: ``"auto"`` (ONNX Runtime when
         installed, else torch), ``"torch"`` or ``"onnxruntime"``
         (:mod:`freshrec.serve.engine`; measured in docs/serving.md).
+    items_path : str, optional
+        JSON-lines item catalogue (one candidate object per line) loaded into the feature
+        index with the first model, so that requests may name candidates by id
+        (``candidate_ids``; :mod:`freshrec.serve.catalogue`).
     threads : int
         torch (and ONNX Runtime) intra-op threads of the process (``0``: leave torch's default). One thread is
         the measured choice on 2 cores (see docs/serving.md).
@@ -86,6 +90,7 @@ class ServeConfig:
     max_in_flight: int = 64
     retry_after_s: int = 1
     engine: str = "auto"
+    items_path: str | None = None
     threads: int = 1
     poll_interval_s: float = 1.0
     update_mode: str = "background"
@@ -117,6 +122,9 @@ class ServeConfig:
                 "poll_interval_s", "a number of seconds > 0", self.poll_interval_s)
         require(is_number(self.switch_interval_s) and self.switch_interval_s >= 0, o,
                 "switch_interval_s", "a number of seconds >= 0", self.switch_interval_s)
+        require(self.items_path is None or (isinstance(self.items_path, str) and
+                                            bool(self.items_path)), o, "items_path",
+                "a path to a JSON-lines file", self.items_path)
         require(self.engine in ENGINES, o, "engine", f"one of {list(ENGINES)}", self.engine)
         require(self.update_mode in ("background", "naive"), o, "update_mode",
                 "'background' or 'naive'", self.update_mode)

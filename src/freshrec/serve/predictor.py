@@ -384,6 +384,35 @@ class FeatureIndex:
     def __len__(self) -> int:
         return len(self._raw)
 
+    def known(self, cands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``cands`` with every candidate whose item the index holds replaced by the feature
+        dict it holds (the latest seen); the others as they are. For candidates named by id.
+
+        >>> from freshrec.features import feature_config_from_dict
+        >>> fc = feature_config_from_dict({"tables": {"t": {"dim": 2}}, "slots": {
+        ...     "item_id": {"table": "t"}, "i_cat": {"table": "t"}}})
+        >>> index = FeatureIndex(FeatureLayout(fc))
+        >>> index.add([{"item_id": 1, "cat": 3}])
+        1
+        >>> index.known([{"item_id": 1}, {"item_id": 2}])
+        [{'item_id': 1, 'cat': 3}, {'item_id': 2}]
+        """
+        with self._lock:
+            pos, raw = self._pos, self._raw
+            return [raw[r] if (r := pos.get(c["item_id"], -1)) >= 0 else c for c in cands]
+
+    def add(self, cands: Sequence[dict[str, Any]], chunk: int = 4096) -> int:
+        """Encode and store ``cands`` (e.g. an item catalogue); returns how many.
+
+        Raises
+        ------
+        RequestError
+            A feature value of the wrong type (the message names the candidate and field).
+        """
+        for start in range(0, len(cands), chunk):
+            self.rows(cands[start:start + chunk], store=True, offset=start)
+        return len(cands)
+
     def rows(self, cands: Sequence[dict[str, Any]], *, store: bool = True,
              offset: int = 0, fragments: list[tuple[bytes, bytes] | None] | None = None
              ) -> npt.NDArray[np.intp]:
@@ -734,9 +763,11 @@ class Predictor:
 
     def _cand_block(self, req: ScoreRequest, store: bool) -> npt.NDArray[np.float32]:
         lay, d = self.layout, self.dim
+        idx = self.index
+        if req.by_id:
+            req.candidates = idx.known(req.candidates)
         cands = req.candidates
         n = len(cands)
-        idx = self.index
         frags: list[tuple[bytes, bytes] | None] | None = [] if store else None
         rows = idx.rows(cands, store=store, fragments=frags)
         if store:

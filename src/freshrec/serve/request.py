@@ -8,6 +8,13 @@ A request scores one user against N candidates::
      "candidates": [{"item_id": 7, "category": 3}, {"item_id": 8}],
      "now": 1700000000.0}                     # optional event time, seconds
 
+or, with candidates named by id only (``"candidate_ids": [7, 8]`` instead of
+``"candidates"``), each candidate takes the features the server's feature index holds for its
+item (from the item catalogue it loaded, ``freshrec serve --items``, or from an earlier
+request that carried them); an item it does not know is scored with its id alone. The body is
+then a few hundred bytes instead of tens of kilobytes, and the server skips parsing and
+comparing every candidate's features.
+
 Feature names are the impression event's (``freshrec.stream.events``): the joiner turns user
 feature ``gender`` into column ``u_gender`` and candidate feature ``category`` into
 ``i_category``, and the model's slots read those columns, so serving and training see the
@@ -36,7 +43,7 @@ import orjson
 
 from freshrec.errors import InputError
 
-__all__ = ["RequestError", "ScoreRequest", "parse_request", "parse_v2_request"]
+__all__ = ["RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
 
 _IDS = (int, str)
 _counter = itertools.count()
@@ -56,6 +63,7 @@ class RequestError(InputError):
     def __init__(self, field: str, message: str, status: int = 400) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
         self.status = status
 
 
@@ -69,6 +77,9 @@ class ScoreRequest:
     user_id: str | int | None = None
     now: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Candidates named by id (``candidate_ids``): ``candidates`` hold ``{"item_id": id}``
+    #: until the predictor replaces them with the feature index's dicts.
+    by_id: bool = False
     #: Each candidate's impression-event JSON around its position, ``(head, tail)``, set by
     #: the predictor from its feature index (see :func:`~freshrec.serve.impressions.
     #: impression_record`); ``None``: the impression is built from the candidates.
@@ -86,18 +97,25 @@ def _check_id(v: Any, where: str) -> Any:
     return v
 
 
-def _candidate(c: Any, i: int) -> dict[str, Any]:
+def candidate(c: Any, where: str) -> dict[str, Any]:
+    """Validate one candidate object into a flat feature dict; errors name ``where`` (e.g.
+    ``candidates[3]``; empty: the fields themselves).
+
+    >>> candidate({"item_id": 7, "features": {"cat": 1}}, "candidates[0]")
+    {'cat': 1, 'item_id': 7}
+    """
+    pre = f"{where}." if where else ""
     if type(c) is not dict:
-        raise RequestError(f"candidates[{i}]", f"must be an object, got {c!r:.60}")
+        raise RequestError(where or "candidate", f"must be an object, got {c!r:.60}")
     if "item_id" not in c:
-        raise RequestError(f"candidates[{i}].item_id", "missing (each candidate needs one)")
+        raise RequestError(f"{pre}item_id", "missing (each candidate needs one)")
     iid = c["item_id"]
     if type(iid) is not int and type(iid) is not str:
-        _check_id(iid, f"candidates[{i}].item_id")
+        _check_id(iid, f"{pre}item_id")
     feats = c.get("features")
     if feats is not None:
         if type(feats) is not dict:
-            raise RequestError(f"candidates[{i}].features", f"must be an object, got {feats!r:.60}")
+            raise RequestError(f"{pre}features", f"must be an object, got {feats!r:.60}")
         c = {**feats, **{k: v for k, v in c.items() if k != "features"}}
     return c
 
@@ -117,21 +135,45 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
     if uid is not None:
         _check_id(uid, "user_id")
     cands = obj.get("candidates")
+    ids = obj.get("candidate_ids")
+    if ids is not None:
+        return _by_id(obj, ids, cands, rid, user, uid, max_candidates)
     if cands is None:
-        raise RequestError("candidates", "missing (a list of {\"item_id\": ...} objects)")
+        raise RequestError("candidates", "missing (a list of {\"item_id\": ...} objects, or "
+                                         "candidate_ids: a list of item ids)")
     if type(cands) is not list:
         raise RequestError("candidates", f"must be a list of objects, got {cands!r:.60}")
     if len(cands) > max_candidates:
         raise RequestError("candidates", f"too many ({len(cands)} > {max_candidates})")
     for c in cands:  # the common case checked inline; the first odd one takes the slow path
         if type(c) is not dict or type(c.get("item_id")) not in _IDS or "features" in c:
-            cands = [_candidate(c, i) for i, c in enumerate(cands)]
+            cands = [candidate(c, f"candidates[{i}]") for i, c in enumerate(cands)]
             break
+    return ScoreRequest(request_id=rid, user=user, candidates=cands, user_id=uid,
+                        now=_now(obj))
+
+
+def _now(obj: dict[str, Any]) -> float | None:
     now = obj.get("now")
     if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
         raise RequestError("now", f"must be a number of seconds, got {now!r:.60}")
-    return ScoreRequest(request_id=rid, user=user, candidates=cands, user_id=uid,
-                        now=None if now is None else float(now))
+    return None if now is None else float(now)
+
+
+def _by_id(obj: dict[str, Any], ids: Any, cands: Any, rid: str | int, user: dict[str, Any],
+           uid: str | int | None, max_candidates: int) -> ScoreRequest:
+    """A request naming its candidates by id (``candidate_ids``)."""
+    if cands is not None:
+        raise RequestError("candidate_ids", "give either candidates or candidate_ids, not both")
+    if type(ids) is not list:
+        raise RequestError("candidate_ids", f"must be a list of item ids, got {ids!r:.60}")
+    if len(ids) > max_candidates:
+        raise RequestError("candidate_ids", f"too many ({len(ids)} > {max_candidates})")
+    for i, v in enumerate(ids):
+        if type(v) is not int and type(v) is not str:
+            _check_id(v, f"candidate_ids[{i}]")
+    return ScoreRequest(request_id=rid, user=user, candidates=[{"item_id": v} for v in ids],
+                        user_id=uid, now=_now(obj), by_id=True)
 
 
 def parse_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:

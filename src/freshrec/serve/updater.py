@@ -31,6 +31,7 @@ import torch
 
 from freshrec.config import FreshrecConfig, config_from_dict
 from freshrec.errors import InputError
+from freshrec.serve.catalogue import CatalogueStats, load_catalogue
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.predictor import Predictor
@@ -112,6 +113,8 @@ class ModelUpdater:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        #: What the item catalogue (``serve_config.items_path``) loaded, after the first load.
+        self.catalogue: CatalogueStats | None = None
 
     # ------------------------------------------------------------------ loading
     def _sub_config(self) -> SubscriberConfig:
@@ -145,6 +148,11 @@ class ModelUpdater:
                                version=state.version, event_time=state.event_time,
                                index=self.current.index if self.current is not None else None,
                                engine=self.serve_config.engine)
+        items = self.serve_config.items_path
+        if items is not None and self.catalogue is None:
+            self.catalogue = load_catalogue(pred.index, items)
+            log.info("item catalogue %s: %d items loaded, %d lines rejected", items,
+                     self.catalogue.loaded, self.catalogue.rejected)
         if warm:
             self._warm(pred)
         self._sub = _DeltaOnlySubscriber(reg, version=state.version, config=self._sub_config())
@@ -227,4 +235,7 @@ class ModelUpdater:
         return {"ready": self.ready.is_set(),
                 "model_version": cur.version if cur is not None else None,
                 "event_time": cur.event_time if cur is not None else None,
-                "last_error": self.last_error}
+                "last_error": self.last_error,
+                "catalogue": None if self.catalogue is None else
+                {"loaded": self.catalogue.loaded, "rejected": self.catalogue.rejected,
+                 "errors": self.catalogue.errors}}
