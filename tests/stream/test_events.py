@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -118,3 +119,122 @@ def test_example_record_is_the_arrow_stream_writer_output():
     with pa.ipc.new_stream(sink, rb.schema) as w:
         w.write_batch(rb)
     assert ev.encode_examples(rb) == ev._HEADER + sink.getvalue().to_pybytes()
+
+
+def _general(payload: bytes):
+    """What decode_events must give for a record: the general path's result."""
+    try:
+        e = ev.decode(payload)
+        kind = ev.validate_event(e, candidates=False)
+        return e, kind, ev.compact_impression(e) if kind == "impression" else None
+    except InputError as err:
+        return err
+
+
+def _columns(imp: ev.CompactImpression | None):
+    if imp is None:
+        return None
+    as_list = ev._as_list
+    return (imp.request_id, imp.user_id, imp.timestamp, imp.user, as_list(imp.items),
+            as_list(imp.positions), None if imp.true_p is None else as_list(imp.true_p),
+            imp.feature_keys, [as_list(c) for c in imp.feature_cols], imp.item_type)
+
+
+def _assert_same(got, want) -> None:
+    if isinstance(want, InputError):
+        assert isinstance(got, InputError) and str(got) == str(want)
+        return
+    assert not isinstance(got, InputError), got
+    (e, kind, imp), (we, wkind, wimp) = got, want
+    assert kind == wkind and _columns(imp) == _columns(wimp)
+    for x in (e, we):
+        x.pop("candidates", None)
+    assert e == we
+
+
+_PLAIN = (b'{"v":1,"type":"impression","event_id":"e1","request_id":"r1","user_id":3,'
+          b'"timestamp":10.5,"user":{"age":[1,2],"s":"x\\"}"},"candidates":[ '
+          b'{"item_id":-7,"features":{"c":1,"p":-0.25},  "position":0, "true_p":0.5},\n'
+          b'{"item_id":123456789012345678,"features":{"c":0,"p":3.0},"position":1,'
+          b'"true_p":-0.0} ]}')
+
+
+@pytest.mark.parametrize("payload", [
+    _PLAIN,
+    _PLAIN.replace(b',"true_p":0.5', b"").replace(b', "true_p":-0.0', b""),
+    b'{"type":"impression","event_id":1,"request_id":2,"user_id":3,"timestamp":1,'
+    b'"user":{},"candidates":[]}',
+    b'{"type":"impression","event_id":1,"request_id":2,"user_id":3,"timestamp":1,'
+    b'"user":{},"candidates":[{"item_id":1,"position":0,"features":{}}]}',
+])
+def test_decode_events_parses_plain_candidates_into_arrays(payload):
+    got = ev.decode_events([payload])[0]
+    _assert_same(got, _general(payload))
+    if b'"item_id"' in payload:  # the kernel took it (numpy columns)
+        assert isinstance(got[2].items, np.ndarray)
+
+
+@pytest.mark.parametrize("change", [
+    (b'"true_p":0.5', b'"true_p":5e-1'),  # exponent
+    (b'"true_p":0.5', b'"true_p":null'),
+    (b'"true_p":0.5', b'"true_p":1'),  # an integer true_p stays an int
+    (b'"item_id":-7', b'"item_id":"7"'),
+    (b'"item_id":-7', b'"item_id":1234567890123456789'),  # more digits than int64 holds
+    (b'"item_id":-7', b'"item_id":1e2'),
+    (b'"item_id":-7', b'"item_id":7.5'),  # dead letter: item_id must be str or int
+    (b'"position":0,', b'"position":0.0,'),
+    (b'"item_id":-7', b'"item_id":07'),  # invalid JSON
+    (b'"c":1,"p":-0.25', b'"c":1,"c":2'),  # duplicate feature key
+    (b'"c":1,"p":-0.25', b'"c":1,"p":1'),  # a column mixing decimals and integers
+    (b'"c":0,"p":3.0', b'"p":3.0,"c":0'),  # keys in another order
+    (b'"c":0,"p":3.0', b'"c":0'),
+    (b'"c":1,"p":-0.25', b'"c":1,"p":"x"'),
+    (b'"c":1,"p":-0.25', b'"\\u0063":1,"p":-0.25'),  # escaped key
+    (b'"features":{"c":1,"p":-0.25},', b""),  # one candidate without features
+    (b'"position":0,', b'"position":0,"extra":1,'),
+    (b'"position":0,', b'"position":0,"position":1,'),
+    (b'"candidates":[', b'"candidates":[[1],'),
+    (b'"user_id":3', b'"user_id":3,"candidates":[]'),  # two candidates keys
+    (b'"user_id":3', b'"user_id":'),  # invalid JSON outside the candidates
+    (b'"user":{', b'"user":['),  # invalid outside; validate_event's error
+    (b'"user_id":3', b'"user_id":3.5'),
+    (b'"type":"impression"', b'"type":"action"'),
+    (b"} ]}", b"} ]} x"),
+    (b"} ]}", b"} ]"),
+    (b'"c":1', b'"\xc3\xa9":1'),  # a non-ASCII key
+])
+def test_decode_events_gives_the_general_result_for_everything_else(change):
+    old, new = change
+    assert old in _PLAIN
+    payload = _PLAIN.replace(old, new, 1)
+    _assert_same(ev.decode_events([payload, _PLAIN])[0], _general(payload))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_decode_events_matches_the_general_path_on_random_events(seed):
+    rng = random.Random(seed)
+    payloads = []
+    for k in range(30):
+        imp = _impression(rng, f"r{k}")
+        imp.update(type="impression", event_id=f"e{k}")
+        payloads.append(ev.encode(imp))
+        payloads.append(ev.encode({"type": "action", "event_id": f"a{k}", "request_id": "r",
+                                   "item_id": 1, "action": "click", "timestamp": 1}))
+    payloads.append(b"not json")
+    for got, payload in zip(ev.decode_events(payloads), payloads, strict=True):
+        _assert_same(got, _general(payload))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_columnar_builder_matches_the_row_form_with_kernel_impressions(seed):
+    rng = random.Random(seed)
+    imps = []
+    for k in range(rng.randint(1, 8)):
+        raw = _impression(rng, f"r{k}")
+        for c in raw["candidates"]:
+            c.get("features", {}).pop("tags", None)
+        raw.update(type="impression", event_id=f"e{k}")
+        imps.append(ev.decode_events([ev.encode(raw)])[0][2])
+    emitted = [_emitted(rng, imp) for imp in imps]
+    rb = ev.emitted_to_record_batch(emitted, ["click", "buy"])
+    assert rb.to_pylist() == _norm(ev.emitted_to_rows(emitted, ["click", "buy"]))

@@ -67,6 +67,7 @@ import orjson
 import pyarrow as pa
 
 from freshrec.errors import InputError
+from freshrec.stream import _kernels
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -81,6 +82,7 @@ __all__ = [
     "examples_to_record_batch",
     "CompactImpression",
     "compact_impression",
+    "decode_events",
     "EmittedImpression",
     "emitted_to_record_batch",
     "emitted_to_rows",
@@ -243,7 +245,9 @@ class CompactImpression:
     """A validated impression with its candidates held column-wise (no dict per candidate).
 
     ``features`` is ``(keys, columns)``: one list of values per feature key, ``None`` where a
-    candidate lacks the key. Built by :func:`compact_impression`.
+    candidate lacks the key. Built by :func:`compact_impression`, or by
+    :func:`decode_events`, whose plain impressions hold ``items``, ``positions``, ``true_p``
+    and the feature columns as numpy arrays (int64, float64) instead of lists.
     """
 
     __slots__ = ("request_id", "user_id", "timestamp", "user", "items", "positions",
@@ -314,6 +318,87 @@ def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
     return imp
 
 
+_FLOAT_OFF, _KEY_OFF = _kernels.FLOAT_OFF, _kernels.KEY_OFF
+
+
+def _decode_one(payload: bytes) -> tuple[dict[str, Any], str, CompactImpression | None]:
+    e = decode(payload)
+    kind = validate_event(e, candidates=False)
+    return e, kind, compact_impression(e) if kind == "impression" else None
+
+
+def decode_events(payloads: Sequence[bytes]
+                  ) -> list[tuple[dict[str, Any], str, CompactImpression | None] | InputError]:
+    """Decode, validate and (impressions) hold column-wise a batch of event records.
+
+    Per record ``(event, type, CompactImpression or None)``, or the :class:`InputError`
+    that :func:`decode` / :func:`validate_event` / :func:`compact_impression` raise for it.
+    The candidates of plain impressions (:mod:`freshrec.stream._kernels`: integer ids and
+    positions, decimal ``true_p``, number features, the same fields in every candidate) are
+    parsed straight into numpy columns by one kernel call for the batch, and only the rest
+    of the record by orjson; the event dict's ``"candidates"`` is then ``[]`` (they are in
+    the CompactImpression). Every other record takes the general path, so results and error
+    messages are those of the general path.
+
+    Examples
+    --------
+    >>> imp = encode({"type": "impression", "event_id": "e1", "request_id": "r1",
+    ...               "user_id": 4, "timestamp": 10.5, "user": {},
+    ...               "candidates": [{"item_id": 9, "position": 0, "features": {"c": 1}}]})
+    >>> [(e["event_id"], kind, c.items.tolist(), c.feature_keys, c.feature_cols[0].tolist())
+    ...  for e, kind, c in decode_events([imp])]
+    [('e1', 'impression', [9], ('c',), [1])]
+    """
+    buf = b"".join(payloads)
+    offsets = np.zeros(len(payloads) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, payloads), np.int64, len(payloads)), out=offsets[1:])
+    cap = len(buf) // 4 + 1
+    ints = np.empty(cap, np.int64)
+    floats = np.empty(len(buf) // 8 + 1, np.float64)
+    keys = np.empty((cap, 2), np.int64)
+    ktype = np.empty(cap, np.int8)
+    info = np.empty((len(payloads), _kernels.INFO_COLS), np.int64)
+    _kernels.parse_candidates(np.frombuffer(buf, np.uint8), offsets, _kernels.WORDS, ints,
+                              ints.view(np.float64), floats, keys, ktype, info)
+    out: list[tuple[dict[str, Any], str, CompactImpression | None] | InputError] = []
+    for payload, row in zip(payloads, info.tolist(), strict=True):
+        try:
+            if not row[_kernels.OK]:
+                out.append(_decode_one(payload))
+                continue
+            try:
+                e = decode(payload[:row[_kernels.SPAN_START]] + b"[]"
+                           + payload[row[_kernels.SPAN_END]:])
+            except InputError:  # the general path words the error for the whole record
+                out.append(_decode_one(payload))
+                continue
+            kind = validate_event(e, candidates=False)
+            out.append((e, kind, _plain_impression(e, row, buf, ints, floats, keys, ktype)
+                        if kind == "impression" else None))
+        except InputError as err:
+            out.append(err)
+    return out
+
+
+def _plain_impression(e: Mapping[str, Any], row: list[int], buf: bytes, ints: np.ndarray,
+                      floats: np.ndarray, keys: np.ndarray, ktype: np.ndarray
+                      ) -> CompactImpression:
+    """The CompactImpression of a record the kernel parsed (``row``: its ``info`` row)."""
+    n, k = row[_kernels.N], row[_kernels.K]
+    io, fo, ko = row[_kernels.INT_OFF], row[_FLOAT_OFF], row[_KEY_OFF]
+    # one copy per impression, column-major: the batch's buffers are not kept alive
+    block = ints[io:io + n * (2 + k)].reshape(n, 2 + k).T.copy()
+    names = tuple(buf[a + 1:b - 1].decode("ascii") for a, b in keys[ko:ko + k].tolist())
+    cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
+            for q, t in enumerate(ktype[ko:ko + k].tolist())]
+    imp = CompactImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
+                            block[0], block[1], floats[fo:fo + n].copy() if fo >= 0 else None,
+                            names, cols)
+    if n:
+        imp.item_type = int
+    return imp
+
+
 class EmittedImpression:
     """An impression the joiner emits: which candidates are kept and which are labelled.
 
@@ -339,8 +424,25 @@ class EmittedImpression:
         return len(self.imp) if self.keep is None else len(self.keep)
 
 
-def _kept(values: list[Any], keep: list[int] | None) -> list[Any]:
-    return values if keep is None else [values[j] for j in keep]
+def _as_list(values: list[Any] | np.ndarray) -> list[Any]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def _kept(values: list[Any] | np.ndarray, keep: list[int] | None) -> list[Any] | np.ndarray:
+    if keep is None:
+        return values
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [values[j] for j in keep]
+
+
+def _concat(parts: list[list[Any] | np.ndarray], dtype: pa.DataType | None = None
+            ) -> pa.Array:
+    """One Arrow array of the parts: numpy concatenation when every part is an array,
+    Python lists otherwise (the same values and types either way)."""
+    if parts and all(isinstance(p, np.ndarray) for p in parts):
+        return pa.array(np.concatenate(parts), dtype)
+    return pa.array(list(itertools.chain.from_iterable(map(_as_list, parts))), dtype)
 
 
 def emitted_to_rows(emitted: Sequence[EmittedImpression],
@@ -350,21 +452,25 @@ def emitted_to_rows(emitted: Sequence[EmittedImpression],
     for e in emitted:
         imp = e.imp
         user = {f"u_{k}": v for k, v in imp.user.items()}
+        items, positions = _as_list(imp.items), _as_list(imp.positions)
+        true_p = _as_list(imp.true_p) if imp.true_p is not None else None
+        feats = [(f"i_{k}", _as_list(col))
+                 for k, col in zip(imp.feature_keys, imp.feature_cols, strict=True)]
         idx = range(len(imp)) if e.keep is None else e.keep
         for j in idx:
             acts = e.labels.get(j, ())
             ex: dict[str, Any] = {"request_id": imp.request_id, "user_id": imp.user_id,
-                                  "item_id": imp.items[j], "position": imp.positions[j],
+                                  "item_id": items[j], "position": positions[j],
                                   "event_time": int(imp.timestamp)}
             for a in actions:
                 ex[a] = float(a in acts)
             ex["sample_rate"] = 1.0 if acts else e.negative_rate
             ex["correction"] = 0
-            if imp.true_p is not None:
-                ex["true_p"] = imp.true_p[j]
+            if true_p is not None:
+                ex["true_p"] = true_p[j]
             ex.update(user)
-            for k, col in zip(imp.feature_keys, imp.feature_cols, strict=True):
-                ex[f"i_{k}"] = col[j]  # a missing key is null, as in Arrow
+            for name, col in feats:
+                ex[name] = col[j]  # a missing key is null, as in Arrow
             rows.append(ex)
     return rows
 
@@ -401,15 +507,8 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
         "request_id": per_example([i.request_id for i in imps]),
         "user_id": per_example([i.user_id for i in imps]),
     }
-    all_kept = all(e.keep is None for e in emitted)
-    if all_kept:
-        cols["item_id"] = pa.array(list(itertools.chain.from_iterable(i.items for i in imps)))
-        cols["position"] = pa.array(
-            list(itertools.chain.from_iterable(i.positions for i in imps)))
-    else:
-        cols["item_id"] = pa.array([x for e in emitted for x in _kept(e.imp.items, e.keep)])
-        cols["position"] = pa.array(
-            [x for e in emitted for x in _kept(e.imp.positions, e.keep)])
+    cols["item_id"] = _concat([_kept(e.imp.items, e.keep) for e in emitted])
+    cols["position"] = _concat([_kept(e.imp.positions, e.keep) for e in emitted])
     cols["event_time"] = pa.array(
         np.repeat(np.fromiter((int(i.timestamp) for i in imps), np.int64, len(imps)), counts))
     lab = np.zeros((len(actions), n))
@@ -431,26 +530,16 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     cols["sample_rate"] = pa.array(rates)
     cols["correction"] = pa.array(np.zeros(n, np.int64))
     if any(i.true_p is not None for i in imps):
-        tp: list[Any] = []
-        for e in emitted:
-            t = e.imp.true_p
-            tp += _kept(t, e.keep) if t is not None else [None] * len(e)
-        cols["true_p"] = pa.array(tp, pa.float64())
+        cols["true_p"] = _concat([_kept(e.imp.true_p, e.keep) if e.imp.true_p is not None
+                                  else [None] * len(e) for e in emitted], pa.float64())
     ukeys = dict.fromkeys(itertools.chain.from_iterable(i.user for i in imps))
     for k in ukeys:
         cols[f"u_{k}"] = per_example([i.user.get(k) for i in imps])
     fkeys = dict.fromkeys(itertools.chain.from_iterable(i.feature_keys for i in imps))
     for k in fkeys:
-        vals: list[Any] = []
-        for e in emitted:
-            imp = e.imp
-            try:
-                col = imp.feature_cols[imp.feature_keys.index(k)]
-            except ValueError:
-                vals += [None] * len(e)
-                continue
-            vals += _kept(col, e.keep)
-        cols[f"i_{k}"] = pa.array(vals)
+        cols[f"i_{k}"] = _concat([_kept(e.imp.feature_cols[e.imp.feature_keys.index(k)],
+                                        e.keep) if k in e.imp.feature_keys
+                                  else [None] * len(e) for e in emitted])
     return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols),
                                       metadata=_META)
 

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -92,6 +93,8 @@ _STATE_KEY = b"state"
 _STATE_VERSION = 2  # pending impressions are (partition, offset) references into the input
 _READ_AHEAD = 256
 _SOURCE_CACHE_MAX = 4096
+_DECODE_CHUNK = 64  # records decoded at once; a due checkpoint is checked between chunks
+_INT64_BOUND = 1 << 63
 
 
 def _be(x: int) -> bytes:
@@ -118,11 +121,15 @@ class _Pending:
         items = self.imp.items
         if type(item) is self.imp.item_type:  # one C-level scan per occurrence
             js: list[int] = []
-            try:
-                while True:
-                    js.append(items.index(item, js[-1] + 1 if js else 0))
-            except ValueError:
-                pass
+            if isinstance(items, np.ndarray):
+                if -_INT64_BOUND <= item < _INT64_BOUND:
+                    js = np.flatnonzero(items == item).tolist()
+            else:
+                try:
+                    while True:
+                        js.append(items.index(item, js[-1] + 1 if js else 0))
+                except ValueError:
+                    pass
         else:  # ids of another type ("7" and 7 are the same item): index them by str
             if self.index is None:
                 index: dict[str, list[int]] = {}
@@ -343,10 +350,8 @@ class Joiner:
         payload = self._source_record(p, o)
         imp = None
         if payload is not None:
-            try:
-                imp = ev.compact_impression(ev.decode(payload))
-            except (InputError, KeyError):
-                imp = None
+            got = ev.decode_events([payload])[0]
+            imp = None if isinstance(got, InputError) else got[2]
         if imp is None or str(imp.request_id) != rid:
             logger.error("joiner: pending impression request_id=%s is no longer in the input "
                          "log at partition=%d offset=%d; dropped", rid, p, o)
@@ -381,12 +386,17 @@ class Joiner:
             recs = self.source.read(p, self.offsets[p], max_records, 0.0)
             if recs:
                 got_any = True
-                for k, r in enumerate(recs, 1):
-                    self._process(r.value, p, r.offset)
+                limit = self.config.max_event_bytes
+                for k in range(0, len(recs), _DECODE_CHUNK):
+                    chunk = recs[k:k + _DECODE_CHUNK]
+                    decoded = ev.decode_events([r.value if len(r.value) <= limit else b""
+                                                for r in chunk])
+                    for r, got in zip(chunk, decoded, strict=True):
+                        self._process(r.value, p, r.offset, got)
                     # a checkpoint is due in the middle of a large read: stop here (the
                     # rest is read again), so output is not held back by the read size
-                    if every and k % 64 == 0 and time.monotonic() - self._last_ckpt >= every:
-                        recs = recs[:k]
+                    if every and time.monotonic() - self._last_ckpt >= every:
+                        recs = recs[:k + len(chunk)]
                         break
                 self.offsets[p] = recs[-1].offset + 1
         if not got_any and timeout_s > 0:
@@ -434,7 +444,11 @@ class Joiner:
                                 "payload": payload[:4096].decode("utf-8", "replace")})
             self._out["dead_letter"].append((0, rec))
 
-    def _process(self, payload: bytes, partition: int, offset: int) -> None:
+    def _process(self, payload: bytes, partition: int, offset: int,
+                 decoded: tuple[dict[str, Any], str, ev.CompactImpression | None] | InputError
+                 ) -> None:
+        """One input record; ``decoded``: its :func:`~freshrec.stream.events.decode_events`
+        result (ignored for a record over ``max_event_bytes``)."""
         c = self.counters
         c["events_in"] = c.get("events_in", 0) + 1
         if len(payload) > self.config.max_event_bytes:
@@ -442,13 +456,10 @@ class Joiner:
                        f"event of {len(payload)} bytes > max_event_bytes "
                        f"{self.config.max_event_bytes}")
             return
-        try:
-            e = ev.decode(payload)
-            kind = ev.validate_event(e, candidates=False)
-            imp = ev.compact_impression(e) if kind == "impression" else None
-        except InputError as err:
-            self._dead(payload, partition, offset, str(err))
+        if isinstance(decoded, InputError):
+            self._dead(payload, partition, offset, str(decoded))
             return
+        e, _, imp = decoded
         ts = float(e["timestamp"])
         if self.max_ts > -math.inf:
             late = self.max_ts - ts
