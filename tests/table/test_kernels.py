@@ -118,6 +118,14 @@ def test_sum_by_row_matches_dict(rows, dim):
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-1, 40), max_size=60))
+def test_unique_rows_is_first_appearance_order_with_inverse(rows):
+    urows, inverse = K.unique_rows(np.array(rows, np.int32))
+    assert urows.tolist() == list(dict.fromkeys(r for r in rows if r >= 0))
+    assert [int(urows[p]) if p >= 0 else -1 for p in inverse] == [max(r, -1) for r in rows]
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(-1, 5), max_size=5), min_size=1, max_size=8))
 def test_pool_and_bag_gradients_match_python(bags):
     dim = 3
@@ -131,7 +139,8 @@ def test_pool_and_bag_gradients_match_python(bags):
     out = np.empty((len(bags), dim), np.float32)
     K.pool(emb, rows, offsets, scale, default, out)
     grad_out = rng.integers(-3, 3, size=(len(bags), dim)).astype(np.float32)
-    urows, ugrads = K.sum_bag_grads(rows, offsets, scale, grad_out)
+    urows, inverse = K.unique_rows(rows)
+    ugrads = K.sum_bag_grads(inverse, urows.shape[0], offsets, scale, grad_out)
     ref_grads: dict[int, np.ndarray] = {}
     for b, bag in enumerate(bags):
         want = sum((emb[r] if r >= 0 else default for r in bag), np.zeros(dim)) * scale[b]

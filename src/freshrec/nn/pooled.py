@@ -45,20 +45,21 @@ class _TablePool(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, anchor: torch.Tensor, table: EmbeddingTable, rows: np.ndarray,
         offsets: np.ndarray, scale: np.ndarray, fids: np.ndarray, epoch: int,
+        unique: tuple[np.ndarray, np.ndarray] | None,
     ) -> torch.Tensor:
         ctx.table, ctx.rows, ctx.offsets, ctx.scale = table, rows, offsets, scale
-        ctx.fids, ctx.epoch = fids, epoch
+        ctx.fids, ctx.epoch, ctx.unique = fids, epoch, unique
         return torch.from_numpy(table.pool(rows, offsets, scale))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
         table: EmbeddingTable = ctx.table
-        rows = ctx.rows
+        rows, unique = ctx.rows, ctx.unique
         if table.epoch != ctx.epoch:  # rows were removed since forward: re-resolve
-            rows = table.find(ctx.fids)
+            rows, unique = table.find(ctx.fids), None
         g = np.ascontiguousarray(grad.detach().numpy(), dtype=np.float32)
-        table.apply_bag_gradients(rows, ctx.offsets, ctx.scale, g)
-        return (None,) * 7
+        table.apply_bag_gradients(rows, ctx.offsets, ctx.scale, g, unique)
+        return (None,) * 8
 
 
 class _Resolved(NamedTuple):
@@ -71,6 +72,7 @@ class _Resolved(NamedTuple):
     scale: np.ndarray
     fids: np.ndarray
     epoch: int
+    unique: tuple[np.ndarray, np.ndarray] | None  # EmbeddingTable.unique_rows(rows), if done
 
 
 class _AllTablesPool(torch.autograd.Function):
@@ -106,11 +108,12 @@ class _AllTablesPool(torch.autograd.Function):
         module: PooledEmbedding = ctx.module
 
         def work(res: _Resolved) -> None:
-            rows = res.rows
+            rows, unique = res.rows, res.unique
             if res.table.epoch != res.epoch:  # rows were removed since forward: re-resolve
-                rows = res.table.find(res.fids)
+                rows, unique = res.table.find(res.fids), None
             g = np.ascontiguousarray(g_all[:, res.cols, :].transpose(1, 0, 2), dtype=np.float32)
-            res.table.apply_bag_gradients(rows, res.offsets, res.scale, g.reshape(-1, g.shape[2]))
+            res.table.apply_bag_gradients(rows, res.offsets, res.scale, g.reshape(-1, g.shape[2]),
+                                          unique)
 
         module._map(work, ctx.saved)
         return (None,) * 6
@@ -225,7 +228,7 @@ class PooledEmbedding(nn.Module):
         for item in self._plan:
             res = prefetched.get(item[0]) or self._resolve(item, batch, now, train)
             pooled = _TablePool.apply(anchor, res.table, res.rows, res.offsets, res.scale,
-                                      res.fids, res.epoch)
+                                      res.fids, res.epoch, res.unique)
             for i, slot in enumerate(item[1]):
                 out[slot] = pooled[i * b : (i + 1) * b]
         return out
@@ -235,7 +238,8 @@ class PooledEmbedding(nn.Module):
 
         Call it after the forward of the current batch (e.g. before ``loss.backward()``):
         the fid -> row resolve of ``batch`` (admitting new fids, stamping ``last_seen``)
-        then overlaps this batch's dense compute, and the next ``forward(batch, now)`` only
+        and the dedup of its rows for the backward (:meth:`EmbeddingTable.unique_rows`)
+        then overlap this batch's dense compute, and the next ``forward(batch, now)`` only
         pools, after this batch's backward has updated the rows, so the results are those
         of the plain path. Resolving does not depend on row values, and the backward of
         earlier batches only changes values, so the two commute per table (each table's
@@ -256,7 +260,7 @@ class PooledEmbedding(nn.Module):
         def work() -> dict[str, tuple[_Resolved, int]]:
             out = {}
             for item in items:
-                res = self._resolve(item, batch, now, True)
+                res = self._resolve(item, batch, now, True, dedup=True)
                 out[item[0]] = (res, res.table.version)
             return out
 
@@ -292,29 +296,30 @@ class PooledEmbedding(nn.Module):
         return {name: res for name, (res, _) in resolved.items()}
 
     def _resolve(self, item: tuple[str, list[str], list[int]], batch: JaggedBatch,
-                 now: int | None, train: bool) -> _Resolved:
+                 now: int | None, train: bool, dedup: bool = False) -> _Resolved:
+        """Rows of one table group; ``dedup`` also finds the distinct rows for backward."""
         table_name, slots, cols = item
         table = self.tables[table_name]
         fids, offsets, scale = self._gather(batch, slots)
         rows = table.resolve(fids, now=now, train=train)
-        return _Resolved(table, cols, rows, offsets, scale, fids, table.epoch)
+        unique = table.unique_rows(rows) if dedup else None
+        return _Resolved(table, cols, rows, offsets, scale, fids, table.epoch, unique)
 
     def _gather(
         self, batch: JaggedBatch, slots: list[str]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        vals, lens = [], []
-        for slot in slots:
-            v, off = batch.slot(slot)
-            vals.append(v)
-            lens.append(np.diff(off))
-        lengths = np.concatenate(lens) if len(lens) > 1 else lens[0]
-        fids = np.concatenate(vals) if len(vals) > 1 else vals[0]
-        offsets = np.zeros(lengths.shape[0] + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        scale = np.ones(lengths.shape[0], np.float32)
+        """Fids, bag offsets and bag scales of the slots of one table, slot after slot."""
+        parts = [batch.slot(slot) for slot in slots]
+        if len(parts) == 1:  # one slot: its values and offsets as they are
+            fids, offsets = parts[0]
+        else:
+            fids = np.concatenate([v for v, _ in parts])
+            offsets = np.zeros(len(parts) * batch.batch_size + 1, np.int64)
+            np.cumsum(np.concatenate([np.diff(off) for _, off in parts]), out=offsets[1:])
+        scale = np.ones(offsets.shape[0] - 1, np.float32)
         b = batch.batch_size
         for i, slot in enumerate(slots):
             if self.slots[slot].pooling == "mean":
-                ln = lengths[i * b : (i + 1) * b]
+                ln = np.diff(offsets[i * b : (i + 1) * b + 1])
                 scale[i * b : (i + 1) * b] = np.where(ln > 0, 1.0 / np.maximum(ln, 1), 0.0)
         return fids, offsets, scale

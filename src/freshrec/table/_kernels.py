@@ -300,24 +300,25 @@ def _map_slot(map_keys: np.ndarray, key: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def sum_by_row(rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum gradient rows that target the same table row; rows < 0 are dropped.
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows >= 0 in order of first appearance, and each entry's index among them.
 
-    Returns ``(unique_rows, summed_grads)`` in order of first appearance.
+    Returns ``(unique_rows, inverse)``: ``unique_rows[inverse[k]] == rows[k]`` where
+    ``rows[k] >= 0``; ``inverse[k] == -1`` where ``rows[k] < 0``.
     """
     n = rows.shape[0]
-    dim = grads.shape[1]
     size = 16
     while size < 2 * n:
         size *= 2
     map_keys = np.full(size, -1, np.int64)
-    map_pos = np.empty(size, np.int64)
+    map_pos = np.empty(size, np.int32)
     urows = np.empty(n, np.int32)
-    ugrads = np.zeros((n, dim), np.float32)
+    inverse = np.empty(n, np.int32)
     m = 0
-    for i in range(n):
-        r = rows[i]
+    for k in range(n):
+        r = rows[k]
         if r < 0:
+            inverse[k] = -1
             continue
         h = _map_slot(map_keys, r)
         if map_keys[h] == -1:
@@ -325,47 +326,48 @@ def sum_by_row(rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndar
             map_pos[h] = m
             urows[m] = r
             m += 1
-        p = map_pos[h]
-        for j in range(dim):
-            ugrads[p, j] += grads[i, j]
-    return urows[:m], ugrads[:m]
+        inverse[k] = map_pos[h]
+    return urows[:m], inverse
+
+
+@njit(cache=True, nogil=True)
+def sum_by_row(rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum gradient rows that target the same table row; rows < 0 are dropped.
+
+    Returns ``(unique_rows, summed_grads)`` in order of first appearance.
+    """
+    urows, inverse = unique_rows(rows)
+    ugrads = np.zeros((urows.shape[0], grads.shape[1]), np.float32)
+    for i in range(rows.shape[0]):
+        p = inverse[i]
+        if p >= 0:
+            for j in range(grads.shape[1]):
+                ugrads[p, j] += grads[i, j]
+    return urows, ugrads
 
 
 @njit(cache=True, nogil=True)
 def sum_bag_grads(
-    rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray, grad_out: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gradients of pooled bags back to unique rows without materialising per-value grads.
+    inverse: np.ndarray, n_unique: int, offsets: np.ndarray, scale: np.ndarray,
+    grad_out: np.ndarray,
+) -> np.ndarray:
+    """Gradients of pooled bags summed per distinct row, without per-value grads.
 
-    Value ``k`` of bag ``b`` (``offsets[b] <= k < offsets[b+1]``) receives
-    ``grad_out[b] * scale[b]``; values of the same row are summed.
+    ``inverse`` is :func:`unique_rows`' second result for the bags' rows. Value ``k`` of bag
+    ``b`` (``offsets[b] <= k < offsets[b+1]``) adds ``grad_out[b] * scale[b]`` to row
+    ``inverse[k]`` of the (n_unique, dim) result, in order of ``k``; ``inverse[k] < 0`` adds
+    nothing.
     """
-    n = rows.shape[0]
     dim = grad_out.shape[1]
-    size = 16
-    while size < 2 * n:
-        size *= 2
-    map_keys = np.full(size, -1, np.int64)
-    map_pos = np.empty(size, np.int64)
-    urows = np.empty(n, np.int32)
-    ugrads = np.zeros((n, dim), np.float32)
-    m = 0
+    ugrads = np.zeros((n_unique, dim), np.float32)
     for b in range(offsets.shape[0] - 1):
         s = scale[b]
         for k in range(offsets[b], offsets[b + 1]):
-            r = rows[k]
-            if r < 0:
-                continue
-            h = _map_slot(map_keys, r)
-            if map_keys[h] == -1:
-                map_keys[h] = r
-                map_pos[h] = m
-                urows[m] = r
-                m += 1
-            p = map_pos[h]
-            for j in range(dim):
-                ugrads[p, j] += grad_out[b, j] * s
-    return urows[:m], ugrads[:m]
+            p = inverse[k]
+            if p >= 0:
+                for j in range(dim):
+                    ugrads[p, j] += grad_out[b, j] * s
+    return ugrads
 
 
 @njit(cache=True, nogil=True)

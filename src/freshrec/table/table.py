@@ -499,18 +499,32 @@ class EmbeddingTable:
             return self._step(urows, ugrads)
 
     def apply_bag_gradients(
-        self, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray, grad_out: np.ndarray
+        self, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray, grad_out: np.ndarray,
+        unique: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> int:
         """Backward of :meth:`pool`: route bag gradients to rows and take one step per row.
 
         Used by :class:`freshrec.nn.PooledEmbedding`; ``rows`` must be current (same
-        :attr:`epoch` as when they were resolved).
+        :attr:`epoch` as when they were resolved). ``unique``, when given, is
+        :meth:`unique_rows` of ``rows``, computed ahead (e.g. while prefetching).
         """
         if self.frozen:
             return 0
         with self._writer:
-            urows, ugrads = K.sum_bag_grads(rows, offsets, scale, grad_out)
+            urows, inverse = self.unique_rows(rows) if unique is None else unique
+            ugrads = K.sum_bag_grads(inverse, urows.shape[0], offsets, scale, grad_out)
             return self._step(urows, ugrads)
+
+    @staticmethod
+    def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct rows (>= 0, in order of first appearance) and each entry's index among
+        them (-1 for rows < 0): the ``unique`` argument of :meth:`apply_bag_gradients`.
+
+        >>> urows, inverse = EmbeddingTable.unique_rows(np.array([4, -1, 2, 4], np.int32))
+        >>> urows.tolist(), inverse.tolist()
+        ([4, 2], [0, -1, 1, 0])
+        """
+        return K.unique_rows(np.ascontiguousarray(rows, dtype=np.int32))
 
     def _step(self, rows: np.ndarray, grads: np.ndarray) -> int:
         opt = self.config.optimizer
