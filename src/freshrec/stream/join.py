@@ -179,6 +179,7 @@ class Joiner:
         # examples per output partition, in emission order: EmittedImpression or a row dict
         self._out_examples: dict[int, list[ev.EmittedImpression | dict[str, Any]]] = {}
         self._source_cache: dict[tuple[int, int], bytes] = {}
+        ev.decode_events([])  # loads the compiled kernel now rather than with the first read
         self._restore()
         self._txn = self._env.begin(write=True)
         self._last_ckpt = time.monotonic()
