@@ -61,6 +61,15 @@ def test_adagrad_matches_torch(eps, acc, wd):
     np.testing.assert_allclose(got, state["sum"].numpy(), **TOL)
 
 
+def test_adagrad_with_zero_eps_and_zero_gradient_gives_nan_as_torch():
+    t = _table(kind="adagrad", lr=0.1, eps=0.0)
+    param = torch.nn.Parameter(torch.from_numpy(t.lookup(FIDS[:1]).copy()))
+    param.grad = torch.zeros_like(param)
+    torch.optim.Adagrad([param], lr=0.1, eps=0.0).step()
+    t.apply_gradients(FIDS[:1], np.zeros((1, DIM), np.float32))
+    assert np.isnan(param.detach().numpy()).all() and np.isnan(t.lookup(FIDS[:1])).all()
+
+
 @pytest.mark.parametrize("wd", [0.0, 0.01])
 def test_adam_matches_torch(wd):
     t = _table(kind="adam", lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=wd)
