@@ -478,3 +478,15 @@ def test_bad_default_row_is_refused():
     with pytest.raises(InputError, match=r"default row must have shape \(3,\), got \(4,\)"):
         t.set_default_row(np.zeros(4))
     np.testing.assert_array_equal(t.lookup(u64([99])), [[0, 0, 0]])
+
+
+def test_pool_into_a_strided_view_and_refuses_a_wrong_out():
+    t = EmbeddingTable(TableConfig(name="t", dim=3))
+    rows = t.resolve(np.array([5, 6, 5, 7], np.uint64), now=1, train=True)
+    offsets, scale = np.array([0, 1, 3, 4]), np.array([1.0, 0.5, 1.0], np.float32)
+    out = np.zeros((3, 2, 3), np.float32)
+    assert t.pool(rows, offsets, scale, out=out[:, 1, :]) is not None
+    np.testing.assert_array_equal(out[:, 1, :], t.pool(rows, offsets, scale))
+    assert not out[:, 0, :].any()
+    with pytest.raises(InputError, match="out must be float32"):
+        t.pool(rows, offsets, scale, out=np.zeros((3, 2), np.float32))

@@ -94,8 +94,11 @@ class _AllTablesPool(torch.autograd.Function):
 
         def work(item: tuple[str, list[str], list[int]]) -> _Resolved:
             res = prefetched.get(item[0]) or module._resolve(item, batch, now, train)
-            pooled = res.table.pool(res.rows, res.offsets, res.scale)
-            out[:, res.cols, :] = pooled.reshape(len(res.cols), b, dim).transpose(1, 0, 2)
+            if len(res.cols) == 1:  # pool straight into the slot's (B, D) view of the output
+                res.table.pool(res.rows, res.offsets, res.scale, out=out[:, res.cols[0], :])
+            else:
+                pooled = res.table.pool(res.rows, res.offsets, res.scale)
+                out[:, res.cols, :] = pooled.reshape(len(res.cols), b, dim).transpose(1, 0, 2)
             return res
 
         ctx.module = module
@@ -104,16 +107,19 @@ class _AllTablesPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
-        g_all = grad.detach().numpy()
+        g_all = np.asarray(grad.detach().numpy(), dtype=np.float32)
         module: PooledEmbedding = ctx.module
 
         def work(res: _Resolved) -> None:
             rows, unique = res.rows, res.unique
             if res.table.epoch != res.epoch:  # rows were removed since forward: re-resolve
                 rows, unique = res.table.find(res.fids), None
-            g = np.ascontiguousarray(g_all[:, res.cols, :].transpose(1, 0, 2), dtype=np.float32)
-            res.table.apply_bag_gradients(rows, res.offsets, res.scale, g.reshape(-1, g.shape[2]),
-                                          unique)
+            if len(res.cols) == 1:  # the slot's (B, D) view of the gradient, not a copy
+                g = g_all[:, res.cols[0], :]
+            else:
+                g = np.ascontiguousarray(g_all[:, res.cols, :].transpose(1, 0, 2))
+                g = g.reshape(-1, g.shape[2])
+            res.table.apply_bag_gradients(rows, res.offsets, res.scale, g, unique)
 
         module._map(work, ctx.saved)
         return (None,) * 6

@@ -460,12 +460,19 @@ class EmbeddingTable:
             return float(opt.initial_accumulator)
         return 0.0
 
-    def pool(self, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    def pool(self, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray,
+             out: np.ndarray | None = None) -> np.ndarray:
         """Pooled bags: ``out[b] = scale[b] * sum(emb[rows[k]] for k in bag b)``.
 
-        ``rows`` come from :meth:`resolve`; absent rows read as the default row.
+        ``rows`` come from :meth:`resolve`; absent rows read as the default row. ``out``, if
+        given, is a (bags, dim) float32 array, possibly a strided view, written in place.
         """
-        out = np.empty((offsets.shape[0] - 1, self.dim), np.float32)
+        shape = (offsets.shape[0] - 1, self.dim)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise InputError(f"EmbeddingTable {self.name!r}.pool: out must be float32 of shape "
+                             f"{shape}, got {out.dtype} {out.shape}")
         with self._mutex:
             K.pool(self._emb, rows, offsets, scale, self._default, out)
         return out
