@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +162,16 @@ def test_prefetch_requires_the_batch_slots_and_now():
     with pytest.raises(InputError, match="`now`"):
         module.prefetch(_batches(0, 1)[0], now=None)  # type: ignore[arg-type]
     assert module._pending is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_prefetch_thread_runs_at_lowest_priority_and_the_process_does_not():
+    module, _ = _module()
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    batch = _batches(6, 1)[0]
+    module.prefetch(batch, now=0)
+    module(batch, now=0)
+    nice = module._prefetcher.submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert nice == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -10,6 +10,9 @@ TorchRec's fused embedding bags do. A training step is therefore
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -134,6 +137,13 @@ class _Prefetch:
     future: Future[dict[str, tuple[_Resolved, int]]]  # table -> (resolved, table version)
 
 
+def _yield_to_compute() -> None:
+    """Lowest CPU priority for the calling thread (Linux: per-thread nice 19), so a prefetch
+    takes the cycles torch's compute threads leave idle instead of preempting them."""
+    if sys.platform.startswith("linux"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class PooledEmbedding(nn.Module):
     """Embeds the slots of a :class:`JaggedBatch`, one pooled vector per (slot, example).
 
@@ -249,7 +259,9 @@ class PooledEmbedding(nn.Module):
         pools, after this batch's backward has updated the rows, so the results are those
         of the plain path. Resolving does not depend on row values, and the backward of
         earlier batches only changes values, so the two commute per table (each table's
-        writer lock orders them).
+        writer lock orders them). The background thread runs at the lowest CPU priority,
+        so it uses cycles the dense compute leaves idle (a spare core, gaps between torch
+        ops) rather than taking them from torch's threads.
 
         Until that forward, the tables must not be changed in any other way (no
         ``expire``, ``export_delta``, ``apply_delta``, direct lookups or another forward):
@@ -271,7 +283,8 @@ class PooledEmbedding(nn.Module):
             return out
 
         if self._prefetcher is None:
-            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="freshrec-prefetch")
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="freshrec-prefetch",
+                                                  initializer=_yield_to_compute)
         self._pending = _Prefetch(batch, now, self._prefetcher.submit(work))
 
     def _check(self, batch: JaggedBatch, now: int | None) -> bool:
