@@ -346,6 +346,10 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     reason = _torchrec_reason()
     if reason is not None:
         result["torchrec_skipped_reason"] = reason
+    else:  # FBGEMM's names for what torchrec_fused runs
+        result["torchrec_sparse_optimizer"] = {"adagrad": "exact_adagrad",
+                                               "rowwise_adagrad": "exact_row_wise_adagrad"}[
+                                                   opts.sparse_opt]
     kinds = ["dense_only", "static", "freshrec", "freshrec_prefetch"]
     kinds += ["torchrec_fused"] if reason is None else []
     for t in threads:
