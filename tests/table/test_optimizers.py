@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.errors import ConfigError
 from freshrec.table import EmbeddingTable, InitializerConfig, OptimizerConfig, TableConfig
 from tests.table._reference import ADVERSARIAL_FIDS, dump_states, u64
 
@@ -61,13 +62,14 @@ def test_adagrad_matches_torch(eps, acc, wd):
     np.testing.assert_allclose(got, state["sum"].numpy(), **TOL)
 
 
-def test_adagrad_with_zero_eps_and_zero_gradient_gives_nan_as_torch():
-    t = _table(kind="adagrad", lr=0.1, eps=0.0)
-    param = torch.nn.Parameter(torch.from_numpy(t.lookup(FIDS[:1]).copy()))
-    param.grad = torch.zeros_like(param)
-    torch.optim.Adagrad([param], lr=0.1, eps=0.0).step()
-    t.apply_gradients(FIDS[:1], np.zeros((1, DIM), np.float32))
-    assert np.isnan(param.detach().numpy()).all() and np.isnan(t.lookup(FIDS[:1])).all()
+@pytest.mark.parametrize("kind, acc", [("adagrad", 0.0), ("rowwise_adagrad", 0.0),
+                                       ("adam", 0.0)])
+def test_zero_eps_that_would_write_nan_is_refused(kind, acc):
+    # torch.optim.Adagrad(eps=0) turns a zero gradient into NaN parameters; the table
+    # refuses the config instead of ever writing NaN
+    with pytest.raises(ConfigError, match="eps"):
+        OptimizerConfig(kind=kind, eps=0.0, initial_accumulator=acc)
+    OptimizerConfig(kind="adagrad", eps=0.0, initial_accumulator=0.1)  # no 0/0: accepted
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.01])

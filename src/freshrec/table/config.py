@@ -112,7 +112,8 @@ class OptimizerConfig:
     lr : float
         Learning rate (``alpha`` for FTRL).
     eps : float
-        Added to denominators (Adagrad, Adam).
+        Added to denominators (Adagrad, Adam). Must be > 0 for Adam, and for Adagrad when
+        ``initial_accumulator`` is 0: a zero gradient would divide 0 by 0 and write NaN.
     initial_accumulator : float
         Starting value of Adagrad's accumulator.
     beta1, beta2 : float
@@ -148,6 +149,12 @@ class OptimizerConfig:
         for name in ("beta1", "beta2"):
             v = getattr(self, name)
             require(is_number(v) and 0 <= v < 1, "OptimizerConfig", name, "a number in [0, 1)", v)
+        zero_denominator = self.kind == OptimizerKind.ADAM or (
+            self.kind in (OptimizerKind.ADAGRAD, OptimizerKind.ROWWISE_ADAGRAD)
+            and self.initial_accumulator == 0)
+        require(not zero_denominator or self.eps > 0, "OptimizerConfig", "eps",
+                f"a number > 0 for {self.kind.value} (with initial_accumulator 0 a zero gradient "
+                "would compute 0/0)", self.eps)
 
     def state_dim(self, dim: int) -> int:
         """Floats of optimizer state stored per row for rows of width ``dim``.
