@@ -9,31 +9,19 @@ import torch
 from freshrec.errors import ConfigError
 from freshrec.features import JaggedBatch
 from freshrec.nn import PooledEmbedding, SlotSpec
-from freshrec.table import EmbeddingTable, InitializerConfig, OptimizerConfig, TableConfig
+from freshrec.table import EmbeddingTable, TableConfig
+from tests.nn._helpers import jagged_batches, three_tables
 
 SLOTS = {"a": ("t1", "sum"), "b": ("t2", "mean"), "c": ("t1", "mean"), "d": ("t3", "sum"),
          "e": ("t2", "sum")}  # slots of one table interleaved with others'
 
 
 def _module() -> tuple[PooledEmbedding, dict[str, EmbeddingTable]]:
-    tables = {n: EmbeddingTable(TableConfig(
-        name=n, dim=3, initializer=InitializerConfig(kind="normal", std=0.3, seed=i),
-        optimizer=OptimizerConfig(kind="adagrad", lr=0.5)))
-        for i, n in enumerate(["t1", "t2", "t3"])}
-    slots = {s: SlotSpec(table=t, pooling=p) for s, (t, p) in SLOTS.items()}
-    return PooledEmbedding(tables, slots), tables
+    return three_tables(SLOTS)
 
 
 def _batches(seed: int, n: int, b: int = 32) -> list[JaggedBatch]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        data = {}
-        for s in SLOTS:
-            lens = rng.integers(0, 4, size=b)
-            data[s] = (rng.integers(0, 40, size=int(lens.sum())).astype(np.uint64), lens)
-        out.append(JaggedBatch.from_dict(data))
-    return out
+    return jagged_batches(SLOTS, seed, n, b)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

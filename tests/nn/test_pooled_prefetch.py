@@ -12,37 +12,23 @@ import torch
 
 from freshrec.errors import InputError
 from freshrec.features import JaggedBatch
-from freshrec.nn import PooledEmbedding, SlotSpec
-from freshrec.table import EmbeddingTable, InitializerConfig, OptimizerConfig, TableConfig
+from freshrec.nn import PooledEmbedding
+from freshrec.table import EmbeddingTable, TableConfig
 from freshrec.table.table import rows_from_table
+from tests.nn._helpers import jagged_batches, three_tables
 
 SLOTS = {"a": ("t1", "sum"), "b": ("t2", "mean"), "c": ("t1", "mean"), "d": ("t3", "sum")}
 STATE = ("_keys", "_emb", "_state", "_last_seen", "_touched", "_index")
 
 
 def _module(opt: str = "adagrad") -> tuple[PooledEmbedding, dict[str, EmbeddingTable]]:
-    tables = {n: EmbeddingTable(TableConfig(
-        name=n, dim=3, capacity_hint=16, initializer=InitializerConfig(kind="normal", std=0.3,
-                                                                       seed=i),
-        optimizer=OptimizerConfig(kind=opt, lr=0.5)))
-        for i, n in enumerate(["t1", "t2", "t3"])}
-    slots = {s: SlotSpec(table=t, pooling=p) for s, (t, p) in SLOTS.items()}
-    return PooledEmbedding(tables, slots), tables
+    return three_tables(SLOTS, opt, capacity_hint=16)
 
 
 def _batches(seed: int, n: int, b: int = 32) -> list[JaggedBatch]:
     """Batches that share ids with the previous one (so backward and prefetch meet on rows),
     repeat ids within a batch, and bring new ids (tables grow past their capacity hint)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for step in range(n):
-        data = {}
-        for s in SLOTS:
-            lens = rng.integers(0, 4, size=b)
-            data[s] = (rng.integers(0, 20 + 15 * step, size=int(lens.sum())).astype(np.uint64),
-                       lens)
-        out.append(JaggedBatch.from_dict(data))
-    return out
+    return jagged_batches(SLOTS, seed, n, b, vocab=lambda step: 20 + 15 * step)
 
 
 def _train(module: PooledEmbedding, batches: list[JaggedBatch], weight: torch.Tensor,
