@@ -5,8 +5,10 @@
 Builds simulated examples (the joiner's columns, configs/simulator.yaml), then trains the
 same model on them twice in one run: the batch trainer over in-memory Arrow batches, and the
 online trainer reading them from a file log (Arrow example records, as the joiner writes them)
-with checkpoints every 30 s and a sparse publish to a registry every 2 s (wall). Interleaved
-order: batch, online, batch, online; medians reported.
+with checkpoints every 30 s and a sparse publish to a registry every 2 s (wall); and the
+batch trainer again with ``train.pipeline_lookup=false`` (no background resolve of the next
+batch's ids: the cost of the pipeline's absence). Interleaved order: batch, online, plain
+batch, per round; medians reported.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     say = print if verbose else (lambda *a, **k: None)
     cfg = load_config(ROOT / "configs" / "simulator.yaml", ["train.threads=1"])
     data = examples(n)
-    batch_rates, online_rates = [], []
+    plain_cfg = load_config(ROOT / "configs" / "simulator.yaml",
+                            ["train.threads=1", "train.pipeline_lookup=false"])
+    batch_rates, online_rates, plain_rates = [], [], []
     Trainer(cfg).fit(examples(2000, seed=1).to_batches())  # compile the kernels first
     for r in range(opts.rounds):
         trainer = Trainer(cfg)
@@ -74,12 +78,19 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
             online_rates.append(n / (time.perf_counter() - t0))
             assert summary["examples"] == n
             log.close()
-        say(f"round {r}: batch {batch_rates[-1]:,.0f} ex/s, online {online_rates[-1]:,.0f} ex/s")
+        plain = Trainer(plain_cfg)
+        t0 = time.perf_counter()
+        plain.fit(data.to_batches(max_chunksize=4096))
+        plain_rates.append(n / (time.perf_counter() - t0))
+        say(f"round {r}: batch {batch_rates[-1]:,.0f} ex/s, online {online_rates[-1]:,.0f} "
+            f"ex/s, batch without pipelined lookup {plain_rates[-1]:,.0f} ex/s")
     result: dict[str, object] = {
         "bench": "online", "examples": n, "threads": 1, "model": "deepfm simulator.yaml",
         "batch_examples_per_s": float(np.median(batch_rates)),
         "online_examples_per_s": float(np.median(online_rates)),
         "online_vs_batch_ratio": float(np.median(online_rates) / np.median(batch_rates)),
+        "batch_no_pipeline_examples_per_s": float(np.median(plain_rates)),
+        "pipeline_vs_plain_ratio": float(np.median(batch_rates) / np.median(plain_rates)),
         **machine_info(),
     }
     say(result)

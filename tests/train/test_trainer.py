@@ -81,6 +81,77 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(d_full[k], d_res[k]), k
 
 
+def _eager_prefetch(trainer: Trainer) -> list[int]:
+    """Make the trainer's prefetches finish before the step goes on (the worst timing: a
+    missing guard then fails loudly instead of depending on thread scheduling); returns the
+    list of prefetched batches' event times."""
+    emb = trainer.embedding
+    prefetch = emb.prefetch
+    calls: list[int] = []
+
+    def eager(batch, now):
+        prefetch(batch, now)
+        emb._pending.future.result()
+        calls.append(now)
+
+    emb.prefetch = eager
+    return calls
+
+
+def _admitting_config(**train):
+    """The test config with an item table that admits an id at its second occurrence."""
+    raw = _config(**train).raw
+    raw["features"]["tables"]["item"]["admission"] = {"min_count": 2}
+    return config_from_dict(raw, where="test")
+
+
+def test_pipelined_lookup_resumes_identically(tmp_path):
+    # checkpoints are taken with no prefetch pending: a resumed run counts each id's
+    # occurrences (admission) exactly once, as the uninterrupted run does
+    data, _ = _stream(9, 4_000, n_items=3_000)
+    full = Trainer(_admitting_config(checkpoint_every_steps=5), run_dir=tmp_path / "a")
+    calls = _eager_prefetch(full)
+    full.fit(data)
+    assert calls  # the pipeline ran
+    first = Trainer(_admitting_config(checkpoint_every_steps=5, max_steps=23),
+                    run_dir=tmp_path / "b")
+    _eager_prefetch(first)
+    first.fit(data)
+    resumed = Trainer(_admitting_config(checkpoint_every_steps=5), run_dir=tmp_path / "b")
+    _eager_prefetch(resumed)
+    assert resumed.resume() and resumed.step == 20
+    resumed.fit(data)
+    assert _state(full)[0] == _state(resumed)[0]
+    assert full.tables["item"].stats().admitted == resumed.tables["item"].stats().admitted
+
+
+def test_pipelined_lookup_changes_nothing(tmp_path):
+    # expiry passes, checkpoints, down-sampled negatives and a max_steps stop all meet the
+    # prefetched next batch; tables, dense weights, metrics and the stop are identical
+    early, _ = _stream(7, 3_000, n_users=60)
+    late, _ = _stream(8, 3_000, n_users=60, t0=20_000)
+    runs = {}
+    for pipe in (False, True):
+        cfg = _config(pipeline_lookup=pipe, expire_every_s=50, checkpoint_every_steps=5,
+                      negative_sample_rate=0.5, epochs=2, max_steps=68)
+        trainer = Trainer(cfg, run_dir=tmp_path / str(pipe))
+        calls = _eager_prefetch(trainer)
+        summary = trainer.fit(early + late)
+        stats = {n: t.stats() for n, t in trainer.tables.items()}
+        summary["eval"] = trainer.evaluate(late[:2])  # nothing left pending after the stop
+        runs[pipe] = (_state(trainer), summary, stats)
+        assert bool(calls) == pipe
+    (t0, d0), s0, st0 = runs[False]
+    (t1, d1), s1, st1 = runs[True]
+    assert s0 == s1 and s0["steps"] == 68
+    assert t0 == t1
+    for k in d0:
+        assert torch.equal(d0[k], d1[k]), k
+    assert {n: (s.admitted, s.expired) for n, s in st0.items()} == \
+        {n: (s.admitted, s.expired) for n, s in st1.items()}
+    assert st0["user"].expired > 0  # the expiry path was exercised
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     data, _ = _stream(2, 1_000)
     Trainer(_config(checkpoint_every_steps=2), run_dir=tmp_path).fit(data)

@@ -58,6 +58,11 @@ class TrainConfig:
         torch intra-op threads (0 = leave torch's default).
     prefetch : int
         Batches prepared ahead on a background thread.
+    pipeline_lookup : bool
+        :meth:`Trainer.fit` resolves the next batch's ids to table rows on a background
+        thread while this batch's dense part runs (:meth:`PooledEmbedding.prefetch`; results
+        unchanged), except before steps that expire rows, checkpoint or end the run. An
+        ``on_step`` callback must then not change the tables.
     """
 
     batch_size: int = 512
@@ -76,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     prefetch: int = 4
+    pipeline_lookup: bool = True
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -115,6 +121,8 @@ class TrainConfig:
             "'logit' or 'weight'",
             self.correction,
         )
+        require(isinstance(self.pipeline_lookup, bool), o, "pipeline_lookup", "true or false",
+                self.pipeline_lookup)
         for f in ("checkpoint_every_steps", "log_every_steps", "max_steps", "threads", "seed"):
             v = getattr(self, f)
             require(is_int(v) and v >= 0, o, f, "an int >= 0", v)

@@ -83,6 +83,11 @@ def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
         yield _joined(parts)
 
 
+def _batch_now(enc: EncodedBatch) -> int:
+    """Event time of a batch: its newest example's (0 when empty)."""
+    return int(enc.event_time.max()) if enc.size else 0
+
+
 def _joined(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(parts) == 1:
         return parts[0]
@@ -143,10 +148,16 @@ class Trainer:
             logits = logits + self._log_rate
         return torch.sigmoid(logits.detach()).numpy().astype(np.float64)
 
-    def learn_batch(self, enc: EncodedBatch) -> np.ndarray:
-        """Score ``enc`` (returned, calibrated), update progressive metrics, then train on it."""
+    def learn_batch(self, enc: EncodedBatch, ahead: EncodedBatch | None = None) -> np.ndarray:
+        """Score ``enc`` (returned, calibrated), update progressive metrics, then train on it.
+
+        ``ahead``: the batch the next call will train on; its ids are resolved to rows on a
+        background thread during this step's backward (:meth:`PooledEmbedding.prefetch`)
+        unless this step ends with an expiry pass. The next call must then be
+        ``learn_batch(ahead, ...)`` with no other table change in between.
+        """
         self.model.train()
-        now = int(enc.event_time.max()) if enc.size else 0
+        now = _batch_now(enc)
         y = enc.labels[:, 0]
         logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
         probs = self._probabilities(logits)
@@ -159,6 +170,8 @@ class Trainer:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, torch.from_numpy(y), weight=torch.from_numpy(weight), reduction="sum"
         ) / max(float(weight.sum()), 1e-12)
+        if ahead is not None and ahead.size and not self._expire_due(now):
+            self.embedding.prefetch(ahead.sparse, _batch_now(ahead))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -167,10 +180,15 @@ class Trainer:
         self._maybe_expire(now)
         return probs
 
+    def _expire_due(self, now: int) -> bool:
+        """Whether the expiry pass after a step at event time ``now`` removes rows."""
+        return self._last_expire is not None and \
+            now - self._last_expire >= self.config.train.expire_every_s
+
     def _maybe_expire(self, now: int) -> None:
         if self._last_expire is None:
             self._last_expire = now
-        elif now - self._last_expire >= self.config.train.expire_every_s:
+        elif self._expire_due(now):
             removed = {n: t.expire(now) for n, t in self.tables.items()}
             if not self.keep_expired_log:  # nobody exports deltas: do not keep expired fids
                 for t in self.tables.values():
@@ -217,11 +235,19 @@ class Trainer:
                                                 self.position["batches"]),
                                   depth=tc.prefetch, name="freshrec-train-prepare")
             try:
-                for i, enc in prepared:
+                items = iter(prepared)
+                nxt = next(items, None)
+                while nxt is not None:
+                    i, enc = nxt
+                    nxt = next(items, None)
+                    save = self._checkpoint_due(self.step + (enc is not None))
+                    last = bool(tc.max_steps) and self.step + 1 >= tc.max_steps
+                    ahead = nxt[1] if tc.pipeline_lookup and nxt is not None and \
+                        not save and not last else None
                     if enc is not None:
-                        self.learn_batch(enc)
+                        self.learn_batch(enc, ahead)
                     self.position["batches"] = i + 1
-                    self._after_step(on_step)
+                    self._after_step(on_step, save)
                     if tc.max_steps and self.step >= tc.max_steps:
                         return self.summary()
             finally:
@@ -246,7 +272,17 @@ class Trainer:
             sampled = self.sample_negatives(rb, first_row)
             yield i, (self.schema.encode(sampled) if sampled.num_rows else None)
 
-    def _after_step(self, on_step: Callable[[Trainer, dict[str, float]], None] | None) -> None:
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether a checkpoint is written after the step that makes the count ``step``."""
+        tc = self.config.train
+        if self.run_dir is None:
+            return False
+        due = bool(tc.checkpoint_every_steps) and step % tc.checkpoint_every_steps == 0
+        return due or bool(tc.checkpoint_every_s and
+                           time.monotonic() - self._last_ckpt_wall >= tc.checkpoint_every_s)
+
+    def _after_step(self, on_step: Callable[[Trainer, dict[str, float]], None] | None,
+                    save: bool) -> None:
         tc = self.config.train
         if self.run_dir is not None and tc.log_every_steps and self.step % tc.log_every_steps == 0:
             line = {"step": self.step, "examples": self.examples, **self.metrics.get(),
@@ -256,12 +292,7 @@ class Trainer:
                 fh.write(json.dumps(line) + "\n")
         if on_step is not None:
             on_step(self, self.metrics.get())
-        if self.run_dir is None:
-            return
-        due = tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0
-        due = due or (tc.checkpoint_every_s and
-                      time.monotonic() - self._last_ckpt_wall >= tc.checkpoint_every_s)
-        if due:
+        if save:
             self.save()
 
     def summary(self) -> dict[str, Any]:
