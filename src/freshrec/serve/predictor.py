@@ -14,10 +14,14 @@ What it does per request, and what it does once per model version instead:
 * **Fused first layer, once per dense version.** For Wide & Deep and DeepFM the wide/linear
   part and the MLP's first layer both read the flat input, so their weights are stacked
   into one matrix and split by column into a user block and a candidate block: the user
-  block is applied once per request (a 1 x H row) and broadcast as the bias of one
-  ``addmm`` over the candidates. The result is the model's own arithmetic, regrouped (the
-  tests compare it with ``model(sparse, dense)``). Other models get the full input, with
-  the user part broadcast.
+  block is applied once per request (a 1 x H row) and broadcast as the bias of one GEMM
+  over the candidates; that and the rest of the MLP run on the dense engine
+  (:mod:`freshrec.serve.engine`: ONNX Runtime when installed, else torch). The result is
+  the model's own arithmetic, regrouped (the tests compare it with ``model(sparse,
+  dense)``). Other models get the full input, with the user part broadcast.
+* **Candidates by id.** A request with ``candidate_ids`` gets, for each item the index
+  holds, the feature dict it holds (:meth:`FeatureIndex.known`; filled from an item
+  catalogue or from earlier requests).
 * Candidate embeddings are looked up in one batched call per table; rows are never cached,
   because sparse deltas rewrite them in place every few seconds (a gather of a few
   thousand rows costs tens of microseconds).
