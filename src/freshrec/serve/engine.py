@@ -168,12 +168,9 @@ class OnnxDense:
     def __init__(self, fused: FusedLayers, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        if fused.ops is None:
-            raise ConfigError("serve engine 'onnxruntime': the model's MLP holds a layer other "
-                              "than Linear/ReLU; use engine 'torch'")
-        if fused.wc.shape[0] == 0:
-            raise ConfigError("serve engine 'onnxruntime': the model has no candidate-side "
-                              "input; use engine 'torch'")
+        why = _onnx_unsupported(fused)
+        if why is not None:
+            raise ConfigError(f"serve engine 'onnxruntime': {why}; use engine 'torch'")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
@@ -189,6 +186,15 @@ class OnnxDense:
         """Logits (n,) for the user row ``xu`` (1, in_u) and candidate rows ``xc`` (n, in_c)."""
         feeds = {"xc": xc, "xu": xu} if self._uses_xu else {"xc": xc}
         return self.session.run(None, feeds)[0]
+
+
+def _onnx_unsupported(fused: FusedLayers) -> str | None:
+    """Why :class:`OnnxDense` cannot run ``fused`` (``None``: it can)."""
+    if fused.ops is None:
+        return "the model's MLP holds a layer other than Linear/ReLU"
+    if fused.wc.shape[0] == 0:
+        return "the model has no candidate-side input"
+    return None
 
 
 def _onnx_graph(fused: FusedLayers) -> bytes:
@@ -262,6 +268,6 @@ def dense_engine(fused: FusedLayers, engine: str = "auto", threads: int | None =
             raise ConfigError("serve engine 'onnxruntime': onnxruntime and onnx are not "
                               "installed (pip install 'freshrec[serve]')")
         return OnnxDense(fused, n)
-    if onnxruntime_available() and fused.ops is not None and fused.wc.shape[0] > 0:
+    if onnxruntime_available() and _onnx_unsupported(fused) is None:
         return OnnxDense(fused, n)
     return TorchDense(fused)

@@ -19,6 +19,7 @@ poll; serving goes on with the current model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -237,5 +238,4 @@ class ModelUpdater:
                 "event_time": cur.event_time if cur is not None else None,
                 "last_error": self.last_error,
                 "catalogue": None if self.catalogue is None else
-                {"loaded": self.catalogue.loaded, "rejected": self.catalogue.rejected,
-                 "errors": self.catalogue.errors}}
+                dataclasses.asdict(self.catalogue)}
