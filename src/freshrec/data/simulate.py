@@ -456,32 +456,15 @@ class ClickStreamSimulator:
         kind = int(rng.integers(5))
         if kind == 0:
             return encode({"type": "action", "event_id": f"e{n}", "request_id": rid})
-        if kind == 1:
-            return encode(
-                {
-                    "type": "action",
-                    "event_id": f"e{n}",
-                    "request_id": rid,
-                    "item_id": 1,
-                    "action": "click",
-                    "timestamp": "yesterday",
-                }
-            )
         if kind == 2:
             return encode({"type": "purchase_order", "event_id": f"e{n}", "timestamp": t})
         if kind == 3:
             return b"\x00{not json"
-        return encode(
-            {
-                "type": "action",
-                "event_id": f"e{n}",
-                "request_id": rid,
-                "item_id": 1,
-                "action": "click",
-                "timestamp": t,
-                "blob": "x" * (2 << 20),
-            }
-        )
+        action = {"type": "action", "event_id": f"e{n}", "request_id": rid, "item_id": 1,
+                  "action": "click", "timestamp": t}
+        if kind == 1:
+            return encode({**action, "timestamp": "yesterday"})
+        return encode({**action, "blob": "x" * (2 << 20)})
 
 
 def write_to_log(
