@@ -170,6 +170,22 @@ def _torchrec_fused_ebc(vocab: int, opt_kind: str,
 Step = Callable[[int], torch.Tensor]
 
 
+def _interact_step(model: DeepFM, dense_opt: torch.optim.Optimizer, stream: Stream,
+                   embeddings: Callable[[int], torch.Tensor]) -> Step:
+    """A step over ``model.interact`` fed ``embeddings(i)`` (B, slots, dim) from outside the
+    model; only the dense optimizer steps (any sparse update happens in backward)."""
+
+    def step(i: int) -> torch.Tensor:
+        logits = model.interact(embeddings(i), stream.dense[i])
+        loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+        return logits
+
+    return step
+
+
 def _make_run(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt: str,
               sparse_lr: float, dense_lr: float, seed: int) -> tuple[Step, nn.Module]:
     """A ``step(i) -> logits`` closure that trains one batch, and the model."""
@@ -216,31 +232,17 @@ def _make_run(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt:
         model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
         dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
         slot_major = [torch.from_numpy(np.ascontiguousarray(v.T)) for v in stream.values]
-
-        def step(i: int) -> torch.Tensor:
-            logits = model.interact(embed(slot_major[i]), stream.dense[i])
-            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
-            dense_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dense_opt.step()
-            return logits
-
-        return step, model
+        return _interact_step(model, dense_opt, stream, lambda i: embed(slot_major[i])), model
     if kind == "dense_only":
         model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
         dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
         fixed = (torch.rand(stream.batch, N_SLOTS, DIM) * 0.02 - 0.01).requires_grad_(True)
 
-        def step(i: int) -> torch.Tensor:
-            logits = model.interact(fixed, stream.dense[i])
-            loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
-            dense_opt.zero_grad(set_to_none=True)
-            fixed.grad = None
-            loss.backward()
-            dense_opt.step()
-            return logits
+        def fixed_input(i: int) -> torch.Tensor:
+            fixed.grad = None  # nothing consumes it: do not accumulate across steps
+            return fixed
 
-        return step, model
+        return _interact_step(model, dense_opt, stream, fixed_input), model
     raise ValueError(kind)
 
 
