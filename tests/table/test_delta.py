@@ -200,6 +200,21 @@ def _constant_delta(fids: np.ndarray, dim: int, version: int) -> TableDelta:
     )
 
 
+def _apply_while_reading(table: EmbeddingTable, deltas: list[TableDelta], chunk_rows: int,
+                         reader, done: threading.Event, readers: int = 1) -> None:
+    """Apply ``deltas`` in chunks while ``readers`` threads run ``reader`` until ``done``."""
+    threads = [threading.Thread(target=reader) for _ in range(readers)]
+    for th in threads:
+        th.start()
+    try:
+        for d in deltas:
+            table.apply_delta(d, chunk_rows=chunk_rows)
+    finally:
+        done.set()
+        for th in threads:
+            th.join(timeout=60)
+
+
 def test_readers_never_see_half_written_rows():
     dim, n, versions = 64, 20_000, 24
     table = EmbeddingTable(TableConfig(name="t", dim=dim, capacity_hint=16))
@@ -223,16 +238,7 @@ def test_readers_never_see_half_written_rows():
                 return
             last = rows[:, 0]
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for th in threads:
-        th.start()
-    try:
-        for d in deltas:
-            table.apply_delta(d, chunk_rows=50)
-    finally:
-        done.set()
-        for th in threads:
-            th.join(timeout=60)
+    _apply_while_reading(table, deltas, 50, reader, done, readers=2)
     assert not errors, errors
     assert reads[0] > 0
     np.testing.assert_array_equal(table.lookup(fids), versions)
@@ -258,14 +264,7 @@ def test_readers_never_see_a_reused_row_before_it_is_written():
             if bad.any():
                 errors.append(f"fid of version {owner[bad][0]} read {rows[bad][0][:4]}")
 
-    th = threading.Thread(target=reader)
-    th.start()
-    try:
-        for d in deltas:
-            table.apply_delta(d, chunk_rows=64)
-    finally:
-        done.set()
-        th.join(timeout=60)
+    _apply_while_reading(table, deltas, 64, reader, done)
     assert not errors, errors
     assert len(table) == n and table.stats().capacity < 3 * n
 
