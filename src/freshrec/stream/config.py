@@ -79,6 +79,10 @@ class RedisLogConfig:
     claim_idle_s
         Pending entries of a group idle for this long are re-delivered (``XAUTOCLAIM``) to the
         next consumer that polls.
+    retry_s
+        An operation that loses the server (connection refused or dropped, timeout, server
+        still loading its data) is retried with exponential back-off for up to this many
+        seconds in all before the error is raised (0: raise at once).
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -86,6 +90,7 @@ class RedisLogConfig:
     partitions: int = 1
     max_len: int | None = None
     claim_idle_s: float = 30.0
+    retry_s: float = 60.0
 
     def __post_init__(self) -> None:
         o = "RedisLogConfig"
@@ -99,6 +104,8 @@ class RedisLogConfig:
                 "max_len", "None or an int >= 1", self.max_len)
         require(is_number(self.claim_idle_s) and self.claim_idle_s >= 0, o, "claim_idle_s",
                 "a number >= 0", self.claim_idle_s)
+        require(is_number(self.retry_s) and self.retry_s >= 0, o, "retry_s", "a number >= 0",
+                self.retry_s)
 
 
 @dataclass(frozen=True, kw_only=True)
