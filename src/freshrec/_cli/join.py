@@ -14,6 +14,9 @@ from freshrec.stream.open import open_log
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True,
                    help="input log spec (file:PATH, redis://...#NAME), or - to read it from stdin")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions of the source log (default: every partition it has; "
+                        "fewer than it has is an error)")
     p.add_argument("--output", required=True, help="output log spec for the examples")
     p.add_argument("--state", required=True, help="state directory (LMDB, checkpoints)")
     p.add_argument("--dead-letter", default=None, help="log spec for bad events")
@@ -23,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actions", default="click", help="comma-separated action types")
     p.add_argument("--negative-rate", type=float, default=1.0)
     p.add_argument("--max-pending", type=int, default=100_000)
+    p.add_argument("--idle-partition-s", type=float, default=5.0,
+                   help="a partition with nothing to read this long stops holding the "
+                        "watermark back")
+    p.add_argument("--max-future-skew-s", type=int, default=3600,
+                   help="records dated further ahead of their partition are held back and "
+                        "dead-lettered unless the records after them confirm the jump")
+    p.add_argument("--max-candidates", type=int, default=10_000,
+                   help="impressions with more candidates are dead-lettered")
     p.add_argument("--validate-window-s", type=int, default=None,
                    help="enable stream validation with windows of this many seconds")
     p.add_argument("--min-positive-ratio", type=float, default=0.0)
@@ -46,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = JoinerConfig(window_s=args.window_s, allowed_lateness_s=args.lateness_s,
                        actions=tuple(a.strip() for a in args.actions.split(",") if a.strip()),
                        negative_rate=args.negative_rate, max_pending_in_memory=args.max_pending,
-                       validation=validation)
-    source = open_log(source_spec)
+                       idle_partition_s=args.idle_partition_s,
+                       max_future_skew_s=args.max_future_skew_s,
+                       max_candidates=args.max_candidates, validation=validation)
+    source = open_log(source_spec, partitions=args.partitions)
     output = open_log(args.output)
     side = {}
     if args.dead_letter:

@@ -188,6 +188,17 @@ class JoinerConfig:
         Wall-clock interval between checkpoints; output is appended at checkpoints only.
     validation
         Stream validation bounds (None: no validation, no holding).
+    idle_partition_s
+        A partition with nothing to read for this many wall seconds stops holding the
+        watermark back until it has records again.
+    max_future_skew_s
+        A record dated more than this ahead of its partition's newest event time (the wall
+        clock for the partition's first record) is held back; it is dead-lettered unless
+        ``jump_confirm_records`` consecutive records confirm the jump.
+    jump_confirm_records
+        Consecutive far-ahead records of one partition that make a real jump in event time.
+    max_candidates
+        Impressions with more candidates are dead-lettered.
     seed
         Seed of the negative sampling hash.
     """
@@ -202,6 +213,10 @@ class JoinerConfig:
     max_event_bytes: int = 1 << 20
     checkpoint_every_s: float = 0.2
     validation: ValidationConfig | None = None
+    idle_partition_s: float = 5.0
+    max_future_skew_s: int = 3600
+    jump_confirm_records: int = 16
+    max_candidates: int = 10_000
     seed: int = 0
     map_size: int = 8 << 30
 
@@ -227,5 +242,13 @@ class JoinerConfig:
                 "checkpoint_every_s", "a number >= 0", self.checkpoint_every_s)
         require(self.validation is None or isinstance(self.validation, ValidationConfig), o,
                 "validation", "None or a ValidationConfig", self.validation)
+        require(is_number(self.idle_partition_s) and self.idle_partition_s >= 0, o,
+                "idle_partition_s", "a number >= 0", self.idle_partition_s)
+        require(is_int(self.max_future_skew_s) and self.max_future_skew_s >= 0, o,
+                "max_future_skew_s", "an int >= 0", self.max_future_skew_s)
+        require(is_int(self.jump_confirm_records) and self.jump_confirm_records >= 1, o,
+                "jump_confirm_records", "an int >= 1", self.jump_confirm_records)
+        require(is_int(self.max_candidates) and self.max_candidates >= 1, o,
+                "max_candidates", "an int >= 1", self.max_candidates)
         require(is_int(self.map_size) and self.map_size >= 1 << 20, o, "map_size",
                 "an int >= 1 MiB", self.map_size)

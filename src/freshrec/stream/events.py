@@ -142,7 +142,7 @@ def validate_event(ev: Mapping[str, Any], *, candidates: bool = True) -> str:
     naming the field, what was expected and what arrived. ``candidates=False`` skips the
     per-candidate checks of an impression (:func:`compact_impression` makes them)."""
     kind = ev.get("type")
-    if kind not in _REQUIRED:
+    if not isinstance(kind, str) or kind not in _REQUIRED:
         raise InputError(f"event: unknown type {kind!r} (expected 'impression' or 'action')")
     v = ev.get("v", SCHEMA_VERSION)
     if v != SCHEMA_VERSION:
@@ -377,6 +377,8 @@ def decode_events(payloads: Sequence[bytes]
                         if kind == "impression" else None))
         except InputError as err:
             out.append(err)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+            out.append(InputError(f"event could not be decoded: {err!r:.200}"))
     return out
 
 

@@ -6,15 +6,35 @@ How it works (Monolith's online joiner, with SmartNews' stream validation):
   offsets. Bad records (not JSON, schema errors, unknown types, larger than
   ``max_event_bytes``) go to the dead-letter log with the reason and are counted.
 - Events are deduplicated by ``event_id`` (a duplicate has the same timestamp, so the key
-  ``time bucket + event id`` finds it), impressions also by ``request_id``.
-- An impression waits ("pending") until the watermark -- the largest event time seen minus
-  ``allowed_lateness_s`` -- passes ``timestamp + window_s``; every action of a configured type
-  on one of its candidates within the window sets that label to 1. Then each candidate becomes
-  an example (negatives kept with probability ``negative_rate``, decided by a hash of
-  ``(seed, request_id, item_id)`` so replays decide the same). Actions that come before their
-  impression wait for it; actions after their impression was emitted are counted
-  (``late_after_emit``) and, with ``emit_corrections``, emitted as a key-and-label-only
-  example with ``correction=1``.
+  ``time bucket + event id`` finds it), impressions also by ``request_id``. Ids longer than
+  :data:`MAX_KEY_BYTES` are keyed by their BLAKE2b hash (LMDB keys are at most 511 bytes).
+- Watermarks are per partition: partition ``p``'s watermark is the largest event time read
+  from ``p`` minus ``allowed_lateness_s``; the joiner's watermark is the minimum over the
+  partitions (a partition with nothing to read for ``idle_partition_s`` wall seconds stops
+  holding it back, as Flink's idle sources; it never moves back).
+- An impression waits ("pending") until the watermark passes its deadline ``timestamp +
+  window_s``. An action of a configured type on one of its candidates labels it when the
+  action's time is within ``[timestamp - allowed_lateness_s, timestamp + window_s]`` and the
+  action was read before *its own partition's* watermark passed the deadline. Both conditions
+  depend only on the input (each partition's records in order), never on how reads of
+  different partitions interleave, so the joined output is a function of the input alone:
+  a rerun, or a run killed and restarted any number of times, writes the same examples in the
+  same order (impressions are emitted in ``(deadline, request id)`` order). Then each
+  candidate becomes an example (negatives kept with probability ``negative_rate``, decided by
+  a hash of ``(seed, request_id, item_id)`` so replays decide the same). Actions that come
+  before their impression wait for it ("orphans"); actions read after their partition's
+  watermark passed the deadline are counted (``late_actions`` while the impression is
+  pending, ``late_after_emit`` after) and, with ``emit_corrections``, an action after the
+  emission is emitted as a key-and-label-only example with ``correction=1``. An impression
+  read after its own partition's watermark passed its deadline could miss its labels: it is
+  dead-lettered as late ("samples may be missing, never wrong").
+- Poison records cannot stop the joiner or corrupt labels: a timestamp must be a number in
+  ``[0, 1e11)`` seconds, an impression has at most ``max_candidates`` candidates; a record
+  dated more than ``max_future_skew_s`` ahead of its partition's newest event time (the wall
+  clock for a partition's first record) is held back, and dead-lettered unless
+  ``jump_confirm_records`` consecutive records of the partition confirm the jump (a real gap
+  in the stream), so one far-future timestamp never moves the watermark. Any other error
+  raised while handling one record dead-letters that record (``internal_errors``).
 - A pending impression is held column-wise (:class:`~freshrec.stream.events.CompactImpression`:
   no dict per candidate). Its durable state in LMDB is small: where the impression is in the
   input log (partition, offset), its labels so far and its deadline; the impression itself is
@@ -60,6 +80,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import logging
 import math
@@ -81,7 +102,7 @@ from freshrec.stream import events as ev
 from freshrec.stream.base import Log
 from freshrec.stream.config import JoinerConfig
 
-__all__ = ["Joiner", "LATENESS_BUCKETS_S"]
+__all__ = ["Joiner", "LATENESS_BUCKETS_S", "MAX_KEY_BYTES", "MAX_TIMESTAMP_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +111,11 @@ logger = logging.getLogger(__name__)
 LATENESS_BUCKETS_S = (0, 1, 5, 30, 60, 300, 3600, math.inf)
 _BUCKET_S = 60
 _STATE_KEY = b"state"
-_STATE_VERSION = 2  # pending impressions are (partition, offset) references into the input
+_STATE_VERSION = 3  # per-partition watermarks, held far-future records
+#: ids (request, event) longer than this are keyed by their hash in the state store
+MAX_KEY_BYTES = 200
+#: event times must be in [0, MAX_TIMESTAMP_S) seconds (year 5138)
+MAX_TIMESTAMP_S = 1e11
 _READ_AHEAD = 256
 _SOURCE_CACHE_MAX = 4096
 _DECODE_CHUNK = 64  # records decoded at once; a due checkpoint is checked between chunks
@@ -98,7 +123,18 @@ _INT64_BOUND = 1 << 63
 
 
 def _be(x: int) -> bytes:
-    return max(x, 0).to_bytes(8, "big")
+    return min(max(x, 0), (1 << 64) - 1).to_bytes(8, "big")
+
+
+def _key(s: str) -> str:
+    """``s``, or its hash when it is too long to be (part of) an LMDB key.
+
+    >>> _key("r1"), len(_key("r" * 600))
+    ('r1', 41)
+    """
+    if len(s) <= MAX_KEY_BYTES // 4 or len(s.encode()) <= MAX_KEY_BYTES:
+        return s
+    return "\x00" + hashlib.blake2b(s.encode(), digest_size=20).hexdigest()
 
 
 class _Pending:
@@ -187,20 +223,35 @@ class Joiner:
         self._step_examples = 0
         self._next_due = -math.inf  # recomputed at the first emission
         self._expired_bucket = -1
+        self._idle_since: dict[int, float] = {}  # partition -> wall time it was caught up
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self) -> None:
         with self._env.begin() as txn:
             blob = txn.get(_STATE_KEY)
         s: dict[str, Any] = orjson.loads(blob) if blob else {}
-        if blob and s.get("version", 1) != _STATE_VERSION:
+        if blob and s.get("version", 1) == 2 and s.get("max_ts") is not None:
+            # one watermark for all partitions: it becomes every partition's
+            s["partition_max_ts"] = {p: s["max_ts"] for p in range(self.source.partitions)}
+            s["watermark_ms"] = (math.floor(s["max_ts"] * 1000)
+                                 - self.config.allowed_lateness_s * 1000)
+        elif blob and s.get("version", 1) != _STATE_VERSION:
             raise InputError(f"joiner state {self.state_dir}: state version "
                              f"{s.get('version', 1)} is not {_STATE_VERSION}; start from a "
                              f"new state directory")
         self.offsets: dict[int, int] = {int(k): v for k, v in s.get("offsets", {}).items()}
         for p in range(self.source.partitions):
             self.offsets.setdefault(p, 0)
-        self.max_ts: float = s.get("max_ts", -math.inf) if blob else -math.inf
+        #: per partition: the largest accepted event time read from it
+        self.partition_max_ts: dict[int, float] = {
+            int(k): v for k, v in s.get("partition_max_ts", {}).items()}
+        #: the joiner's watermark in ms (minimum over the partitions; never moves back)
+        self._wm_ms: float = s.get("watermark_ms", -math.inf)
+        # far-future records held back per partition: (offset, payload, decoded)
+        self._held: dict[int, list[tuple[int, bytes, Any]]] = {}
+        for k, offs in s.get("held", {}).items():
+            self._held[int(k)] = [(o, self._source_record(int(k), o) or b"", None)
+                                  for o in offs]
         self.counters: dict[str, int] = s.get("counters", {})
         self.lateness: list[int] = s.get("lateness", [0] * len(LATENESS_BUCKETS_S))
         self._orphans: dict[str, list[dict[str, Any]]] = s.get("orphans", {})
@@ -231,8 +282,27 @@ class Joiner:
 
     @property
     def watermark(self) -> float:
-        """Largest event time seen minus the allowed lateness."""
-        return self.max_ts - self.config.allowed_lateness_s
+        """The joiner's watermark in seconds: the minimum over the partitions (idle ones
+        excepted) of the largest event time read from each, minus the allowed lateness
+        (``-inf`` until every partition has been read or found idle)."""
+        return self._wm_ms / 1000.0
+
+    def _partition_wm_ms(self, p: int) -> float:
+        ts = self.partition_max_ts.get(p)
+        if ts is None:
+            return -math.inf
+        return math.floor(ts * 1000) - self.config.allowed_lateness_s * 1000
+
+    def _advance_watermark(self) -> None:
+        """Recompute the joiner's watermark from the partitions' and emit what is due."""
+        now = time.monotonic()
+        idle = self.config.idle_partition_s
+        marks = [self._partition_wm_ms(p) for p in range(self.source.partitions)
+                 if not (p in self._idle_since and now - self._idle_since[p] >= idle)]
+        if marks and min(marks) > self._wm_ms:
+            self._wm_ms = min(marks)
+            if self._wm_ms >= self._next_due:
+                self._emit_due(self._wm_ms)
 
     def _example_records(self, items: list[ev.EmittedImpression | dict[str, Any]]
                          ) -> list[bytes]:
@@ -300,12 +370,13 @@ class Joiner:
             if pend.dirty:
                 self._persist(rid, pend)
         state = {"version": _STATE_VERSION, "offsets": self.offsets,
-                 "max_ts": self.max_ts if self.max_ts > -math.inf else None,
+                 "partition_max_ts": self.partition_max_ts,
+                 "held": {p: [h[0] for h in held] for p, held in self._held.items() if held},
                  "counters": self.counters, "lateness": self.lateness,
                  "orphans": self._orphans, "windows": self._windows, "ends": ends,
                  "released": self._released, "quarantined": self._quarantined}
-        if state["max_ts"] is None:
-            state.pop("max_ts")
+        if self._wm_ms > -math.inf:
+            state["watermark_ms"] = self._wm_ms
         self._txn.put(_STATE_KEY, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
         self._txn.commit()
         self._txn = self._env.begin(write=True)
@@ -353,7 +424,7 @@ class Joiner:
         if payload is not None:
             got = ev.decode_events([payload])[0]
             imp = None if isinstance(got, InputError) else got[2]
-        if imp is None or str(imp.request_id) != rid:
+        if imp is None or _key(str(imp.request_id)) != rid:
             logger.error("joiner: pending impression request_id=%s is no longer in the input "
                          "log at partition=%d offset=%d; dropped", rid, p, o)
             self._count("pending_lost")
@@ -381,25 +452,37 @@ class Joiner:
         """Read up to ``max_records`` per partition, join, emit what is due; returns how
         many examples were emitted (they reach the output log at the next checkpoint, which
         happens here once ``checkpoint_every_s`` has passed)."""
-        got_any = False
         every = self.config.checkpoint_every_s
+        reads: dict[int, list[Any]] = {}
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], max_records, 0.0)
             if recs:
-                got_any = True
-                limit = self.config.max_event_bytes
-                for k in range(0, len(recs), _DECODE_CHUNK):
-                    chunk = recs[k:k + _DECODE_CHUNK]
-                    decoded = ev.decode_events([r.value if len(r.value) <= limit else b""
-                                                for r in chunk])
-                    for r, got in zip(chunk, decoded, strict=True):
-                        self._process(r.value, p, r.offset, got)
-                    # a checkpoint is due in the middle of a large read: stop here (the
-                    # rest is read again), so output is not held back by the read size
-                    if every and time.monotonic() - self._last_ckpt >= every:
-                        recs = recs[:k + len(chunk)]
-                        break
-                self.offsets[p] = recs[-1].offset + 1
+                reads[p] = recs
+                self._idle_since.pop(p, None)
+            else:
+                self._idle_since.setdefault(p, time.monotonic())
+        got_any = bool(reads)
+        # the partitions take turns, one chunk each (the output does not depend on the
+        # order, but pending state stays small when no partition runs ahead)
+        limit = self.config.max_event_bytes
+        k = 0
+        while reads:
+            for p in list(reads):
+                chunk = reads[p][k:k + _DECODE_CHUNK]
+                if not chunk:
+                    del reads[p]
+                    continue
+                decoded = ev.decode_events([r.value if len(r.value) <= limit else b""
+                                            for r in chunk])
+                for r, got in zip(chunk, decoded, strict=True):
+                    self._process(r.value, p, r.offset, got)
+                self.offsets[p] = chunk[-1].offset + 1
+            k += _DECODE_CHUNK
+            # a checkpoint is due in the middle of a large read: stop here (the rest is
+            # read again), so output is not held back by the read size
+            if every and time.monotonic() - self._last_ckpt >= every:
+                break
+        self._advance_watermark()
         if not got_any and timeout_s > 0:
             time.sleep(min(timeout_s, 0.01))
         if time.monotonic() - self._last_ckpt >= self.config.checkpoint_every_s:
@@ -432,6 +515,11 @@ class Joiner:
     def flush(self) -> int:
         """End of stream: emit every pending impression and close every window; returns how
         many examples were emitted."""
+        for p, held in self._held.items():
+            for off, payload, _ in held:
+                self._dead(payload, p, off, "event time ahead of the partition's and never "
+                           "confirmed by the records after it (end of stream)")
+            held.clear()
         self._emit_due(math.inf)
         self._close_windows(math.inf)
         self.checkpoint()
@@ -447,37 +535,98 @@ class Joiner:
 
     def _process(self, payload: bytes, partition: int, offset: int,
                  decoded: tuple[dict[str, Any], str, ev.CompactImpression | None] | InputError
-                 ) -> None:
+                 | None) -> None:
         """One input record; ``decoded``: its :func:`~freshrec.stream.events.decode_events`
         result (ignored for a record over ``max_event_bytes``)."""
         c = self.counters
         c["events_in"] = c.get("events_in", 0) + 1
+        try:
+            reason = self._reject(payload, decoded)
+            if reason is not None:
+                self._dead(payload, partition, offset, reason)
+                return
+            assert decoded is not None and not isinstance(decoded, InputError)
+            ts = float(decoded[0]["timestamp"])
+            held = self._held.get(partition)
+            ref = self.partition_max_ts.get(partition)
+            if ts > (time.time() if ref is None else ref) + self.config.max_future_skew_s:
+                self._hold(partition, offset, payload, decoded)
+                return
+            if held:  # the held records were outliers: this one is back in line
+                for off, pay, _ in held:
+                    self._count("future_timestamps")
+                    self._dead(pay, partition, off, (
+                        f"event time more than max_future_skew_s="
+                        f"{self.config.max_future_skew_s} ahead of partition {partition}'s "
+                        f"newest event time {ref}"))
+                held.clear()
+            self._accept(partition, offset, decoded)
+        except Exception as err:  # noqa: BLE001 - one record must never stop the joiner
+            logger.exception("joiner: internal error on partition=%d offset=%d; record "
+                             "dead-lettered", partition, offset)
+            self._count("internal_errors")
+            self._dead(payload, partition, offset, f"internal error: {err!r:.200}")
+
+    def _reject(self, payload: bytes, decoded: Any) -> str | None:
+        """Why a record is dead-lettered before it is looked at (None: it is not)."""
         if len(payload) > self.config.max_event_bytes:
-            self._dead(payload, partition, offset,
-                       f"event of {len(payload)} bytes > max_event_bytes "
-                       f"{self.config.max_event_bytes}")
-            return
+            return (f"event of {len(payload)} bytes > max_event_bytes "
+                    f"{self.config.max_event_bytes}")
+        if decoded is None:
+            decoded = ev.decode_events([payload])[0]
         if isinstance(decoded, InputError):
-            self._dead(payload, partition, offset, str(decoded))
+            return str(decoded)
+        e, kind, imp = decoded
+        ts = e["timestamp"]
+        if not 0 <= ts < MAX_TIMESTAMP_S:
+            return (f"{kind} event: field 'timestamp' must be seconds in [0, "
+                    f"{MAX_TIMESTAMP_S:.0e}), got {ts!r:.40}")
+        if imp is not None and len(imp) > self.config.max_candidates:
+            return (f"impression event: {len(imp)} candidates > max_candidates "
+                    f"{self.config.max_candidates}")
+        return None
+
+    def _hold(self, partition: int, offset: int, payload: bytes, decoded: Any) -> None:
+        """Hold back a record dated too far ahead; accept the held run once
+        ``jump_confirm_records`` consecutive records confirm the jump."""
+        held = self._held.setdefault(partition, [])
+        held.append((offset, payload, decoded))
+        if len(held) < self.config.jump_confirm_records:
             return
+        logger.warning("joiner: partition=%d event time jumped ahead by more than %ds, "
+                       "confirmed by %d records", partition, self.config.max_future_skew_s,
+                       len(held))
+        self._count("event_time_jumps")
+        run, self._held[partition] = list(held), []
+        for off, pay, dec in run:
+            if dec is None:
+                dec = ev.decode_events([pay])[0]
+            if self._reject(pay, dec) is None:
+                self._accept(partition, off, dec)
+            else:  # a held record that no longer reads (the input log changed)
+                self._dead(pay, partition, off, "held record no longer valid")
+
+    def _accept(self, partition: int, offset: int,
+                decoded: tuple[dict[str, Any], str, ev.CompactImpression | None]) -> None:
         e, _, imp = decoded
         ts = float(e["timestamp"])
-        if self.max_ts > -math.inf:
-            late = self.max_ts - ts
-            k = bisect.bisect_left(LATENESS_BUCKETS_S, late)
-            self.lateness[k] += 1
-        seen_key = _be(int(ts) // _BUCKET_S) + str(e["event_id"]).encode()
+        prev = self.partition_max_ts.get(partition)
+        if prev is not None:
+            self.lateness[bisect.bisect_left(LATENESS_BUCKETS_S, prev - ts)] += 1
+        seen_key = _be(int(ts) // _BUCKET_S) + _key(str(e["event_id"])).encode()
         if not self._txn.put(seen_key, b"", db=self._db["seen"], overwrite=False):
             self._count("duplicates")
             return
-        if ts > self.max_ts:
-            self.max_ts = ts
-            if self.watermark * 1000 >= self._next_due:
-                self._emit_due(self.watermark)
+        if prev is None or ts > prev:
+            old_wm = self._partition_wm_ms(partition)
+            self.partition_max_ts[partition] = ts
+            if old_wm <= self._wm_ms or prev is None:
+                self._advance_watermark()
+        wm_ms = self._partition_wm_ms(partition)
         if imp is not None:
-            self._impression(imp, ts, (partition, offset))
+            self._impression(imp, ts, (partition, offset), wm_ms)
         else:
-            self._action(e, ts)
+            self._action(e, ts, wm_ms)
 
     def _window(self, ts: float) -> dict[str, Any] | None:
         v = self.config.validation
@@ -487,22 +636,27 @@ class Joiner:
         return self._windows.setdefault(w, {"examples": 0, "positives": 0, "actions": 0,
                                             "joined": 0, "held": []})
 
-    def _impression(self, imp: ev.CompactImpression, ts: float, src: tuple[int, int]) -> None:
-        rid = str(imp.request_id)
+    def _impression(self, imp: ev.CompactImpression, ts: float, src: tuple[int, int],
+                    wm_ms: float) -> None:
+        rid = _key(str(imp.request_id))
         self._count("impressions")
         if (rid in self._mem or self._get_pending(rid) is not None
                 or self._txn.get(rid.encode(), db=self._db["emitted"]) is not None):
             self._count("duplicates")
             return
-        if ts + self.config.window_s < self.watermark:
+        deadline = int(round((ts + self.config.window_s) * 1000))
+        if wm_ms >= deadline:  # its partition's watermark passed it: labels may be missing
             self._count("late_impressions")
-        pend = _Pending(imp, {}, int(round((ts + self.config.window_s) * 1000)), dirty=True,
-                        persisted=False, src=src)
+            self._dead(ev.encode({"request_id": imp.request_id, "timestamp": imp.timestamp}),
+                       src[0], src[1], f"late impression: partition {src[0]}'s watermark "
+                       f"{wm_ms / 1000:.3f} passed its deadline {deadline / 1000:.3f}")
+            return
+        pend = _Pending(imp, {}, deadline, dirty=True, persisted=False, src=src)
         self._cache(rid, pend)
         for a in self._orphans.pop(rid, []):
-            self._label(pend, a, float(a["timestamp"]))
+            self._label(pend, a, float(a["timestamp"]), a.pop("_wm"))
 
-    def _action(self, e: dict[str, Any], ts: float) -> None:
+    def _action(self, e: dict[str, Any], ts: float, wm_ms: float) -> None:
         self._count("actions")
         if e["action"] not in self.config.actions:
             self._count("other_actions")
@@ -510,10 +664,10 @@ class Joiner:
         win = self._window(ts)
         if win is not None:
             win["actions"] += 1
-        rid = str(e["request_id"])
+        rid = _key(str(e["request_id"]))
         pend = self._get_pending(rid)
         if pend is not None:
-            self._label(pend, e, ts)
+            self._label(pend, e, ts, wm_ms)
             return
         if self._txn.get(rid.encode(), db=self._db["emitted"]) is not None:
             self._count("late_after_emit")
@@ -525,14 +679,21 @@ class Joiner:
                 self._count("examples_out")
                 self._step_examples += 1
                 self._out_examples.setdefault(
-                    ev.partition_for(rid, self.output.partitions), []).append(ex)
+                    ev.partition_for(str(e["request_id"]), self.output.partitions),
+                    []).append(ex)
             return
+        e["_wm"] = wm_ms
         self._orphans.setdefault(rid, []).append(e)
 
-    def _label(self, pend: _Pending, e: dict[str, Any], ts: float) -> None:
+    def _label(self, pend: _Pending, e: dict[str, Any], ts: float, wm_ms: float) -> None:
+        """Label ``pend`` with action ``e`` (read when its partition's watermark was
+        ``wm_ms``) if the action is in the window and was not late."""
         imp_ts = float(pend.imp.timestamp)
-        if ts - imp_ts > self.config.window_s:
+        if not -self.config.allowed_lateness_s <= ts - imp_ts <= self.config.window_s:
             self._count("outside_window")
+            return
+        if wm_ms >= pend.deadline_ms:
+            self._count("late_actions")
             return
         item = str(e["item_id"])
         if pend.find(e["item_id"]) is None:
@@ -554,8 +715,8 @@ class Joiner:
         h = zlib.crc32(f"{self.config.seed}:{rid}:{item}".encode())
         return h < rate * 4294967296.0
 
-    def _due(self, watermark: float) -> list[tuple[int, str]]:
-        lim = math.inf if watermark == math.inf else int(math.floor(watermark * 1000))
+    def _due(self, wm_ms: float) -> list[tuple[int, str]]:
+        lim = math.inf if wm_ms == math.inf else int(wm_ms)
         due: dict[str, int] = {}
         heap, mem = self._due_heap, self._mem
         while heap and heap[0][0] <= lim:
@@ -579,11 +740,12 @@ class Joiner:
             nxt = min(nxt, int.from_bytes(cur.key()[:8], "big"))
         self._next_due = nxt
 
-    def _emit_due(self, watermark: float) -> None:
-        if watermark == -math.inf:
+    def _emit_due(self, wm_ms: float) -> None:
+        """Emit the impressions whose deadline the watermark ``wm_ms`` passed."""
+        if wm_ms == -math.inf:
             return
         txn, dbs = self._txn, self._db
-        for d, rid in self._due(watermark):
+        for d, rid in self._due(wm_ms):
             key = rid.encode()
             pend = self._mem.pop(rid, None)
             if pend is None:
@@ -599,13 +761,14 @@ class Joiner:
             imp_ts = int(float(pend.imp.timestamp))
             txn.put(key, _be(imp_ts), db=dbs["emitted"])
             txn.put(_be(imp_ts // _BUCKET_S) + key, b"", db=dbs["emitted_t"])
-            self._emit(pend, rid)
+            self._emit(pend)
         self._refresh_next_due()
-        self._expire(watermark)
-        self._close_windows(watermark)
+        self._expire(wm_ms)
+        self._close_windows(wm_ms / 1000.0)
 
-    def _emit(self, pend: _Pending, rid: str) -> None:
+    def _emit(self, pend: _Pending) -> None:
         imp = pend.imp
+        rid = str(imp.request_id)
         labels: dict[int, list[str]] = {}
         for item, acts in pend.labels.items():
             for j in pend.find(item) or ():
@@ -632,16 +795,24 @@ class Joiner:
         win["positives"] += len(labels)
         win["held"].extend(ev.emitted_to_rows([em], self.config.actions))
 
-    def _expire(self, watermark: float) -> None:
+    def _expire(self, wm_ms: float) -> None:
         """Forget dedupe keys and emitted ids older than the horizon; drop orphans whose
-        impression can no longer come."""
-        if watermark == math.inf:
+        impression can no longer come (an impression it could label is at most
+        ``allowed_lateness_s`` after it, and is late once the watermark passes its deadline,
+        so that is ``window_s + allowed_lateness_s`` after the action)."""
+        if wm_ms == math.inf:
             return
+        watermark = wm_ms / 1000.0
         if self._orphans:
+            reach = self.config.window_s + self.config.allowed_lateness_s
             for rid in [r for r, acts in self._orphans.items()
-                        if max(float(a["timestamp"]) for a in acts) < watermark]:
+                        if max(float(a["timestamp"]) for a in acts) + reach < watermark]:
                 self._count("unjoined_actions", len(self._orphans.pop(rid)))
-        horizon = int(watermark - self.config.dedupe_horizon_s) // _BUCKET_S
+        # a duplicate older than the horizon is a late impression (dead-lettered), so the
+        # horizon is never shorter than the label window
+        keep_s = max(self.config.dedupe_horizon_s,
+                     self.config.window_s + self.config.allowed_lateness_s + _BUCKET_S)
+        horizon = int(watermark - keep_s) // _BUCKET_S
         if horizon <= 0 or horizon <= self._expired_bucket:
             return
         self._expired_bucket = horizon
@@ -735,7 +906,12 @@ class Joiner:
             "pending_on_disk": stat["entries"],
             "spill_bytes": stat["psize"] * (stat["leaf_pages"] + stat["branch_pages"]
                                             + stat["overflow_pages"]),
-            "watermark": self.watermark if self.max_ts > -math.inf else None,
+            "watermark": self.watermark if self._wm_ms > -math.inf else None,
+            "partition_watermarks": {str(p): (w / 1000.0 if w > -math.inf else None)
+                                     for p in range(self.source.partitions)
+                                     for w in [self._partition_wm_ms(p)]},
+            "idle_partitions": sorted(self._idle_since),
+            "held_records": sum(map(len, self._held.values())),
             "watermark_lag_s": float(self.config.allowed_lateness_s),
             "lateness_histogram": dict(zip([str(b) for b in LATENESS_BUCKETS_S],
                                            self.lateness, strict=True)),

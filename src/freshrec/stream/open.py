@@ -2,7 +2,9 @@
 
 - ``file:PATH`` (or a bare path): :class:`~freshrec.stream.filelog.FileLog`;
 - ``redis://HOST:PORT/DB#NAME``: :class:`~freshrec.stream.redislog.RedisLog` with streams
-  ``NAME:p<i>`` (``NAME`` defaults to ``events``);
+  ``NAME:p<i>`` (``NAME`` defaults to ``events``). The number of partitions is kept in the
+  key ``NAME:partitions``; opened without ``partitions``, a log has as many as that key (or
+  its highest existing stream) says, so a reader never silently skips a partition;
 - ``kafka://BOOTSTRAP/TOPIC``: :class:`~freshrec.stream.kafkalog.KafkaLog`.
 
 Examples
@@ -16,26 +18,60 @@ Examples
 
 from __future__ import annotations
 
+import re
+
+from freshrec.errors import InputError
 from freshrec.stream.base import Log
 from freshrec.stream.config import FileLogConfig, KafkaLogConfig, RedisLogConfig
 
 __all__ = ["open_log"]
 
 
-def open_log(spec: str, *, partitions: int = 1, fsync: str = "interval") -> Log:
-    """Open (creating when missing) the log named by ``spec`` (see the module docstring)."""
+def open_log(spec: str, *, partitions: int | None = None, fsync: str = "interval") -> Log:
+    """Open (creating when missing) the log named by ``spec`` (see the module docstring).
+
+    ``partitions``: how many the log has; None takes an existing log's own (1 for a new
+    one). Asking a Redis log for fewer partitions than it has raises :class:`InputError`.
+    """
     if spec.startswith(("redis://", "unix://")):
         from freshrec.stream.redislog import RedisLog
 
         url, _, name = spec.partition("#")
-        return RedisLog(RedisLogConfig(url=url, name=name or "events", partitions=partitions))
+        name = name or "events"
+        return RedisLog(RedisLogConfig(url=url, name=name,
+                                       partitions=_redis_partitions(url, name, partitions)))
     if spec.startswith("kafka://"):
         from freshrec.stream.kafkalog import KafkaLog
 
         bootstrap, _, topic = spec[len("kafka://"):].partition("/")
         return KafkaLog(KafkaLogConfig(bootstrap=bootstrap, topic=topic or "events",
-                                       partitions=partitions))
+                                       partitions=partitions or 1))
     from freshrec.stream.filelog import FileLog
 
     path = spec[len("file:"):] if spec.startswith("file:") else spec
-    return FileLog(path, FileLogConfig(partitions=partitions, fsync=fsync))
+    return FileLog(path, FileLogConfig(partitions=partitions or 1, fsync=fsync))
+
+
+def _redis_partitions(url: str, name: str, asked: int | None) -> int:
+    """The partitions of the Redis log ``name``: recorded in ``NAME:partitions`` (and at
+    least one past its highest ``NAME:p<i>`` stream); records ``asked`` for a new log."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    try:
+        stored = r.get(f"{name}:partitions")
+        have = int(stored) if stored is not None else 0
+        pat = re.compile(re.escape(name) + r":p(\d+)")
+        for key in r.scan_iter(match=f"{name}:p*", count=1000, _type="stream"):
+            m = pat.fullmatch(key.decode(errors="replace"))
+            if m:
+                have = max(have, int(m.group(1)) + 1)
+        if asked is not None and asked < have:
+            raise InputError(f"redis log {name!r} at {url} has {have} partitions; asked for "
+                             f"{asked}, which would skip {have - asked} of them")
+        n = asked or have or 1
+        if n > have or stored is None:
+            r.set(f"{name}:partitions", n)
+        return n
+    finally:
+        r.close()
