@@ -145,7 +145,16 @@ def test_watermarks_are_per_partition():
     assert truth.labels[("a", "1", 0)] == (0.0, 0.0)   # read after p0 passed a's deadline
     assert truth.labels[("c", "1", 0)] == (1.0, 0.0)
     assert truth.counts["late_actions"] == 1
-    assert truth.max_disorder_s == pytest.approx(95.0)
+    assert truth.counts["beyond_lateness"] == 1
+
+
+def test_a_redelivered_action_labels_once_and_is_not_late():
+    click = act("a", 1, T0 + 3)
+    log = [imp("a", T0, [1]), click, imp("b", T0 + 20, [1]), click]
+    truth = reference_join([log], CFG)
+    assert truth.labels[("a", "1", 0)] == (1.0, 0.0)
+    assert truth.counts["duplicate_actions"] == 1
+    assert truth.counts["late_actions"] == 0
 
 
 def test_a_late_impression_produces_nothing():

@@ -163,7 +163,6 @@ class ReferenceJoin:
     labels: dict[Key, tuple[float, ...]] = field(default_factory=dict)
     multiplicity: dict[Key, int] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
-    max_disorder_s: float = 0.0
 
     @property
     def expected(self) -> int:
@@ -247,6 +246,7 @@ def reference_join(partitions: Sequence[Iterable[bytes]],
     # request id -> (timestamp, candidates); per (request, item): [(action, ts, wm at read)]
     impressions: dict[str, tuple[float, list[dict[str, Any]]]] = {}
     actions: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+    seen_actions: set[tuple[str, str, str, str, float]] = set()
     lateness, window = c.allowed_lateness_s, c.window_s
     for records in partitions:
         newest: float | None = None
@@ -263,23 +263,29 @@ def reference_join(partitions: Sequence[Iterable[bytes]],
                 continue
             counts["valid"] += 1
             wm = -math.inf if newest is None else newest - lateness
-            if newest is not None:
-                out.max_disorder_s = max(out.max_disorder_s, newest - ts)
             newest = ts if newest is None else max(newest, ts)
             rid = str(got["request_id"])
             if got["type"] == "impression":
                 counts["impressions"] += 1
                 if rid in impressions:
                     counts["duplicate_impressions"] += 1
-                elif wm >= ts + window:
+                    continue
+                counts["beyond_lateness"] += ts < wm
+                if wm >= ts + window:
                     counts["late_impressions"] += 1
                     impressions[rid] = (ts, [])  # later copies are still duplicates
                 else:
                     impressions[rid] = (ts, got["candidates"])
             else:
                 counts["actions"] += 1
-                actions.setdefault((rid, str(got["item_id"])), []).append(
-                    (got["action"], ts, wm))
+                item = str(got["item_id"])
+                once = (str(got["event_id"]), rid, item, got["action"], ts)
+                if once in seen_actions:
+                    counts["duplicate_actions"] += 1
+                    continue
+                seen_actions.add(once)
+                counts["beyond_lateness"] += ts < wm
+                actions.setdefault((rid, item), []).append((got["action"], ts, wm))
     index = {a: k for k, a in enumerate(c.actions)}
     for rid, (ts, cands) in impressions.items():
         deadline = ts + window
