@@ -17,11 +17,12 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from freshrec import __version__
-from freshrec.errors import FreshrecError
+from freshrec.errors import FreshrecError, MissingExtraError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "EXTRAS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("freshrec._cli.bench", "run a benchmark and print its JSON result"),
@@ -35,21 +36,53 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+#: third-party module -> the extra that installs it (``pip install 'freshrec[extra]'``)
+EXTRAS: dict[str, str] = {
+    "starlette": "serve", "uvicorn": "serve", "httpx": "serve", "httptools": "serve",
+    "uvloop": "serve", "onnxruntime": "serve", "onnx": "serve", "redis": "redis",
+    "confluent_kafka": "kafka", "matplotlib": "experiments",
+}
+
+
+def _load(command: str) -> ModuleType:
+    """Import the module of ``command`` only; a missing optional extra is one clear line."""
+    try:
+        return importlib.import_module(COMMANDS[command][0])
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top in EXTRAS:
+            raise MissingExtraError(
+                f"freshrec {command}: needs {top!r}, which the optional extra "
+                f"{EXTRAS[top]!r} installs: pip install 'freshrec[{EXTRAS[top]}]'") from e
+        raise
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first token that is one), or None."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (to add its arguments)."""
     p = argparse.ArgumentParser(prog="freshrec", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, (_, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        importlib.import_module(module).add_arguments(sp)
-        sp.set_defaults(_module=module)
+        if name == command:
+            _load(name).add_arguments(sp)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = _parser(_command_of(argv))
+    except MissingExtraError as e:
+        print(e, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.version:
         print(f"freshrec {__version__}")
@@ -60,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(_load(args.command).run(args) or 0)
     except FreshrecError as e:
         print(f"freshrec {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ __all__ = [
     "SnapshotCorruptError",
     "StaleDeltaError",
     "IncompatibleFormatError",
+    "RegistryWriteError",
+    "MissingExtraError",
 ]
 
 
@@ -41,9 +43,18 @@ class SnapshotCorruptError(FreshrecError, OSError):
     """A snapshot or delta on disk is truncated or fails its checksum (names the file)."""
 
 
+class RegistryWriteError(FreshrecError, OSError):
+    """Writing a registry version failed (disk full, no permission): the message names the
+    registry and the file, ``errno`` is the cause's. Nothing was published."""
+
+
 class IncompatibleFormatError(FreshrecError, ValueError):
     """A file was written with another format version, dim or config than expected."""
 
 
 class StaleDeltaError(FreshrecError, ValueError):
     """A delta does not start at the version the receiver holds."""
+
+
+class MissingExtraError(FreshrecError, ImportError):
+    """A command needs an optional dependency that is not installed (names the extra)."""

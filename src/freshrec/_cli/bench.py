@@ -1,6 +1,7 @@
 """``freshrec bench <name> [--json] [--quick] [...]``: run ``benchmarks/*/bench_<name>.py``.
 
-Benchmarks live beside the package in the source tree (``benchmarks/<pkg>/bench_<name>.py``),
+Benchmarks live beside the package in the source tree (``benchmarks/<pkg>/bench_<name>.py``;
+an install carries a copy in ``<prefix>/share/freshrec/benchmarks``),
 each with a ``main(argv) -> dict`` whose result is printed as one JSON object on the last line.
 """
 
@@ -9,14 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from freshrec.errors import InputError
 
 
 def benchmarks_root() -> Path:
-    """The ``benchmarks/`` folder of the source checkout this package is installed from."""
-    return Path(__file__).resolve().parents[3] / "benchmarks"
+    """The ``benchmarks/`` folder of the source checkout this package is installed from, or
+    the copy an install puts in ``<prefix>/share/freshrec/benchmarks``."""
+    checkout = Path(__file__).resolve().parents[3] / "benchmarks"
+    installed = Path(sys.prefix) / "share" / "freshrec" / "benchmarks"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
 
 
 def available() -> dict[str, Path]:
