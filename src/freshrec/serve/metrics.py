@@ -143,6 +143,8 @@ class ServeMetrics:
                               buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60))
         self.updates = Counter("freshrec_updates_total", "model updates by kind")
         self.update_errors = Counter("freshrec_update_errors_total", "failed update attempts")
+        self.damaged_versions = Gauge("freshrec_registry_damaged_versions",
+                                      "registry versions found damaged (skipped)")
         self.impressions = Counter("freshrec_impressions_total", "impression events written")
         self.impressions_dropped = Counter("freshrec_impressions_dropped_total",
                                            "impression events dropped (log queue full)")
@@ -154,5 +156,5 @@ class ServeMetrics:
             self.freshness.set(max(0.0, time.time() - self.event_time))
         parts = [self.latency, self.predict, self.requests, self.errors, self.candidates,
                  self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
-                 self.update_errors, self.impressions, self.impressions_dropped, self.in_flight]
+                 self.update_errors, self.damaged_versions, self.impressions, self.impressions_dropped, self.in_flight]
         return "\n".join(p.render() for p in parts) + "\n"

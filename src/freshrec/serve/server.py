@@ -21,7 +21,7 @@ import torch
 import uvicorn
 
 from freshrec.config import FreshrecConfig
-from freshrec.errors import InputError
+from freshrec.errors import InputError, SnapshotCorruptError, StaleDeltaError
 from freshrec.serve.app import build_app
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
@@ -48,13 +48,17 @@ def default_log_spec(registry: str | os.PathLike[str]) -> str:
 class Server:
     """A scoring server over a registry.
 
+    It serves the newest version it can verify (``HEAD`` unless a version on its chain is
+    damaged: see :class:`~freshrec.sync.Subscriber`) and follows the registry from there. When
+    no version can be served it starts not ready and waits for one, like on an empty registry.
+
     Parameters
     ----------
     registry : path or Registry
         Where model versions are published.
     config : ServeConfig, optional
     model_config : FreshrecConfig, optional
-        The model's config; by default read from ``HEAD``'s ``meta["config"]``.
+        The model's config; by default read from the served version's ``meta["config"]``.
     log : Log or str or None, optional
         Impression log: a :class:`~freshrec.stream.Log`, a spec for
         :func:`~freshrec.stream.open.open_log` (``file:DIR``, ``redis://...``), ``None`` for
@@ -118,7 +122,12 @@ class Server:
                 log.warning("registry %s is empty: not ready until a version is published",
                             self.registry.root)
             else:
-                self.updater.load()
+                try:
+                    self.updater.load()
+                except (SnapshotCorruptError, StaleDeltaError) as e:
+                    log.error("registry %s: no version can be served (%s): not ready until "
+                              "a full snapshot is published (freshrec registry repair)",
+                              self.registry.root, e)
             self.updater.start()
         app = build_app(self.updater, config=sc, impressions=self.impressions,
                         naive_reload=naive)

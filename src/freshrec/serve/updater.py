@@ -13,7 +13,10 @@ The served model is one reference, :attr:`ModelUpdater.current` (a
 
 The thread lowers its own CPU priority (Linux niceness is per thread) so loading yields the
 CPU to request handling. A failed update is logged and counted, and retried at the next
-poll; serving goes on with the current model.
+poll; serving goes on with the current model. A damaged registry version is reported
+(:meth:`ModelUpdater.status`, ``freshrec_registry_damaged_versions``) and skipped: the model
+follows the newest version whose chain avoids damage, and a full snapshot published after
+the damage moves it past it.
 """
 
 from __future__ import annotations
@@ -44,28 +47,26 @@ __all__ = ["ModelUpdater", "config_from_registry"]
 log = logging.getLogger(__name__)
 
 
-def config_from_registry(registry: Registry) -> FreshrecConfig:
-    """The model config published with ``HEAD`` (``meta["config"]``, the raw YAML mapping, of
-    ``HEAD`` or the nearest version before it on its chain that has one).
+def config_from_registry(registry: Registry, version: int | None = None) -> FreshrecConfig:
+    """The model config published with ``version`` (default ``HEAD``): ``meta["config"]``,
+    the raw YAML mapping, of that version or the newest older one that has it (damaged
+    manifests are passed over).
 
     Raises
     ------
     InputError
-        The registry is empty or its newest version carries no config.
+        The registry is empty or no readable version up to ``version`` carries a config.
     """
     head = registry.head()
     if head is None:
         raise InputError(f"registry {registry.root}: empty (no version published)")
-    raw = None
-    for m in reversed(registry.chain(head)):  # HEAD first, back to its full snapshot
-        raw = m.meta.get("config")
-        if raw is not None:
-            break
+    at = head if version is None else version
+    raw = registry.published_meta("config", at)
     if not isinstance(raw, Mapping):
         raise InputError(
-            f"registry {registry.root}: version {head} carries no model config in its meta "
+            f"registry {registry.root}: version {at} carries no model config in its meta "
             f"(publish with meta={{'config': config.raw}}) and none was given (--config)")
-    return config_from_dict(raw, where=f"registry {registry.root} version {head} meta.config")
+    return config_from_dict(raw, where=f"registry {registry.root} version {at} meta.config")
 
 
 class _NeedsReload(Exception):
@@ -114,6 +115,8 @@ class ModelUpdater:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        #: Registry versions found damaged (skipped), with the reason naming the file.
+        self.damaged: dict[int, str] = {}
         #: What the item catalogue (``serve_config.items_path``) loaded, after the first load.
         self.catalogue: CatalogueStats | None = None
 
@@ -137,14 +140,22 @@ class ModelUpdater:
         m.updates.inc(kind=kind)
         self.ready.set()
 
+    def _note_damage(self, sub: Subscriber) -> None:
+        self.damaged.update(sub.damaged)
+        self.metrics.damaged_versions.set(len(self.damaged))
+
     def load(self, *, warm: bool = True) -> Predictor:
-        """Materialise ``HEAD`` into new tables, build and (with ``warm``) warm a predictor,
-        swap it in; returns it."""
+        """Materialise the newest version that can be loaded (``HEAD`` unless damaged) into
+        new tables, build and (with ``warm``) warm a predictor, swap it in; returns it."""
         t0 = time.perf_counter()
         reg = self.registry
+        scout = Subscriber(reg, config=self._sub_config(), damaged=self.damaged)
+        try:
+            state = scout.materialize()
+        finally:
+            self._note_damage(scout)
         if self.config is None:
-            self.config = config_from_registry(reg)
-        state = Subscriber(reg, config=self._sub_config()).materialize()
+            self.config = config_from_registry(reg, state.version)
         pred = Predictor.build(self.config, tables=state.tables, dense=state.dense,
                                version=state.version, event_time=state.event_time,
                                index=self.current.index if self.current is not None else None,
@@ -156,11 +167,14 @@ class ModelUpdater:
                      self.catalogue.loaded, self.catalogue.rejected)
         if warm:
             self._warm(pred)
-        self._sub = _DeltaOnlySubscriber(reg, version=state.version, config=self._sub_config())
+        self._sub = _DeltaOnlySubscriber(reg, version=state.version, config=self._sub_config(),
+                                         damaged=self.damaged)
         self._publish(pred, "full")
         self.metrics.swap.observe(time.perf_counter() - t0)
-        log.info("serving version=%d (full load, %.1f ms)", state.version,
-                 (time.perf_counter() - t0) * 1e3)
+        behind = (f"; HEAD {reg.head()} is not servable, damaged: {sorted(self.damaged)}"
+                  if state.version != reg.head() else "")
+        log.info("serving version=%d (full load, %.1f ms)%s", state.version,
+                 (time.perf_counter() - t0) * 1e3, behind)
         return pred
 
     def poll(self) -> bool:
@@ -185,15 +199,20 @@ class ModelUpdater:
                 swapped.append(new)
                 self._publish(new, "dense")
 
+            before = sub.version
             try:
                 sub.update(cur.tables, load_dense_fn=load_dense)
             except _NeedsReload:
                 self.load()
                 return True
+            finally:
+                self._note_damage(sub)
             if sub.version is None:  # a failed apply left the tables unknown: reload next
                 self.current = cur
                 self._sub = None
                 return True
+            if sub.version == before:  # HEAD cannot be reached (damaged): nothing newer
+                return False
             m = self.registry.manifest(sub.version)
             served = swapped[-1] if swapped else cur
             served.version, served.event_time = sub.version, m.event_time
@@ -237,5 +256,6 @@ class ModelUpdater:
                 "model_version": cur.version if cur is not None else None,
                 "event_time": cur.event_time if cur is not None else None,
                 "last_error": self.last_error,
+                "damaged_versions": {str(v): why for v, why in sorted(self.damaged.items())},
                 "catalogue": None if self.catalogue is None else
                 dataclasses.asdict(self.catalogue)}

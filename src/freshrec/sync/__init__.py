@@ -11,6 +11,11 @@ newest full snapshot plus deltas) and applies it in place. Every version has a n
 only grows; :meth:`Registry.rollback` publishes a version whose state is an older one's, and
 :meth:`Registry.gc` keeps the last few full snapshots and the deltas after them.
 
+Damage on disk (a corrupted, truncated or deleted file, a missing manifest) is found by the
+checksums and skipped, never served: a subscriber follows the newest version whose chain
+verifies, a publisher writes a full snapshot instead of a delta on a damaged base, and
+:func:`check_registry` (``freshrec registry verify``) reports which versions are damaged.
+
 Examples
 --------
 >>> import tempfile, numpy as np, torch
@@ -36,6 +41,7 @@ from freshrec.sync.config import (
     publisher_config_from_dict,
     subscriber_config_from_dict,
 )
+from freshrec.sync.health import RegistryHealth, VersionHealth, check_registry
 from freshrec.sync.publisher import Publisher, model_fingerprint
 from freshrec.sync.registry import Registry, VersionKind, VersionManifest
 from freshrec.sync.subscriber import ModelState, PlanStep, StepAction, Subscriber, SyncPlan
@@ -46,12 +52,15 @@ __all__ = [
     "Publisher",
     "PublisherConfig",
     "Registry",
+    "RegistryHealth",
     "StepAction",
     "Subscriber",
     "SubscriberConfig",
     "SyncPlan",
+    "VersionHealth",
     "VersionKind",
     "VersionManifest",
+    "check_registry",
     "model_fingerprint",
     "publisher_config_from_dict",
     "subscriber_config_from_dict",

@@ -137,8 +137,9 @@ def file_record(path: Path) -> dict[str, int]:
     return {"bytes": path.stat().st_size, "crc32": crc32_file(path)}
 
 
-def check_file(path: Path, record: Mapping[str, Any]) -> None:
-    """Raise :class:`SnapshotCorruptError` naming ``path`` if it differs from ``record``."""
+def check_file(path: Path, record: Mapping[str, Any], *, checksum: bool = True) -> None:
+    """Raise :class:`SnapshotCorruptError` naming ``path`` if it differs from ``record``
+    (its size, and its CRC-32 unless ``checksum`` is false)."""
     if not path.is_file():
         raise SnapshotCorruptError(f"{path}: file listed in the version manifest is missing")
     size = path.stat().st_size
@@ -147,12 +148,13 @@ def check_file(path: Path, record: Mapping[str, Any]) -> None:
             f"{path}: truncated or altered: {size} bytes, version manifest says "
             f"{record['bytes']}"
         )
-    if crc32_file(path) != record["crc32"]:
+    if checksum and crc32_file(path) != record["crc32"]:
         raise SnapshotCorruptError(f"{path}: checksum mismatch (file corrupted)")
 
 
-def verify_bundle_files(path: Path) -> None:
-    """Check every file a bundle's manifest lists (sizes and CRC-32) without loading arrays."""
+def verify_bundle_files(path: Path, *, checksums: bool = True) -> None:
+    """Check every file a bundle's manifest lists without loading arrays: sizes, and CRC-32s
+    unless ``checksums`` is false (a quick check that finds missing and truncated files)."""
     mpath = path / MANIFEST
     try:
         manifest = json.loads(mpath.read_text())
@@ -162,4 +164,4 @@ def verify_bundle_files(path: Path) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise SnapshotCorruptError(f"{mpath}: manifest is not valid ({e})") from e
     for fname, info in files.items():
-        check_file(path / fname, info)
+        check_file(path / fname, info, checksum=checksums)

@@ -22,7 +22,13 @@ from freshrec.sync._format import (
     write_table_delta,
 )
 from freshrec.sync.config import PublisherConfig
-from freshrec.sync.registry import Registry, VersionKind, VersionManifest
+from freshrec.sync.registry import (
+    DAMAGE_ERRORS,
+    Registry,
+    VersionKind,
+    VersionManifest,
+    writing,
+)
 from freshrec.table import EmbeddingTable, TableDelta
 
 __all__ = ["Publisher", "model_fingerprint"]
@@ -103,8 +109,11 @@ class Publisher:
 
     The first publish of a publisher is always a full snapshot, since a delta needs a base the
     registry holds; so is a publish that finds ``HEAD`` moved (a rollback, another
-    publisher). A publish that fails leaves nothing behind and loses nothing: the next one
-    exports again from the last successful cut.
+    publisher), and one whose base fails verification (every file of the previous version is
+    checked before a delta is published on top of it): a delta on a damaged version could
+    never be served. A publish that fails leaves nothing behind and loses nothing: the next
+    one exports again from the last successful cut. Failing to write (a full disk) raises
+    :class:`~freshrec.errors.RegistryWriteError`, naming the file.
 
     Parameters
     ----------
@@ -241,6 +250,14 @@ class Publisher:
             self._info = model_fingerprint(self.tables, dense_spec(state, "Publisher"))
         return self._info
 
+    def _damage(self, version: int) -> str | None:
+        """Why ``version`` fails verification (every file, as on disk now), or ``None``."""
+        try:
+            self.registry.verify(version)
+        except DAMAGE_ERRORS as e:
+            return str(e)
+        return None
+
     def _publish(
         self, kind: VersionKind, *, sparse: bool, dense: bool, event_time: int | None,
         meta: Mapping[str, Any] | None,
@@ -253,11 +270,16 @@ class Publisher:
         def build(tmp: Path, version: int, head: int | None) -> VersionManifest | None:
             nonlocal kind, sparse, dense
             incremental = head is not None and head == self._last_version
+            damage = self._damage(head) if incremental else None
+            if damage is not None:
+                log.warning("registry=%s base version %s is damaged (%s): publishing a full "
+                            "snapshot", self.registry.root, head, damage)
+                incremental = False
+            elif not incremental and kind is not VersionKind.FULL:
+                log.warning("registry=%s HEAD=%s is not this publisher's last version %s: "
+                            "publishing a full snapshot", self.registry.root, head,
+                            self._last_version)
             if not incremental:
-                if kind is not VersionKind.FULL:
-                    log.warning("registry=%s HEAD=%s is not this publisher's last version %s: "
-                                "publishing a full snapshot", self.registry.root, head,
-                                self._last_version)
                 kind, sparse, dense = VersionKind.FULL, False, True
             state = self._dense_state() if dense else None
             info = self._registry_info(state)
@@ -282,20 +304,23 @@ class Publisher:
                     and self.config.skip_empty:
                 return None
             files: dict[str, dict[str, int]] = {}
+
+            def put(rel: str, write: Callable[[Path], None]) -> None:
+                with writing(self.registry.root, tmp / rel):
+                    write(tmp / rel)
+                files[f"{rel}/{MANIFEST}"] = file_record(tmp / rel / MANIFEST)
+
             delta_info: dict[str, dict[str, Any]] = {}
             for name, d in deltas.items():
-                write_table_delta(tmp / "delta" / name, d)
-                files[f"delta/{name}/{MANIFEST}"] = file_record(tmp / "delta" / name / MANIFEST)
+                put(f"delta/{name}", lambda path, d=d: write_table_delta(path, d))
                 delta_info[name] = {"from_version": d.from_version, "to_version": d.to_version,
                                     "rows": d.num_rows, "expired": int(d.expired.shape[0]),
                                     "with_state": d.states is not None}
             if kind is VersionKind.FULL:
                 for name, t in self.tables.items():
-                    t.save(tmp / "full" / name)
-                    files[f"full/{name}/{MANIFEST}"] = file_record(tmp / "full" / name / MANIFEST)
+                    put(f"full/{name}", t.save)
             if state is not None:
-                write_dense(tmp / "dense", state, owner)
-                files[f"dense/{MANIFEST}"] = file_record(tmp / "dense" / MANIFEST)
+                put("dense", lambda path: write_dense(path, state, owner))
             return VersionManifest(
                 version=version, kind=kind, base=head if incremental else None,
                 fingerprint=info["fingerprint"], table_versions=dict(cut), deltas=delta_info,

@@ -30,6 +30,7 @@ version rolled back to.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -47,14 +48,16 @@ from typing import Any
 
 from freshrec._io import MANIFEST, atomic_write_bytes
 from freshrec.errors import (
+    FreshrecError,
     IncompatibleFormatError,
     InputError,
+    RegistryWriteError,
     SnapshotCorruptError,
     StaleDeltaError,
 )
 from freshrec.sync._format import check_file, verify_bundle_files
 
-__all__ = ["Registry", "VersionKind", "VersionManifest"]
+__all__ = ["Registry", "VersionKind", "VersionManifest", "writing"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ INFO = "registry.json"
 HEAD = "HEAD"
 LOCK = ".lock"
 VERSIONS = "versions"
+
+#: What reading a damaged version raises (a file fails its checks, or its manifest is
+#: missing, altered or of another format).
+DAMAGE_ERRORS = (SnapshotCorruptError, IncompatibleFormatError)
 
 
 @unique
@@ -159,11 +166,15 @@ class VersionManifest:
         return d
 
     def to_json(self) -> bytes:
-        """Serialised manifest with format, format version and a CRC-32 of its content."""
+        """Serialised manifest with format, format version and a CRC-32 of its content.
+
+        Keys keep their order (the CRC does not depend on it): ``meta`` may hold a model
+        config, whose slot and dense feature order is the model's input order.
+        """
         body = {"format": VERSION_FORMAT, "format_version": VERSION_FORMAT_VERSION,
                 **self.to_dict()}
         body["checksum"] = _crc_json(body)
-        return json.dumps(body, indent=1, sort_keys=True).encode()
+        return json.dumps(body, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> VersionManifest:
@@ -210,6 +221,34 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def writing(root: Path, path: Path) -> Iterator[None]:
+    """Raise an ``OSError`` of the block (disk full, no permission) as a
+    :class:`RegistryWriteError` naming registry ``root`` and ``path`` (or the file the error
+    names), keeping its ``errno``.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> with writing(Path("/r"), Path("/r/versions/.tmp-1/delta/user")):  # doctest: +ELLIPSIS
+    ...     raise OSError(28, "No space left on device")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.RegistryWriteError: registry /r: could not write /r/versions/.tmp-1/delta/user (OSError: [Errno 28] No space left on device); nothing was published ...
+    """
+    try:
+        yield
+    except FreshrecError:
+        raise
+    except OSError as e:
+        err = RegistryWriteError(
+            f"registry {root}: could not write {e.filename or path} ({type(e).__name__}: "
+            f"{e}); nothing was published (HEAD is unchanged) and the next publish retries"
+        )
+        err.errno = e.errno
+        raise err from e
 
 
 def describe_mismatch(have: Mapping[str, Any], want: Mapping[str, Any]) -> str:
@@ -333,6 +372,12 @@ class Registry:
         cached = self._cache.get(version)
         if cached is not None:
             return cached
+        m = self._read_manifest(version)
+        self._cache[version] = m
+        return m
+
+    def _read_manifest(self, version: int) -> VersionManifest:
+        """``version``'s manifest as it is on disk now (not from the cache)."""
         path = self.path_of(version) / MANIFEST
         if not self.has(version):
             have = self.versions()
@@ -345,7 +390,6 @@ class Registry:
         m = VersionManifest.from_json(data, str(path))
         if m.version != version:
             raise SnapshotCorruptError(f"{path}: manifest says version {m.version}")
-        self._cache[version] = m
         return m
 
     def manifests(self) -> list[VersionManifest]:
@@ -388,12 +432,45 @@ class Registry:
         check_file(path / MANIFEST, m.files[key])
         return path
 
-    def verify(self, version: int | None = None) -> VersionManifest:
-        """Check every file of ``version`` against its checksums; returns its manifest."""
+    def verify(self, version: int | None = None, *, checksums: bool = True) -> VersionManifest:
+        """Check every file of ``version`` (default ``HEAD``) as it is on disk now: its manifest
+        (read again), and each part's files against their sizes and, unless ``checksums`` is
+        false, their CRC-32s. Returns the manifest.
+
+        Raises
+        ------
+        SnapshotCorruptError
+            A file is missing, truncated or altered (the message names it).
+        IncompatibleFormatError
+            The manifest is of another format version.
+        """
         m = self.manifest(version)
+        m = self._cache[m.version] = self._read_manifest(m.version)
         for key in m.files:
-            verify_bundle_files(self.part_path(m.version, key.rsplit("/", 1)[0]))
+            verify_bundle_files(self.part_path(m.version, key.rsplit("/", 1)[0]),
+                                checksums=checksums)
         return m
+
+    def published_meta(self, key: str, version: int | None = None) -> Any:
+        """``meta[key]`` of ``version`` (default ``HEAD``) or, when that version lacks it or its
+        manifest is damaged, of the newest older version that has it; ``None`` if none has.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> Registry(tempfile.mkdtemp()).published_meta("config") is None
+        True
+        """
+        vs = self.versions()
+        top = int(version) if version is not None else vs[-1] if vs else 0
+        for v in reversed([v for v in vs if v <= top]):
+            try:
+                meta = self.manifest(v).meta
+            except DAMAGE_ERRORS:
+                continue
+            if key in meta:
+                return meta[key]
+        return None
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -414,6 +491,8 @@ class Registry:
     def _repair(self) -> None:
         """Remove what crashed writers left (lock held): temporary directories and versions
         that ``HEAD`` never reached."""
+        for leftover in self.root.glob(".*.tmp-*"):  # atomic_write_bytes cut short
+            leftover.unlink(missing_ok=True)
         vdir = self._versions_dir
         if not vdir.is_dir():
             return
@@ -447,8 +526,9 @@ class Registry:
         if current is None:
             body = {"format": REGISTRY_FORMAT, "format_version": REGISTRY_FORMAT_VERSION,
                     "created_unix_s": time.time(), **info}
-            atomic_write_bytes(self.root / INFO, json.dumps(body, indent=1, sort_keys=True)
-                               .encode())
+            with writing(self.root, self.root / INFO):
+                atomic_write_bytes(self.root / INFO, json.dumps(body, indent=1, sort_keys=True)
+                                   .encode())
         elif current["fingerprint"] != info["fingerprint"]:
             raise IncompatibleFormatError(
                 f"registry {self.root} holds model {current['fingerprint']}, this model is "
@@ -462,25 +542,39 @@ class Registry:
         info: Mapping[str, Any] | None,
     ) -> VersionManifest | None:
         """Publish one version: ``build(tmp_dir, version, head)`` writes the parts and returns
-        the manifest (or ``None`` to publish nothing); then rename, then move ``HEAD``."""
-        with self._lock():
+        the manifest (or ``None`` to publish nothing); then rename, then move ``HEAD``.
+
+        A failure at any point leaves ``HEAD`` and the published versions as they were and
+        removes what it wrote; an ``OSError`` (disk full) is raised as a
+        :class:`RegistryWriteError` naming the file.
+        """
+        with writing(self.root, self.root), self._lock():
             self._repair()
             self._ensure_info(info)
             head = self.head()
             version = (head or 0) + 1
             tmp = self._versions_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
+            placed = False
             try:
+                with writing(self.root, tmp):
+                    tmp.mkdir(parents=True)
                 manifest = build(tmp, version, head)
                 if manifest is None:
                     shutil.rmtree(tmp)
                     return None
-                atomic_write_bytes(tmp / MANIFEST, manifest.to_json())
-                os.replace(tmp, self.path_of(version))
-                _fsync_dir(self._versions_dir)
-                self._write_head(version)
+                with writing(self.root, tmp / MANIFEST):
+                    atomic_write_bytes(tmp / MANIFEST, manifest.to_json())
+                with writing(self.root, self.path_of(version)):
+                    os.replace(tmp, self.path_of(version))
+                    placed = True
+                    _fsync_dir(self._versions_dir)
+                with writing(self.root, self.root / HEAD):
+                    self._write_head(version)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if placed and self.head() != version:  # HEAD never reached it: unpublish
+                    with contextlib.suppress(OSError):  # else the next writer removes it
+                        self._remove_version(version)
                 raise
             self._cache[version] = manifest
         log.info("registry=%s published version=%d kind=%s base=%s rows=%d bytes=%d",
@@ -510,8 +604,12 @@ class Registry:
             if head == target.version:
                 return None
             if head is not None:
-                cur = self.manifest(head)
-                if cur.kind is VersionKind.ROLLBACK and cur.base == target.version:
+                try:
+                    cur = self.manifest(head)
+                except DAMAGE_ERRORS:
+                    cur = None
+                if cur is not None and cur.kind is VersionKind.ROLLBACK \
+                        and cur.base == target.version:
                     return None
             return VersionManifest(
                 version=new, kind=VersionKind.ROLLBACK, base=target.version,
@@ -533,7 +631,9 @@ class Registry:
         kept one (plus whatever ``HEAD`` needs, e.g. after a rollback); remove the rest.
 
         Returns the removed versions. Subscribers at a removed version reload from the newest
-        full snapshot.
+        full snapshot. Only full snapshots that pass a quick check (manifest readable, files
+        of the listed sizes) count as kept ones, so a damaged snapshot never causes the
+        removal of the older good ones.
 
         Examples
         --------
@@ -549,15 +649,15 @@ class Registry:
             self._repair()
             head = self.head()
             vs = self.versions()
-            fulls = [v for v in vs if self.manifest(v).kind is VersionKind.FULL]
+            fulls = [v for v in vs if self._intact_full(v)]
             if head is None or len(fulls) <= keep_full:
                 return []
             cutoff = fulls[-keep_full]
             keep = {v for v in vs if v >= cutoff}
             try:
                 keep |= {m.version for m in self.chain(head)}
-            except StaleDeltaError:
-                log.warning("registry=%s HEAD %d cannot be rebuilt", self.root, head)
+            except (StaleDeltaError, *DAMAGE_ERRORS) as e:
+                log.warning("registry=%s HEAD %d cannot be rebuilt: %s", self.root, head, e)
             removed = [v for v in vs if v not in keep]
             for v in removed:
                 self._remove_version(v)
@@ -565,3 +665,13 @@ class Registry:
                 _fsync_dir(self._versions_dir)
         log.info("registry=%s gc removed=%d kept_from=%d", self.root, len(removed), cutoff)
         return removed
+
+    def _intact_full(self, version: int) -> bool:
+        """Whether ``version`` is a full snapshot that passes the quick check."""
+        try:
+            if self.manifest(version).kind is not VersionKind.FULL:
+                return False
+            self.verify(version, checksums=False)
+        except DAMAGE_ERRORS:
+            return False
+        return True

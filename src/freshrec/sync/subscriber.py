@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum, unique
 from typing import Any
@@ -16,9 +17,9 @@ from freshrec.errors import (
     SnapshotCorruptError,
     StaleDeltaError,
 )
-from freshrec.sync._format import read_dense, read_table_delta, verify_bundle_files
+from freshrec.sync._format import read_dense, read_table_delta
 from freshrec.sync.config import SubscriberConfig
-from freshrec.sync.registry import Registry, VersionKind, VersionManifest
+from freshrec.sync.registry import DAMAGE_ERRORS, Registry, VersionKind, VersionManifest
 from freshrec.table import EmbeddingTable, TableDelta
 
 __all__ = ["ModelState", "PlanStep", "StepAction", "Subscriber", "SyncPlan"]
@@ -125,12 +126,21 @@ class Subscriber:
     picked up the same way: the newest version's state is that of an older one, so the plan
     reloads a full snapshot and the deltas up to it.
 
+    A damaged version (a file fails its checks, or its manifest is missing) is remembered in
+    :attr:`damaged`, and plans go around it: to the newest version whose way avoids every
+    damaged one, i.e. the deltas before the damage, then the first full snapshot published
+    after it. :meth:`materialize` does this at once; :meth:`update` raises the first time it
+    meets a damaged version (so callers count and report it) and goes around it from the
+    next call on.
+
     Parameters
     ----------
     registry : Registry
     version : int, optional
         The version of the local model the subscriber starts with (``None``: no model yet).
     config : SubscriberConfig, optional
+    damaged : mapping of version to reason, optional
+        Versions already known to be damaged (e.g. by an earlier subscriber), skipped.
 
     Examples
     --------
@@ -153,11 +163,12 @@ class Subscriber:
 
     def __init__(
         self, registry: Registry, *, version: int | None = None,
-        config: SubscriberConfig | None = None,
+        config: SubscriberConfig | None = None, damaged: Mapping[int, str] | None = None,
     ) -> None:
         self.registry = registry
         self._version = version
         self.config = config if config is not None else SubscriberConfig()
+        self._damaged = dict(damaged) if damaged is not None else {}
 
     def __repr__(self) -> str:
         return f"Subscriber(registry={str(self.registry.root)!r}, version={self._version})"
@@ -167,20 +178,40 @@ class Subscriber:
         """The registry version the local model is at (``None`` when unknown or none)."""
         return self._version
 
+    @property
+    def damaged(self) -> dict[int, str]:
+        """Versions found damaged (skipped by plans), with the reason (naming the file)."""
+        return dict(self._damaged)
+
+    @contextmanager
+    def _blame(self, version: int) -> Iterator[None]:
+        """Remember ``version`` as damaged if reading it in the block fails its checks."""
+        try:
+            yield
+        except DAMAGE_ERRORS as e:
+            if self.registry.has(version) and version not in self._damaged:
+                self._damaged[version] = str(e)  # (a collected version is gone, not damaged)
+                log.warning("registry=%s version=%d is damaged, skipped from now on: %s",
+                            self.registry.root, version, e)
+            raise
+
     # ------------------------------------------------------------------ planning
     def plan(self, version: int | None = None, *, target: int | None = None) -> SyncPlan:
         """The versions that bring a model at ``version`` (default: this subscriber's) to
-        ``target`` (default: ``HEAD``), in order.
+        ``target`` (default: the newest version it can reach, normally ``HEAD``), in order.
 
         Walks back from the target along ``base`` links. If ``version`` is on that chain, the
         deltas after it are one way; the newest full snapshot on the chain plus the deltas after
         it is the other. With ``prefer="bytes"`` the way reading fewer table bytes wins (ties:
-        deltas); versions removed by garbage collection make only the full way possible.
+        deltas); versions removed by garbage collection make only the full way possible. A way
+        never passes a version known to be damaged (:attr:`damaged`); without ``target``, when
+        no way reaches ``HEAD`` the newest version below it that can be reached is planned.
 
         Raises
         ------
         StaleDeltaError
-            No way exists (the history was collected and no full snapshot remains on it).
+            No way exists (the history was collected or damaged and no full snapshot remains
+            on it).
         """
         local = self._version if version is None else int(version)
         reg = self.registry
@@ -190,17 +221,41 @@ class Subscriber:
         if target is not None and not reg.has(head):
             raise InputError(f"registry {reg.root}: no version {head}")
         present = set(reg.versions())
+        unreachable: set[int] = set()
+        for to in [head] if target is not None else sorted(present, reverse=True):
+            if to == local:
+                return SyncPlan(from_version=local, to_version=to)
+            if to in unreachable or to in self._damaged:
+                continue
+            steps = self._way(local, to, present, unreachable)
+            if steps is not None:
+                return SyncPlan(from_version=local, to_version=to, steps=tuple(steps))
+        skipped = f" (damaged: {sorted(self._damaged)})" if self._damaged else ""
+        raise StaleDeltaError(
+            f"registry {reg.root}: no way from version {local} to {head}: the history was "
+            f"garbage-collected or is damaged{skipped} and no full snapshot remains on it"
+        )
+
+    def _way(self, local: int | None, to: int, present: set[int],
+             unreachable: set[int]) -> list[PlanStep] | None:
+        """The cheaper way from ``local`` to ``to`` (see :meth:`plan`), or ``None`` when none
+        exists; then every version walked through is added to ``unreachable``."""
+        reg = self.registry
         rev: list[PlanStep] = []
         full_way: list[PlanStep] | None = None
         delta_way: list[PlanStep] | None = None
-        cur: int | None = head
+        cur: int | None = to
         while cur is not None:
             if cur == local:
                 delta_way = rev[::-1]
                 break
-            if cur not in present:
+            if cur not in present or cur in self._damaged:
                 break
-            m = reg.manifest(cur)
+            try:
+                with self._blame(cur):
+                    m = reg.manifest(cur)
+            except DAMAGE_ERRORS:
+                break
             if m.kind is VersionKind.FULL and full_way is None:
                 full_way = [PlanStep(version=cur, action=StepAction.LOAD_FULL,
                                      nbytes=m.full_bytes, dense=m.dense), *rev[::-1]]
@@ -213,15 +268,10 @@ class Subscriber:
         if delta_way is not None and full_way is not None:
             cost_d = sum(s.nbytes for s in delta_way)
             cost_f = sum(s.nbytes for s in full_way)
-            steps = delta_way if self.config.prefer == "deltas" or cost_d <= cost_f else full_way
-        elif delta_way is not None or full_way is not None:
-            steps = delta_way if delta_way is not None else full_way  # type: ignore[assignment]
-        else:
-            raise StaleDeltaError(
-                f"registry {reg.root}: no way from version {local} to {head}: the history was "
-                f"garbage-collected and no full snapshot remains on it"
-            )
-        return SyncPlan(from_version=local, to_version=head, steps=tuple(steps))
+            return delta_way if self.config.prefer == "deltas" or cost_d <= cost_f else full_way
+        if delta_way is None and full_way is None:
+            unreachable.update(s.version for s in rev)  # their ways are the rest of this one
+        return delta_way if delta_way is not None else full_way
 
     # ------------------------------------------------------------------ applying
     def _check_tables(self, tables: Mapping[str, EmbeddingTable]) -> None:
@@ -251,15 +301,15 @@ class Subscriber:
         staged = _Staged()
         expect = dict(versions)
         for step in steps:
-            m = reg.manifest(step.version)
+            with self._blame(step.version):
+                m = reg.verify(step.version)  # every file of the version, as on disk now
             if step.action is StepAction.LOAD_FULL:
-                for name in expect:
-                    verify_bundle_files(reg.part_path(m.version, f"full/{name}"))
                 expect = dict(m.table_versions)
             elif step.action is StepAction.APPLY_DELTA:
                 parts = {}
                 for name in sorted(m.deltas):
-                    d = read_table_delta(reg.part_path(m.version, f"delta/{name}"))
+                    with self._blame(m.version):
+                        d = read_table_delta(reg.part_path(m.version, f"delta/{name}"))
                     if name not in expect or d.table != name:
                         raise SnapshotCorruptError(
                             f"{reg.path_of(m.version)}/delta/{name}: delta of table "
@@ -281,7 +331,8 @@ class Subscriber:
                 )
         dense_steps = [s for s in steps if s.dense]
         if dense_steps:
-            staged.dense = read_dense(reg.part_path(dense_steps[-1].version, "dense"))
+            with self._blame(dense_steps[-1].version):
+                staged.dense = read_dense(reg.part_path(dense_steps[-1].version, "dense"))
         return staged
 
     def _apply(
@@ -359,29 +410,50 @@ class Subscriber:
         return self._version
 
     def materialize(self, version: int | None = None) -> ModelState:
-        """A fresh model state (new tables and dense dict) at ``version`` (default ``HEAD``).
+        """A fresh model state (new tables and dense dict) at ``version`` (default: the newest
+        version that can be loaded, normally ``HEAD``).
 
         Loads the nearest full snapshot on the version's chain and applies the deltas after
-        it; does not change :attr:`version`.
+        it; does not change :attr:`version`. Without ``version``, a version found damaged on
+        the way is added to :attr:`damaged` and the newest version whose chain avoids every
+        damaged one is loaded instead.
+
+        Raises
+        ------
+        SnapshotCorruptError
+            ``version`` (or a version its state is built from) is damaged.
+        StaleDeltaError
+            No version can be loaded (every chain is damaged or collected).
         """
         reg = self.registry
-        target = reg.head() if version is None else int(version)
-        if target is None:
+        if reg.head() is None:
             raise InputError(f"registry {reg.root}: empty (no version published)")
-        probe = Subscriber(reg, config=self.config)
-        plan = probe.plan(target=target)
+        probe = Subscriber(reg, config=self.config, damaged=self._damaged)
+        try:
+            while True:
+                known = len(probe._damaged)
+                plan = probe.plan(target=version)
+                try:
+                    return probe._load(plan)
+                except DAMAGE_ERRORS:
+                    if version is not None or len(probe._damaged) == known:
+                        raise
+        finally:
+            self._damaged.update(probe._damaged)
+
+    def _load(self, plan: SyncPlan) -> ModelState:
+        """New tables and dense dict from a plan that starts with a full snapshot."""
+        reg = self.registry
+        staged = self._stage(plan.steps, {})
         first = reg.manifest(plan.steps[0].version)
-        names = sorted(reg.info()["tables"])  # type: ignore[index]
         tables = {}
-        for name in names:
-            t = EmbeddingTable.from_snapshot(reg.part_path(first.version, f"full/{name}"))
+        for name in sorted(reg.info()["tables"]):  # type: ignore[index]
+            with self._blame(first.version):
+                t = EmbeddingTable.from_snapshot(reg.path_of(first.version) / "full" / name)
             _anchor(t, first.table_versions[name])
             tables[name] = t
-        rest = plan.steps[1:]
-        staged = probe._stage(rest, dict(first.table_versions))
-        probe._apply(rest, staged, tables)
-        dense = staged.dense
-        if dense is None:
-            dense = read_dense(reg.part_path(first.version, "dense")) if first.dense else {}
-        return ModelState(version=target, tables=tables, dense=dense,
-                          manifest=reg.manifest(target))
+        self._apply(plan.steps[1:], staged, tables)
+        assert plan.to_version is not None
+        return ModelState(version=plan.to_version, tables=tables,
+                          dense=staged.dense if staged.dense is not None else {},
+                          manifest=reg.manifest(plan.to_version))
