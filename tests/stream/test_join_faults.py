@@ -306,7 +306,7 @@ def test_cli_join_reads_every_partition_of_a_redis_log(tmp_path, redis_server):
     assert m["events_in"] == len(recs)
     ref = _reference(recs, 30, ("click",))
     assert _labels(_read_examples(FileLog(out))) == ref
-    few = subprocess.run([*cmd[:-1], "--partitions", "1"], capture_output=True, text=True,
+    few = subprocess.run([*cmd[:-1], "--source-partitions", "1"], capture_output=True, text=True,
                          timeout=120)
     assert few.returncode != 0 and "has 2 partitions" in few.stderr
     src.delete()

@@ -88,7 +88,7 @@ import os
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,11 @@ class Joiner:
     source
         Input log of impression and action events.
     output
-        Log the examples are appended to (partitioned by request id).
+        Log the examples are appended to. With as many partitions as the source, an
+        example goes to the partition its impression was read from (so each source
+        partition's examples stay in order in one output partition); otherwise to the
+        partition of its request id. Dead letters and quarantined examples are routed the
+        same way.
     state_dir
         Directory of the LMDB state (pending impressions, dedupe keys, checkpoints).
     config
@@ -195,14 +199,34 @@ class Joiner:
     side_logs
         Optional ``{"dead_letter": Log, "quarantine": Log}``; bad records and quarantined
         windows are only counted where a log is missing.
+    partitions
+        The source partitions this joiner reads (None: all). Joiners over disjoint sets of
+        partitions run side by side, each with its own state directory (a *worker*); every
+        log they write must then have as many partitions as the source, since each writes
+        only its own partitions. A state directory stays with its set of partitions.
     """
 
     def __init__(self, source: Log, output: Log, state_dir: str | os.PathLike[str],
                  config: JoinerConfig | None = None,
-                 side_logs: dict[str, Log] | None = None) -> None:
+                 side_logs: dict[str, Log] | None = None,
+                 partitions: Sequence[int] | None = None) -> None:
         self.config = config or JoinerConfig()
         self.source, self.output = source, output
         self.side_logs = dict(side_logs or {})
+        n = source.partitions
+        owned = tuple(range(n)) if partitions is None else tuple(sorted(set(partitions)))
+        if not owned or not all(isinstance(p, int) and 0 <= p < n for p in owned):
+            raise InputError(f"Joiner: partitions must be a non-empty set of ints in [0, {n}) "
+                             f"(the source's partitions), got {partitions!r}")
+        #: the source partitions this joiner reads
+        self.owned: tuple[int, ...] = owned
+        if len(owned) < n:
+            for name, log in self._logs().items():
+                if log.partitions != n:
+                    raise InputError(
+                        f"Joiner over partitions {list(owned)} of {n}: the {name} log must "
+                        f"have {n} partitions (one per source partition, each written by "
+                        f"the joiner that reads it), got {log.partitions}")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(self.state_dir), map_size=self.config.map_size, max_dbs=8,
@@ -235,12 +259,19 @@ class Joiner:
             s["partition_max_ts"] = {p: s["max_ts"] for p in range(self.source.partitions)}
             s["watermark_ms"] = (math.floor(s["max_ts"] * 1000)
                                  - self.config.allowed_lateness_s * 1000)
+            for w in s.get("windows", {}).values():  # held rows gain their partition
+                w["held"] = [[ev.partition_for(str(r["request_id"]), self.source.partitions),
+                              r] for r in w.get("held", [])]
         elif blob and s.get("version", 1) != _STATE_VERSION:
             raise InputError(f"joiner state {self.state_dir}: state version "
                              f"{s.get('version', 1)} is not {_STATE_VERSION}; start from a "
                              f"new state directory")
+        if blob and s.get("owned", list(self.owned)) != list(self.owned):
+            raise InputError(f"joiner state {self.state_dir} belongs to source partitions "
+                             f"{s['owned']}, not {list(self.owned)}; give each set of "
+                             f"partitions its own state directory")
         self.offsets: dict[int, int] = {int(k): v for k, v in s.get("offsets", {}).items()}
-        for p in range(self.source.partitions):
+        for p in self.owned:
             self.offsets.setdefault(p, 0)
         #: per partition: the largest accepted event time read from it
         self.partition_max_ts: dict[int, float] = {
@@ -261,7 +292,7 @@ class Joiner:
         # roll back side effects written after the last commit
         for name, log in self._logs().items():
             ends = s.get("ends", {}).get(name, {})
-            for p in range(log.partitions):
+            for p in self._written(log):
                 end = int(ends.get(str(p), 0))
                 if log.end_offset(p) > end:
                     logger.info("joiner: rolling back uncommitted output log=%s partition=%d "
@@ -276,6 +307,16 @@ class Joiner:
         logs.update({k: v for k, v in self.side_logs.items() if k in ("dead_letter",
                                                                       "quarantine")})
         return logs
+
+    def _written(self, log: Log) -> Sequence[int]:
+        """The partitions of ``log`` this joiner writes (and rolls back on restart)."""
+        return self.owned if log.partitions == self.source.partitions else range(log.partitions)
+
+    def _route(self, log: Log, partition: int, request_id: Any) -> int:
+        """Partition of ``log`` for a record derived from source ``partition``."""
+        if log.partitions == self.source.partitions:
+            return partition
+        return ev.partition_for(str(request_id), log.partitions) if log.partitions > 1 else 0
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -297,7 +338,7 @@ class Joiner:
         """Recompute the joiner's watermark from the partitions' and emit what is due."""
         now = time.monotonic()
         idle = self.config.idle_partition_s
-        marks = [self._partition_wm_ms(p) for p in range(self.source.partitions)
+        marks = [self._partition_wm_ms(p) for p in self.owned
                  if not (p in self._idle_since and now - self._idle_since[p] >= idle)]
         if marks and min(marks) > self._wm_ms:
             self._wm_ms = min(marks)
@@ -363,13 +404,13 @@ class Joiner:
             for p, payloads in by_part.items():
                 if payloads:
                     log.append(payloads, partition=p)
-            ends[name] = {str(p): log.end_offset(p) for p in range(log.partitions)}
+            ends[name] = {str(p): log.end_offset(p) for p in self._written(log)}
             if hasattr(log, "flush"):
                 log.flush()
         for rid, pend in self._mem.items():
             if pend.dirty:
                 self._persist(rid, pend)
-        state = {"version": _STATE_VERSION, "offsets": self.offsets,
+        state = {"version": _STATE_VERSION, "owned": list(self.owned), "offsets": self.offsets,
                  "partition_max_ts": self.partition_max_ts,
                  "held": {p: [h[0] for h in held] for p, held in self._held.items() if held},
                  "counters": self.counters, "lateness": self.lateness,
@@ -454,7 +495,7 @@ class Joiner:
         happens here once ``checkpoint_every_s`` has passed)."""
         every = self.config.checkpoint_every_s
         reads: dict[int, list[Any]] = {}
-        for p in range(self.source.partitions):
+        for p in self.owned:
             recs = self.source.read(p, self.offsets[p], max_records, 0.0)
             if recs:
                 reads[p] = recs
@@ -531,7 +572,8 @@ class Joiner:
         if "dead_letter" in self.side_logs:
             rec = orjson.dumps({"partition": partition, "offset": offset, "reason": reason,
                                 "payload": payload[:4096].decode("utf-8", "replace")})
-            self._out["dead_letter"].append((0, rec))
+            dl = self.side_logs["dead_letter"]
+            self._out["dead_letter"].append((self._route(dl, partition, None), rec))
 
     def _process(self, payload: bytes, partition: int, offset: int,
                  decoded: tuple[dict[str, Any], str, ev.CompactImpression | None] | InputError
@@ -626,7 +668,7 @@ class Joiner:
         if imp is not None:
             self._impression(imp, ts, (partition, offset), wm_ms)
         else:
-            self._action(e, ts, wm_ms)
+            self._action(e, ts, wm_ms, partition)
 
     def _window(self, ts: float) -> dict[str, Any] | None:
         v = self.config.validation
@@ -656,7 +698,7 @@ class Joiner:
         for a in self._orphans.pop(rid, []):
             self._label(pend, a, float(a["timestamp"]), a.pop("_wm"))
 
-    def _action(self, e: dict[str, Any], ts: float, wm_ms: float) -> None:
+    def _action(self, e: dict[str, Any], ts: float, wm_ms: float, partition: int) -> None:
         self._count("actions")
         if e["action"] not in self.config.actions:
             self._count("other_actions")
@@ -679,8 +721,7 @@ class Joiner:
                 self._count("examples_out")
                 self._step_examples += 1
                 self._out_examples.setdefault(
-                    ev.partition_for(str(e["request_id"]), self.output.partitions),
-                    []).append(ex)
+                    self._route(self.output, partition, e["request_id"]), []).append(ex)
             return
         e["_wm"] = wm_ms
         self._orphans.setdefault(rid, []).append(e)
@@ -787,13 +828,14 @@ class Joiner:
         self._step_examples += kept
         em = ev.EmittedImpression(imp, labels, keep, rate)
         win = self._window(float(int(float(imp.timestamp))))
+        part = pend.src[0]
         if win is None:
             self._out_examples.setdefault(
-                ev.partition_for(rid, self.output.partitions), []).append(em)
+                self._route(self.output, part, rid), []).append(em)
             return
         win["examples"] += kept
         win["positives"] += len(labels)
-        win["held"].extend(ev.emitted_to_rows([em], self.config.actions))
+        win["held"].extend([part, r] for r in ev.emitted_to_rows([em], self.config.actions))
 
     def _expire(self, wm_ms: float) -> None:
         """Forget dedupe keys and emitted ids older than the horizon; drop orphans whose
@@ -851,14 +893,14 @@ class Joiner:
                 self._quarantined.append(int(w))
                 self._count("quarantined_windows")
                 self._count("quarantined_examples", len(held))
-                for ex in held:
-                    self._out["quarantine"].append(
-                        (0, orjson.dumps({"window": int(w), "example": ex})))
+                q = self.side_logs.get("quarantine")
+                for part, ex in held if q is not None else ():
+                    self._out["quarantine"].append((self._route(q, part, ex["request_id"]),
+                        orjson.dumps({"window": int(w), "partition": part, "example": ex})))
             else:
-                for ex in held:
+                for part, ex in held:
                     self._out_examples.setdefault(
-                        ev.partition_for(ex["request_id"], self.output.partitions),
-                        []).append(ex)
+                        self._route(self.output, part, ex["request_id"]), []).append(ex)
 
     def release(self, window: int) -> int:
         """Let a quarantined window's examples through to the output; returns how many."""
@@ -866,12 +908,14 @@ class Joiner:
         if q is None or window in self._released:
             return 0
         n = 0
-        for rec in self._iter_log(q):
+        for rec in self._iter_log(q, self._written(q)):
             d = orjson.loads(rec)
             if d["window"] == window:
                 ex = d["example"]
+                part = d.get("partition", ev.partition_for(str(ex["request_id"]),
+                                                           self.source.partitions))
                 self._out_examples.setdefault(
-                    ev.partition_for(ex["request_id"], self.output.partitions), []).append(ex)
+                    self._route(self.output, part, ex["request_id"]), []).append(ex)
                 n += 1
         self._released.append(window)
         self._count("released_examples", n)
@@ -879,8 +923,8 @@ class Joiner:
         return n
 
     @staticmethod
-    def _iter_log(log: Log) -> Iterator[bytes]:
-        for p in range(log.partitions):
+    def _iter_log(log: Log, partitions: Sequence[int]) -> Iterator[bytes]:
+        for p in partitions:
             off = 0
             while True:
                 recs = log.read(p, off, 10_000)
@@ -908,7 +952,7 @@ class Joiner:
                                             + stat["overflow_pages"]),
             "watermark": self.watermark if self._wm_ms > -math.inf else None,
             "partition_watermarks": {str(p): (w / 1000.0 if w > -math.inf else None)
-                                     for p in range(self.source.partitions)
+                                     for p in self.owned
                                      for w in [self._partition_wm_ms(p)]},
             "idle_partitions": sorted(self._idle_since),
             "held_records": sum(map(len, self._held.values())),

@@ -4,7 +4,8 @@
 - ``redis://HOST:PORT/DB#NAME``: :class:`~freshrec.stream.redislog.RedisLog` with streams
   ``NAME:p<i>`` (``NAME`` defaults to ``events``). The number of partitions is kept in the
   key ``NAME:partitions``; opened without ``partitions``, a log has as many as that key (or
-  its highest existing stream) says, so a reader never silently skips a partition;
+  its highest existing stream) says, so a reader never silently skips a partition; asking
+  for more partitions than a log that holds records has is refused (keys would re-route);
 - ``kafka://BOOTSTRAP/TOPIC``: :class:`~freshrec.stream.kafkalog.KafkaLog`.
 
 Examples
@@ -70,6 +71,10 @@ def _redis_partitions(url: str, name: str, asked: int | None) -> int:
             raise InputError(f"redis log {name!r} at {url} has {have} partitions; asked for "
                              f"{asked}, which would skip {have - asked} of them")
         n = asked or have or 1
+        if have and n > have and any(r.xlen(f"{name}:p{p}") for p in range(have)):
+            raise InputError(f"redis log {name!r} at {url} has {have} partitions and holds "
+                             f"records; growing it to {n} would route keys to other "
+                             f"partitions than before. Write to a new log instead")
         if n > have or stored is None:
             r.set(f"{name}:partitions", n)
         return n
