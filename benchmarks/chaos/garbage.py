@@ -289,10 +289,9 @@ def _poison_twin(w, rng, serial, p, rid, ts, item, parts) -> int:
     candidate. The real impression (found by its request id) must still be joined."""
     part = w.parts[p]
     needle = f'"request_id":"{rid}"'.encode()
-    for i, rec in enumerate(part):
-        if needle in rec and b'"type":"impression"' in rec:
-            break
-    else:
+    i = next((k for k, rec in enumerate(part)
+              if needle in rec and b'"type":"impression"' in rec), None)
+    if i is None:
         return 0
     e = orjson.loads(part[i])
     twin_future = {**e, "timestamp": YEAR_2100, "event_id": f"g{next(serial)}"}
