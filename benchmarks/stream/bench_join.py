@@ -18,6 +18,12 @@
    stops when the consumer read it from the output log. Reported: p50/p99 in seconds, and
    the rate actually achieved.
 3. Simulator: events/s of ``ClickStreamSimulator.records`` while generating the records.
+4. Round 2 (the stream scale-out issue): ``join_events_per_s_1cand`` and
+   ``join_examples_per_s_35cand`` (file log, one process, 1- and 35-candidate impressions);
+   ``join_workers_speedup_2``: a pre-filled 4-partition file log of 1-candidate events joined
+   by one process over every partition, then by two worker processes over two partitions
+   each, started together (wall time of the slower one); ``redis_over_file_cost_ratio``: the
+   joiner process's CPU seconds per event on Redis Streams over the file log's, same records.
 """
 
 from __future__ import annotations
@@ -105,6 +111,63 @@ def _file_throughput(joiner_cls, records: list[bytes]) -> tuple[float, float]:
         src.close()
         out.close()
     return got
+
+
+def _cpu_per_event(src, out, state: str, n: int) -> float:
+    """CPU seconds of this process per event for joining ``n`` events of ``src``."""
+    c = time.process_time()
+    _throughput(Joiner, src, out, state, n)
+    return (time.process_time() - c) / n
+
+
+def _records(candidates: int, n_req: int, seed: int) -> list[bytes]:
+    sim = ClickStreamSimulator(SimulatorConfig(seed=seed, requests_per_s=5000.0,
+                                               candidates=candidates))
+    return [r for _, r in sim.records(n_requests=n_req)]
+
+
+def _worker(path: str, parts: tuple[int, ...], state: str, go, done) -> None:
+    src, out = FileLog(f"{path}/in"), FileLog(f"{path}/out")
+    j = Joiner(src, out, state, _cfg(), partitions=parts if len(parts) < 4 else None)
+    go.wait()
+    t = time.perf_counter()
+    while any(src.read(p, j.offsets[p], 1) for p in j.owned):
+        j.step(max_records=2000)
+    j.flush()
+    j.close()
+    done.put(time.perf_counter() - t)
+
+
+def _workers_speedup(records: list[bytes]) -> dict[str, float]:
+    """Wall time of 1 process over 4 partitions / 2 processes over 2 partitions each."""
+    from freshrec.stream.events import partition_for
+
+    ctx = mp.get_context("fork")
+    walls = {}
+    for groups in ([(0, 1, 2, 3)], [(0, 1), (2, 3)]):
+        with tempfile.TemporaryDirectory() as d:
+            src = FileLog(f"{d}/in", FileLogConfig(partitions=4, fsync="never"))
+            by: dict[int, list[bytes]] = {p: [] for p in range(4)}
+            for r in records:
+                rid = orjson.loads(r).get("request_id", "") if r[:1] == b"{" else ""
+                by[partition_for(str(rid), 4)].append(r)
+            for p, rs in by.items():
+                src.append(rs, partition=p)
+            FileLog(f"{d}/out", FileLogConfig(partitions=4, fsync="never")).close()
+            go, done = ctx.Event(), ctx.Queue()
+            procs = [ctx.Process(target=_worker, args=(d, g, f"{d}/s{k}", go, done))
+                     for k, g in enumerate(groups)]
+            for pr in procs:
+                pr.start()
+            time.sleep(0.5)  # every worker has opened its logs and state
+            go.set()
+            walls[len(groups)] = max(done.get() for _ in procs)
+            for pr in procs:
+                pr.join()
+            src.close()
+    return {"join_workers1_s": walls[1], "join_workers2_s": walls[2],
+            "join_workers_speedup_2": walls[1] / walls[2],
+            "join_workers_events": len(records)}
 
 
 def _timestamp(r: bytes) -> float:
@@ -249,9 +312,33 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
                                                                  f"{d}/state", len(thr))
             src.delete()
             out.delete()
+            one = _records(1, n_req * 10, opts.seed + 4)
+            src.append(one)
+            with tempfile.TemporaryDirectory() as d:
+                redis_cpu = _cpu_per_event(src, out, f"{d}/state", len(one))
+                fsrc = FileLog(f"{d}/in", FileLogConfig(fsync="never"))
+                fsrc.append(one)
+                file_cpu = _cpu_per_event(fsrc, FileLog(f"{d}/out", FileLogConfig(
+                    fsync="never")), f"{d}/fstate", len(one))
+            res.update(redis_cpu_us_per_event_1cand=redis_cpu * 1e6,
+                       file_cpu_us_per_event_1cand=file_cpu * 1e6,
+                       redis_over_file_cost_ratio=redis_cpu / file_cpu)
+            src.delete()
+            out.delete()
             src.close()
             out.close()
-            say(f"redis join: {res['redis_join_events_per_s']:,.0f} events/s")
+            say(f"redis join: {res['redis_join_events_per_s']:,.0f} events/s; per-event CPU "
+                f"{res['redis_over_file_cost_ratio']:.2f}x the file log's")
+    one = _records(1, n_req * 20, opts.seed + 2)
+    res["join_events_per_s_1cand"] = max(_file_throughput(Joiner, one)[0]
+                                         for _ in range(repeats))
+    res["join_examples_per_s_35cand"] = max(
+        _file_throughput(Joiner, _records(35, n_req * 2, opts.seed + 3))[1]
+        for _ in range(repeats))
+    res.update(_workers_speedup(one))
+    say(f"round 2: 1-cand {res['join_events_per_s_1cand']:,.0f} events/s, 35-cand "
+        f"{res['join_examples_per_s_35cand']:,.0f} examples/s, 2 workers "
+        f"{res['join_workers_speedup_2']:.2f}x one")
     lat = _latency(opts.rate, seconds, opts.candidates, len(thr) / n_req, opts.seed + 1)
     res.update(event_to_example_p50_s=lat["p50"], event_to_example_p99_s=lat["p99"],
                event_to_example_max_s=lat["max"], latency_examples=lat["examples"],

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Log", "Record"]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record read from a log: where it lives and its payload.
+class Record(NamedTuple):
+    """One record read from a log: where it lives and its payload (a named tuple: readers
+    build one per record, and a tuple is built several times faster than a frozen
+    dataclass).
 
     Examples
     --------
