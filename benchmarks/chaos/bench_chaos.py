@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,12 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict[str, Any]:
         if verbose:
             print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: the scenario stops its children, Redis and the tmpfs
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _term)
     names = []
     for backend in backends:
         for n in parts:

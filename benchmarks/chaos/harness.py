@@ -193,6 +193,8 @@ class _Stage:
         self.exits: list[int] = []
         self.failures_in_row = 0
         self.fsize_limit: int | None = None
+        self.last_commit = time.time()  # or the start of the chaos
+        self.stuck = False  # no commit for recover_s: no more kills are planned for it
 
     @property
     def out(self) -> Path:
@@ -747,6 +749,7 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
             subprocess.run(["umount", "-l", str(registry)], capture_output=True)
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
+    crashed = list(dict.fromkeys(crashed))
     res["permanent_crashes"] = len(crashed)
     res["crashed_stages"] = ",".join(crashed)
     for name in STAGES:
@@ -796,6 +799,8 @@ def _chaos(cfg: ChaosConfig, stages: dict[str, _Stage], extra: dict[str, tuple[s
     planned = cfg.kills * len(stages)
     pending = list(faults.plan)
     t0 = time.monotonic()
+    for s in stages.values():
+        s.last_commit = time.time()
     while True:
         now = time.time()
         for name, s in stages.items():
@@ -814,13 +819,19 @@ def _chaos(cfg: ChaosConfig, stages: dict[str, _Stage], extra: dict[str, tuple[s
             if not s.commit_seen and s.committed(s.started):
                 s.commit_seen = True
                 s.failures_in_row = 0
-                if len(s.kills) < cfg.kills:
+                s.last_commit = now
+                if len(s.kills) < cfg.kills and not s.stuck:
                     s.kill_at = now + float(rng.uniform(0, cfg.kill_delay_s))
             if s.kill_at is not None and now >= s.kill_at:
                 s.kill()
                 s.kills.append(time.time())
                 s.start(args)
-        done = sum(len(s.kills) for s in stages.values())
+        for name, s in stages.items():
+            if not s.stuck and len(s.kills) < cfg.kills and now - s.last_commit > cfg.recover_s:
+                s.stuck = True
+                log(f"[{cfg.name}] {name} made no commit for {cfg.recover_s:.0f} s: "
+                    f"no more kills for it")
+        done = sum(cfg.kills if s.stuck else len(s.kills) for s in stages.values())
         progress = done / planned if planned else min(1.0, (time.monotonic() - t0) / 20.0)
         producer.target = max(producer.target, 0.1 + 0.9 * progress)
         while pending and progress >= pending[0][0]:

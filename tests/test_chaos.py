@@ -1,0 +1,109 @@
+"""The chaos suite, short: garbage records, kill -9 of every stage, a Redis restart, registry
+damage -- and nothing lost, duplicated or mislabelled against the reference join.
+
+The full suite is ``freshrec bench chaos`` (``benchmarks/chaos/``); see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
+from freshrec.stream.truth import TruthConfig, compare, reference_join
+
+CHAOS = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos"
+KINDS = ("not_json", "non_finite", "ts_1e30", "ts_2100", "ts_zero", "int_1e25", "long_ids",
+         "oversized", "wrong_types", "poison_twin")
+
+
+def _load(name: str):
+    mod_name = f"freshrec_chaos_{name}"
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, CHAOS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[mod_name]
+
+
+def _assert_exact(res: dict) -> None:
+    counts = {k: res.get(k) for k in ("examples_lost", "examples_duplicated", "wrong_labels",
+                                      "missed_clicks", "examples_spurious",
+                                      "permanent_crashes")}
+    assert "error" not in res, res
+    assert counts == dict.fromkeys(counts, 0), res
+    assert res["examples_expected"] > 1000 and res["truth_late_actions"] == 0, res
+
+
+def test_every_garbage_kind_through_the_joiner_matches_the_reference(tmp_path):
+    """No kills: the joiner (in process) on 2 partitions with every garbage kind writes
+    exactly the reference join."""
+    garbage = _load("garbage")
+    log = garbage.build_log(seed=3, requests=400, partitions=2, copies=1)
+    assert set(log.garbage) == set(garbage.KINDS) and all(log.garbage.values())
+    src = FileLog(tmp_path / "in", FileLogConfig(partitions=2, fsync="never"))
+    for p, recs in enumerate(log.partitions):
+        src.append(recs, partition=p)
+    out = FileLog(tmp_path / "out", FileLogConfig(partitions=2, fsync="never"))
+    j = Joiner(src, out, tmp_path / "state", JoinerConfig(window_s=5, allowed_lateness_s=2))
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    j.close()
+    cols, undecodable = _load("harness")._examples(out, ("click",))
+    truth = reference_join(log.partitions, TruthConfig(window_s=5, allowed_lateness_s=2))
+    got = compare(truth, cols)
+    assert undecodable == 0
+    assert got["expected"] > 10_000 and truth.counts["positives"] > 100
+    assert {k: got[k] for k in ("lost", "duplicated", "spurious", "wrong_labels",
+                                "missed_clicks")} == dict.fromkeys(
+        ("lost", "duplicated", "spurious", "wrong_labels", "missed_clicks"), 0), got
+    src.close()
+    out.close()
+
+
+def test_availability_counts_only_outages_beyond_restarts():
+    h = _load("harness")
+    ok = [(t / 10, t / 10 + 0.01, True, 1) for t in range(10)]
+    restart = [(1.0 + t / 10, 1.01 + t / 10, False, None) for t in range(10)]  # 1 s down
+    outage = [(3.0 + t / 10, 3.01 + t / 10, False, None) for t in range(30)]   # 3 s down
+    s = ok + restart + [(2.0, 2.01, True, 1)] + outage + [(6.0, 6.01, True, 1)]
+    got = h.availability(s, kills=[0.95])
+    assert got["server_restart_s_p50"] == pytest.approx(1.06)
+    assert got["server_down_s"] == pytest.approx(1.01 + 3.01)
+    # the allowance is twice the median restart (2.12 s from the kill): it covers 0.07 s of
+    # the outage at 3.0
+    assert got["server_unavailable_s"] == pytest.approx(3.01 - 0.07)
+
+
+@pytest.mark.slow
+def test_chaos_file_log_two_partitions(tmp_path):
+    """kill -9 of the joiner, the online trainer and the server (2 each), a corrupted delta,
+    a removed manifest and a full registry disk, 10 garbage kinds."""
+    h = _load("harness")
+    res = h.run_scenario(h.ChaosConfig(backend="file", partitions=2, kills=2, requests=500,
+                                       kinds=KINDS, fill_s=2.0, recover_s=90.0,
+                                       workdir=str(tmp_path / "chaos")))
+    _assert_exact(res)
+    assert res["kills_join"] == res["kills_train"] == res["kills_serve"] == 2
+    assert res["registry_faults_done"] == 3
+    assert res["server_polls"] > 100
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_chaos_redis_log(tmp_path):
+    """The joiner killed twice and Redis SIGKILLed and restarted from its AOF mid-run."""
+    if shutil.which("redis-server") is None:
+        subprocess.run(["bash", str(CHAOS.parents[1] / "scripts" / "ensure-redis")],
+                       check=True)
+    h = _load("harness")
+    res = h.run_scenario(h.ChaosConfig(backend="redis", partitions=1, kills=2, requests=500,
+                                       stages=("join",), kinds=KINDS, recover_s=90.0,
+                                       workdir=str(tmp_path / "chaos")))
+    _assert_exact(res)
+    assert res["kills_join"] == 2 and res["redis_restarts"] == 1
