@@ -14,7 +14,6 @@ import sys
 import textwrap
 import uuid
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -277,7 +276,8 @@ def test_no_record_can_stop_the_joiner(tmp_path, field, value, kind):
         bad[field] = value
     d = tmp_path / uuid.uuid4().hex
     src = FileLog(d / "in")
-    src.append([ev.encode(_imp("r0", 99)), orjson.dumps(bad), ev.encode(_imp("r9", 300))])
+    src.append([ev.encode(_imp("r0", 99)), json.dumps(bad).encode(),
+                ev.encode(_imp("r9", 300))])
     out = FileLog(d / "out")
     j = Joiner(src, out, d / "state", CFG)
     j.step()
@@ -285,8 +285,10 @@ def test_no_record_can_stop_the_joiner(tmp_path, field, value, kind):
     m = j.metrics()
     j.close()
     assert m["events_in"] == 3 and m.get("internal_errors", 0) == 0
-    rids = {e["request_id"] for e in _read_examples(out) if e["request_id"] in ("r0", "r9")}
-    assert rids == {"r0", "r9"}  # the good records around it were joined
+    rb, _ = ev.decode_examples([r.value for r in out.read(0, 0, 100)])
+    # the good records around it were joined (a record whose ids have another type than
+    # the rest of the stream's may be left out by the reader, never the others)
+    assert {"r0", "r9"} <= set(rb.column("request_id").to_pylist())
 
 
 @pytest.mark.redis
