@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from freshrec.sync import Registry
 from freshrec.table import AdmissionConfig, EmbeddingTable, OptimizerConfig, TableConfig
 
 UNIVERSE = 3000
@@ -86,3 +89,26 @@ def assert_dense_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     for k in a:
         assert a[k].dtype == b[k].dtype, k
         assert torch.equal(a[k], b[k]), k
+
+
+#: Ways a version is damaged on disk: bytes flipped in an array file, an array file cut in
+#: half, an array file deleted, a part's manifest deleted, the version's manifest deleted.
+DAMAGE = ("corrupt", "truncate", "no_file", "no_part_manifest", "no_manifest")
+
+
+def damage(reg: Registry, version: int, how: str) -> Path:
+    """Damage one file of ``version`` (its first part's ``values.npy``, a manifest) as a disk
+    or an operator would; returns the file."""
+    vdir = reg.path_of(version)
+    part = sorted(p for p in vdir.glob("*/*") if p.is_dir())[0]  # e.g. delta/ad or full/ad
+    path = {"no_manifest": vdir / "manifest.json",
+            "no_part_manifest": part / "manifest.json"}.get(how, part / "values.npy")
+    data = path.read_bytes()
+    if how == "corrupt":
+        path.write_bytes(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        assert how in DAMAGE, how
+        path.unlink()
+    return path

@@ -10,10 +10,12 @@ from freshrec.errors import IncompatibleFormatError, InputError
 from freshrec.sync import Publisher, PublisherConfig, Registry, Subscriber, VersionKind
 from freshrec.table import EmbeddingTable, TableConfig
 from tests.sync._helpers import (
+    DAMAGE,
     Dense,
     assert_dense_equal,
     assert_tables_equal,
     contents,
+    damage,
     make_tables,
     train_step,
 )
@@ -120,6 +122,26 @@ def test_first_publish_of_a_new_publisher_is_full(tmp_path):
     train_step(np.random.default_rng(0), tables, 10)
     m = again.publish_sparse()
     assert m.kind is VersionKind.FULL and m.base is None
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_base_gets_a_full_snapshot_instead_of_a_delta(tmp_path, how, caplog):
+    reg = Registry(tmp_path)
+    tables, rng = make_tables(), np.random.default_rng(0)
+    pub = Publisher(reg, tables, config=PublisherConfig(auto_gc=False))
+    pub.publish_full()
+    train_step(rng, tables, 10)
+    pub.publish_sparse()
+    path = damage(reg, 2, how)          # HEAD, this publisher's last version
+    train_step(rng, tables, 20)
+    m = pub.publish_sparse()
+    assert (m.version, m.kind, m.base) == (3, VersionKind.FULL, None)
+    assert f"base version 2 is damaged ({path}" in caplog.text
+    train_step(rng, tables, 30)
+    assert pub.publish_sparse().base == 3    # deltas again, on the new snapshot
+    state = Subscriber(Registry(reg.root)).materialize()
+    assert state.version == 4
+    assert_tables_equal(tables, state.tables, with_state=False)
 
 
 def test_registry_refuses_another_model(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,12 +14,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freshrec.errors import IncompatibleFormatError, InputError, SnapshotCorruptError
-from freshrec.sync import Publisher, PublisherConfig, Registry, Subscriber, VersionKind
+from freshrec.errors import (
+    IncompatibleFormatError,
+    InputError,
+    RegistryWriteError,
+    SnapshotCorruptError,
+)
+from freshrec.sync import (
+    Publisher,
+    PublisherConfig,
+    Registry,
+    Subscriber,
+    VersionKind,
+)
 from freshrec.sync import publisher as publisher_mod
 from freshrec.sync.registry import VersionManifest
 from freshrec.table import EmbeddingTable, TableConfig
-from tests.sync._helpers import assert_tables_equal, contents, make_tables, train_step
+from tests.sync._helpers import (
+    assert_tables_equal,
+    contents,
+    damage,
+    make_tables,
+    train_step,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -220,3 +239,141 @@ def test_missing_head_with_versions_is_refused(tmp_path):
     with pytest.raises(SnapshotCorruptError, match="HEAD: missing while versions"):
         pub.publish_full()
     assert sorted(os.listdir(reg.root / "versions"))[-1] == "000000000003"
+
+
+FULL_DISK_CHILD = textwrap.dedent("""
+    import errno, json, os, sys
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from freshrec import _io
+    from freshrec.errors import RegistryWriteError
+    from freshrec.sync import Publisher, PublisherConfig, Registry, Subscriber, check_registry
+    from freshrec.table import EmbeddingTable, TableConfig
+    from tests.sync._helpers import assert_tables_equal
+
+    place, mode = sys.argv[1], sys.argv[2]
+    reg = Registry(os.path.join(place, "reg"))
+    tables = {{n: EmbeddingTable(TableConfig(name=n, dim=8)) for n in ("user", "item")}}
+    pub = Publisher(reg, tables, config=PublisherConfig(auto_gc=False))
+    rng = np.random.default_rng(0)
+
+    def train(now):
+        for t in tables.values():
+            fids = rng.integers(0, 5000, 300).astype(np.uint64)
+            t.lookup(fids, now=now, train=True)
+            t.apply_gradients(fids, rng.standard_normal((300, 8)).astype(np.float32), now=now)
+
+    train(1)
+    pub.publish_full()
+    train(2)
+    pub.publish_sparse()
+    ballast = os.path.join(place, "ballast")
+    if mode == "tmpfs":  # fill the file system: every write from now on fails with ENOSPC
+        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    os.write(fd, b"x" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+        os.close(fd)
+    else:  # no private mount namespace here: the array writes fail as on a full disk
+        real_save = _io.np.save
+        def save(*a, **k):
+            if os.path.exists(ballast):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_save(*a, **k)
+        _io.np.save = save
+        open(ballast, "w").close()
+    train(3)
+    out = {{}}
+    try:
+        pub.publish_sparse()
+    except RegistryWriteError as e:
+        out["error"], out["errno"] = str(e), e.errno
+    out["head"], out["versions"] = reg.head(), reg.versions()
+    out["leftovers"] = sorted(n for n in os.listdir(reg.root / "versions") if not n.isdigit())
+    out["ok"] = check_registry(Registry(reg.root)).ok
+    os.unlink(ballast)  # space is back
+    m = pub.publish_sparse()
+    out["next"] = [m.version, m.base, m.kind.value]
+    state = Subscriber(Registry(reg.root)).materialize()
+    assert_tables_equal(tables, state.tables, with_state=False)  # the rows of the failed one
+    out["materialized"] = state.version
+    print(json.dumps(out))
+""")
+
+
+def _private_tmpfs() -> bool:
+    """Whether this machine lets a process mount a tmpfs in its own mount namespace."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                            "/mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_disk_fails_the_publish_naming_the_file_and_the_next_one_works(tmp_path):
+    """A real full file system: a 4 MiB tmpfs in the child's own mount namespace, filled up
+    (where mounting is not allowed, the array writes raise ENOSPC instead)."""
+    script = tmp_path / "child.py"
+    script.write_text(FULL_DISK_CHILD.format(root=str(ROOT)))
+    place = tmp_path / "disk"
+    place.mkdir()
+    if _private_tmpfs():
+        cmd = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=4m tmpfs "$1" && '
+               'exec "$2" "$3" "$1" tmpfs', "sh", str(place), sys.executable, str(script)]
+    else:  # pragma: no cover - containers without CAP_SYS_ADMIN or user namespaces
+        cmd = [sys.executable, str(script), str(place), "inject"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["errno"] == errno.ENOSPC
+    reg_dir = str(place / "reg")
+    assert out["error"].startswith(f"registry {reg_dir}: could not write {reg_dir}/versions/")
+    assert "No space left on device" in out["error"] and "nothing was published" in out["error"]
+    assert (out["head"], out["versions"], out["leftovers"], out["ok"]) == (2, [1, 2], [], True)
+    assert out["next"] == [3, 2, "delta"] and out["materialized"] == 3
+
+
+def test_a_failure_writing_head_unpublishes_the_version(tmp_path, monkeypatch):
+    reg, pub, tables, rng = _published(tmp_path)
+    train_step(rng, tables, 40)
+
+    def full(self, version):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Registry, "_write_head", full)
+    with pytest.raises(RegistryWriteError, match=f"could not write {reg.root / 'HEAD'} "
+                                                 r"\(OSError: \[Errno 28\]"):
+        pub.publish_sparse()
+    assert reg.head() == 3 and sorted(os.listdir(reg.root / "versions"))[-1] == "000000000003"
+    monkeypatch.undo()
+    m = pub.publish_sparse()
+    assert (m.version, m.base) == (4, 3)
+    assert_tables_equal(tables, Subscriber(Registry(reg.root)).materialize().tables,
+                        with_state=False)
+
+
+@pytest.mark.parametrize("how", ["corrupt", "no_manifest"])
+def test_gc_never_counts_a_damaged_full_snapshot(tmp_path, how):
+    table = EmbeddingTable(TableConfig(name="u", dim=2))
+    reg = Registry(tmp_path)
+    pub = Publisher(reg, [table], config=PublisherConfig(auto_gc=False))
+    for i, k in enumerate("FSFSFS"):
+        table.lookup(np.array([i], np.uint64), now=i, train=True)
+        pub.publish_full() if k == "F" else pub.publish_sparse()
+    damage(reg, 5, how)
+    assert reg.gc(keep_full=1) == [1, 2]  # 5 does not count: 3 is the newest good snapshot
+    assert Subscriber(Registry(reg.root)).materialize().version == 4
+
+
+def test_meta_keeps_its_key_order_on_disk(tmp_path):
+    """A model config in meta lists slots and dense features in input order."""
+    table = EmbeddingTable(TableConfig(name="u", dim=2))
+    reg = Registry(tmp_path)
+    meta = {"config": {"features": {"dense": {"u_age": {}, "i_price": {}}}}, "b": 1, "a": 2}
+    Publisher(reg, [table]).publish_full(meta=meta)
+    fresh = Registry(tmp_path).manifest()   # read from disk
+    assert list(fresh.meta) == ["config", "b", "a"]
+    assert list(fresh.meta["config"]["features"]["dense"]) == ["u_age", "i_price"]

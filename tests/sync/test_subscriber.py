@@ -19,10 +19,12 @@ from freshrec.sync import (
 )
 from freshrec.table import EmbeddingTable, TableConfig
 from tests.sync._helpers import (
+    DAMAGE,
     Dense,
     assert_dense_equal,
     assert_tables_equal,
     contents,
+    damage,
     make_tables,
     train_step,
 )
@@ -216,6 +218,62 @@ def test_truncated_part_manifest_is_detected(trainer):
     with pytest.raises(SnapshotCorruptError, match="12/delta/user/manifest.json: truncated"):
         sub.update(Subscriber(trainer.reg).materialize(11).tables)
     assert sub.version == 11
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_restarted_subscriber_loads_the_newest_verifiable_version(trainer, how):
+    path = damage(trainer.reg, 12, how)      # HEAD 13 is a delta on 12
+    sub = Subscriber(Registry(trainer.reg.root))  # a new process: nothing cached
+    state = sub.materialize()
+    assert state.version == 11
+    _expect(trainer, state.tables, state.dense, 11)
+    assert list(sub.damaged) == [12] and str(path) in sub.damaged[12]
+    with pytest.raises(StaleDeltaError, match=r"no way from version None to 13: .*damaged: \[12\]"):
+        sub.materialize(13)                  # asked for by number: no way around
+
+
+@pytest.mark.parametrize(("damaged", "newest"), [
+    (13, 12),   # HEAD itself
+    (10, 9),    # the newest full snapshot: back to the chain of the one before
+    (6, 13),    # a delta before the newest full snapshot breaks nothing served
+])
+def test_damage_anywhere_leaves_the_newest_version_whose_chain_verifies(trainer, damaged,
+                                                                         newest):
+    damage(trainer.reg, damaged, "corrupt")
+    state = Subscriber(Registry(trainer.reg.root)).materialize()
+    assert state.version == newest
+    _expect(trainer, state.tables, state.dense, newest)
+
+
+def test_nothing_verifiable_is_a_clear_error(trainer):
+    damage(trainer.reg, 1, "truncate")
+    damage(trainer.reg, 10, "no_manifest")
+    with pytest.raises(StaleDeltaError, match=r"no way from version None to 13: .*damaged: "
+                                              r"\[1, 10\]"):
+        Subscriber(Registry(trainer.reg.root)).materialize()
+
+
+def test_a_running_subscriber_moves_past_damage_once_a_newer_snapshot_is_published(trainer):
+    def publish_sparse():  # no reference snapshot: the trainer's would need version 14
+        trainer.now += 3
+        train_step(trainer.rng, trainer.tables, trainer.now)
+        return trainer.pub.publish_sparse(event_time=trainer.now)
+
+    tables, dense = make_tables(), {}
+    sub = Subscriber(trainer.reg)
+    assert sub.update(tables, dense.update) == 13
+    publish_sparse()                        # 14
+    publish_sparse()                        # 15 (its base 14 verified when it was published)
+    damage(trainer.reg, 14, "corrupt")
+    with pytest.raises(SnapshotCorruptError, match="14/delta/ad/values.npy"):
+        sub.update(tables, dense.update)    # reported once ...
+    assert sub.update(tables, dense.update) == 13  # ... then planned around, no error
+    assert list(sub.damaged) == [14]
+    assert publish_sparse().kind is VersionKind.DELTA  # 16, on 15 (not damaged)
+    assert sub.update(tables, dense.update) == 13
+    m = trainer.step("full")                # 17: a full snapshot after the damage
+    assert sub.update(tables, dense.update) == m.version == 17
+    _expect(trainer, tables, dense, 17)
 
 
 def test_gap_between_local_tables_and_delta_raises_stale(trainer):

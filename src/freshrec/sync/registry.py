@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -631,9 +632,9 @@ class Registry:
         kept one (plus whatever ``HEAD`` needs, e.g. after a rollback); remove the rest.
 
         Returns the removed versions. Subscribers at a removed version reload from the newest
-        full snapshot. Only full snapshots that pass a quick check (manifest readable, files
-        of the listed sizes) count as kept ones, so a damaged snapshot never causes the
-        removal of the older good ones.
+        full snapshot. Only full snapshots that verify (every file, checksums included; the
+        newest ones first, until ``keep_full`` are found) count as kept ones, so a damaged
+        snapshot never causes the removal of the older good ones.
 
         Examples
         --------
@@ -649,10 +650,16 @@ class Registry:
             self._repair()
             head = self.head()
             vs = self.versions()
-            fulls = [v for v in vs if self._intact_full(v)]
+            fulls = [v for v in vs if self._kind(v) is VersionKind.FULL]
             if head is None or len(fulls) <= keep_full:
                 return []
-            cutoff = fulls[-keep_full]
+            good = list(itertools.islice(
+                (v for v in reversed(fulls) if self._kind(v, verify=True)), keep_full))
+            if len(good) < keep_full:
+                log.warning("registry=%s gc: fewer than %d full snapshots verify, nothing "
+                            "removed", self.root, keep_full)
+                return []
+            cutoff = good[-1]
             keep = {v for v in vs if v >= cutoff}
             try:
                 keep |= {m.version for m in self.chain(head)}
@@ -666,12 +673,10 @@ class Registry:
         log.info("registry=%s gc removed=%d kept_from=%d", self.root, len(removed), cutoff)
         return removed
 
-    def _intact_full(self, version: int) -> bool:
-        """Whether ``version`` is a full snapshot that passes the quick check."""
+    def _kind(self, version: int, *, verify: bool = False) -> VersionKind | None:
+        """The kind of ``version``; ``None`` when its manifest (or, with ``verify``, any of its
+        files) is damaged."""
         try:
-            if self.manifest(version).kind is not VersionKind.FULL:
-                return False
-            self.verify(version, checksums=False)
+            return (self.verify(version) if verify else self.manifest(version)).kind
         except DAMAGE_ERRORS:
-            return False
-        return True
+            return None
