@@ -20,8 +20,11 @@ Examples
 >>> (reg.path_of(2) / "delta" / "item" / "values.npy").write_bytes(b"garbage")
 7
 >>> health = check_registry(reg)
->>> [h.status for h in health.versions][1:]  # doctest: +ELLIPSIS
-['damaged: .../delta/item/values.npy: truncated or altered: 7 bytes, ...', 'needs version 2 (damaged)']
+>>> for h in health.versions:
+...     print(h.version, h.status)  # doctest: +ELLIPSIS
+1 ok
+2 damaged: .../000000000002/delta/item/values.npy: truncated or altered: 7 bytes, ...
+3 needs version 2 (damaged)
 >>> health.head, health.newest_servable
 (3, 1)
 """

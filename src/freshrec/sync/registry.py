@@ -233,11 +233,15 @@ def writing(root: Path, path: Path) -> Iterator[None]:
     Examples
     --------
     >>> from pathlib import Path
-    >>> with writing(Path("/r"), Path("/r/versions/.tmp-1/delta/user")):  # doctest: +ELLIPSIS
-    ...     raise OSError(28, "No space left on device")
-    Traceback (most recent call last):
-    ...
-    freshrec.errors.RegistryWriteError: registry /r: could not write /r/versions/.tmp-1/delta/user (OSError: [Errno 28] No space left on device); nothing was published ...
+    >>> try:
+    ...     with writing(Path("/r"), Path("/r/v/new")):
+    ...         raise OSError(28, "No space left on device")
+    ... except RegistryWriteError as e:
+    ...     for line in (e.errno, *str(e).split("; ")):
+    ...         print(line)
+    28
+    registry /r: could not write /r/v/new (OSError: [Errno 28] No space left on device)
+    nothing was published (HEAD is unchanged) and the next publish retries
     """
     try:
         yield
