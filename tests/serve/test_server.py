@@ -44,6 +44,22 @@ def test_score_matches_training_path_and_reports_version(served):
                                atol=1e-6)
 
 
+def test_a_server_in_a_new_process_scores_like_training(tmp_path):
+    """The config published with the model is read back from disk with its slot and dense
+    feature order (the model's input order), not sorted."""
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    train_and_publish(reg, cfg)
+    server = Server(Registry(reg.root), ServeConfig(port=0), log=False).start()  # from disk
+    try:
+        body = request(np.random.default_rng(8), n=10)
+        out = httpx.post(server.url + "/score", json=body, timeout=30).json()
+        np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body), rtol=1e-5,
+                                   atol=1e-6)
+    finally:
+        server.stop()
+
+
 def test_kserve_v2_infer_equals_score(served):
     _, client, _, _, _ = served
     body = request(np.random.default_rng(4), n=5)

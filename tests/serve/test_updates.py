@@ -1,4 +1,5 @@
-"""Hot updates under load: sparse deltas in place, dense and full swaps, rollback."""
+"""Hot updates under load: sparse deltas in place, dense and full swaps, rollback; damaged
+registry versions skipped at start-up and while running."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from freshrec.errors import SnapshotCorruptError
 from freshrec.serve import ServeConfig, Server
-from freshrec.sync import Registry
+from freshrec.sync import Registry, VersionKind
 from tests.serve._helpers import (
     make_config,
     reference_scores,
@@ -18,6 +20,7 @@ from tests.serve._helpers import (
     train_and_publish,
     train_more,
 )
+from tests.sync._helpers import damage
 
 
 class _Load:
@@ -134,3 +137,88 @@ def test_rollback_is_picked_up(setup):
     np.testing.assert_allclose(out["scores"], old, rtol=1e-5, atol=1e-6)
     text = client.get("/metrics").text
     assert 'freshrec_updates_total{kind="full"}' in text
+
+
+def _chain(tmp_path):
+    """Version 1 full (with the config), 2 and 3 sparse deltas."""
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    trainer, pub = train_and_publish(reg, cfg)
+    for seed in (2, 3):
+        train_more(trainer, seed, t0=1000 * seed)
+        pub.publish_sparse(event_time=1000 * seed)
+    return cfg, reg, trainer, pub
+
+
+@pytest.mark.parametrize("how", ["corrupt", "no_manifest"])
+def test_a_restarted_server_serves_the_newest_verifiable_version(tmp_path, how):
+    cfg, reg, trainer, pub = _chain(tmp_path)
+    damage(reg, 2, how)                                  # HEAD 3 is a delta on 2
+    server = Server(Registry(reg.root), ServeConfig(port=0, poll_interval_s=0.02), log=False)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            ready = client.get("/readyz").json()
+            assert ready["model_version"] == 1 and list(ready["damaged_versions"]) == ["2"]
+            body = request(np.random.default_rng(4), n=10)
+            out = client.post("/score", json=body).json()
+            assert out["model_version"] == 1
+            np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 1),
+                                       rtol=1e-5, atol=1e-6)
+            assert "freshrec_registry_damaged_versions 1" in client.get("/metrics").text
+            train_more(trainer, 4, t0=4000)
+            m = pub.publish_full(event_time=4000)        # a full snapshot after the damage
+            _wait_version(client, m.version)
+            out = client.post("/score", json=body).json()
+            np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 4),
+                                       rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def test_a_server_with_nothing_servable_starts_not_ready_and_waits(tmp_path):
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    trainer, pub = train_and_publish(reg, cfg)
+    damage(reg, 1, "truncate")                           # the only version
+    server = Server(Registry(reg.root), ServeConfig(port=0, poll_interval_s=0.02), log=False)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            r = client.get("/readyz")
+            assert r.status_code == 503 and r.json()["model_version"] is None
+            m = pub.publish_full(event_time=5000, meta={"config": dict(cfg.raw)})
+            _wait_version(client, m.version)
+    finally:
+        server.stop()
+
+
+def test_a_running_server_moves_past_a_damaged_delta_at_the_next_full_snapshot(tmp_path):
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    trainer, pub = train_and_publish(reg, cfg)
+    server = Server(reg, ServeConfig(port=0), log=False)
+    server.start()
+    try:
+        up = server.updater
+        up.stop()                                        # polled by hand below
+        for seed in (2, 3):
+            train_more(trainer, seed, t0=1000 * seed)
+            pub.publish_sparse(event_time=1000 * seed)  # 2, 3
+        damage(reg, 2, "corrupt")
+        with pytest.raises(SnapshotCorruptError, match="000000000002/delta/.*checksum"):
+            up.poll()                                    # reported (and counted) once ...
+        assert up.poll() is False                        # ... then skipped
+        assert up.current.version == 1 and list(up.status()["damaged_versions"]) == ["2"]
+        train_more(trainer, 4, t0=4000)
+        m = pub.publish_full(event_time=4000)
+        assert m.kind is VersionKind.FULL and up.poll() is True
+        assert up.current.version == 4 == m.version
+        body = request(np.random.default_rng(5), n=10)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            out = client.post("/score", json=body).json()
+        assert out["model_version"] == 4
+        np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 4),
+                                   rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
