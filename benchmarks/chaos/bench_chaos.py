@@ -9,8 +9,8 @@ and how each count is defined -- and prints one JSON object: the totals ``chaos_
 scenarios, the same counts per scenario prefixed with its name (``file_p4_examples_lost``,
 ``redis_p1_server_unavailable_s``, ...), and the configuration. Full run: file and Redis
 logs, 1 and 4 partitions, 20 kills per stage, 6,000 requests with three copies of every
-garbage kind; ``--quick``: the same scenarios with 3 kills per stage and 1,500 requests
-(a few minutes on 2 cores). Redis scenarios are skipped (``redis_skipped`` says why) when
+garbage kind; ``--quick``: the same scenarios with 2 kills per stage, 1,000 requests and one
+copy of each garbage kind (about 4 minutes on 2 cores). Redis scenarios are skipped (``redis_skipped`` says why) when
 ``redis-server`` is not installed.
 """
 
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict[str, Any]:
     h = _harness()
     p = argparse.ArgumentParser(prog="freshrec bench chaos")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--kills", type=int, default=None, help="SIGKILLs per stage (20; quick 3)")
+    p.add_argument("--kills", type=int, default=None, help="SIGKILLs per stage (20; quick 2)")
     p.add_argument("--requests", type=int, default=None,
-                   help="simulated requests per scenario (6000; quick 1500)")
+                   help="simulated requests per scenario (6000; quick 1000)")
     p.add_argument("--partitions", default="1,4")
     p.add_argument("--backends", default="file,redis")
     p.add_argument("--stages", default="join,train,serve")
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict[str, Any]:
     p.add_argument("--workdir", default=None, help="keep everything under this directory")
     p.add_argument("--no-registry-faults", action="store_true")
     a = p.parse_args(argv)
-    kills = a.kills if a.kills is not None else (3 if a.quick else 20)
-    requests = a.requests if a.requests is not None else (1500 if a.quick else 6000)
+    kills = a.kills if a.kills is not None else (2 if a.quick else 20)
+    requests = a.requests if a.requests is not None else (1000 if a.quick else 6000)
     copies = a.copies if a.copies is not None else (1 if a.quick else 3)
     parts = [int(x) for x in a.partitions.split(",") if x]
     backends = [x for x in a.backends.split(",") if x]

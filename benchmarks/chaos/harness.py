@@ -94,7 +94,7 @@ STAGES = ("join", "train", "serve")
 #: a child runs ``freshrec <argv>`` with SIGINT as KeyboardInterrupt (as the demo's children)
 _CHILD_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                "from freshrec.cli import main; sys.exit(main(sys.argv[1:]))")
-_TRAIN_SETTINGS = ("sync.dense_interval_s=3", "sync.full_interval_s=8",
+_TRAIN_SETTINGS = ("sync.dense_interval_s=3", "sync.full_interval_s=5",
                    "online.checkpoint_every_s=1", "train.batch_size=256")
 _FSIZE_LIMIT = 1024
 _TMPFS_SIZE = "256m"
@@ -661,7 +661,10 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
             ([(0.25, "corrupt_delta"), (0.5, "remove_manifest"), (0.75, "fill_disk")]
              if cfg.registry_faults and "train" in stages else [])
             + ([(0.4, "restart_redis")] if redis is not None and cfg.redis_restart else [])))
+        res["up_s"] = round(time.monotonic() - t_start, 1)
         _chaos(cfg, stages, chaos_extra, faults, producer, registry, redis, tmpfs, rng, log)
+        res["chaos_s"] = round(time.monotonic() - t_start - res["up_s"], 1)
+        t_recover = time.monotonic()
         res["faults"] = "; ".join(faults.done)
         res["registry_faults_done"] = sum(1 for f in faults.applied if f != "restart_redis")
         res["redis_restarts"] = faults.applied.count("restart_redis")
@@ -676,8 +679,8 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
                 crashed.append("serve" if why == "serve" else "train")
                 log(f"[{cfg.name}] recovery: {why} failed")
         for name, extra, check in (
-                ("join", ("--idle-timeout-s", "3", "--flush"), None),
-                ("train", ("--idle-timeout", "5"),
+                ("join", ("--idle-timeout-s", "2", "--flush"), None),
+                ("train", ("--idle-timeout", "3"),
                  lambda out: _trained_to_end(out, specs["examples"]))):
             if name not in stages:
                 continue
@@ -693,6 +696,7 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
             else:
                 crashed.append(name)
                 log(f"[{cfg.name}] recovery: {name} failed; its output ends:\n{out}")
+        res["recovery_s"] = round(time.monotonic() - t_recover, 1)
         # -- counts
         truth = reference_join(
             [_read_all(events, p) for p in range(events.partitions)],
