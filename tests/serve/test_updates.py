@@ -3,8 +3,11 @@ registry versions skipped at start-up and while running."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -150,30 +153,39 @@ def _chain(tmp_path):
     return cfg, reg, trainer, pub
 
 
+@contextlib.contextmanager
+def _restarted(reg: Registry, **config: Any) -> Iterator[httpx.Client]:
+    """A client of a server started on ``reg`` as a new process sees it (nothing cached)."""
+    server = Server(Registry(reg.root), ServeConfig(port=0, poll_interval_s=0.02, **config),
+                    log=False)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def _assert_scores(cfg, reg, body, out, version):
+    assert out["model_version"] == version
+    np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, version),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("how", ["corrupt", "no_manifest"])
 def test_a_restarted_server_serves_the_newest_verifiable_version(tmp_path, how):
     cfg, reg, trainer, pub = _chain(tmp_path)
     damage(reg, 2, how)                                  # HEAD 3 is a delta on 2
-    server = Server(Registry(reg.root), ServeConfig(port=0, poll_interval_s=0.02), log=False)
-    server.start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            ready = client.get("/readyz").json()
-            assert ready["model_version"] == 1 and list(ready["damaged_versions"]) == ["2"]
-            body = request(np.random.default_rng(4), n=10)
-            out = client.post("/score", json=body).json()
-            assert out["model_version"] == 1
-            np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 1),
-                                       rtol=1e-5, atol=1e-6)
-            assert "freshrec_registry_damaged_versions 1" in client.get("/metrics").text
-            train_more(trainer, 4, t0=4000)
-            m = pub.publish_full(event_time=4000)        # a full snapshot after the damage
-            _wait_version(client, m.version)
-            out = client.post("/score", json=body).json()
-            np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 4),
-                                       rtol=1e-5, atol=1e-6)
-    finally:
-        server.stop()
+    body = request(np.random.default_rng(4), n=10)
+    with _restarted(reg) as client:
+        ready = client.get("/readyz").json()
+        assert ready["model_version"] == 1 and list(ready["damaged_versions"]) == ["2"]
+        _assert_scores(cfg, reg, body, client.post("/score", json=body).json(), 1)
+        assert "freshrec_registry_damaged_versions 1" in client.get("/metrics").text
+        train_more(trainer, 4, t0=4000)
+        m = pub.publish_full(event_time=4000)            # a full snapshot after the damage
+        _wait_version(client, m.version)
+        _assert_scores(cfg, reg, body, client.post("/score", json=body).json(), 4)
 
 
 def test_a_server_with_nothing_servable_starts_not_ready_and_waits(tmp_path):
@@ -181,16 +193,11 @@ def test_a_server_with_nothing_servable_starts_not_ready_and_waits(tmp_path):
     reg = Registry(tmp_path / "reg")
     trainer, pub = train_and_publish(reg, cfg)
     damage(reg, 1, "truncate")                           # the only version
-    server = Server(Registry(reg.root), ServeConfig(port=0, poll_interval_s=0.02), log=False)
-    server.start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            r = client.get("/readyz")
-            assert r.status_code == 503 and r.json()["model_version"] is None
-            m = pub.publish_full(event_time=5000, meta={"config": dict(cfg.raw)})
-            _wait_version(client, m.version)
-    finally:
-        server.stop()
+    with _restarted(reg) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["model_version"] is None
+        m = pub.publish_full(event_time=5000, meta={"config": dict(cfg.raw)})
+        _wait_version(client, m.version)
 
 
 def test_a_running_server_moves_past_a_damaged_delta_at_the_next_full_snapshot(tmp_path):
@@ -215,10 +222,7 @@ def test_a_running_server_moves_past_a_damaged_delta_at_the_next_full_snapshot(t
         assert m.kind is VersionKind.FULL and up.poll() is True
         assert up.current.version == 4 == m.version
         body = request(np.random.default_rng(5), n=10)
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            out = client.post("/score", json=body).json()
-        assert out["model_version"] == 4
-        np.testing.assert_allclose(out["scores"], reference_scores(cfg, reg, body, 4),
-                                   rtol=1e-5, atol=1e-6)
+        out = httpx.post(server.url + "/score", json=body, timeout=30).json()
+        _assert_scores(cfg, reg, body, out, 4)
     finally:
         server.stop()
