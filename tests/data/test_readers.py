@@ -89,7 +89,7 @@ def test_criteo_malformed_lines_are_reported_and_skipped(tmp_path, caplog):
     ]
     path = tmp_path / "train.txt"
     path.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="freshrec.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="freshrec.data.base"):
         reader = CriteoReader(path, chunk_rows=4, max_reported=3)
         table = _table(reader)
     report = reader.report

@@ -24,12 +24,13 @@ Examples
 """
 
 from freshrec.data.arrow import ArrowReader
+from freshrec.data.base import BadLine, Reader, ReadReport
 from freshrec.data.criteo import CRITEO_COLUMNS, CriteoReader
 from freshrec.data.movielens import ML100K_GENRES, MovieLensReader
 from freshrec.data.obd import OpenBanditReader
 from freshrec.data.obd_replay import open_bandit_events
 from freshrec.data.prefetch import Prefetcher
-from freshrec.data.readers import READER_FORMATS, BadLine, Reader, ReadReport, open_reader
+from freshrec.data.readers import READER_FORMATS, open_reader
 from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 
 __all__ = [

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from freshrec.data.readers import DEFAULT_CHUNK_ROWS, Reader, ReadReport
+from freshrec.data.base import DEFAULT_CHUNK_ROWS, Reader, ReadReport
 from freshrec.errors import InputError
 
 __all__ = ["ArrowReader"]

@@ -38,14 +38,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from freshrec.data.readers import (
-    DEFAULT_CHUNK_ROWS,
-    Reader,
-    ReadReport,
-    batch_from_rows,
-    open_text,
-    split_chunks,
-)
+from freshrec.data._parse import batch_from_rows, open_text, split_chunks
+from freshrec.data.base import DEFAULT_CHUNK_ROWS, Reader, ReadReport
 from freshrec.errors import InputError
 
 __all__ = ["CriteoReader", "CRITEO_COLUMNS"]

@@ -40,14 +40,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from freshrec.data.readers import (
-    DEFAULT_CHUNK_ROWS,
-    Reader,
-    ReadReport,
-    batch_from_rows,
-    open_text,
-    split_chunks,
-)
+from freshrec.data._parse import batch_from_rows, open_text, split_chunks
+from freshrec.data.base import DEFAULT_CHUNK_ROWS, Reader, ReadReport
 from freshrec.errors import InputError
 
 __all__ = ["OpenBanditReader"]
