@@ -1,12 +1,19 @@
 """Open a log from a one-line spec, as the CLI and the benchmarks name them.
 
 - ``file:PATH`` (or a bare path): :class:`~freshrec.stream.filelog.FileLog`;
-- ``redis://HOST:PORT/DB#NAME``: :class:`~freshrec.stream.redislog.RedisLog` with streams
-  ``NAME:p<i>`` (``NAME`` defaults to ``events``). The number of partitions is kept in the
-  key ``NAME:partitions``; opened without ``partitions``, a log has as many as that key (or
-  its highest existing stream) says, so a reader never silently skips a partition; asking
-  for more partitions than a log that holds records has is refused (keys would re-route);
-- ``kafka://BOOTSTRAP/TOPIC``: :class:`~freshrec.stream.kafkalog.KafkaLog`.
+- ``redis://HOST:PORT/DB#NAME`` (or ``unix://PATH#NAME``):
+  :class:`~freshrec.stream.redislog.RedisLog` with streams ``NAME:p<i>`` (``NAME`` defaults
+  to ``events``). The number of partitions is kept in the key ``NAME:partitions``; opened
+  without ``partitions``, a log has as many as that key (or its highest existing stream)
+  says, so a reader never silently skips a partition; asking for more partitions than a log
+  that holds records has is refused (keys would re-route);
+- ``kafka://BOOTSTRAP/TOPIC``: :class:`~freshrec.stream.kafkalog.KafkaLog` (``TOPIC``
+  defaults to ``events``).
+
+Each spec prefix maps to one opener in :data:`LOG_BACKENDS`. The backend modules import
+without their client libraries; the Redis and Kafka clients (the ``redis`` and ``kafka``
+extras) are imported only when such a log is opened, and a missing one is a
+:class:`~freshrec.errors.ConfigError` naming the extra.
 
 Examples
 --------
@@ -15,49 +22,106 @@ Examples
 >>> log.partitions
 2
 >>> log.close()
+>>> sorted(LOG_BACKENDS)
+['file:', 'kafka://', 'redis://', 'unix://']
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 
-from freshrec.errors import InputError
+from freshrec.errors import ConfigError, InputError
 from freshrec.stream.base import Log
 from freshrec.stream.config import FileLogConfig, KafkaLogConfig, RedisLogConfig
+from freshrec.stream.filelog import FileLog
+from freshrec.stream.kafkalog import KafkaLog
+from freshrec.stream.redislog import RedisLog
 
-__all__ = ["open_log"]
+__all__ = ["open_log", "LOG_BACKENDS"]
+
+#: ``opener(spec, partitions, fsync) -> Log``: opens the log a spec names.
+LogOpener = Callable[[str, int | None, str], Log]
+
+
+def _open_file(spec: str, partitions: int | None, fsync: str) -> FileLog:
+    """A :class:`FileLog` at ``file:PATH`` (or a bare ``PATH``)."""
+    path = spec.removeprefix("file:")
+    return FileLog(path, FileLogConfig(partitions=partitions or 1, fsync=fsync))
+
+
+def _open_redis(spec: str, partitions: int | None, fsync: str) -> RedisLog:
+    """A :class:`RedisLog` at ``redis://...#NAME`` (``fsync`` is the server's business)."""
+    url, _, name = spec.partition("#")
+    name = name or "events"
+    return RedisLog(RedisLogConfig(url=url, name=name,
+                                   partitions=_redis_partitions(url, name, partitions)))
+
+
+def _open_kafka(spec: str, partitions: int | None, fsync: str) -> KafkaLog:
+    """A :class:`KafkaLog` at ``kafka://BOOTSTRAP/TOPIC`` (``fsync`` is the broker's)."""
+    bootstrap, _, topic = spec.removeprefix("kafka://").partition("/")
+    return KafkaLog(KafkaLogConfig(bootstrap=bootstrap, topic=topic or "events",
+                                   partitions=partitions or 1))
+
+
+#: The log backends by spec prefix; a spec with none of them is a file log's path.
+LOG_BACKENDS: Mapping[str, LogOpener] = {
+    "file:": _open_file,
+    "redis://": _open_redis,
+    "unix://": _open_redis,
+    "kafka://": _open_kafka,
+}
 
 
 def open_log(spec: str, *, partitions: int | None = None, fsync: str = "interval") -> Log:
     """Open (creating when missing) the log named by ``spec`` (see the module docstring).
 
-    ``partitions``: how many the log has; None takes an existing log's own (1 for a new
-    one). Asking a Redis log for fewer partitions than it has raises :class:`InputError`.
+    Parameters
+    ----------
+    spec : str
+        ``file:PATH`` or a bare path, ``redis://HOST:PORT/DB#NAME``, ``unix://PATH#NAME`` or
+        ``kafka://BOOTSTRAP/TOPIC``.
+    partitions : int, optional
+        How many partitions the log has; None takes an existing log's own (1 for a new one).
+    fsync : str
+        The file log's ``fsync`` policy (:class:`~freshrec.stream.config.FileLogConfig`).
+
+    Returns
+    -------
+    Log
+
+    Raises
+    ------
+    InputError
+        A Redis log asked for fewer partitions than it has, or for more while it holds
+        records.
+    ConfigError
+        The client of the backend is not installed.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "events")
+    >>> log = open_log(path)              # a bare path: a file log
+    >>> type(log).__name__, log.partitions
+    ('FileLog', 1)
+    >>> log.close()
     """
-    if spec.startswith(("redis://", "unix://")):
-        from freshrec.stream.redislog import RedisLog
-
-        url, _, name = spec.partition("#")
-        name = name or "events"
-        return RedisLog(RedisLogConfig(url=url, name=name,
-                                       partitions=_redis_partitions(url, name, partitions)))
-    if spec.startswith("kafka://"):
-        from freshrec.stream.kafkalog import KafkaLog
-
-        bootstrap, _, topic = spec[len("kafka://"):].partition("/")
-        return KafkaLog(KafkaLogConfig(bootstrap=bootstrap, topic=topic or "events",
-                                       partitions=partitions or 1))
-    from freshrec.stream.filelog import FileLog
-
-    path = spec[len("file:"):] if spec.startswith("file:") else spec
-    return FileLog(path, FileLogConfig(partitions=partitions or 1, fsync=fsync))
+    for prefix, opener in LOG_BACKENDS.items():
+        if spec.startswith(prefix):
+            return opener(spec, partitions, fsync)
+    return _open_file(spec, partitions, fsync)
 
 
 def _redis_partitions(url: str, name: str, asked: int | None) -> int:
     """The partitions of the Redis log ``name``: recorded in ``NAME:partitions`` (and at
     least one past its highest ``NAME:p<i>`` stream); records ``asked`` for a new log."""
-    import redis
-
+    try:
+        import redis
+    except ImportError as e:
+        raise ConfigError(f"redis log {name!r} at {url}: needs the redis client: "
+                          "pip install 'freshrec[redis]'") from e
     r = redis.Redis.from_url(url)
     try:
         stored = r.get(f"{name}:partitions")
