@@ -377,3 +377,12 @@ def test_meta_keeps_its_key_order_on_disk(tmp_path):
     fresh = Registry(tmp_path).manifest()   # read from disk
     assert list(fresh.meta) == ["config", "b", "a"]
     assert list(fresh.meta["config"]["features"]["dense"]) == ["u_age", "i_price"]
+
+
+def test_rollback_to_a_version_built_on_damage_is_refused(tmp_path):
+    reg, *_ = _published(tmp_path, n_sparse=3)
+    path = damage(reg, 2, "corrupt")
+    with pytest.raises(SnapshotCorruptError, match=f"{path}: checksum mismatch"):
+        reg.rollback(3)                     # 3 is a delta on 2
+    assert reg.head() == 4
+    assert reg.rollback(1).version == 5

@@ -115,19 +115,9 @@ class Server:
         naive = None
         if sc.update_mode == "naive":
             naive = self._naive_reloader()
-            if self.registry.head() is not None:
-                self.updater.load(warm=False)
+            self._load_first(warm=False)
         else:
-            if self.registry.head() is None:
-                log.warning("registry %s is empty: not ready until a version is published",
-                            self.registry.root)
-            else:
-                try:
-                    self.updater.load()
-                except (SnapshotCorruptError, StaleDeltaError) as e:
-                    log.error("registry %s: no version can be served (%s): not ready until "
-                              "a full snapshot is published (freshrec registry repair)",
-                              self.registry.root, e)
+            self._load_first(warm=True)
             self.updater.start()
         app = build_app(self.updater, config=sc, impressions=self.impressions,
                         naive_reload=naive)
@@ -140,9 +130,21 @@ class Server:
         self._uvicorn = uvicorn.Server(ucfg)
         return self._uvicorn
 
+    def _load_first(self, *, warm: bool) -> None:
+        """Load the newest servable version; when there is none, start not ready."""
+        if self.registry.head() is None:
+            log.warning("registry %s is empty: not ready until a version is published",
+                        self.registry.root)
+            return
+        try:
+            self.updater.load(warm=warm)
+        except (SnapshotCorruptError, StaleDeltaError) as e:
+            log.error("registry %s: no version can be served (%s): not ready until a full "
+                      "snapshot is published (freshrec registry repair)", self.registry.root, e)
+
     def _naive_reloader(self) -> Any:
         """Reload (full, no warm-up) on the request path when ``HEAD`` moved."""
-        last = {"t": 0.0}
+        last: dict[str, Any] = {"t": 0.0, "head": self.registry.head()}
         interval = self.config.poll_interval_s
 
         def check() -> None:
@@ -150,9 +152,9 @@ class Server:
             if now - last["t"] < interval:
                 return
             last["t"] = now
-            cur = self.updater.current
             head = self.registry.head()
-            if head is not None and (cur is None or cur.version != head):
+            if head is not None and head != last["head"]:  # (not when HEAD is damaged)
+                last["head"] = head
                 self.updater.load(warm=False)
 
         return check

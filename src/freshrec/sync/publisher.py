@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +271,7 @@ class Publisher:
         def build(tmp: Path, version: int, head: int | None) -> VersionManifest | None:
             nonlocal kind, sparse, dense
             incremental = head is not None and head == self._last_version
-            damage = self._damage(head) if incremental else None
+            damage = self._damage(head) if incremental and head is not None else None
             if damage is not None:
                 log.warning("registry=%s base version %s is damaged (%s): publishing a full "
                             "snapshot", self.registry.root, head, damage)
@@ -312,7 +313,7 @@ class Publisher:
 
             delta_info: dict[str, dict[str, Any]] = {}
             for name, d in deltas.items():
-                put(f"delta/{name}", lambda path, d=d: write_table_delta(path, d))
+                put(f"delta/{name}", partial(write_table_delta, delta=d))
                 delta_info[name] = {"from_version": d.from_version, "to_version": d.to_version,
                                     "rows": d.num_rows, "expired": int(d.expired.shape[0]),
                                     "with_state": d.states is not None}
@@ -320,7 +321,7 @@ class Publisher:
                 for name, t in self.tables.items():
                     put(f"full/{name}", t.save)
             if state is not None:
-                put("dense", lambda path: write_dense(path, state, owner))
+                put("dense", partial(write_dense, state=state, owner=owner))
             return VersionManifest(
                 version=version, kind=kind, base=head if incremental else None,
                 fingerprint=info["fingerprint"], table_versions=dict(cut), deltas=delta_info,

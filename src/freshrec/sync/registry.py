@@ -601,9 +601,12 @@ class Registry:
             ``version`` is not in the registry.
         StaleDeltaError
             ``version`` cannot be rebuilt (its history was garbage-collected).
+        SnapshotCorruptError
+            A file of ``version`` or of a version its state is built from is damaged.
         """
         target = self.manifest(int(version))
-        self.chain(target.version)
+        for link in self.chain(target.version):
+            self.verify(link.version)
 
         def build(tmp: Path, new: int, head: int | None) -> VersionManifest | None:
             if head == target.version:
