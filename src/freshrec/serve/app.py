@@ -20,11 +20,12 @@ Routes
 
 Errors are JSON ``{"error": message, "field": name}``: 400 for bad input (the message names
 the field), 413 for an oversized body, 503 with ``Retry-After`` when more than
-``max_in_flight`` requests are being handled or no model is loaded yet. Scoring runs on the
-event loop's thread (about a millisecond; handing it to a thread pool costs more than it
-saves on 2 cores). ``POST /score`` is served by a plain ASGI handler in front of the
-starlette router (no request/response objects, no routing: measured in docs/serving.md);
-every other route goes through starlette.
+``max_in_flight`` requests are being handled or no model is loaded yet, 500 (the message says
+only that the error is in the server's log) when scoring fails. Scoring runs on the event
+loop's thread (about a millisecond; handing it to a thread pool costs more than it saves on 2
+cores). ``POST /score`` is served by a plain ASGI handler in front of the starlette router
+(no request/response objects, no routing: measured in docs/serving.md); every other route
+goes through starlette. Each route is one method of :class:`HttpApi`.
 """
 
 from __future__ import annotations
@@ -39,34 +40,54 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
-from freshrec.serve.metrics import ServeMetrics
 from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
 from freshrec.serve.updater import ModelUpdater
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "HttpApi", "INTERNAL_ERROR"]
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 
+#: The message of every 500: the exception is logged, never sent to the client.
+INTERNAL_ERROR = "internal error (details are in the server log)"
 
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type=JSON, headers=headers)
+#: ``(status, body, extra headers)`` of one scoring reply.
+Reply = tuple[int, bytes, dict[str, str] | None]
+#: Reads the request body (raises ``_TooLarge`` or ``_Disconnected``).
+BodyReader = Callable[[], Awaitable[bytes]]
+#: Parses a body (with ``max_candidates``) into a request; raises ``RequestError``.
+RequestParser = Callable[[bytes, int], ScoreRequest]
+#: Writes the reply body of a scored request: ``(request, scores, model version) -> bytes``.
+ReplyWriter = Callable[[ScoreRequest, Any, int | None], bytes]
 
 
 class _TooLarge(Exception):
-    pass
+    """The body is larger than ``max_body_bytes``."""
 
 
 class _Disconnected(Exception):
-    pass
+    """The client went away before its body was read."""
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(_dumps(obj), status_code=status, media_type=JSON)
+
+
+def _error(message: str, field: str | None) -> bytes:
+    return _dumps({"error": message, "field": field})
+
+
+async def _read_request_body(request: Request, limit: int) -> bytes:
+    """The body of a starlette request, refused past ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise _TooLarge
@@ -80,201 +101,264 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_Reply = tuple[int, bytes, dict[str, str] | None]
+async def _read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The body of a plain ASGI request, refused past ``limit`` bytes."""
+    for k, v in scope["headers"]:
+        if k == b"content-length" and v.isdigit() and int(v) > limit:
+            raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            raise _Disconnected
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+def _score_json(req: ScoreRequest, scores: Any, version: int | None) -> bytes:
+    return _dumps({"request_id": req.request_id, "model_version": version, "scores": scores})
 
 
-def _reply(r: _Reply) -> Response:
-    status, payload, headers = r
-    return Response(payload, status_code=status, media_type=JSON, headers=headers)
+class HttpApi:
+    """The route handlers of the HTTP API over the model an updater serves.
 
-
-def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
-              impressions: ImpressionWriter | None = None,
-              naive_reload: Callable[[], None] | None = None) -> Any:
-    """The ASGI app over an updater (the served model) and an impression writer.
-
-    ``naive_reload``: called at the start of each scoring request (the benchmark's
-    on-the-request-path baseline, ``update_mode="naive"``).
+    Parameters
+    ----------
+    updater : ModelUpdater
+        Holds the served model, its metrics and the recorded requests (for warm-up).
+    config : ServeConfig
+        Limits (``max_in_flight``, ``max_body_bytes``, ``max_candidates``), model name.
+    impressions : ImpressionWriter, optional
+        Where each scored request is logged for the joiner.
+    naive_reload : callable, optional
+        Called at the start of each scoring request (the benchmark's on-the-request-path
+        baseline, ``update_mode="naive"``).
     """
-    sc = config if config is not None else updater.serve_config
-    metrics: ServeMetrics = updater.metrics
-    state = {"in_flight": 0}
-    retry = {"Retry-After": str(sc.retry_after_s)}
-    limit = sc.max_body_bytes
 
-    async def _score(read_body: Callable[[], Awaitable[bytes]], route: str,
-                     parse: Callable[[bytes, int], ScoreRequest],
-                     respond: Callable[[ScoreRequest, Any, int | None], bytes]) -> _Reply:
-        t0 = time.perf_counter()
-        if state["in_flight"] >= sc.max_in_flight:
-            metrics.requests.inc(route=route, code="503")
-            metrics.errors.inc(kind="overload")
-            return 503, _dumps({"error": f"overloaded: {state['in_flight']} requests in flight "
-                                         f"(max_in_flight={sc.max_in_flight})",
-                                "field": None}), retry
-        state["in_flight"] += 1
-        metrics.in_flight.set(state["in_flight"])
-        try:
-            try:
-                body = await read_body()
-            except _Disconnected:  # the client went away mid-body: nothing to answer
-                metrics.requests.inc(route=route, code="499")
-                return 499, b"", None
-            except _TooLarge:
-                metrics.requests.inc(route=route, code="413")
-                metrics.errors.inc(kind="too_large")
-                return 413, _dumps({"error": f"body: larger than max_body_bytes={limit}",
-                                    "field": "body"}), None
-            if naive_reload is not None:
-                naive_reload()
-            pred = updater.current
-            if pred is None:
-                metrics.requests.inc(route=route, code="503")
-                return 503, _dumps({"error": "no model loaded yet", "field": None}), retry
-            try:
-                req = parse(body, sc.max_candidates)
-                t1 = time.perf_counter()
-                scores = pred.score(req)
-                metrics.predict.observe(time.perf_counter() - t1)
-            except RequestError as e:
-                metrics.requests.inc(route=route, code=str(e.status))
-                metrics.errors.inc(kind="bad_request")
-                return e.status, _dumps({"error": str(e), "field": e.field}), None
-            version = pred.version
-            if len(updater.recorded) < (updater.recorded.maxlen or 0) or \
-                    hash(req.request_id) % 64 == 0:
-                updater.recorded.append(req)
-            if impressions is not None:
-                ts = req.now if req.now is not None else time.time()
-                impressions.submit(req, version=version, timestamp=ts)
-            payload = respond(req, scores, version)
-            metrics.candidates.inc(len(req.candidates))
-            metrics.requests.inc(route=route, code="200")
-            metrics.latency.observe(time.perf_counter() - t0)
-            return 200, payload, None
-        except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
-            log.exception("request failed")
-            metrics.requests.inc(route=route, code="500")
-            metrics.errors.inc(kind="internal")
-            return 500, _dumps({"error": f"internal error: {type(e).__name__}: {e}",
-                                "field": None}), None
-        finally:
-            state["in_flight"] -= 1
-            metrics.in_flight.set(state["in_flight"])
+    def __init__(self, updater: ModelUpdater, config: ServeConfig, *,
+                 impressions: ImpressionWriter | None = None,
+                 naive_reload: Callable[[], None] | None = None) -> None:
+        self.updater = updater
+        self.config = config
+        self.impressions = impressions
+        self.naive_reload = naive_reload
+        self._in_flight = 0
 
-    def _score_json(req: ScoreRequest, scores: Any, version: int | None) -> bytes:
-        return _dumps({"request_id": req.request_id, "model_version": version,
-                       "scores": scores})
+    def routes(self) -> list[Route]:
+        """The starlette routes of every handler."""
+        return [
+            Route("/score", self.score, methods=["POST"]),
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{name}", self.model_meta, methods=["GET"]),
+            Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/healthz", self.live, methods=["GET"]),
+            Route("/readyz", self.ready, methods=["GET"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+        ]
 
-    async def score(request: Request) -> Response:
-        return _reply(await _score(lambda: _read_body(request, limit), "score", parse_request,
-                                   _score_json))
-
-    def _check_name(request: Request) -> Response | None:
-        name = request.path_params["name"]
-        if name != sc.model_name:
-            return _json({"error": f"model {name!r} not found (serving {sc.model_name!r})",
-                          "field": "name"}, 404)
-        return None
-
-    async def infer(request: Request) -> Response:
-        bad = _check_name(request)
-        if bad is not None:
-            return bad
-
-        def respond(req: ScoreRequest, scores: Any, version: int | None) -> bytes:
-            return _dumps({"model_name": sc.model_name, "model_version": str(version),
-                           "id": str(req.request_id),
-                           "outputs": [{"name": "scores", "shape": [len(scores)],
-                                        "datatype": "FP32", "data": scores}]})
-
-        return _reply(await _score(lambda: _read_body(request, limit), "v2_infer",
-                                   parse_v2_request, respond))
-
-    async def model_meta(request: Request) -> Response:
-        bad = _check_name(request)
-        if bad is not None:
-            return bad
-        cur = updater.current
-        lay = cur.layout if cur is not None else None
-        inputs = []
-        if lay is not None:
-            for s in lay.user_slots:
-                inputs.append({"name": s.name if s.key != "user_id" else "user_id",
-                               "datatype": "BYTES", "shape": [1]})
-            for s in lay.cand_single + lay.cand_multi:
-                inputs.append({"name": s.name, "datatype": "BYTES", "shape": [-1]})
-        return _json({"name": sc.model_name, "platform": "freshrec",
-                      "versions": [str(cur.version)] if cur is not None else [],
-                      "inputs": inputs,
-                      "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1]}]})
-
-    async def ready(request: Request) -> Response:
-        st = updater.status()
-        return _json(st, 200 if st["ready"] else 503)
-
-    async def model_ready(request: Request) -> Response:
-        bad = _check_name(request)
-        if bad is not None:
-            return bad
-        return await ready(request)
-
-    async def live(request: Request) -> Response:
-        return _json({"live": True})
-
-    async def prom(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    routes = [
-        Route("/score", score, methods=["POST"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}", model_meta, methods=["GET"]),
-        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/healthz", live, methods=["GET"]),
-        Route("/readyz", ready, methods=["GET"]),
-        Route("/metrics", prom, methods=["GET"]),
-    ]
-    router = Starlette(routes=routes)
-
-    async def fast_score(scope: Any, receive: Any, send: Any) -> None:
-        async def read() -> bytes:
-            for k, v in scope["headers"]:
-                if k == b"content-length" and v.isdigit() and int(v) > limit:
-                    raise _TooLarge
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                msg = await receive()
-                if msg["type"] != "http.request":
-                    raise _Disconnected
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _TooLarge
-                chunks.append(chunk)
-                if not msg.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-        status, payload, headers = await _score(read, "score", parse_request, _score_json)
-        head = [(b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(payload))]
+    # ------------------------------------------------------------------ handlers
+    async def score_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /score`` as a plain ASGI handler (the fast path)."""
+        status, payload, headers = await self._score(
+            lambda: _read_asgi_body(scope, receive, self.config.max_body_bytes), "score",
+            parse_request, _score_json)
+        head = [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(payload))]
         if headers:
             head += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": payload})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/score" and \
-                scope["method"] == "POST":
-            await fast_score(scope, receive, send)
-        else:
-            await router(scope, receive, send)
+    async def score(self, request: Request) -> Response:
+        """``POST /score`` through starlette."""
+        return _response(await self._score(self._body_of(request), "score", parse_request,
+                                           _score_json))
 
-    app.router = router  # type: ignore[attr-defined]
-    return app
+    async def infer(self, request: Request) -> Response:
+        """``POST /v2/models/{name}/infer``: KServe v2 inference."""
+        unknown = self._unknown_model(request)
+        if unknown is not None:
+            return unknown
+        return _response(await self._score(self._body_of(request), "v2_infer",
+                                           parse_v2_request, self._v2_json))
+
+    async def model_meta(self, request: Request) -> Response:
+        """``GET /v2/models/{name}``: the inputs and output of the served model."""
+        unknown = self._unknown_model(request)
+        if unknown is not None:
+            return unknown
+        cur = self.updater.current
+        inputs = []
+        if cur is not None and cur.layout is not None:
+            lay = cur.layout
+            inputs += [{"name": s.name if s.key != "user_id" else "user_id",
+                        "datatype": "BYTES", "shape": [1]} for s in lay.user_slots]
+            inputs += [{"name": s.name, "datatype": "BYTES", "shape": [-1]}
+                       for s in lay.cand_single + lay.cand_multi]
+        return _json({"name": self.config.model_name, "platform": "freshrec",
+                      "versions": [str(cur.version)] if cur is not None else [],
+                      "inputs": inputs,
+                      "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1]}]})
+
+    async def ready(self, request: Request) -> Response:
+        """``GET /readyz``, ``/v2/health/ready``: the updater's status, 503 until ready."""
+        st = self.updater.status()
+        return _json(st, 200 if st["ready"] else 503)
+
+    async def model_ready(self, request: Request) -> Response:
+        """``GET /v2/models/{name}/ready``."""
+        unknown = self._unknown_model(request)
+        if unknown is not None:
+            return unknown
+        return await self.ready(request)
+
+    async def live(self, request: Request) -> Response:
+        """``GET /healthz``, ``/v2/health/live``: 200 while the process serves HTTP."""
+        return _json({"live": True})
+
+    async def metrics_text(self, request: Request) -> Response:
+        """``GET /metrics``: Prometheus text."""
+        return Response(self.updater.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # ------------------------------------------------------------------ scoring
+    async def _score(self, read_body: BodyReader, route: str, parse: RequestParser,
+                     respond: ReplyWriter) -> Reply:
+        """Score one request within the in-flight limit; any failure is a 500 (logged)."""
+        t0 = time.perf_counter()
+        sc, metrics = self.config, self.updater.metrics
+        if self._in_flight >= sc.max_in_flight:
+            metrics.requests.inc(route=route, code="503")
+            metrics.errors.inc(kind="overload")
+            return 503, _error(f"overloaded: {self._in_flight} requests in flight "
+                               f"(max_in_flight={sc.max_in_flight})", None), self._retry_after()
+        self._in_flight += 1
+        metrics.in_flight.set(self._in_flight)
+        try:
+            return await self._score_admitted(read_body, route, parse, respond, t0)
+        except Exception:  # noqa: BLE001 - one bad request must not stop the server
+            log.exception("request failed route=%s", route)
+            metrics.requests.inc(route=route, code="500")
+            metrics.errors.inc(kind="internal")
+            return 500, _error(INTERNAL_ERROR, None), None
+        finally:
+            self._in_flight -= 1
+            metrics.in_flight.set(self._in_flight)
+
+    async def _score_admitted(self, read_body: BodyReader, route: str, parse: RequestParser,
+                              respond: ReplyWriter, t0: float) -> Reply:
+        """Read, parse and score one admitted request (that arrived at ``t0``)."""
+        metrics = self.updater.metrics
+        try:
+            body = await read_body()
+        except _Disconnected:  # the client went away mid-body: nothing to answer
+            metrics.requests.inc(route=route, code="499")
+            return 499, b"", None
+        except _TooLarge:
+            metrics.requests.inc(route=route, code="413")
+            metrics.errors.inc(kind="too_large")
+            return 413, _error(f"body: larger than max_body_bytes={self.config.max_body_bytes}",
+                               "body"), None
+        if self.naive_reload is not None:
+            self.naive_reload()
+        pred = self.updater.current
+        if pred is None:
+            metrics.requests.inc(route=route, code="503")
+            return 503, _error("no model loaded yet", None), self._retry_after()
+        try:
+            req = parse(body, self.config.max_candidates)
+            t1 = time.perf_counter()
+            scores = pred.score(req)
+            metrics.predict.observe(time.perf_counter() - t1)
+        except RequestError as e:
+            metrics.requests.inc(route=route, code=str(e.status))
+            metrics.errors.inc(kind="bad_request")
+            return e.status, _error(str(e), e.field), None
+        version = pred.version
+        self._record(req, version)
+        payload = respond(req, scores, version)
+        metrics.candidates.inc(len(req.candidates))
+        metrics.requests.inc(route=route, code="200")
+        metrics.latency.observe(time.perf_counter() - t0)
+        return 200, payload, None
+
+    def _record(self, req: ScoreRequest, version: int | None) -> None:
+        """Keep the request for warm-up (the first ones, then 1 in 64) and log its impression."""
+        recorded = self.updater.recorded
+        if len(recorded) < (recorded.maxlen or 0) or hash(req.request_id) % 64 == 0:
+            recorded.append(req)
+        if self.impressions is not None:
+            ts = req.now if req.now is not None else time.time()
+            self.impressions.submit(req, version=version, timestamp=ts)
+
+    def _v2_json(self, req: ScoreRequest, scores: Any, version: int | None) -> bytes:
+        return _dumps({"model_name": self.config.model_name, "model_version": str(version),
+                       "id": str(req.request_id),
+                       "outputs": [{"name": "scores", "shape": [len(scores)],
+                                    "datatype": "FP32", "data": scores}]})
+
+    def _body_of(self, request: Request) -> BodyReader:
+        return lambda: _read_request_body(request, self.config.max_body_bytes)
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.config.retry_after_s)}
+
+    def _unknown_model(self, request: Request) -> Response | None:
+        """A 404 when the path names another model than the served one."""
+        name = request.path_params["name"]
+        if name != self.config.model_name:
+            return _json({"error": f"model {name!r} not found (serving "
+                                   f"{self.config.model_name!r})", "field": "name"}, 404)
+        return None
+
+
+def _response(reply: Reply) -> Response:
+    status, payload, headers = reply
+    return Response(payload, status_code=status, media_type=JSON, headers=headers)
+
+
+class _App:
+    """The ASGI app: ``POST /score`` on the plain handler, every other route on the router."""
+
+    def __init__(self, api: HttpApi, router: Starlette) -> None:
+        self.api = api
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/score" and scope["method"] == "POST":
+            await self.api.score_asgi(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+
+def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
+              impressions: ImpressionWriter | None = None,
+              naive_reload: Callable[[], None] | None = None) -> ASGIApp:
+    """The ASGI app over an updater (the served model) and an impression writer.
+
+    Parameters
+    ----------
+    updater : ModelUpdater
+        The served model.
+    config : ServeConfig, optional
+        Defaults to the updater's ``serve_config``.
+    impressions : ImpressionWriter, optional
+        Where scored requests are logged.
+    naive_reload : callable, optional
+        Called at the start of each scoring request (the benchmark's on-the-request-path
+        baseline, ``update_mode="naive"``).
+
+    Returns
+    -------
+    callable
+        The ASGI application (its starlette router is its ``router`` attribute).
+    """
+    api = HttpApi(updater, config if config is not None else updater.serve_config,
+                  impressions=impressions, naive_reload=naive_reload)
+    return _App(api, Starlette(routes=api.routes()))
