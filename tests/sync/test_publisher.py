@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,25 @@ def test_a_damaged_base_gets_a_full_snapshot_instead_of_a_delta(tmp_path, how, c
     state = Subscriber(Registry(reg.root)).materialize()
     assert state.version == 4
     assert_tables_equal(tables, state.tables, with_state=False)
+
+
+@pytest.mark.parametrize("how", ["no_manifest", "no_version"])
+def test_a_version_gone_from_the_chain_gets_a_full_snapshot_instead_of_a_delta(tmp_path, how):
+    reg = Registry(tmp_path)
+    tables, rng = make_tables(), np.random.default_rng(0)
+    pub = Publisher(reg, tables, config=PublisherConfig(auto_gc=False))
+    pub.publish_full()
+    for now in (10, 20):                # 2, 3
+        train_step(rng, tables, now)
+        pub.publish_sparse()
+    if how == "no_version":
+        shutil.rmtree(reg.path_of(2))
+    else:
+        damage(reg, 2, how)
+    train_step(rng, tables, 30)
+    m = pub.publish_sparse()
+    assert (m.version, m.kind, m.base) == (4, VersionKind.FULL, None)
+    assert Subscriber(Registry(reg.root)).materialize().version == 4
 
 
 def test_registry_refuses_another_model(tmp_path):

@@ -111,8 +111,11 @@ class Publisher:
     The first publish of a publisher is always a full snapshot, since a delta needs a base the
     registry holds; so is a publish that finds ``HEAD`` moved (a rollback, another
     publisher), and one whose base fails verification (every file of the previous version is
-    checked before a delta is published on top of it): a delta on a damaged version could
-    never be served. A publish that fails leaves nothing behind and loses nothing: the next
+    checked before a delta is published on top of it, and that the versions before it back
+    to the last full snapshot still have their manifests): a delta on a damaged version
+    could never be served. Damage to the other files of those older versions is not looked
+    for here (it would mean reading the whole chain at every publish); subscribers skip it
+    and ``freshrec registry verify`` reports it. A publish that fails leaves nothing behind and loses nothing: the next
     one exports again from the last successful cut. Failing to write (a full disk) raises
     :class:`~freshrec.errors.RegistryWriteError`, naming the file.
 
@@ -252,9 +255,12 @@ class Publisher:
         return self._info
 
     def _damage(self, version: int) -> str | None:
-        """Why ``version`` fails verification (every file, as on disk now), or ``None``."""
+        """Why a delta on ``version`` could not be served, or ``None``: every file of
+        ``version`` is verified, and each older version its state is built from must still
+        be there with its manifest (a quick look: their other files are not read)."""
         try:
             self.registry.verify(version)
+            self.registry.check_chain(version)
         except DAMAGE_ERRORS as e:
             return str(e)
         return None

@@ -216,6 +216,11 @@ def _crc_json(body: Mapping[str, Any]) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True).encode())
 
 
+def _dirname(version: int) -> str:
+    """Name of a version's directory under ``versions/``."""
+    return f"{int(version):012d}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -308,7 +313,7 @@ class Registry:
 
     def path_of(self, version: int) -> Path:
         """Directory of ``version``."""
-        return self._versions_dir / f"{int(version):012d}"
+        return self._versions_dir / _dirname(version)
 
     # ------------------------------------------------------------------ reading
     def info(self) -> dict[str, Any] | None:
@@ -455,6 +460,24 @@ class Registry:
             verify_bundle_files(self.part_path(m.version, key.rsplit("/", 1)[0]),
                                 checksums=checksums)
         return m
+
+    def check_chain(self, version: int) -> None:
+        """Check, quickly, that the versions ``version`` is built on (back to its full
+        snapshot) still have their manifests: one ``stat`` each, no file is read.
+
+        Raises
+        ------
+        SnapshotCorruptError
+            Names the first missing manifest (or version directory).
+        """
+        vdir = os.fspath(self._versions_dir)
+        m = self.manifest(version)
+        while m.kind is not VersionKind.FULL and m.base is not None:
+            path = os.path.join(vdir, _dirname(m.base), MANIFEST)
+            if not os.path.isfile(path):
+                raise SnapshotCorruptError(f"{path}: version manifest missing (version "
+                                           f"{m.version} is built on version {m.base})")
+            m = self.manifest(m.base)
 
     def published_meta(self, key: str, version: int | None = None) -> Any:
         """``meta[key]`` of ``version`` (default ``HEAD``) or, when that version lacks it or its
