@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("freshrec._cli.train", "train a model on a data set (batch, one pass or epochs)"),
     "evaluate": ("freshrec._cli.evaluate", "evaluate a checkpoint on a data set"),
     "serve": ("freshrec._cli.serve", "serve the newest registry model over HTTP"),
-    "registry": ("freshrec._cli.registry", "list, inspect, roll back or clean a model registry"),
+    "registry": ("freshrec._cli.registry", "list, verify, repair, roll back or clean a registry"),
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
 }
 
