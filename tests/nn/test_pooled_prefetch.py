@@ -124,7 +124,7 @@ def test_tables_changed_after_prefetch_are_refused():
     batch = _batches(3, 1)[0]
     module.prefetch(batch, now=0)
     module._pending.future.result()
-    tables["t2"].export_delta()
+    tables["t2"].seal_version()
     with pytest.raises(InputError, match="'t2' was changed"):
         module(batch, now=0)
 

@@ -57,18 +57,10 @@ def train_step(rng: np.random.Generator, tables: dict[str, EmbeddingTable], now:
 
 
 def contents(table: EmbeddingTable) -> dict[str, np.ndarray]:
-    """The table's live rows sorted by fid.
-
-    Reads the private row arrays (no public read of ``last_seen``/state exists and ``save`` is
-    slow on some disks); ``save`` writes exactly these arrays.
-    """
-    n = table._n_used
-    live = np.flatnonzero(table._touched[:n] != 0)
-    keys = table._keys[live]
-    order = np.argsort(keys)
-    rows = live[order]
-    return {"keys": keys[order], "values": table._emb[rows], "state": table._state[rows],
-            "last_seen": table._last_seen[rows]}
+    """The table's live rows sorted by fid (what ``save`` writes), read without changing it."""
+    r = table.read_rows()
+    assert r.states is not None
+    return {"keys": r.fids, "values": r.values, "state": r.states, "last_seen": r.last_seen}
 
 
 def assert_tables_equal(a: dict[str, EmbeddingTable], b: dict[str, EmbeddingTable],

@@ -33,16 +33,16 @@ def initial_rows(config: TableConfig, fids: Iterable[int]) -> np.ndarray:
 
 
 def dump(table: EmbeddingTable) -> dict[int, tuple[np.ndarray, int]]:
-    """Every live row of ``table`` as ``{fid: (row, last_seen)}`` (via ``export_delta(0)``)."""
-    d = table.export_delta(0, with_state=False)
-    return {int(f): (d.values[i], int(d.last_seen[i])) for i, f in enumerate(d.fids)}
+    """Every live row of ``table`` as ``{fid: (row, last_seen)}`` (read-only)."""
+    r = table.read_rows(with_state=False)
+    return {int(f): (r.values[i], int(r.last_seen[i])) for i, f in enumerate(r.fids)}
 
 
 def dump_states(table: EmbeddingTable) -> dict[int, np.ndarray]:
-    """Every live row's optimizer state as ``{fid: state}``."""
-    d = table.export_delta(0, with_state=True)
-    assert d.states is not None
-    return {int(f): d.states[i] for i, f in enumerate(d.fids)}
+    """Every live row's optimizer state as ``{fid: state}`` (read-only)."""
+    r = table.read_rows()
+    assert r.states is not None
+    return {int(f): r.states[i] for i, f in enumerate(r.fids)}
 
 
 class DictTable:

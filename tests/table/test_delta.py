@@ -1,9 +1,11 @@
-"""export_delta / apply_delta: contents, versions, expiry, layouts, chunking, concurrent reads."""
+"""read_delta / seal_version / export_delta / apply_delta: contents, versions, expiry, layouts,
+chunking, concurrent reads."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -53,6 +55,23 @@ def test_export_since_returns_exactly_rows_written_after():
         3: 1, 4: 0, 7: 1, 100: 1}
     serving = t.export_delta(since, with_state=False)
     assert serving.states is None and sorted(serving.fids.tolist()) == [3, 4, 7, 100]
+
+
+def test_read_delta_reads_and_seal_version_cuts():
+    t = _trained()
+    t.expire(20)                                          # fids 1-50 expire in version 1
+    t.lookup(u64([60]), now=20, train=True)
+    read = t.read_delta(0)
+    assert t.version == 1 and t.read_delta(0).to_version == read.to_version == 1
+    exported = EmbeddingTable(CFG)
+    exported.apply_delta(t.export_delta(0))
+    assert t.version == 2                                 # export_delta = read + seal
+    assert read.fids.tolist() == [60] and sorted(read.expired.tolist()) == list(range(1, 51))
+    assert dump(exported).keys() == {60}
+    assert t.seal_version() == 2 and t.version == 3
+    assert t.read_delta(1).num_rows == 0                  # nothing written since version 1
+    t.lookup(u64([61]), now=21, train=True)
+    assert t.read_delta(2).fids.tolist() == [61] and t.read_delta(2).to_version == 3
 
 
 def test_chain_of_deltas_keeps_replica_equal_including_state():
@@ -201,11 +220,29 @@ def _constant_delta(fids: np.ndarray, dim: int, version: int) -> TableDelta:
 
 
 def _apply_while_reading(table: EmbeddingTable, deltas: list[TableDelta], chunk_rows: int,
-                         reader, done: threading.Event, readers: int = 1) -> None:
-    """Apply ``deltas`` in chunks while ``readers`` threads run ``reader`` until ``done``."""
-    threads = [threading.Thread(target=reader) for _ in range(readers)]
+                         read: Callable[[], str | None], readers: int = 1) -> int:
+    """Apply ``deltas`` in chunks while ``readers`` threads call ``read`` in a loop.
+
+    ``read`` returns an error message or None; the first error fails the test. Returns how
+    many reads began after the first apply began and ended before the last one ended.
+    """
+    applying, done = threading.Event(), threading.Event()
+    during = [0] * readers
+    errors: list[str] = []
+
+    def loop(i: int) -> None:
+        while not done.is_set() and not errors:
+            began = applying.is_set()
+            error = read()
+            if error is not None:
+                errors.append(error)
+            elif began and not done.is_set():
+                during[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(readers)]
     for th in threads:
         th.start()
+    applying.set()
     try:
         for d in deltas:
             table.apply_delta(d, chunk_rows=chunk_rows)
@@ -213,6 +250,8 @@ def _apply_while_reading(table: EmbeddingTable, deltas: list[TableDelta], chunk_
         done.set()
         for th in threads:
             th.join(timeout=60)
+    assert not errors, errors
+    return sum(during)
 
 
 def test_readers_never_see_half_written_rows():
@@ -221,26 +260,19 @@ def test_readers_never_see_half_written_rows():
     fids = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(2**40 + 1)
     probe = fids[::97]
     deltas = [_constant_delta(fids, dim, v) for v in range(1, versions + 1)]
-    done = threading.Event()
-    errors: list[str] = []
-    reads = [0]
+    last: dict[int, np.ndarray] = {}
 
-    def reader() -> None:
-        last = np.zeros(probe.shape[0], np.float32)
-        while not done.is_set() or reads[0] == 0:
-            rows = table.lookup(probe)
-            reads[0] += 1
-            if not (rows == rows[:, :1]).all():
-                errors.append(f"torn row: {rows[(rows != rows[:, :1]).any(axis=1)][0]}")
-                return
-            if (rows[:, 0] < last).any():
-                errors.append("a row went back to an older version")
-                return
-            last = rows[:, 0]
+    def read() -> str | None:
+        rows = table.lookup(probe)
+        if not (rows == rows[:, :1]).all():
+            return f"torn row: {rows[(rows != rows[:, :1]).any(axis=1)][0]}"
+        seen = last.setdefault(threading.get_ident(), np.zeros(probe.shape[0], np.float32))
+        if (rows[:, 0] < seen).any():
+            return "a row went back to an older version"
+        last[threading.get_ident()] = rows[:, 0]
+        return None
 
-    _apply_while_reading(table, deltas, 50, reader, done, readers=2)
-    assert not errors, errors
-    assert reads[0] > 0
+    assert _apply_while_reading(table, deltas, 50, read, readers=2) >= 10
     np.testing.assert_array_equal(table.lookup(fids), versions)
 
 
@@ -254,18 +286,13 @@ def test_readers_never_see_a_reused_row_before_it_is_written():
               for v in range(1, versions + 1)]
     probe = np.concatenate([s[::53] for s in sets[1:]])
     owner = np.repeat(np.arange(1, versions + 1), sets[1][::53].shape[0]).astype(np.float32)
-    done = threading.Event()
-    errors: list[str] = []
 
-    def reader() -> None:
-        while not done.is_set() and not errors:
-            rows = table.lookup(probe)
-            bad = ~((rows == 0) | (rows == owner[:, None])).all(axis=1)
-            if bad.any():
-                errors.append(f"fid of version {owner[bad][0]} read {rows[bad][0][:4]}")
+    def read() -> str | None:
+        rows = table.lookup(probe)
+        bad = ~((rows == 0) | (rows == owner[:, None])).all(axis=1)
+        return f"fid of version {owner[bad][0]} read {rows[bad][0][:4]}" if bad.any() else None
 
-    _apply_while_reading(table, deltas, 64, reader, done)
-    assert not errors, errors
+    assert _apply_while_reading(table, deltas, 64, read) >= 10
     assert len(table) == n and table.stats().capacity < 3 * n
 
 

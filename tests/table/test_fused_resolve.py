@@ -41,13 +41,13 @@ def test_matches_a_dict_model_through_growth_duplicates_and_expiry(max_load):
         new = np.array(sorted({int(f) for f in fids} - known), np.uint64)
         if new.shape[0]:  # new rows hold their deterministic initial values and state
             np.testing.assert_array_equal(t.lookup(new), init.lookup(new, now=0, train=True))
-            assert (t._state[t.find(new)] == 0.25).all()
+            assert (t.read_rows(new).states == 0.25).all()
         for f in fids.tolist():
             model[f] = now
         s = t.stats()
         assert s.entries == len(model)
         assert s.entries + s.tombstones <= max_load * s.index_slots
-        assert (t._last_seen[rows] == now).all()
+        assert (t.read_rows(fids).last_seen == now).all()
         if now % 7 == 6:
             gone = t.expire(now)
             stale = [f for f, seen in model.items() if seen < now - 5]
@@ -80,9 +80,9 @@ def test_same_rows_as_the_admission_path():
 def test_version_stamp_only_when_last_seen_changes():
     t = EmbeddingTable(_cfg())
     f = np.array([1, 2], np.uint64)
-    rows = t.resolve(f, now=3, train=True)
-    t.export_delta(0)  # closes version 1
     t.resolve(f, now=3, train=True)
-    assert (t._touched[rows] == 1).all()
+    assert t.seal_version() == 1
+    t.resolve(f, now=3, train=True)
+    assert t.read_rows(f).versions.tolist() == [1, 1]
     t.resolve(f, now=4, train=True)
-    assert (t._touched[rows] == 2).all()
+    assert t.read_rows(f).versions.tolist() == [2, 2]

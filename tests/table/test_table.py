@@ -293,6 +293,26 @@ def test_read_lookup_does_not_refresh_last_seen_or_insert():
     assert t.expire(50) == 1
 
 
+def test_read_rows_reads_without_changing_the_table():
+    t = EmbeddingTable(TableConfig(name="t", dim=2, optimizer=OptimizerConfig(kind="adagrad")))
+    t.lookup(u64([30, 10, 20]), now=7, train=True)
+    t.seal_version()
+    t.lookup(u64([20]), now=9, train=True)
+    before = (t.version, len(t), t.stats())
+    every = t.read_rows()
+    assert every.fids.tolist() == [10, 20, 30]                    # sorted by fid
+    assert every.last_seen.tolist() == [7, 9, 7] and every.versions.tolist() == [1, 2, 1]
+    np.testing.assert_array_equal(every.values, t.lookup(u64([10, 20, 30])))
+    assert every.states is not None and every.states.shape == (3, t.config.state_dim)
+    some = t.read_rows([20, 10], with_state=False)
+    assert some.fids.tolist() == [20, 10] and some.states is None
+    with pytest.raises(InputError, match="1 of 2 have none \\(the first: 99\\)"):
+        t.read_rows([10, 99])
+    assert (t.version, len(t), t.stats()) == before
+    every.values[:] = 5                                             # a copy, not a view
+    assert not (t.lookup(u64([10])) == 5).any()
+
+
 def test_accepts_torch_and_lists_and_signed_ints():
     torch = pytest.importorskip("torch")
     t = EmbeddingTable(TableConfig(name="t", dim=2,

@@ -27,6 +27,7 @@ from freshrec.table.config import (
     table_config_from_dict,
 )
 from freshrec.table.delta import TableDelta
+from freshrec.table.rows import TableRows
 from freshrec.table.table import (
     EmbeddingTable,
     RowInitializer,
@@ -44,6 +45,7 @@ __all__ = [
     "OptimizerKind",
     "TableConfig",
     "TableDelta",
+    "TableRows",
     "TableStats",
     "RowInitializer",
     "as_fids",

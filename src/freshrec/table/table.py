@@ -54,6 +54,7 @@ from freshrec.errors import (
 from freshrec.table import _kernels as K
 from freshrec.table.config import InitKind, OptimizerKind, TableConfig, table_config_from_dict
 from freshrec.table.delta import TableDelta
+from freshrec.table.rows import TableRows
 
 __all__ = ["EmbeddingTable", "TableStats", "RowInitializer", "as_fids", "rows_from_table"]
 
@@ -252,7 +253,7 @@ class EmbeddingTable:
 
     @property
     def version(self) -> int:
-        """Version stamped on writes now; :meth:`export_delta` closes it and opens the next."""
+        """Version stamped on writes now; :meth:`seal_version` closes it and opens the next."""
         return self._version
 
     @property
@@ -313,6 +314,60 @@ class EmbeddingTable:
         with self._mutex:
             K.find_rows(self._index, self._keys, f, out)
         return out
+
+    def read_rows(self, fids: Any = None, *, with_state: bool = True) -> TableRows:
+        """A copy of live rows with their state, last-seen time and version; changes nothing.
+
+        Parameters
+        ----------
+        fids : array-like of uint64, optional
+            The rows to read, in this order; None reads every live row, sorted by fid.
+        with_state : bool
+            Include the optimizer state.
+
+        Returns
+        -------
+        TableRows
+
+        Raises
+        ------
+        InputError
+            A fid in ``fids`` has no row.
+
+        Examples
+        --------
+        >>> t = EmbeddingTable(TableConfig(name="user", dim=2))
+        >>> _ = t.lookup(np.array([7], np.uint64), now=5, train=True)
+        >>> t.read_rows([7]).last_seen.tolist()
+        [5]
+        >>> t.read_rows([7, 8])
+        Traceback (most recent call last):
+        ...
+        freshrec.errors.InputError: EmbeddingTable 'user'.read_rows: every fid must have a row; 1 of 2 have none (the first: 8)
+        """
+        owner = f"EmbeddingTable {self.name!r}.read_rows"
+        with self._writer:
+            if fids is None:
+                live = np.flatnonzero(self._touched[: self._n_used] != 0).astype(np.int32)
+                rows = live[np.argsort(self._keys[live], kind="stable")]
+            else:
+                f = as_fids(fids, f"{owner}: fids")
+                rows = self.find(f)
+                absent = f[rows < 0]
+                if absent.shape[0]:
+                    raise InputError(f"{owner}: every fid must have a row; {absent.shape[0]} "
+                                     f"of {f.shape[0]} have none (the first: {int(absent[0])})")
+            keys, values, seen, versions, states = self._gather(rows, with_state)
+        return TableRows(fids=keys, values=values, states=states, last_seen=seen,
+                         versions=versions)
+
+    def _gather(self, rows: np.ndarray, with_state: bool) -> tuple[
+            npt.NDArray[np.uint64], npt.NDArray[np.float32], npt.NDArray[np.uint32],
+            npt.NDArray[np.uint32], npt.NDArray[np.float32] | None]:
+        """Copies of ``(fids, values, last_seen, versions, states)`` of ``rows``."""
+        with self._mutex:
+            return (self._keys[rows], self._emb[rows], self._last_seen[rows],
+                    self._touched[rows], self._state[rows] if with_state else None)
 
     def set_default_row(self, row: Any) -> None:
         """Set the row read for absent fids (zeros unless set), e.g. the mean of known rows."""
@@ -589,29 +644,83 @@ class EmbeddingTable:
         self._counters["expired"] += int(rows.shape[0])
 
     # ------------------------------------------------------------------ deltas
-    def export_delta(self, since_version: int = 0, *, with_state: bool = True) -> TableDelta:
-        """Rows written and fids expired after ``since_version``; then open a new version.
+    def read_delta(self, since_version: int = 0, *, with_state: bool = True) -> TableDelta:
+        """Rows written and fids expired after ``since_version``, up to the open version.
 
-        ``export_delta(0)`` is the whole table. The returned delta's ``to_version`` is the
-        version that was open; later writes carry the next one.
+        Reads only: the open version stays open, so writes after this call may still carry
+        the returned ``to_version``. To cut a delta that the next one continues from, use
+        :meth:`export_delta`. ``read_delta(0)`` is the whole table.
+
+        Parameters
+        ----------
+        since_version : int
+            Rows last written in a version after this one are included.
+        with_state : bool
+            Include the optimizer state (training replicas); False for serving.
+
+        Returns
+        -------
+        TableDelta
+            From ``since_version`` to the open :attr:`version`.
+
+        Examples
+        --------
+        >>> t = EmbeddingTable(TableConfig(name="user", dim=2))
+        >>> _ = t.lookup(np.array([3, 5], np.uint64), now=0, train=True)
+        >>> d = t.read_delta(0)
+        >>> d.fids.tolist(), d.to_version, t.version
+        ([3, 5], 1, 1)
         """
         with self._writer:
-            n = self._n_used
-            to_version = self._version
-            rows = np.flatnonzero(self._touched[:n] > since_version).astype(np.int32)
-            with self._mutex:
-                fids = self._keys[rows]
-                values = self._emb[rows]
-                seen = self._last_seen[rows]
-                states = self._state[rows] if with_state else None
+            rows = np.flatnonzero(self._touched[: self._n_used] > since_version).astype(np.int32)
+            fids, values, seen, _, states = self._gather(rows, with_state)
             parts = [f for v, f in self._expired_log if v > since_version]
             expired = np.concatenate(parts) if parts else np.empty(0, np.uint64)
-            self._version += 1
+            to_version = self._version
         return TableDelta(
             table=self.name, fingerprint=self.config.fingerprint(), from_version=since_version,
             to_version=to_version, fids=fids, values=values, last_seen=seen, states=states,
             expired=expired,
         )
+
+    def seal_version(self) -> int:
+        """Close the open version and open the next one; returns the version closed.
+
+        Writes after this carry the next version, so a delta since the closed version holds
+        exactly them.
+
+        Examples
+        --------
+        >>> t = EmbeddingTable(TableConfig(name="user", dim=2))
+        >>> t.seal_version(), t.version
+        (1, 2)
+        """
+        with self._writer:
+            sealed = self._version
+            self._version += 1
+        return sealed
+
+    def export_delta(self, since_version: int = 0, *, with_state: bool = True) -> TableDelta:
+        """:meth:`read_delta`, then :meth:`seal_version`, with no write in between.
+
+        The returned delta's ``to_version`` is the version that was open; later writes carry
+        the next one, so ``export_delta(d.to_version)`` continues where ``d`` ended. This is
+        what publishing uses; to look at a table without changing it, use :meth:`read_delta`
+        or :meth:`read_rows`.
+
+        Examples
+        --------
+        >>> t = EmbeddingTable(TableConfig(name="user", dim=2))
+        >>> _ = t.lookup(np.array([3], np.uint64), now=0, train=True)
+        >>> d = t.export_delta(0)
+        >>> _ = t.lookup(np.array([4], np.uint64), now=0, train=True)
+        >>> d.to_version, t.export_delta(d.to_version).fids.tolist()
+        (1, [4])
+        """
+        with self._writer:
+            delta = self.read_delta(since_version, with_state=with_state)
+            self.seal_version()
+        return delta
 
     def forget_expired_before(self, version: int) -> None:
         """Drop the expired-fid log up to ``version`` (deltas since then no longer need it)."""
