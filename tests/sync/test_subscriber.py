@@ -276,6 +276,13 @@ def test_a_running_subscriber_moves_past_damage_once_a_newer_snapshot_is_publish
     _expect(trainer, tables, dense, 17)
 
 
+def test_a_deleted_registry_json_does_not_stop_a_restart(trainer):
+    (trainer.reg.root / "registry.json").unlink()   # the next publish writes it again
+    state = Subscriber(Registry(trainer.reg.root)).materialize()
+    assert state.version == 13
+    _expect(trainer, state.tables, state.dense, 13)
+
+
 def test_gap_between_local_tables_and_delta_raises_stale(trainer):
     state = Subscriber(trainer.reg).materialize(5)
     sub = Subscriber(trainer.reg, version=8)  # claims 8, tables are at 5

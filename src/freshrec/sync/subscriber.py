@@ -447,7 +447,7 @@ class Subscriber:
         staged = self._stage(plan.steps, {})
         first = reg.manifest(plan.steps[0].version)
         tables = {}
-        for name in sorted(reg.info()["tables"]):  # type: ignore[index]
+        for name in sorted(first.table_versions):
             with self._blame(first.version):
                 t = EmbeddingTable.from_snapshot(reg.path_of(first.version) / "full" / name)
             _anchor(t, first.table_versions[name])
