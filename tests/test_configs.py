@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def test_there_are_configs():
-    assert {p.stem for p in CONFIGS} >= {"movielens", "criteo", "obd", "simulator"}
+    assert {p.stem for p in CONFIGS} >= {"movielens", "criteo", "obd", "simulator", "demo"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.demo import DemoConfig
-from freshrec.errors import ConfigError
 from freshrec.stream.events import decode
 from freshrec.stream.open import open_log
 from freshrec.sync import Registry
@@ -73,10 +71,3 @@ def test_demo_runs_the_loop_and_cleans_up(tmp_path):
     if out["plot"] is not None:
         assert Path(out["plot"]).stat().st_size > 0
     assert "summary" in proc.stdout and str(workdir / "metrics.json") in proc.stdout
-
-
-def test_demo_config_names_the_bad_field():
-    with pytest.raises(ConfigError, match="candidates"):
-        DemoConfig(candidates=50, items=10)
-    with pytest.raises(ConfigError, match="redis"):
-        DemoConfig(redis="localhost:6379")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from freshrec.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def require(cond: bool, owner: str, field: str, expected: str, got: object) -> None:
@@ -51,3 +56,53 @@ def check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
             raise ConfigError(
                 f"{where}: unknown key {key!r} (expected one of: {', '.join(sorted(allowed))})"
             )
+
+
+def build_config(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build the config dataclass ``cls`` from a parsed YAML mapping (``None``: all defaults).
+
+    Every key must be a field of ``cls`` and every field without a default must be given;
+    a list given for a tuple field becomes a tuple, and a mapping given for a field whose type
+    is a config dataclass (``X`` or ``X | None``) is built the same way. Errors name the key
+    and ``where``; the dataclass's own validation errors are prefixed with ``where``.
+
+    Examples
+    --------
+    >>> from freshrec.stream.config import JoinerConfig
+    >>> cfg = build_config(JoinerConfig, {"actions": ["click", "like"],
+    ...                                   "validation": {"window_s": 30}}, "a.yaml: join")
+    >>> cfg.actions, cfg.validation.window_s
+    (('click', 'like'), 30)
+    >>> build_config(JoinerConfig, {"validation": {"windw_s": 30}}, "a.yaml: join")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: a.yaml: join: validation: unknown key 'windw_s' (expected one of: ...)
+    >>> build_config(JoinerConfig, {"window_s": -1}, "a.yaml: join")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: a.yaml: join: JoinerConfig: window_s must be an int >= 0, got -1
+    """
+    data = {} if data is None else data
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    check_keys(data, {f.name for f in fields}, where)
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in data:
+            raise ConfigError(f"{where}: missing required key {f.name!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _convert(hints[k], v, f"{where}: {k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as field type ``hint`` wants it: lists -> tuples, mappings -> dataclasses."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for option in typing.get_args(hint) if union else (hint,):
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(option):
+            return build_config(option, value, where)  # type: ignore[arg-type]
+        if isinstance(value, list) and typing.get_origin(option) is tuple:
+            return tuple(value)
+    return value

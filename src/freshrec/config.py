@@ -1,48 +1,77 @@
-"""The whole freshrec configuration, loaded from YAML.
+"""The whole freshrec configuration: one YAML document with a section for each stage.
 
-Top-level keys are the fields of :class:`FreshrecConfig`: ``features`` (tables, slots,
-dense fields, labels), ``model``, ``train``, ``data`` (default reader), ``online`` (the
-online trainer) and ``sync`` (what is published to the registry, and how often). An unknown key
-anywhere is an error that names the key and the file. ``--set a.b=v`` overrides from the CLI
-are applied to the parsed YAML before validation (values parsed as YAML scalars).
+Top-level keys are the fields of :class:`FreshrecConfig`. The model and how it learns:
+``features`` (tables, slots, dense fields, labels), ``model``, ``train``, ``data`` (the batch
+reader), ``online`` (the online trainer) and ``sync`` (what is published to the registry, and
+how often). Then one section per command that runs a stage: ``simulate``, ``join``, ``serve``
+and ``demo`` (``configs/demo.yaml`` has them all). Every default lives in the section's
+dataclass; a command's flags are shorthands for ``--set section.key=value``.
+
+An unknown key anywhere is an error that names the key and the file. ``--set a.b=v``
+overrides are applied to the parsed YAML before validation (values parsed as YAML scalars).
+Only ``features`` is required, and only to build a model: :func:`section_from_dict` reads
+one stage's section of a document that has no model.
 
 Examples
 --------
 >>> cfg = config_from_dict({
 ...     "features": {"tables": {"item": {"dim": 8}}, "slots": {"item_id": {"table": "item"}}},
 ...     "model": {"kind": "deepfm", "mlp": [16]},
+...     "join": {"window_s": 60},
 ... }, where="inline")
->>> cfg.model.kind.value, cfg.train.batch_size
-('deepfm', 512)
->>> apply_overrides({"train": {"epochs": 1}}, ["train.epochs=3", "model.kind=dcn_v2"])
+>>> cfg.model.kind.value, cfg.train.batch_size, cfg.join.window_s, cfg.serve.port
+('deepfm', 512, 60, 8000)
+>>> apply_overrides({"train": {"epochs": 1}}, ["train.epochs=3", ("model.kind", "dcn_v2")])
 {'train': {'epochs': 3}, 'model': {'kind': 'dcn_v2'}}
+>>> section_from_dict("join", {"join": {"workers": 2}}, where="inline").workers
+2
+>>> section_from_dict("join", {"join": {"wrokers": 2}}, where="j.yaml")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+freshrec.errors.ConfigError: j.yaml: join: unknown key 'wrokers' (expected one of: ...)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from freshrec._validate import check_keys
+from freshrec._validate import build_config, check_keys
+from freshrec.data.simulate import SimulateJobConfig
+from freshrec.demo.config import DemoConfig
 from freshrec.errors import ConfigError
 from freshrec.features.config import FeatureConfig, feature_config_from_dict
 from freshrec.models.config import ModelConfig, model_config_from_dict
+from freshrec.serve.config import ServeJobConfig
+from freshrec.stream.config import JoinJobConfig
 from freshrec.sync.config import PublisherConfig
 from freshrec.train.config import OnlineConfig, TrainConfig
 
-__all__ = ["FreshrecConfig", "DataConfig", "load_config", "config_from_dict", "apply_overrides"]
+__all__ = [
+    "FreshrecConfig",
+    "DataConfig",
+    "SECTIONS",
+    "load_config",
+    "read_document",
+    "config_from_dict",
+    "section_from_dict",
+    "apply_overrides",
+]
+
+#: An override: ``"a.b=value"`` (value parsed as YAML) or ``("a.b", value)``.
+Override = str | tuple[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Default data source of ``freshrec train`` (the CLI's ``--data``/``--format`` win)."""
+    """Default data source of ``freshrec train`` (the CLI's ``--data``/``--format`` set it)."""
 
     format: str = ""
     path: str = ""
@@ -52,7 +81,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FreshrecConfig:
-    """Features, model, training and data settings, plus the raw mapping they came from."""
+    """Every section of the config document, plus the raw mapping they came from."""
 
     features: FeatureConfig
     model: ModelConfig
@@ -60,6 +89,10 @@ class FreshrecConfig:
     data: DataConfig = field(default_factory=DataConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     sync: PublisherConfig = field(default_factory=PublisherConfig)
+    simulate: SimulateJobConfig = field(default_factory=SimulateJobConfig)
+    join: JoinJobConfig = field(default_factory=JoinJobConfig)
+    serve: ServeJobConfig = field(default_factory=ServeJobConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
@@ -69,59 +102,91 @@ class FreshrecConfig:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-_TOP = {"features", "model", "train", "data", "online", "sync"}
+#: Top-level key of the document -> the type of its section.
+SECTIONS: Mapping[str, type] = {k: v for k, v in typing.get_type_hints(FreshrecConfig).items()
+                                if k != "raw"}
+
+#: Sections with a builder of their own (the others are built by :func:`build_config`).
+_BUILDERS: dict[str, Callable[..., Any]] = {
+    "features": feature_config_from_dict,
+    "model": model_config_from_dict,
+}
 
 
-def _typed(cls: type, data: Any, where: str) -> Any:
-    data = data or {}
-    check_keys(data, {f.name for f in dataclasses.fields(cls)}, where)
-    try:
-        return cls(**data)
-    except (ConfigError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+def _sections(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every section of ``data``, validated (absent ones at their defaults; no features)."""
+    check_keys(data, set(SECTIONS), where)
+    out = {}
+    for name, cls in SECTIONS.items():
+        if name == "features" and name not in data:
+            continue
+        body, here = data.get(name), f"{where}: {name}"
+        out[name] = (_BUILDERS[name](body or {}, where=here) if name in _BUILDERS
+                     else build_config(cls, body, here))
+    return out
 
 
 def config_from_dict(data: Mapping[str, Any], where: str = "config") -> FreshrecConfig:
-    """Validate a parsed YAML mapping into a :class:`FreshrecConfig`."""
-    check_keys(data, _TOP, where)
+    """Validate a parsed YAML document into a :class:`FreshrecConfig` (``features`` required)."""
+    check_keys(data, set(SECTIONS), where)
     if "features" not in data:
         raise ConfigError(f"{where}: missing required key 'features'")
-    return FreshrecConfig(
-        features=feature_config_from_dict(data["features"], where=f"{where}: features"),
-        model=model_config_from_dict(data.get("model") or {}, where=f"{where}: model"),
-        train=_typed(TrainConfig, data.get("train"), f"{where}: train"),
-        data=_typed(DataConfig, data.get("data"), f"{where}: data"),
-        online=_typed(OnlineConfig, data.get("online"), f"{where}: online"),
-        sync=_typed(PublisherConfig, data.get("sync"), f"{where}: sync"),
-        raw=json.loads(json.dumps(data, default=str)),
-    )
+    return FreshrecConfig(**_sections(data, where), raw=json.loads(json.dumps(data, default=str)))
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested mapping in place."""
+def section_from_dict(name: str, data: Mapping[str, Any], where: str = "config") -> Any:
+    """The validated section ``name`` of a parsed YAML document; ``features`` is not required.
+
+    Every section present is validated, so a typo anywhere in the document is reported.
+    """
+    if name not in SECTIONS or name == "features":
+        raise ConfigError(f"{where}: {name!r} is not a stage section "
+                          f"(one of: {', '.join(n for n in SECTIONS if n != 'features')})")
+    return _sections(data, where)[name]
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) or ``(key, value)`` pairs to a
+    nested mapping, in place and in order (the last one wins)."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        key, value = item.split("=", 1)
+        if isinstance(item, str):
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+            key, text = item.split("=", 1)
+            value = yaml.safe_load(text)
+        else:
+            key, value = item
         parts = key.split(".")
         node = data
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+        node[parts[-1]] = value
     return data
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> FreshrecConfig:
+def read_document(path: str | Path | None, overrides: Sequence[Override] = ()) -> dict[str, Any]:
+    """The YAML document at ``path`` (``None``: an empty one) with ``overrides`` applied.
+
+    Nothing is validated yet; errors in reading it name the file.
+    """
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return apply_overrides(data, overrides)
+
+
+def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> FreshrecConfig:
     """Read a YAML config file, apply overrides and validate; errors name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return config_from_dict(apply_overrides(data, overrides), where=str(path))
+    return config_from_dict(read_document(path, overrides), where=str(path))

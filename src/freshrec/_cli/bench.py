@@ -10,23 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
+from freshrec._resources import shipped_dir
 from freshrec.errors import InputError
-
-
-def benchmarks_root() -> Path:
-    """The ``benchmarks/`` folder of the source checkout this package is installed from, or
-    the copy an install puts in ``<prefix>/share/freshrec/benchmarks``."""
-    checkout = Path(__file__).resolve().parents[3] / "benchmarks"
-    installed = Path(sys.prefix) / "share" / "freshrec" / "benchmarks"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
 
 
 def available() -> dict[str, Path]:
     """Benchmark name -> script path."""
-    root = benchmarks_root()
+    root = shipped_dir("benchmarks")
     return {p.stem[len("bench_"):]: p for p in sorted(root.glob("*/bench_*.py"))}
 
 
@@ -41,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in scripts:
         raise InputError(
             f"unknown benchmark {args.name!r}; available: {', '.join(scripts) or 'none'} "
-            f"(looked in {benchmarks_root()})"
+            f"(looked in {shipped_dir('benchmarks')})"
         )
     spec = importlib.util.spec_from_file_location(f"bench_{args.name}", scripts[args.name])
     assert spec is not None and spec.loader is not None

@@ -1,48 +1,58 @@
-"""``freshrec serve --registry DIR [--host H] [--port P] [--log SPEC] [--config YAML]``.
+"""``freshrec serve``: serve the newest registry model over HTTP.
 
-Serves the registry's newest model over HTTP (see :mod:`freshrec.serve`), following new
-versions as they are published, and writes an impression event per request to the log.
+Settings are the ``serve`` section of the config document
+(:class:`~freshrec.serve.config.ServeJobConfig`); every flag is a shorthand for one of its
+keys. The model is the registry's (the config published with it), or the document's
+``features`` and ``model`` sections when it has them. Serves the registry's newest model (see
+:mod:`freshrec.serve`), follows new versions as they are published, and writes an impression
+event per request to the log.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from freshrec.config import load_config
-from freshrec.serve import ServeConfig, run_server
+from freshrec._cli.options import Shorthand, add_config_arguments, document, where
+from freshrec.config import config_from_dict, section_from_dict
+from freshrec.errors import ConfigError
+from freshrec.serve import ServeJobConfig, run_server
+from freshrec.serve.engine import ENGINES
+
+SHORTHANDS = [
+    Shorthand("--registry", "serve.registry", "registry directory to serve from"),
+    Shorthand("--host", "serve.host", "address to listen on"),
+    Shorthand("--port", "serve.port", "port (0: any free port)", int),
+    Shorthand("--log", "serve.log", "impression log: a directory (file log), file:DIR or "
+              "redis://...; null: log/ beside the registry; 'none' writes no impressions"),
+    Shorthand("--threads", "serve.threads", "intra-op threads of torch and ONNX Runtime", int),
+    Shorthand("--items", "serve.items_path", "item catalogue (one candidate object per line) "
+              "loaded into the feature index: requests may then send candidate_ids"),
+    Shorthand("--engine", "serve.engine", "what runs the dense part (auto: ONNX Runtime when "
+              "installed)", choices=ENGINES),
+    Shorthand("--max-in-flight", "serve.max_in_flight", "requests admitted at once", int),
+    Shorthand("--poll-interval", "serve.poll_interval_s",
+              "seconds between looks at the registry", float),
+    Shorthand("--update-mode", "serve.update_mode", "naive: reload on the request path (a "
+              "benchmark baseline only)", choices=("background", "naive")),
+]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", required=True, help="registry directory to serve from")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--log", default=None,
-                   help="impression log: a directory (file log), file:DIR or redis://...; "
-                        "default: log/ beside the registry; 'none' writes no impressions")
-    p.add_argument("--config", default=None,
-                   help="model config YAML (default: the one published with the registry)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config value (with --config)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="intra-op threads of torch and ONNX Runtime")
-    p.add_argument("--items", default=None, metavar="JSONL",
-                   help="item catalogue (one candidate object per line) loaded into the "
-                        "feature index: requests may then send candidate_ids")
-    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="what runs the dense part (auto: ONNX Runtime when installed)")
-    p.add_argument("--max-in-flight", type=int, default=64, help="requests admitted at once")
-    p.add_argument("--poll-interval", type=float, default=1.0,
-                   help="seconds between looks at the registry")
-    p.add_argument("--update-mode", choices=["background", "naive"], default="background",
-                   help="naive: reload on the request path (a benchmark baseline only)")
+    add_config_arguments(p, SHORTHANDS, config_help=(
+        "the config document: its serve section, and the model to serve when it has "
+        "features (default: the config published with the registry)"))
 
 
 def run(args: argparse.Namespace) -> int:
-    model_config = load_config(args.config, args.set) if args.config else None
-    config = ServeConfig(host=args.host, port=args.port, threads=args.threads, engine=args.engine,
-                         items_path=args.items,
-                         max_in_flight=args.max_in_flight, poll_interval_s=args.poll_interval,
-                         update_mode=args.update_mode)
-    log = False if args.log == "none" else args.log
-    run_server(args.registry, config=config, model_config=model_config, log=log)
+    doc = document(args)
+    if "features" in doc:
+        model_config = config_from_dict(doc, where=where(args))
+        job: ServeJobConfig = model_config.serve
+    else:
+        model_config, job = None, section_from_dict("serve", doc, where=where(args))
+    if not job.registry:
+        raise ConfigError("freshrec serve needs serve.registry: pass --registry or set it in "
+                          "the config document")
+    log = False if job.log == "none" else job.log
+    run_server(job.registry, config=job, model_config=model_config, log=log)
     return 0

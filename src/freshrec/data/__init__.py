@@ -31,7 +31,12 @@ from freshrec.data.obd import OpenBanditReader
 from freshrec.data.obd_replay import open_bandit_events
 from freshrec.data.prefetch import Prefetcher
 from freshrec.data.readers import READER_FORMATS, open_reader
-from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
+from freshrec.data.simulate import (
+    ClickStreamSimulator,
+    SimulateJobConfig,
+    SimulatorConfig,
+    write_to_log,
+)
 
 __all__ = [
     "ArrowReader",
@@ -49,5 +54,6 @@ __all__ = [
     "open_bandit_events",
     "ClickStreamSimulator",
     "SimulatorConfig",
+    "SimulateJobConfig",
     "write_to_log",
 ]

@@ -37,7 +37,7 @@ from freshrec._validate import is_int, is_number, require
 from freshrec.stream.base import Log
 from freshrec.stream.events import SCHEMA_VERSION, encode, partition_for
 
-__all__ = ["SimulatorConfig", "ClickStreamSimulator", "write_to_log"]
+__all__ = ["SimulatorConfig", "SimulateJobConfig", "ClickStreamSimulator", "write_to_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,59 @@ class SimulatorConfig:
                 getattr(self, f),
             )
         require(is_number(self.bias), o, "bias", "a number", self.bias)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulateJobConfig(SimulatorConfig):
+    """``freshrec simulate``: the simulator's parameters plus where and how much it writes.
+
+    The ``simulate`` section of the config document (the demo's traffic reads it too).
+
+    Parameters
+    ----------
+    log
+        Target log spec (``file:PATH``, ``redis://HOST:PORT/DB#NAME``); the command refuses to
+        start without one.
+    partitions
+        Partitions of the log when it is created.
+    events, requests
+        Stop after this many events or requests (both None: 1000 requests).
+    events_per_wall_s
+        Events written per wall second (None: as fast as possible).
+    obd
+        Replay this Open Bandit campaign directory instead of simulating.
+    progress
+        Draw a progress bar.
+
+    Examples
+    --------
+    >>> SimulateJobConfig(log="file:runs/events", n_items=50, candidates=10).requests is None
+    True
+    """
+
+    log: str = ""
+    partitions: int = 1
+    events: int | None = None
+    requests: int | None = None
+    events_per_wall_s: float | None = None
+    obd: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        o = "SimulateJobConfig"
+        require(isinstance(self.log, str), o, "log", "a log spec", self.log)
+        require(is_int(self.partitions) and self.partitions >= 1, o, "partitions",
+                "an int >= 1", self.partitions)
+        for f in ("events", "requests"):
+            v = getattr(self, f)
+            require(v is None or (is_int(v) and v >= 1), o, f, "None or an int >= 1", v)
+        require(self.events_per_wall_s is None or (is_number(self.events_per_wall_s)
+                                                   and self.events_per_wall_s > 0), o,
+                "events_per_wall_s", "None or a number > 0", self.events_per_wall_s)
+        require(self.obd is None or (isinstance(self.obd, str) and bool(self.obd)), o, "obd",
+                "None or a directory", self.obd)
+        require(isinstance(self.progress, bool), o, "progress", "true or false", self.progress)
 
 
 class _Population:

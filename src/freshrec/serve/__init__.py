@@ -19,13 +19,44 @@ Examples
 'background'
 """
 
-from freshrec.serve.config import ServeConfig, serve_config_from_dict
-from freshrec.serve.impressions import ImpressionWriter, impression_event
-from freshrec.serve.metrics import ServeMetrics
-from freshrec.serve.predictor import FeatureIndex, FeatureLayout, Predictor, column_side
-from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
-from freshrec.serve.server import Server, default_log_spec, run_server
-from freshrec.serve.updater import ModelUpdater, config_from_registry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from freshrec.serve.config import ServeConfig, ServeJobConfig, serve_config_from_dict
+
+if TYPE_CHECKING:
+    from freshrec.serve.impressions import ImpressionWriter, impression_event
+    from freshrec.serve.metrics import ServeMetrics
+    from freshrec.serve.predictor import FeatureIndex, FeatureLayout, Predictor, column_side
+    from freshrec.serve.request import (
+        RequestError,
+        ScoreRequest,
+        parse_request,
+        parse_v2_request,
+    )
+    from freshrec.serve.server import Server, default_log_spec, run_server
+    from freshrec.serve.updater import ModelUpdater, config_from_registry
+
+#: Public name -> the module that defines it. Only the configs are imported with the package:
+#: :mod:`freshrec.config` reads the ``serve`` section without the serve extra (uvicorn) and
+#: without importing the predictor, which imports :mod:`freshrec.config` itself.
+_LAZY = {
+    "FeatureIndex": "predictor", "FeatureLayout": "predictor", "Predictor": "predictor",
+    "column_side": "predictor", "ImpressionWriter": "impressions",
+    "impression_event": "impressions", "ServeMetrics": "metrics", "RequestError": "request",
+    "ScoreRequest": "request", "parse_request": "request", "parse_v2_request": "request",
+    "Server": "server", "default_log_spec": "server", "run_server": "server",
+    "ModelUpdater": "updater", "config_from_registry": "updater",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 __all__ = [
     "FeatureIndex",
@@ -36,6 +67,7 @@ __all__ = [
     "RequestError",
     "ScoreRequest",
     "ServeConfig",
+    "ServeJobConfig",
     "ServeMetrics",
     "Server",
     "column_side",

@@ -12,16 +12,14 @@ freshrec.errors.ConfigError: ServeConfig: max_in_flight must be an int >= 1, got
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from freshrec._validate import check_keys, is_int, is_number, require
-from freshrec.errors import ConfigError
+from freshrec._validate import build_config, is_int, is_number, require
 from freshrec.serve.engine import ENGINES
 
-__all__ = ["ServeConfig", "serve_config_from_dict"]
+__all__ = ["ServeConfig", "ServeJobConfig", "serve_config_from_dict"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +140,35 @@ def serve_config_from_dict(data: Mapping[str, Any], where: str = "serve") -> Ser
     ...
     freshrec.errors.ConfigError: serve: unknown key 'prot' (expected one of: ...)
     """
-    check_keys(data, {f.name for f in dataclasses.fields(ServeConfig)}, where)
-    try:
-        return ServeConfig(**data)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from e
+    return build_config(ServeConfig, data, where)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeJobConfig(ServeConfig):
+    """``freshrec serve``: how to serve (:class:`ServeConfig`) plus what to serve from.
+
+    The ``serve`` section of the config document.
+
+    Parameters
+    ----------
+    registry : str
+        Registry directory to serve from (the command refuses to start without one).
+    log : str, optional
+        Impression log: a directory (file log), ``file:DIR`` or ``redis://...``; ``None``:
+        ``log/`` beside the registry; ``"none"``: no impressions are written.
+
+    Examples
+    --------
+    >>> ServeJobConfig(registry="runs/registry", port=0).log is None
+    True
+    """
+
+    registry: str = ""
+    log: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(isinstance(self.registry, str), "ServeJobConfig", "registry", "a directory",
+                self.registry)
+        require(self.log is None or (isinstance(self.log, str) and bool(self.log)),
+                "ServeJobConfig", "log", "None, 'none' or a log spec", self.log)

@@ -30,6 +30,7 @@ from freshrec.stream.base import Log, Record
 from freshrec.stream.config import (
     FileLogConfig,
     JoinerConfig,
+    JoinJobConfig,
     KafkaLogConfig,
     RedisLogConfig,
     ValidationConfig,
@@ -54,5 +55,6 @@ __all__ = [
     "RedisLogConfig",
     "KafkaLogConfig",
     "JoinerConfig",
+    "JoinJobConfig",
     "ValidationConfig",
 ]

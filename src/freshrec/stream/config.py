@@ -4,6 +4,8 @@ Examples
 --------
 >>> JoinerConfig(window_s=300, actions=("click", "like")).actions
 ('click', 'like')
+>>> JoinJobConfig(source="file:runs/events", workers=2, window_s=30).workers
+2
 >>> FileLogConfig(fsync="sometimes")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -22,6 +24,7 @@ __all__ = [
     "KafkaLogConfig",
     "ValidationConfig",
     "JoinerConfig",
+    "JoinJobConfig",
 ]
 
 _FSYNC = ("always", "interval", "never")
@@ -252,3 +255,67 @@ class JoinerConfig:
                 "max_candidates", "an int >= 1", self.max_candidates)
         require(is_int(self.map_size) and self.map_size >= 1 << 20, o, "map_size",
                 "an int >= 1 MiB", self.map_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinJobConfig(JoinerConfig):
+    """``freshrec join``: the joiner's settings plus what it reads, writes and how it runs.
+
+    The ``join`` section of the config document. The locations have no default; the command
+    refuses to start without ``source``, ``output`` and ``state``.
+
+    Parameters
+    ----------
+    source, output
+        Log specs (``file:PATH``, ``redis://HOST:PORT/DB#NAME``) of the events read and of the
+        examples written.
+    state
+        State directory (LMDB, checkpoints); workers use ``STATE/p<partitions>``.
+    dead_letter, quarantine
+        Log specs for bad events and for quarantined validation windows (None: none).
+    partitions
+        Source partitions this joiner reads, such as ``"0-3"`` or ``"0,2"`` (None: all).
+    source_partitions
+        Partitions the source log has (None: what the log records; fewer is an error).
+    workers
+        Processes the partitions are divided among (restarted when they die).
+    idle_timeout_s
+        Stop after the source was idle this long (``.inf``: never).
+    flush
+        Emit everything still pending when stopping.
+    progress
+        Draw a progress line.
+    """
+
+    source: str = ""
+    output: str = ""
+    state: str = ""
+    dead_letter: str | None = None
+    quarantine: str | None = None
+    partitions: str | None = None
+    source_partitions: int | None = None
+    workers: int = 1
+    idle_timeout_s: float = 2.0
+    flush: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        o = "JoinJobConfig"
+        if is_int(self.partitions):  # YAML reads "partitions: 3" as an int
+            object.__setattr__(self, "partitions", str(self.partitions))
+        for f in ("source", "output", "state"):
+            require(isinstance(getattr(self, f), str), o, f, "a string", getattr(self, f))
+        for f in ("dead_letter", "quarantine", "partitions"):
+            v = getattr(self, f)
+            require(v is None or (isinstance(v, str) and bool(v)), o, f,
+                    "None or a non-empty string", v)
+        require(self.source_partitions is None or (is_int(self.source_partitions)
+                                                   and self.source_partitions >= 1), o,
+                "source_partitions", "None or an int >= 1", self.source_partitions)
+        require(is_int(self.workers) and self.workers >= 1, o, "workers", "an int >= 1",
+                self.workers)
+        require(is_number(self.idle_timeout_s) and self.idle_timeout_s >= 0, o,
+                "idle_timeout_s", "a number of seconds >= 0", self.idle_timeout_s)
+        for f in ("flush", "progress"):
+            require(isinstance(getattr(self, f), bool), o, f, "true or false", getattr(self, f))
