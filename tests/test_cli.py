@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import typing
+from pathlib import Path
 
-from freshrec.cli import main
+import pytest
+
+from freshrec._cli.options import DATA_SHORTHANDS, Shorthand, section
+from freshrec.cli import COMMANDS, _parser, main
+from freshrec.config import SECTIONS
+from freshrec.stream.events import decode
+from freshrec.stream.open import open_log
 
 
 def test_version(capsys):
@@ -26,3 +36,91 @@ def test_bench_table_prints_json_keys(capsys):
                 "update_rows_per_s", "bytes_per_entry", "threads"):
         assert result[key] > 0, key
     assert result["entries"] == 20000
+
+
+# ---------------------------------------------------------------- the config document
+DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+#: command -> a section it reads, and what else it needs to get as far as reading it
+DOCUMENT_COMMANDS = {"simulate": ("simulate", []), "join": ("join", []),
+                     "serve": ("serve", []), "demo": ("demo", []),
+                     "evaluate": ("data", ["--checkpoint", "nowhere"])}
+
+
+def _shorthands(command: str) -> list[Shorthand]:
+    module = importlib.import_module(COMMANDS[command][0])
+    return [*getattr(module, "SHORTHANDS", []),
+            *(DATA_SHORTHANDS if command in ("train", "evaluate") else [])]
+
+
+@pytest.mark.parametrize("command", DOCUMENT_COMMANDS)
+def test_every_flag_sets_a_key_of_the_document(command):
+    parser = _parser(command)
+    for s in _shorthands(command):
+        name, *path = s.key.split(".")
+        cls = SECTIONS[name]
+        for part in path:  # every step of the key is a field of the section's dataclass
+            assert part in {f.name for f in dataclasses.fields(cls)}, s.key
+            hint = typing.get_type_hints(cls)[part]
+            cls = next((t for t in typing.get_args(hint) or (hint,)
+                        if dataclasses.is_dataclass(t)), None)
+        argv = [command, s.flag] if s.is_switch else [command, s.flag, str(
+            s.choices[0] if s.choices else "click" if s.flag == "--actions" else "7")]
+        args = parser.parse_args(argv + DOCUMENT_COMMANDS[command][1])
+        assert [k for k, _ in args.overrides] == [s.key], s.flag
+
+
+@pytest.mark.parametrize("command", DOCUMENT_COMMANDS)
+def test_every_command_reads_the_document_and_names_an_unknown_key(command, tmp_path,
+                                                                   capsys):
+    doc = tmp_path / "doc.yaml"
+    doc.write_text(DEMO_YAML.read_text())
+    section, extra = DOCUMENT_COMMANDS[command]
+    assert main([command, "--config", str(doc), "--set", f"{section}.nope=1", *extra]) == 2
+    assert f"{doc}: {section}: unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_flags_and_set_apply_after_the_file_in_order(tmp_path):
+    doc = tmp_path / "doc.yaml"
+    doc.write_text("join:\n  window_s: 3\n  allowed_lateness_s: 4\n")
+    parse = _parser("join").parse_args
+    args = parse(["join", "--config", str(doc), "--window-s", "9", "--set", "join.window_s=11"])
+    assert (section(args, "join").window_s, section(args, "join").allowed_lateness_s) == (11, 4)
+    args = parse(["join", "--set", "join.window_s=11", "--window-s", "9", "--no-progress",
+                  "--actions", "click,like", "--min-join-rate", "0.1"])
+    job = section(args, "join")
+    assert (job.window_s, job.progress, job.actions) == (9, False, ("click", "like"))
+    assert job.validation is not None and job.validation.min_join_rate == 0.1
+    # the parser's default list is not shared between parses
+    assert parse(["join"]).overrides == []
+
+
+def test_a_missing_location_names_its_flag_and_key(capsys):
+    assert main(["join", "--output", "file:x", "--state", "s"]) == 2
+    assert "freshrec join needs join.source: pass --source" in capsys.readouterr().err
+    assert main(["simulate", "--requests", "1"]) == 2
+    assert "pass --log or set simulate.log" in capsys.readouterr().err
+
+
+def test_help_shows_the_key_and_its_one_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["join", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(join.window_s, default 600)" in text
+    assert "(join.idle_timeout_s, default 2.0)" in text
+    assert "(sets join.progress=false)" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])  # the demo's defaults are configs/demo.yaml's
+    assert "(simulate.n_users, demo.yaml: 2000)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_simulate_reads_its_section_from_the_document(tmp_path, capsys):
+    doc = tmp_path / "doc.yaml"
+    doc.write_text("simulate:\n  n_users: 30\n  n_items: 10\n  candidates: 3\n"
+                   "  progress: false\n")
+    log = f"file:{tmp_path / 'events'}"
+    assert main(["simulate", "--config", str(doc), "--log", log, "--requests", "5"]) == 0
+    events = open_log(log)
+    imps = [e for e in (decode(r.value) for r in events.read(0, 0, 1000))
+            if e.get("type") == "impression"]
+    events.close()
+    assert len(imps) == 5 and {len(e["candidates"]) for e in imps} == {3}
