@@ -1,6 +1,7 @@
-# Two entry points that work on a fresh machine with Python 3.11:
+# Entry points that work on a fresh machine with Python 3.11:
 #   make demo   create .venv, install, run the end-to-end loop on the embedded defaults
 #   make test   create .venv, install what the tests need, run the suite
+#   make check  ruff and mypy (CI runs it before the tests)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -26,6 +27,7 @@ test: $(VENV)/.installed
 
 check: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/freshrec
 
 bench-table: $(VENV)/.installed
 	$(VENV)/bin/freshrec bench table --json

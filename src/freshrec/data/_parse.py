@@ -41,7 +41,7 @@ __all__ = ["KINDS", "open_text", "split_chunks", "batch_from_rows"]
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
     """Open a text file (``.gz`` transparently); undecodable bytes become U+FFFD."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
     return open(path, encoding=encoding, errors="replace", newline="")  # noqa: SIM115
 
 

@@ -183,7 +183,7 @@ class Prefetcher(Generic[T]):
         if isinstance(item, _Failure):
             self._finish()
             raise item.error
-        return item  # type: ignore[no-any-return]
+        return item
 
     def _finish(self) -> None:
         self._finished = True

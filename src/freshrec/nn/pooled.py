@@ -45,7 +45,7 @@ class _TablePool(torch.autograd.Function):
     """Pool bags of one table; backward hands row gradients to the table's optimizer."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, anchor: torch.Tensor, table: EmbeddingTable, rows: np.ndarray,
         offsets: np.ndarray, scale: np.ndarray, fids: np.ndarray, epoch: int,
         unique: tuple[np.ndarray, np.ndarray] | None,
@@ -55,7 +55,7 @@ class _TablePool(torch.autograd.Function):
         return torch.from_numpy(table.pool(rows, offsets, scale))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:
         table: EmbeddingTable = ctx.table
         rows, unique = ctx.rows, ctx.unique
         if table.epoch != ctx.epoch:  # rows were removed since forward: re-resolve
@@ -88,7 +88,7 @@ class _AllTablesPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, anchor: torch.Tensor, module: PooledEmbedding, batch: JaggedBatch,
         now: int | None, train: bool, prefetched: dict[str, _Resolved],
     ) -> torch.Tensor:
@@ -109,7 +109,7 @@ class _AllTablesPool(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, ...]:
         g_all = np.asarray(grad.detach().numpy(), dtype=np.float32)
         module: PooledEmbedding = ctx.module
 
@@ -232,7 +232,9 @@ class PooledEmbedding(nn.Module):
         train = self._check(batch, now)
         prefetched = self._claim_prefetch(batch, now, train)
         anchor = torch.empty(0, requires_grad=train)
-        return _AllTablesPool.apply(anchor, self, batch, now, train, prefetched)
+        # torch.autograd.Function.apply carries no annotations
+        return _AllTablesPool.apply(  # type: ignore[no-untyped-call]
+            anchor, self, batch, now, train, prefetched)
 
     def forward_dict(self, batch: JaggedBatch, now: int | None = None) -> dict[str, torch.Tensor]:
         """Pooled embeddings per slot, each of shape (batch, dim of its table)."""
@@ -243,8 +245,9 @@ class PooledEmbedding(nn.Module):
         anchor = torch.empty(0, requires_grad=train)
         for item in self._plan:
             res = prefetched.get(item[0]) or self._resolve(item, batch, now, train)
-            pooled = _TablePool.apply(anchor, res.table, res.rows, res.offsets, res.scale,
-                                      res.fids, res.epoch, res.unique)
+            pooled = _TablePool.apply(  # type: ignore[no-untyped-call]
+                anchor, res.table, res.rows, res.offsets, res.scale, res.fids, res.epoch,
+                res.unique)
             for i, slot in enumerate(item[1]):
                 out[slot] = pooled[i * b : (i + 1) * b]
         return out

@@ -148,7 +148,7 @@ class ImpressionWriter:
             self._wake.clear()
             stop = self._stop
             while pending:
-                items = []
+                items: list[tuple[ScoreRequest, int | None, float]] = []
                 while pending and len(items) < self.batch:
                     items.append(pending.popleft())
                 self._write(items)

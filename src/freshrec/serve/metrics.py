@@ -154,7 +154,9 @@ class ServeMetrics:
     def render(self) -> str:
         if self.event_time is not None:
             self.freshness.set(max(0.0, time.time() - self.event_time))
-        parts = [self.latency, self.predict, self.requests, self.errors, self.candidates,
-                 self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
-                 self.update_errors, self.damaged_versions, self.impressions, self.impressions_dropped, self.in_flight]
+        parts: list[Counter | Gauge | Histogram] = [
+            self.latency, self.predict, self.requests, self.errors, self.candidates,
+            self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
+            self.update_errors, self.damaged_versions, self.impressions,
+            self.impressions_dropped, self.in_flight]
         return "\n".join(p.render() for p in parts) + "\n"

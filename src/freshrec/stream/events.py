@@ -237,6 +237,8 @@ _ITEM_ID = operator.itemgetter("item_id")
 _POSITION = operator.itemgetter("position")
 _FEATURES = operator.itemgetter("features")
 _TRUE_P = operator.itemgetter("true_p")
+#: One value per candidate: a list, or a numpy array when decoded by the kernel.
+Column = list[Any] | np.ndarray
 _INT_TYPE = frozenset((int,))
 _DICT_TYPE = frozenset((dict,))
 
@@ -254,9 +256,9 @@ class CompactImpression:
                  "true_p", "feature_keys", "feature_cols", "item_type")
 
     def __init__(self, request_id: str | int, user_id: str | int, timestamp: float,
-                 user: dict[str, Any], items: list[Any], positions: list[int],
-                 true_p: list[Any] | None, feature_keys: tuple[str, ...],
-                 feature_cols: list[list[Any]]) -> None:
+                 user: dict[str, Any], items: Column, positions: Column,
+                 true_p: Column | None, feature_keys: tuple[str, ...],
+                 feature_cols: Sequence[Column]) -> None:
         self.request_id, self.user_id, self.timestamp = request_id, user_id, timestamp
         self.user, self.items, self.positions, self.true_p = user, items, positions, true_p
         self.feature_keys, self.feature_cols = feature_keys, feature_cols
@@ -289,7 +291,7 @@ def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
         except KeyError:
             feats = [c.get("features", _NO_FEATURES) for c in cands]
     except (KeyError, TypeError, AttributeError, IndexError):
-        items = None  # type: ignore[assignment]
+        items = None
     item_types = set(map(type, items)) if items is not None else set()
     if (items is None or not _ID_TYPES.issuperset(item_types)
             or not _INT_TYPE.issuperset(map(type, positions))
@@ -535,13 +537,13 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
         cols["true_p"] = _concat([_kept(e.imp.true_p, e.keep) if e.imp.true_p is not None
                                   else [None] * len(e) for e in emitted], pa.float64())
     ukeys = dict.fromkeys(itertools.chain.from_iterable(i.user for i in imps))
-    for k in ukeys:
-        cols[f"u_{k}"] = per_example([i.user.get(k) for i in imps])
+    for key in ukeys:
+        cols[f"u_{key}"] = per_example([i.user.get(key) for i in imps])
     fkeys = dict.fromkeys(itertools.chain.from_iterable(i.feature_keys for i in imps))
-    for k in fkeys:
-        cols[f"i_{k}"] = _concat([_kept(e.imp.feature_cols[e.imp.feature_keys.index(k)],
-                                        e.keep) if k in e.imp.feature_keys
-                                  else [None] * len(e) for e in emitted])
+    for key in fkeys:
+        cols[f"i_{key}"] = _concat([_kept(e.imp.feature_cols[e.imp.feature_keys.index(key)],
+                                          e.keep) if key in e.imp.feature_keys
+                                    else [None] * len(e) for e in emitted])
     return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols),
                                       metadata=_META)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -61,9 +63,9 @@ _READ_CHUNK = 1 << 20
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
-def _close(fh: object | None) -> None:
+def _close(fh: IO[bytes] | None) -> None:
     if fh is not None:
-        fh.close()  # type: ignore[attr-defined]
+        fh.close()
 
 
 class _Segment:
@@ -104,10 +106,15 @@ class _Partition:
         self.path = path
         self.segments: list[_Segment] = []
         self.writer: int | None = None  # fd of the lock file while we are the writer
-        self.fh: object | None = None  # raw append handle of the last segment
-        self.readers: dict[int, object] = {}
+        self.fh: io.FileIO | None = None  # raw append handle of the last segment
+        self.readers: dict[int, io.BufferedReader] = {}
         self.last_fsync = time.monotonic()
         self.dirty = False
+
+    def append_handle(self) -> io.FileIO:
+        """The append handle of the last segment, open while this process is the writer."""
+        assert self.fh is not None, f"{self.path}: not opened for writing"
+        return self.fh
 
     def refresh(self) -> None:
         """Pick up segments and records appended by another process."""
@@ -223,8 +230,9 @@ class FileLog(Log):
             off += 1
         data = b"".join(frames)
         view = memoryview(data)
+        fh = part.append_handle()
         while view:
-            n = part.fh.write(view)  # type: ignore[attr-defined]
+            n = fh.write(view)
             view = view[n:]
         seg.end_pos = pos
         seg.end_offset = off
@@ -238,14 +246,14 @@ class FileLog(Log):
             policy == "interval"
             and time.monotonic() - part.last_fsync >= self.config.fsync_interval_s
         ):
-            os.fsync(part.fh.fileno())  # type: ignore[attr-defined]
+            os.fsync(part.append_handle().fileno())
             part.last_fsync = time.monotonic()
             part.dirty = False
 
     def _roll(self, part: _Partition) -> None:
         if part.fh is not None:
-            os.fsync(part.fh.fileno())  # type: ignore[attr-defined]
-            part.fh.close()  # type: ignore[attr-defined]
+            os.fsync(part.fh.fileno())
+            part.fh.close()
         base = part.end
         seg = _Segment(base, part.path / f"{base:020d}.seg")
         seg.path.touch()
@@ -256,7 +264,7 @@ class FileLog(Log):
         """fsync every partition this process writes."""
         for part in self._parts:
             if part.fh is not None and part.dirty:
-                os.fsync(part.fh.fileno())  # type: ignore[attr-defined]
+                os.fsync(part.fh.fileno())
                 part.dirty = False
                 part.last_fsync = time.monotonic()
 
@@ -267,7 +275,7 @@ class FileLog(Log):
         if offset >= part.end:
             return
         offset = max(offset, 0)
-        part.fh.close()  # type: ignore[attr-defined]
+        part.append_handle().close()
         while len(part.segments) > 1 and part.segments[-1].base >= offset:
             seg = part.segments.pop()
             _close(part.readers.pop(seg.base, None))
@@ -280,7 +288,7 @@ class FileLog(Log):
         seg.end_offset, seg.end_pos = offset, pos
         _close(part.readers.pop(seg.base, None))
         part.fh = open(seg.path, "ab", buffering=0)  # noqa: SIM115
-        os.fsync(part.fh.fileno())  # type: ignore[attr-defined]
+        os.fsync(part.fh.fileno())
 
     # -- reading -------------------------------------------------------------------------
     def _position(self, part: _Partition, seg: _Segment, offset: int) -> int:
@@ -291,13 +299,13 @@ class FileLog(Log):
         off, pos = seg.index_off[k], seg.index_pos[k]
         fh = self._reader(part, seg)
         while off < offset:
-            fh.seek(pos)  # type: ignore[attr-defined]
-            length, _ = _HDR.unpack(fh.read(8))  # type: ignore[attr-defined]
+            fh.seek(pos)
+            length, _ = _HDR.unpack(fh.read(8))
             pos += 8 + length
             off += 1
         return pos
 
-    def _reader(self, part: _Partition, seg: _Segment) -> object:
+    def _reader(self, part: _Partition, seg: _Segment) -> io.BufferedReader:
         fh = part.readers.get(seg.base)
         if fh is None:
             fh = open(seg.path, "rb")  # noqa: SIM115 - cached handle
@@ -331,17 +339,17 @@ class FileLog(Log):
                 continue
             pos = self._position(part, seg, offset)
             fh = self._reader(part, seg)
-            fh.seek(pos)  # type: ignore[attr-defined]
+            fh.seek(pos)
             want = min(seg.end_pos - pos, _READ_CHUNK)
-            buf = fh.read(want)  # type: ignore[attr-defined]
+            buf = fh.read(want)
             i = 0
             n = len(buf)
             while i + 8 <= n and len(out) < max_records and offset < seg.end_offset:
                 length, _crc = _HDR.unpack_from(buf, i)
                 if i + 8 + length > n:
                     if i == 0:  # one record larger than the chunk
-                        fh.seek(pos + 8)  # type: ignore[attr-defined]
-                        out.append(Record(partition, offset, fh.read(length)))  # type: ignore
+                        fh.seek(pos + 8)
+                        out.append(Record(partition, offset, fh.read(length)))
                         i = 8 + length
                         offset += 1
                     break
@@ -379,11 +387,11 @@ class FileLog(Log):
         for part in self._parts:
             if part.fh is not None:
                 if part.dirty and self.config.fsync != "never":
-                    os.fsync(part.fh.fileno())  # type: ignore[attr-defined]
-                part.fh.close()  # type: ignore[attr-defined]
+                    os.fsync(part.fh.fileno())
+                part.fh.close()
                 part.fh = None
             for fh in part.readers.values():
-                fh.close()  # type: ignore[attr-defined]
+                fh.close()
             part.readers.clear()
             if part.writer is not None:
                 os.close(part.writer)

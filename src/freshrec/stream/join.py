@@ -158,7 +158,7 @@ class _Pending:
         if type(item) is self.imp.item_type:  # one C-level scan per occurrence
             js: list[int] = []
             if isinstance(items, np.ndarray):
-                if -_INT64_BOUND <= item < _INT64_BOUND:
+                if isinstance(item, int) and -_INT64_BOUND <= item < _INT64_BOUND:
                     js = np.flatnonzero(items == item).tolist()
             else:
                 try:
@@ -384,7 +384,7 @@ class Joiner:
                         or rows_in_run >= ev.MAX_ROWS_PER_RECORD):
                 flush()
             run.append(it)
-            rows_in_run += len(it) if kind else 1  # type: ignore[arg-type]
+            rows_in_run += len(it) if kind else 1
         flush()
         return recs
 
@@ -894,9 +894,10 @@ class Joiner:
                 self._count("quarantined_windows")
                 self._count("quarantined_examples", len(held))
                 q = self.side_logs.get("quarantine")
-                for part, ex in held if q is not None else ():
-                    self._out["quarantine"].append((self._route(q, part, ex["request_id"]),
-                        orjson.dumps({"window": int(w), "partition": part, "example": ex})))
+                if q is not None:
+                    for part, ex in held:
+                        self._out["quarantine"].append((self._route(q, part, ex["request_id"]),
+                            orjson.dumps({"window": int(w), "partition": part, "example": ex})))
             else:
                 for part, ex in held:
                     self._out_examples.setdefault(
@@ -938,7 +939,7 @@ class Joiner:
     def metrics(self) -> dict[str, Any]:
         """Counters and gauges: events in/out and their rates per wall second, join rate,
         pending (in memory / in LMDB), spill size in bytes, watermark and its lag."""
-        c = dict(self.counters)
+        c: dict[str, Any] = dict(self.counters)
         dt = max(time.monotonic() - self._t0, 1e-9)
         stat = self._txn.stat(self._db["pending"])
         c.update({

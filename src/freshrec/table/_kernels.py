@@ -38,7 +38,7 @@ def mix64(x: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def unit_float(seed: np.uint64, fid: np.uint64, j: np.uint64) -> float:
+def unit_float(seed: np.uint64, fid: np.uint64, j: int | np.uint64) -> float:
     """Deterministic uniform draw in [0, 1) from (seed, fid, j)."""
     h = mix64(mix64(np.uint64(fid) ^ mix64(np.uint64(seed))) + np.uint64(j) * _GOLDEN)
     return float(h >> np.uint64(11)) * _INV_2_53
@@ -291,7 +291,7 @@ def sketch_admit(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _map_slot(map_keys: np.ndarray, key: int) -> int:
+def _map_slot(map_keys: np.ndarray, key: int) -> np.int64:
     mask = np.int64(map_keys.shape[0] - 1)
     h = np.int64(mix64(np.uint64(key)) & np.uint64(mask))
     while map_keys[h] != -1 and map_keys[h] != key:

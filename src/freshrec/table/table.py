@@ -752,7 +752,9 @@ class EmbeddingTable:
                 f"{owner}: delta covers versions ({delta.from_version}, {delta.to_version}] "
                 f"but this table is at {self._applied_version}"
             )
-        with_state = delta.states is not None and self._state.shape[1] == delta.states.shape[1]
+        kept_states = delta.states if delta.states is not None and \
+            self._state.shape[1] == delta.states.shape[1] else None
+        with_state = kept_states is not None
         with self._writer:
             if delta.expired.shape[0]:
                 rows = self.find(delta.expired)
@@ -765,7 +767,8 @@ class EmbeddingTable:
                 fids = delta.fids[sl]
                 rows = self.find(fids)
                 miss = rows < 0
-                states = delta.states[sl] if with_state else np.empty((0, 0), np.float32)
+                states = (kept_states[sl] if kept_states is not None
+                          else np.empty((0, 0), np.float32))
                 new = np.unique(fids[miss])        # a fid twice in a delta gets one row
                 if new.shape[0]:
                     self._reserve(new.shape[0])
@@ -801,7 +804,7 @@ class EmbeddingTable:
         with self._writer:
             live = np.flatnonzero(self._touched[: self._n_used] != 0)
             with self._mutex:
-                arrays = {
+                arrays: dict[str, np.ndarray] = {
                     "keys": self._keys[live], "values": self._emb[live],
                     "state": self._state[live], "last_seen": self._last_seen[live],
                     "touched": self._touched[live], "default_row": self._default.copy(),
@@ -897,8 +900,8 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ stats
     def stats(self) -> TableStats:
         """Counters and memory of the table."""
-        arrays = [self._index, self._keys, self._emb, self._state, self._last_seen,
-                  self._touched, self._free]
+        arrays: list[np.ndarray] = [self._index, self._keys, self._emb, self._state,
+                                    self._last_seen, self._touched, self._free]
         if self._sketch is not None:
             arrays.append(self._sketch)
         entries = len(self)
