@@ -74,9 +74,15 @@ def test_queue_is_bounded():
 
     it = Prefetcher(source(), depth=2)
     assert next(it) == 0
-    time.sleep(0.2)  # give the worker time to run ahead as far as it can
-    # consumed 1, up to depth waiting, one in the worker's hands
-    assert len(produced) <= 1 + 2 + 1
+    # the worker runs ahead until the queue is full: 1 consumed, depth=2 waiting, 1 in its
+    # hands (blocked on the full queue) ...
+    assert _wait_until(lambda: len(produced) == 1 + 2 + 1)
+    time.sleep(0.2)  # ... and no further, however long it is given
+    assert len(produced) == 4
+    assert next(it) == 1  # each item taken lets exactly one more be produced
+    assert _wait_until(lambda: len(produced) == 5)
+    time.sleep(0.2)
+    assert len(produced) == 5
     it.close()
 
 
