@@ -1,5 +1,9 @@
 """Kafka log over confluent-kafka (optional extra: ``pip install 'freshrec[kafka]'``).
 
+**Experimental**: this backend has never run against a broker (its contract tests run only
+when ``KAFKA_BOOTSTRAP`` names one), and without ``truncate`` a joiner cannot write its output
+to it exactly once. Use the file log or Redis Streams.
+
 Offsets are Kafka's (dense per partition). ``read`` assigns a consumer to the partition at
 the offset; ``commit``/``committed`` use the group's offsets stored by the broker; ``lag`` is
 the high watermark minus the committed offset. ``truncate`` is not supported (Kafka has no
