@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from freshrec._cli import bench
 from freshrec._cli.options import DATA_SHORTHANDS, Shorthand, section
 from freshrec.cli import COMMANDS, _parser, main
 from freshrec.config import SECTIONS
@@ -26,16 +27,37 @@ def test_unknown_bench_is_a_clear_error(capsys):
     assert "unknown benchmark 'no-such-bench'" in err and "table" in err
 
 
-def test_bench_table_prints_json_keys(capsys):
+def test_bench_runs_the_named_script_and_prints_its_result_last(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "bench_echo.py"
+    script.write_text("def main(argv, verbose=True):\n"
+                      "    if verbose:\n"
+                      "        print('progress')\n"
+                      "    return {'argv': argv, 'verbose': verbose}\n")
+    monkeypatch.setattr(bench, "available", lambda: {"echo": script})
+    assert main(["bench", "echo", "--json", "--size", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        json.dumps({"argv": ["--size", "3"], "verbose": False}, sort_keys=True)]
+    assert main(["bench", "echo", "--size", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "progress"
+    assert json.loads(lines[-1]) == {"argv": ["--size", "3"], "verbose": True}
+
+
+@pytest.mark.slow
+def test_bench_table_reports_its_keys_and_the_memory_the_table_docs_give(capsys):
     assert main(["bench", "table", "--json", "--entries", "20000", "--batch", "4096",
                  "--batches", "3"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()[-1]
-    result = json.loads(out)
-    for key in ("lookup_fids_per_s_zipf", "lookup_fids_per_s_uniform",
-                "dict_lookup_fids_per_s_zipf", "index_select_rows_per_s", "insert_fids_per_s",
-                "update_rows_per_s", "bytes_per_entry", "threads"):
-        assert result[key] > 0, key
-    assert result["entries"] == 20000
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"lookup_fids_per_s_zipf", "lookup_fids_per_s_uniform",
+            "dict_lookup_fids_per_s_zipf", "index_select_rows_per_s", "insert_fids_per_s",
+            "update_rows_per_s", "git_sha", "torch_version"} <= result.keys()
+    assert (result["entries"], result["dim"], result["threads"]) == (20000, 16, 1)
+    # dim 16, row-wise Adagrad: 84 bytes of row data per entry plus the index, 4 bytes a
+    # slot at a load factor of 0.35-0.7 (docs/table.md), preallocated rows
+    assert 0.35 <= result["load_factor"] <= 0.7
+    assert result["bytes_per_entry"] == pytest.approx(84 + 4 / result["load_factor"])
+    assert result["lookup_vs_dict_ratio"] == pytest.approx(
+        result["lookup_fids_per_s_zipf"] / result["dict_lookup_fids_per_s_zipf"])
 
 
 # ---------------------------------------------------------------- the config document
