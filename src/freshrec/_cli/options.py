@@ -137,6 +137,18 @@ def _show(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
+def _key_help(s: Shorthand, doc: dict[str, Any], source: str) -> str:
+    """What a flag's help says of its key: the value a switch sets, or the key and its
+    default (the value in the default document ``source`` when that sets it)."""
+    if s.is_switch:
+        return f"sets {s.key}={_show(s.value)}"
+    in_doc, value = _lookup(doc, s.key)
+    if in_doc:
+        return f"{s.key}, {source}: {_show(value)}"
+    default = _default(s.key)
+    return s.key if default == "" else f"{s.key}, default {_show(default)}"
+
+
 def add_config_arguments(p: argparse.ArgumentParser, shorthands: Sequence[Shorthand], *,
                          config_default: str | None = None, config_help: str | None = None
                          ) -> None:
@@ -149,16 +161,13 @@ def add_config_arguments(p: argparse.ArgumentParser, shorthands: Sequence[Shorth
                                                               if config_default else ""))
     p.add_argument("--set", action=_Set, metavar="KEY=VALUE", dest="overrides",
                    help="set a key of the config document, e.g. join.window_s=30 (repeatable)")
+    source = Path(config_default).name if config_default else ""
     for s in shorthands:
-        in_doc, value = _lookup(doc, s.key)
-        default = value if in_doc else None if s.is_switch else _default(s.key)
-        extra = (f"sets {s.key}={_show(s.value)}" if s.is_switch
-                 else f"{s.key}, {Path(str(config_default)).name}: {_show(value)}" if in_doc
-                 else s.key if default == "" else f"{s.key}, default {_show(default)}")
         kwargs: dict[str, Any] = {"nargs": 0, "const": s.value} if s.is_switch else {
             "type": s.type, "choices": s.choices, "metavar": s.key.rsplit(".", 1)[-1].upper()}
         p.add_argument(s.flag, action=_Set, key=s.key, dest="overrides",
-                       help=f"{s.help} ({extra})".replace("%", "%%"), **kwargs)
+                       help=f"{s.help} ({_key_help(s, doc, source)})".replace("%", "%%"),
+                       **kwargs)
 
 
 def where(args: argparse.Namespace) -> str:
