@@ -16,6 +16,10 @@ if os.environ.get("CI"):
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+#: ``start_redis`` options of a server a test kills and restarts: every acknowledged write
+#: is on disk (append-only file, fsync before the reply) and comes back.
+DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+
 
 @pytest.fixture
 def shared_data() -> Path:

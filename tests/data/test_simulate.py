@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import orjson
 import pytest
+import redis
 
 from freshrec.data.obd_replay import open_bandit_events
 from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 from freshrec.errors import ConfigError, InputError
 from freshrec.stream import FileLog, FileLogConfig
 from freshrec.stream import events as ev
+from tests.conftest import DURABLE, start_redis
 
 CFG = SimulatorConfig(seed=7, n_users=300, n_items=400, candidates=30, requests_per_s=50.0,
                       duplicate_rate=0.05, malformed_rate=0.02)
@@ -93,6 +100,35 @@ def test_write_to_log_partitions_by_request(tmp_path):
                 if "request_id" in e:
                     assert ev.partition_for(e["request_id"], 3) == p
     log.close()
+
+
+@pytest.mark.redis
+def test_simulate_survives_a_redis_restart(tmp_path):
+    # `freshrec simulate` into Redis; the server is killed (kill -9) mid-way and comes back
+    # on the same port a second later: the run ends normally with every event written once
+    proc, port = start_redis(tmp_path, None, *DURABLE)
+    spec = f"redis://127.0.0.1:{port}/0#sim"
+    try:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "freshrec.cli", "simulate", "--log", spec, "--events",
+             "6000", "--rate", "3000", "--no-progress"],
+            cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = redis.Redis(port=port)
+        while (r.exists("sim:p0") and r.xlen("sim:p0")) < 1000:
+            time.sleep(0.01)
+            assert sim.poll() is None, sim.communicate()
+        proc.kill()
+        proc.wait()
+        time.sleep(1.0)
+        proc, _ = start_redis(tmp_path, port, *DURABLE)
+        out, err = sim.communicate(timeout=120)
+        assert sim.returncode == 0, err
+        assert "lost the server" in err and "wrote 6000 events" in err
+        assert r.xlen("sim:p0") == 6000  # none lost, none twice
+        r.close()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_config_errors_name_the_field():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 
@@ -10,6 +12,7 @@ import redis
 
 from freshrec.stream import RedisLog, RedisLogConfig
 from freshrec.stream.redislog import id_to_offset, offset_to_id
+from tests.conftest import DURABLE, start_redis
 
 pytestmark = pytest.mark.redis
 
@@ -67,3 +70,75 @@ def test_append_with_max_len_bounds_the_stream(redis_server):
     assert 100 <= n < 2000  # approximate trimming keeps at least max_len
     log.delete()
     log.close()
+
+
+def test_append_whose_reply_is_lost_is_retried_once(cfg, monkeypatch):
+    log = RedisLog(cfg)
+    real = log._append_once
+    calls = []
+
+    def reply_lost(**kw):
+        calls.append(real(**kw))  # the server appends ...
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection reset")  # ... but the reply is lost
+        return calls[-1]
+
+    monkeypatch.setattr(log, "_append_once", reply_lost)
+    offsets = log.append([b"a", b"b", b"c"])
+    assert log.reconnects == 1 and len(calls) == 2
+    assert [(r.offset, r.value) for r in log.read(0, 0)] == list(
+        zip(offsets, [b"a", b"b", b"c"], strict=True))  # added once, offsets of that once
+    assert log.append([b"d"]) != offsets[:1]  # a new call is a new append
+    assert len(log.read(0, 0)) == 4
+    log.delete()
+    log.close()
+
+
+def test_an_unreachable_server_raises_after_retry_s():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = RedisLog(RedisLogConfig(url=f"redis://127.0.0.1:{port}/0", retry_s=0.4))
+    t0 = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        log.read(0, 0)
+    assert 0.3 <= time.monotonic() - t0 < 2.0 and log.reconnects >= 2
+    log.close()
+
+
+def test_reads_and_polls_continue_across_a_server_restart(tmp_path):
+    proc, port = start_redis(tmp_path, None, *DURABLE)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        RedisLog(RedisLogConfig(url=url, name="s")).append([b"%d" % i for i in range(300)])
+        got: dict[str, list[bytes]] = {"read": [], "poll": []}
+        reader = RedisLog(RedisLogConfig(url=url, name="s"))
+
+        def consume() -> None:
+            offset = 0
+            while len(got["read"]) < 300 or len(got["poll"]) < 300:
+                recs = reader.read(0, offset, max_records=10, timeout_s=0.1)
+                got["read"] += [r.value for r in recs]
+                offset = recs[-1].offset + 1 if recs else offset
+                polled = reader.poll("g", 0, max_records=10, timeout_s=0.1)
+                got["poll"] += [r.value for r in polled]
+                if polled:
+                    reader.commit("g", 0, polled[-1].offset + 1)
+                time.sleep(0.01)
+
+        worker = threading.Thread(target=consume, daemon=True)
+        worker.start()
+        while len(got["read"]) < 50:
+            time.sleep(0.01)
+        proc.kill()  # kill -9 mid-way, down for a second, back on the same port
+        proc.wait()
+        time.sleep(1.0)
+        proc, _ = start_redis(tmp_path, port, *DURABLE)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert reader.reconnects > 0
+        assert got["read"] == got["poll"] == [b"%d" % i for i in range(300)]
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait()

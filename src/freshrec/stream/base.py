@@ -8,7 +8,8 @@ of them:
 - ``append(records, partition)`` -> the offsets given to the records (strictly increasing
   ints per partition; dense ``0, 1, 2, ...`` for the file log and Kafka, sparse for Redis);
 - ``read(partition, offset, max_records, timeout_s)`` -> records whose offset is ``>= offset``
-  in order (waits up to ``timeout_s`` for the first one);
+  in order (waits up to ``timeout_s`` for the first one); ``count_from(partition, offset)``
+  counts them;
 - ``poll(group, partition, ...)`` -> the next records for a consumer group, starting at its
   committed position; ``commit(group, partition, offset)`` stores the next offset to read;
   ``committed`` reads it back; ``lag`` counts records at or after the committed position;
@@ -63,6 +64,12 @@ class Log(abc.ABC):
     @abc.abstractmethod
     def end_offset(self, partition: int) -> int:
         """The offset the next appended record will have at least (``0`` when empty)."""
+
+    def count_from(self, partition: int, offset: int) -> int:
+        """How many records of ``partition`` have an offset ``>= offset`` (the backlog of a
+        reader at ``offset``). This default, ``end_offset - offset``, holds for dense offsets;
+        backends with sparse offsets override it."""
+        return max(0, self.end_offset(partition) - offset)
 
     @abc.abstractmethod
     def commit(self, group: str, partition: int, offset: int) -> None:

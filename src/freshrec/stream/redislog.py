@@ -8,6 +8,21 @@ claiming (``XAUTOCLAIM``) entries that another consumer left pending for longer 
 offset and stores the offset in the hash ``<name>:commits``; ``trim`` drops entries by count
 (``MAXLEN``) or age (``MINID``); ``truncate`` deletes (``XDEL``) entries at and after an offset.
 
+A lost server (connection refused or dropped, timeout, a restarted server still loading its
+data) does not fail an operation at once: it is retried with exponential back-off for up to
+``retry_s`` seconds in all, each retry logged and counted in :attr:`RedisLog.reconnects`, so
+a Redis restart is a pause for every stage that uses the log. Retried operations are safe:
+
+- ``append`` is idempotent. One call adds its records in one server-side script that also
+  stores a token unique to the call (key ``<name>:append:<token>``, expiring ``retry_s`` +
+  60 s later); a retry of a call whose reply was lost finds the token and returns the offsets
+  the records got instead of adding them again.
+- ``read``, ``end_offset``, ``commit``, ``committed``, ``lag``, ``truncate`` and ``delete``
+  are idempotent; ``trim`` too (its count may then miss what the lost attempt removed).
+- ``poll`` is at least once: its retry starts with the entries pending on the consumer,
+  among them those whose delivery reply was lost, and also those delivered before and not
+  yet committed (consumers dedupe, as the joiner does by event id).
+
 Examples
 --------
 A server is needed, so this example is not run here::
@@ -19,10 +34,16 @@ A server is needed, so this example is not run here::
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
+import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 
+from freshrec._retry import Backoff
 from freshrec.errors import InputError
 from freshrec.stream.base import Log, Record
 from freshrec.stream.config import RedisLogConfig
@@ -33,6 +54,30 @@ logger = logging.getLogger(__name__)
 
 _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# adds ARGV[3..] to stream KEYS[1] (MAXLEN ~ ARGV[1] unless empty) once per token KEYS[2]:
+# the token keeps "first-id last-id" for ARGV[2] ms, and a repeated call returns those ids
+_APPEND_ONCE = """
+local done = redis.call('GET', KEYS[2])
+if done then
+  local first, last = string.match(done, '^(%S+) (%S+)$')
+  local ids = {}
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], first, last)) do ids[#ids + 1] = e[1] end
+  return ids
+end
+local ids = {}
+for i = 3, #ARGV do
+  if ARGV[1] == '' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'v', ARGV[i])
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[i])
+  end
+end
+redis.call('SET', KEYS[2], ids[1] .. ' ' .. ids[#ids], 'PX', ARGV[2])
+return ids
+"""
 
 # counts the entries of a stream at or after an id, in chunks, on the server
 _COUNT_FROM = """
@@ -65,6 +110,18 @@ def offset_to_id(offset: int) -> str:
     return f"{offset >> _SEQ_BITS}-{offset & _SEQ_MASK}"
 
 
+def _retried(
+    method: Callable[Concatenate[RedisLog, _P], _T],
+) -> Callable[Concatenate[RedisLog, _P], _T]:
+    """Run a :class:`RedisLog` operation through :meth:`RedisLog._call` (retries)."""
+
+    @functools.wraps(method)
+    def call(self: RedisLog, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return self._call(method.__name__, lambda: method(self, *args, **kwargs))
+
+    return call
+
+
 class RedisLog(Log):
     """:class:`~freshrec.stream.base.Log` over Redis Streams (see the module docstring).
 
@@ -76,12 +133,56 @@ class RedisLog(Log):
 
     def __init__(self, config: RedisLogConfig) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.config = config
         self.partitions = config.partitions
-        self._r = redis.Redis.from_url(config.url)
+        #: Operations retried after losing the server (see the module docstring).
+        self.reconnects = 0
+        # the client's own retries are off: _call retries, logs and counts instead
+        self._r = redis.Redis.from_url(config.url, retry=Retry(NoBackoff(), 0))
         self._count_from = self._r.register_script(_COUNT_FROM)
+        self._append_once = self._r.register_script(_APPEND_ONCE)
         self._groups: set[tuple[str, int]] = set()
+        self._lost = (redis.ConnectionError, redis.TimeoutError)  # incl. BusyLoadingError
+        self._tokens = map(f"{config.name}:append:{uuid.uuid4().hex[:16]}:{{}}".format,
+                           itertools.count())
+        self._inside = threading.local()
+
+    def _call(self, op: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, retried with back-off while the server is lost, up to ``retry_s``.
+
+        Operations called inside another one (``commit`` reads ``committed``) run once: the
+        outermost retries.
+        """
+        if getattr(self._inside, "active", False):
+            return fn()
+        self._inside.active = True
+        backoff = Backoff()
+        deadline = time.monotonic() + self.config.retry_s
+        tries = 0
+        try:
+            while True:
+                try:
+                    result = fn()
+                except self._lost as e:
+                    delay = backoff.next()
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    tries += 1
+                    self.reconnects += 1
+                    logger.warning("redis log %r: %s lost the server (%s: %s); retry %d in "
+                                   "%.2fs", self.config.name, op, type(e).__name__, e, tries,
+                                   delay)
+                    time.sleep(delay)
+                    continue
+                if tries:
+                    logger.info("redis log %r: %s succeeded after %d retries",
+                                self.config.name, op, tries)
+                return result
+        finally:
+            self._inside.active = False
 
     def _key(self, partition: int) -> str:
         if not (isinstance(partition, int) and 0 <= partition < self.partitions):
@@ -90,24 +191,26 @@ class RedisLog(Log):
         return f"{self.config.name}:p{partition}"
 
     def append(self, records: Sequence[bytes], partition: int = 0) -> list[int]:
+        """Append ``records`` (once, even when retried; see the module docstring)."""
         key = self._key(partition)
         if not records:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        kw = {}
-        if self.config.max_len is not None:
-            kw = {"maxlen": self.config.max_len, "approximate": True}
         for rec in records:
             if not isinstance(rec, bytes | bytearray | memoryview):
                 raise InputError(f"redis log {self.config.name!r}: records must be bytes, "
                                  f"got {type(rec).__name__}")
-            pipe.xadd(key, {b"v": bytes(rec)}, **kw)
-        return [id_to_offset(i) for i in pipe.execute()]
+        token = next(self._tokens)
+        max_len = "" if self.config.max_len is None else str(self.config.max_len)
+        ttl_ms = int((self.config.retry_s + 60) * 1000)
+        args = [max_len, ttl_ms, *(bytes(r) for r in records)]
+        ids = self._call("append", lambda: self._append_once(keys=[key, token], args=args))
+        return [id_to_offset(i) for i in ids]
 
     @staticmethod
     def _records(partition: int, entries: list) -> list[Record]:
         return [Record(partition, id_to_offset(i), f[b"v"]) for i, f in entries if f]
 
+    @_retried
     def read(
         self, partition: int, offset: int, max_records: int = 1000, timeout_s: float = 0.0
     ) -> list[Record]:
@@ -120,6 +223,7 @@ class RedisLog(Log):
         res = self._r.xread({key: after}, count=max_records, block=max(1, int(timeout_s * 1000)))
         return self._records(partition, res[0][1]) if res else []
 
+    @_retried
     def end_offset(self, partition: int) -> int:
         last = self._r.xrevrange(self._key(partition), count=1)
         return id_to_offset(last[0][0]) + 1 if last else 0
@@ -147,20 +251,38 @@ class RedisLog(Log):
         consumer: str = "c0",
     ) -> list[Record]:
         """Next entries for ``group``: first those pending for longer than ``claim_idle_s`` on
-        any consumer (``XAUTOCLAIM``), then new ones (``XREADGROUP``)."""
+        any consumer (``XAUTOCLAIM``), then new ones (``XREADGROUP``).
+
+        A retry after losing the server starts with every entry pending on ``consumer``
+        (delivered, not committed), so entries whose delivery reply was lost come at once.
+        """
+        attempts = itertools.count()
+        return self._call("poll", lambda: self._poll(group, partition, max_records, timeout_s,
+                                                     consumer, retry=next(attempts) > 0))
+
+    def _poll(self, group: str, partition: int, max_records: int, timeout_s: float,
+              consumer: str, *, retry: bool) -> list[Record]:
         key = self._ensure_group(group, partition)
-        claimed = self._r.xautoclaim(key, group, consumer,
-                                     min_idle_time=int(self.config.claim_idle_s * 1000),
-                                     start_id="0-0", count=max_records)
-        out = self._records(partition, claimed[1])
+        out: dict[int, Record] = {}
+
+        def add(entries: list) -> None:
+            out.update((r.offset, r) for r in self._records(partition, entries))
+
+        if retry:
+            res = self._r.xreadgroup(group, consumer, {key: "0"}, count=max_records)
+            add(res[0][1] if res else [])
+        if len(out) < max_records:
+            add(self._r.xautoclaim(key, group, consumer,
+                                   min_idle_time=int(self.config.claim_idle_s * 1000),
+                                   start_id="0-0", count=max_records - len(out))[1])
         if len(out) < max_records:
             block = int(timeout_s * 1000) if timeout_s > 0 and not out else None
             res = self._r.xreadgroup(group, consumer, {key: ">"},
                                      count=max_records - len(out), block=block)
-            if res:
-                out += self._records(partition, res[0][1])
-        return sorted(out, key=lambda r: r.offset)
+            add(res[0][1] if res else [])
+        return sorted(out.values(), key=lambda r: r.offset)
 
+    @_retried
     def commit(self, group: str, partition: int, offset: int) -> None:
         key = self._ensure_group(group, partition)
         last = offset_to_id(max(offset - 1, 0))
@@ -173,19 +295,24 @@ class RedisLog(Log):
                 break
         self._r.hset(f"{self.config.name}:commits", f"{group}:{partition}", offset)
 
+    @_retried
     def committed(self, group: str, partition: int) -> int:
         self._key(partition)
         v = self._r.hget(f"{self.config.name}:commits", f"{group}:{partition}")
         return int(v) if v is not None else 0
 
+    @_retried
+    def count_from(self, partition: int, offset: int) -> int:
+        """Entries at or after ``offset``, counted on the server (offsets are sparse)."""
+        key = self._key(partition)
+        return int(self._count_from(keys=[key], args=[offset_to_id(max(offset, 1))]))
+
+    @_retried
     def lag(self, group: str, partition: int | None = None) -> int:
         parts = range(self.partitions) if partition is None else [partition]
-        total = 0
-        for p in parts:
-            start = offset_to_id(max(self.committed(group, p), 1))
-            total += int(self._count_from(keys=[self._key(p)], args=[start]))
-        return total
+        return sum(self.count_from(p, self.committed(group, p)) for p in parts)
 
+    @_retried
     def truncate(self, partition: int, offset: int) -> None:
         key = self._key(partition)
         while True:
@@ -195,6 +322,7 @@ class RedisLog(Log):
                 return
             self._r.xdel(key, *ids)
 
+    @_retried
     def trim(self, partition: int, *, max_len: int | None = None,
              older_than_s: float | None = None, now_s: float | None = None) -> int:
         """Drop the oldest entries beyond ``max_len`` and/or those appended more than
@@ -210,6 +338,7 @@ class RedisLog(Log):
             removed += int(self._r.xtrim(key, minid=min_id, approximate=False))
         return removed
 
+    @_retried
     def delete(self) -> None:
         """Remove every stream and the commit hash of this log."""
         self._r.delete(*[self._key(p) for p in range(self.partitions)],
