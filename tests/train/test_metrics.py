@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from freshrec.errors import InputError
+from freshrec.errors import IncompatibleFormatError, InputError
 from freshrec.train.metrics import (
     AUC,
     Calibration,
@@ -217,3 +218,58 @@ def test_default_metrics_windowed_requires_now():
     assert fresh["count"] == 0.0 and math.isnan(fresh["auc"])
     with pytest.raises(InputError, match="reserved"):
         MetricSet({"count": AUC()})
+
+
+@pytest.mark.parametrize("proto", [AUC(), AUC(bins=None), LogLoss(), Calibration(),
+                                   Windowed(AUC(), window_s=100, bucket_s=10)],
+                         ids=["auc", "auc-exact", "logloss", "calibration", "windowed"])
+def test_a_restored_state_continues_as_the_stream_would(proto):
+    y, p, w = _data(10, n=6000)
+    t = np.arange(6000) // 30
+    whole, first = proto.clone(), proto.clone()
+
+    def feed(m, start, stop):
+        for i in range(start, stop, 500):
+            kw = {"now": int(t[i + 499])} if isinstance(m, Windowed) else {}
+            m.update(y[i:i + 500], p[i:i + 500], w[i:i + 500], **kw)
+
+    feed(whole, 0, 6000)
+    feed(first, 0, 2500)
+    restored = proto.clone()
+    restored.load_state({k: v.copy() for k, v in first.state().items()})
+    assert restored.get() == first.get()
+    feed(restored, 2500, 6000)
+    assert restored.get() == pytest.approx(whole.get(), rel=1e-12)
+
+
+def test_a_metric_set_state_restores_every_metric_and_the_count():
+    y, p, w = _data(11, n=3000)
+    ms = default_metrics(window_s=600)
+    for i, idx in enumerate(np.array_split(np.arange(3000), 6)):
+        ms.update(y[idx], p[idx], w[idx], now=100 * i)
+    arrays, meta = ms.state()
+    assert all(a.ndim == 1 for a in arrays.values())
+    json.dumps(meta)  # the rest is plain JSON: nothing is pickled
+    restored = default_metrics(window_s=600)
+    restored.load_state(arrays, meta)
+    assert restored.get() == pytest.approx(ms.get(), nan_ok=True)
+    assert restored.get()["count"] == 3000.0
+
+
+def test_a_state_of_other_metrics_is_refused_and_changes_nothing():
+    ms = default_metrics(window_s=600)
+    ms.update(np.array([0, 1]), np.array([0.2, 0.7]), now=0)
+    arrays, meta = ms.state()
+    other = default_metrics(window_s=60)
+    with pytest.raises(IncompatibleFormatError, match="the state is of metrics"):
+        other.load_state(arrays, meta)
+    assert other.get()["count"] == 0.0
+    mine = default_metrics(window_s=600)
+    broken = {k: v for k, v in arrays.items() if not k.endswith(".pos")}
+    with pytest.raises(IncompatibleFormatError, match="AUC.load_state: no array 'pos'"):
+        mine.load_state(broken, meta)
+    assert mine.get()["count"] == 0.0 and math.isnan(mine.get()["auc"])
+    with pytest.raises(IncompatibleFormatError, match="count must be an int"):
+        mine.load_state(arrays, {**meta, "count": -1})
+    with pytest.raises(IncompatibleFormatError, match="must hold 2 values"):
+        LogLoss().load_state({"sums": np.zeros(3)})

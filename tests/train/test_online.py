@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -9,14 +10,18 @@ import time
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 import torch
+import yaml
 
+from freshrec.cli import main
 from freshrec.config import config_from_dict
+from freshrec.stream.events import encode_examples
 from freshrec.stream.open import open_log
 from freshrec.sync import Registry, Subscriber
 from freshrec.train.online import OnlineTrainer
-from tests.conftest import start_redis
+from tests.conftest import DURABLE, start_redis
 
 RAW = {
     "features": {
@@ -86,6 +91,7 @@ t.run(idle_timeout_s=0.0, stop=stop)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     again = OnlineTrainer(cfg, open_log(f"file:{tmp_path / 'log'}"), run_dir=tmp_path / "crash")
     assert again.offsets == {0: 7 * 200}  # resumed at the last checkpoint
+    assert again.trainer.metrics.get()["count"] == 7 * 200  # with the metrics of that point
     summary = again.run(idle_timeout_s=0.0)
     assert summary["offsets"] == {0: 3000}
     assert again.trainer.examples == ref.trainer.examples == 3000  # none lost, none twice
@@ -94,6 +100,41 @@ t.run(idle_timeout_s=0.0, stop=stop)
     assert t_ref == t_again
     for k in d_ref:
         assert torch.equal(d_ref[k], d_again[k]), k
+    # the progressive metrics are those of the uninterrupted run, not of the last 1600
+    metrics = again.trainer.metrics.get()
+    assert metrics["count"] == 3000
+    assert metrics == pytest.approx(ref.trainer.metrics.get(), rel=1e-9, nan_ok=True)
+
+
+def test_a_run_publishes_everything_when_it_stops_and_resumes_its_metrics(tmp_path):
+    # dense parameters are due every 1000 s: only the publish at the stop carries the trained
+    # ones; a resumed run goes on publishing the progressive metrics of the whole stream
+    raw = {**RAW, "sync": {**RAW["sync"], "dense_interval_s": 1000.0}}
+    log = open_log(f"file:{tmp_path / 'log'}")
+    log.append(_examples(1200))
+    reg = Registry(tmp_path / "reg")
+    first = OnlineTrainer(config_from_dict(raw), log, run_dir=tmp_path / "run", registry=reg)
+    first.run(idle_timeout_s=0.0, max_examples=600)
+    assert reg.manifest().meta["metrics"]["count"] == 600
+    _assert_replica_equals(first, Subscriber(reg).materialize())
+    again = OnlineTrainer(config_from_dict(raw), log, run_dir=tmp_path / "run", registry=reg)
+    again.run(idle_timeout_s=0.0)
+    meta = reg.manifest().meta
+    assert meta["examples"] == 1200 and meta["metrics"]["count"] == 1200
+    assert meta["metrics"]["auc"] == pytest.approx(again.trainer.metrics.get()["auc"])
+    _assert_replica_equals(again, Subscriber(reg).materialize())
+    versions = len(reg.versions())
+    again.run(idle_timeout_s=0.0)  # nothing new: the dense parameters are not published again
+    assert len(reg.versions()) == versions
+
+
+def _assert_replica_equals(online, replica):
+    """A registry replica holds the trainer's tables and dense parameters."""
+    for name, table in online.trainer.tables.items():
+        assert dict(zip(*_rows(table), strict=True)) == \
+            dict(zip(*_rows(replica.tables[name]), strict=True)), name
+    for k, v in online.trainer.model.state_dict().items():
+        assert torch.equal(v, replica.dense[k]), k
 
 
 def test_registry_replica_equals_the_trainer(tmp_path):
@@ -121,12 +162,76 @@ def test_registry_replica_equals_the_trainer(tmp_path):
     assert reg.manifest(reg.versions()[0]).meta["examples"] < 2000
     assert online.trainer.tables["item"].stats().expired > 0  # expiry travelled in deltas
     sub.update(replica.tables, replica.dense.update)
-    for name, table in online.trainer.tables.items():
-        mine = dict(zip(*_rows(table), strict=True))
-        theirs = dict(zip(*_rows(replica.tables[name]), strict=True))
-        assert mine == theirs, name
-    for k, v in online.trainer.model.state_dict().items():
-        assert torch.equal(v, replica.dense[k]), k
+    _assert_replica_equals(online, replica)
+
+
+def _example_records(n_records: int, per_record: int = 50) -> list[bytes]:
+    """Joined-example records as the joiner writes them: ``per_record`` examples in each."""
+    rows = [orjson.loads(e) for e in _examples(n_records * per_record)]
+    return [encode_examples(pa.RecordBatch.from_pylist(rows[i:i + per_record]))
+            for i in range(0, len(rows), per_record)]
+
+
+@pytest.mark.redis
+def test_lag_counts_records_of_a_redis_log(tmp_path, redis_server):
+    log = open_log(f"{redis_server}#lag{time.monotonic_ns()}")
+    log.append(_example_records(20))
+    online = OnlineTrainer(config_from_dict(RAW), log, run_dir=tmp_path / "run")
+    assert online.lag() == 20  # records (offsets are sparse: not end_offset - offset)
+    online.step()
+    assert online.trainer.examples == 1000 and online.lag() == 0
+
+
+def test_online_cli_reports_its_lag_in_records(tmp_path, capsys):
+    log = open_log(f"file:{tmp_path / 'log'}")
+    log.append(_example_records(20))
+    log.close()
+    cfg = tmp_path / "online.yaml"
+    cfg.write_text(yaml.safe_dump(RAW))
+    assert main(["train", "--online", "--config", str(cfg), "--source",
+                 f"file:{tmp_path / 'log'}", "--run-dir", str(tmp_path / "run"),
+                 "--idle-timeout", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "lag 20 records" in out and '"examples": 1000' in out
+
+
+def _failing(fn, times: int):
+    """``fn`` that raises "no space left on device" on its first ``times`` calls."""
+    calls = [0]
+
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] <= times:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def test_a_failed_checkpoint_or_publish_is_not_an_unreachable_log(tmp_path, caplog,
+                                                                  monkeypatch):
+    log = open_log(f"file:{tmp_path / 'log'}")
+    log.append(_examples(1000))
+    reg = Registry(tmp_path / "reg")
+    online = OnlineTrainer(config_from_dict(RAW), log, run_dir=tmp_path / "run", registry=reg)
+    monkeypatch.setattr(online.trainer, "save", _failing(online.trainer.save, 1))
+    monkeypatch.setattr(online.publisher, "maybe_publish",
+                        _failing(online.publisher.maybe_publish, 2))
+    summary = online.run(idle_timeout_s=0.0)  # the disk fills up, then has room again
+    assert summary["examples"] == 1000 and summary["source_errors"] == 0
+    assert summary["write_errors"] == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not any("unreachable" in w for w in warnings)
+    assert sum(f"checkpoint under {tmp_path / 'run'} failed" in w for w in warnings) == 1
+    assert sum(f"publish to registry {reg.root} failed" in w for w in warnings) == 2
+    assert reg.manifest().meta["examples"] == 1000
+    # at the stop a failed write is raised, naming where it went
+    log.append(_examples(100, t0=300))
+    monkeypatch.setattr(online.publisher, "publish_sparse",
+                        _failing(online.publisher.publish_sparse, 1))
+    with pytest.raises(OSError, match="No space left"):
+        online.run(idle_timeout_s=0.0)
+    assert f"publish to registry {reg.root} failed when stopping" in caplog.text
 
 
 def test_malformed_examples_are_counted_and_skipped(tmp_path):
@@ -157,8 +262,7 @@ def test_frozen_tables_and_warmup(tmp_path):
 
 @pytest.mark.redis
 def test_redis_outage_is_retried_without_losing_examples(tmp_path):
-    proc, port = start_redis(tmp_path, None, "--appendonly", "yes", "--appendfsync", "always",
-                             "--save", "")
+    proc, port = start_redis(tmp_path, None, *DURABLE)
     spec = f"redis://127.0.0.1:{port}/0#examples"
     try:
         log = open_log(spec)
@@ -169,14 +273,14 @@ def test_redis_outage_is_retried_without_losing_examples(tmp_path):
         proc.kill()  # the server dies (kill -9) while the trainer runs
         proc.wait()
         result = {}
-        worker = threading.Thread(target=lambda: result.update(online.run(idle_timeout_s=1.0)))
+        worker = threading.Thread(target=lambda: result.update(online.run(idle_timeout_s=1.0)),
+                                  daemon=True)
         worker.start()
         deadline = time.monotonic() + 60
-        while online.source_errors == 0 and time.monotonic() < deadline:
+        while online.source.reconnects == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert online.source_errors > 0 and worker.is_alive()  # retrying, not crashed
-        proc, _ = start_redis(tmp_path, port, "--appendonly", "yes", "--appendfsync", "always",
-                              "--save", "")
+        assert online.source.reconnects > 0 and worker.is_alive()  # retrying, not crashed
+        proc, _ = start_redis(tmp_path, port, *DURABLE)
         worker.join(timeout=120)
         assert not worker.is_alive()
         assert result["examples"] == 600 and result["offsets"] == online.offsets

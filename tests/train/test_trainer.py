@@ -74,6 +74,8 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     assert resumed.step == 56  # the newest checkpoint (every 7 steps) before the stop
     resumed.fit(data)
     assert resumed.step == full.step and resumed.examples == full.examples
+    # progressive metrics continue from the checkpoint: those of the uninterrupted run
+    assert resumed.metrics.get() == pytest.approx(full.metrics.get(), rel=1e-9, nan_ok=True)
     t_full, d_full = _state(full)
     t_res, d_res = _state(resumed)
     assert t_full == t_res

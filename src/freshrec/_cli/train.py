@@ -6,7 +6,8 @@
 Online training resumes from its own last checkpoint (model and input offsets together) or
 starts from ``online.init_from`` (a batch checkpoint); it publishes to ``--registry`` per the
 ``sync`` section and stops after ``--idle-timeout`` seconds without new examples (``0``
-waits forever; Ctrl-C checkpoints and stops).
+waits forever; Ctrl-C checkpoints, publishes and stops). It starts by printing its input
+offsets and its lag: the records (each one holds many examples) not yet trained on.
 """
 
 from __future__ import annotations
@@ -102,12 +103,13 @@ def _run_online(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
     online = OnlineTrainer(cfg, open_log(args.source, partitions=args.partitions),
                            run_dir=args.run_dir,
                            registry=Registry(args.registry) if args.registry else None)
-    print(f"online: offsets {online.offsets}, lag {online.lag()} examples")
+    print(f"online: offsets {online.offsets}, lag {online.lag()} records")
     idle = args.idle_timeout if args.idle_timeout > 0 else float("inf")
     try:
         summary = online.run(idle_timeout_s=idle)
     except KeyboardInterrupt:
         online.checkpoint()
+        online.publish()
         summary = {**online.trainer.summary(), "offsets": online.offsets, "interrupted": True}
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
                       for k, v in summary.items()}, default=str))

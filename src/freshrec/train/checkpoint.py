@@ -7,12 +7,14 @@ Layout of a run directory::
         step-00001200/
           tables/<name>/...        one table snapshot each (see EmbeddingTable.save)
           dense/...                dense parameters and optimizer state (.npy + manifest)
-          state.json               step, data position, metrics, config fingerprint
+          metrics/...              progressive metrics' state (.npy + manifest)
+          state.json               step, data position, metric values, config fingerprint
         LATEST                     name of the newest complete checkpoint (atomic)
 
 A checkpoint is written to a temporary directory and renamed into place before ``LATEST`` is
 updated, so a crash at any moment leaves the previous checkpoint loadable. No pickle: the
-optimizer's state dict is stored as named arrays plus JSON.
+optimizer's state dict and the metrics' state (:meth:`MetricSet.state`) are stored as named
+arrays plus JSON, in bundles with a format name and version.
 
 Examples
 --------
@@ -42,6 +44,7 @@ import torch
 from freshrec._io import atomic_write_bytes, read_bundle, write_bundle
 from freshrec.errors import IncompatibleFormatError, SnapshotCorruptError
 from freshrec.table.table import EmbeddingTable
+from freshrec.train.metrics import MetricSet
 
 __all__ = [
     "save_checkpoint",
@@ -49,12 +52,15 @@ __all__ = [
     "latest_checkpoint",
     "dense_state_to_arrays",
     "dense_state_from_arrays",
+    "load_metrics",
 ]
 
 log = logging.getLogger(__name__)
 
 DENSE_FORMAT = "freshrec.dense"
 DENSE_VERSION = 1
+METRICS_FORMAT = "freshrec.metrics"
+METRICS_VERSION = 1
 LATEST = "LATEST"
 
 
@@ -101,6 +107,29 @@ def dense_state_from_arrays(
     return sd, {"state": state, "param_groups": om["param_groups"]}
 
 
+def _pack(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """1-d arrays concatenated into one array per dtype (a few files to write and fsync, not
+    one per array), and the index ``name -> [dtype, start, stop]`` that :func:`_unpack` reads.
+    """
+    parts: dict[str, list[np.ndarray]] = {}
+    index: dict[str, Any] = {}
+    for name, a in arrays.items():
+        pool = parts.setdefault(a.dtype.name, [])
+        start = sum(p.size for p in pool)
+        pool.append(a.reshape(-1))
+        index[name] = [a.dtype.name, start, start + a.size]
+    return {dt: np.concatenate(pool) for dt, pool in parts.items()}, index
+
+
+def _unpack(pools: Mapping[str, np.ndarray], index: Any, where: Path) -> dict[str, np.ndarray]:
+    """Inverse of :func:`_pack`."""
+    try:
+        return {name: pools[dt][int(start):int(stop)]
+                for name, (dt, start, stop) in index.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise SnapshotCorruptError(f"{where}: bad array index ({type(e).__name__}: {e})") from e
+
+
 def save_checkpoint(
     root: str | Path,
     name: str,
@@ -109,8 +138,13 @@ def save_checkpoint(
     optim_state: Mapping[str, Any] | None,
     state: Mapping[str, Any],
     keep: int = 2,
+    metrics: MetricSet | None = None,
 ) -> Path:
-    """Write checkpoint ``root/name`` atomically, point ``LATEST`` at it, keep the newest ``keep``."""
+    """Write checkpoint ``root/name`` atomically, point ``LATEST`` at it, keep the newest ``keep``.
+
+    ``metrics``: progressive metrics whose state is saved with the rest (see
+    :func:`load_metrics`).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -119,6 +153,11 @@ def save_checkpoint(
         table.save(tmp / "tables" / tname)
     arrays, meta = dense_state_to_arrays(model_state, optim_state)
     write_bundle(tmp / "dense", DENSE_FORMAT, DENSE_VERSION, arrays, meta)
+    if metrics is not None:
+        m_arrays, m_meta = metrics.state()
+        pools, index = _pack(m_arrays)
+        write_bundle(tmp / "metrics", METRICS_FORMAT, METRICS_VERSION, pools,
+                     {**m_meta, "index": index})
     atomic_write_bytes(tmp / "state.json", json.dumps(dict(state), indent=1).encode())
     final = root / name
     if final.exists():
@@ -171,3 +210,38 @@ def load_checkpoint(
     meta, arrays = read_bundle(path / "dense", DENSE_FORMAT, DENSE_VERSION)
     model_state, optim_state = dense_state_from_arrays(arrays, meta)
     return model_state, optim_state, state
+
+
+def load_metrics(path: str | Path, metrics: MetricSet) -> bool:
+    """Restore ``metrics`` in place from checkpoint ``path``; whether it was restored.
+
+    A checkpoint without metrics (written by an older version) or with other metrics (a
+    changed ``train.metrics_window_s``, another format version) leaves ``metrics`` unchanged
+    and logs a warning: progressive metrics then restart, the rest of the checkpoint is good.
+
+    Raises :class:`SnapshotCorruptError` when the metrics' files fail their checksums.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from freshrec.train.metrics import default_metrics
+    >>> ms = default_metrics()
+    >>> ms.update(np.array([0, 1]), np.array([0.3, 0.6]))
+    >>> ckpt = save_checkpoint(tempfile.mkdtemp(), "step-1", {}, {}, None, {}, metrics=ms)
+    >>> restored = default_metrics()
+    >>> load_metrics(ckpt, restored), restored.get() == ms.get()
+    (True, True)
+    >>> load_metrics(ckpt, default_metrics(window_s=60))  # other metrics: not restored
+    False
+    """
+    path = Path(path) / "metrics"
+    if not path.is_dir():
+        log.warning("checkpoint=%s has no metrics: progressive metrics restart", path.parent)
+        return False
+    try:
+        meta, pools = read_bundle(path, METRICS_FORMAT, METRICS_VERSION)
+        metrics.load_state(_unpack(pools, meta.get("index"), path), meta)
+    except IncompatibleFormatError as e:
+        log.warning("checkpoint=%s: progressive metrics restart (%s)", path.parent, e)
+        return False
+    return True

@@ -6,6 +6,8 @@ arrays or anything ``np.asarray`` accepts; labels in [0, 1], predictions probabi
 (``merge``) with another instance of the same configuration, which is what :class:`Windowed`
 uses to keep a metric over the last ``window_s`` seconds of event time. A
 :class:`MetricSet` updates several at once and returns a flat dict for logs and dashboards.
+Their accumulated state comes out as named arrays (``state``) and goes back in
+(``load_state``), which is how checkpoints carry progressive metrics across a restart.
 
 A metric that is undefined on the data seen so far returns ``nan``: AUC before both a
 positive and a negative have been seen, calibration before any positive, every metric
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.errors import InputError
+from freshrec.errors import IncompatibleFormatError, InputError
 
 __all__ = [
     "AUC",
@@ -68,11 +70,37 @@ def _inputs(
     return y, p, w
 
 
+def _spec(metric: Metric) -> dict[str, Any]:
+    """A metric's class and configuration as JSON values (compared when loading a state)."""
+    return {"kind": type(metric).__name__, "params": metric.params()}
+
+
+def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose name starts with ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _array(owner: str, arrays: Mapping[str, np.ndarray], name: str, dtype: type,
+           size: int | None = None) -> np.ndarray:
+    """``arrays[name]`` as a 1-d ``dtype`` array (of ``size`` values when given)."""
+    if name not in arrays:
+        raise IncompatibleFormatError(f"{owner}.load_state: no array {name!r} "
+                                      f"(got {sorted(arrays)})")
+    a = np.asarray(arrays[name])
+    if a.ndim != 1 or (size is not None and a.size != size):
+        want = f"{size} values" if size is not None else "a 1-d array"
+        raise IncompatibleFormatError(f"{owner}.load_state: array {name!r} must hold {want}, "
+                                      f"got shape {a.shape}")
+    return a.astype(dtype, copy=True)
+
+
 class Metric(abc.ABC):
     """Base of the incremental metrics.
 
     Subclasses set :attr:`name` and :attr:`bigger_is_better` and implement :meth:`update`,
-    :meth:`get`, :meth:`merge` and :meth:`clone` (an empty metric of the same configuration).
+    :meth:`get`, :meth:`merge`, :meth:`clone` (an empty metric of the same configuration),
+    and :meth:`state` / :meth:`load_state` (the accumulated state as named arrays); those with
+    a configuration override :meth:`params`.
     """
 
     #: Short name used in reprs and dict keys.
@@ -95,6 +123,22 @@ class Metric(abc.ABC):
     @abc.abstractmethod
     def clone(self) -> Metric:
         """A new, empty metric with the same configuration."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything :meth:`update` accumulated, as named 1-d arrays."""
+
+    @abc.abstractmethod
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the accumulated state by one :meth:`state` returned (same configuration).
+
+        Raises :class:`~freshrec.errors.IncompatibleFormatError` naming a missing or
+        misshapen array.
+        """
+
+    def params(self) -> dict[str, Any]:
+        """The configuration :meth:`clone` copies, as JSON values."""
+        return {}
 
     def _check_merge(self, other: Metric) -> None:
         if type(other) is not type(self):
@@ -139,6 +183,10 @@ class AUC(Metric):
     0.5
     >>> AUC().get()  # no positives and negatives yet
     nan
+    >>> restored = AUC()
+    >>> restored.load_state(auc.state())
+    >>> restored
+    AUC: 0.5000
     """
 
     name = "AUC"
@@ -231,12 +279,66 @@ class AUC(Metric):
         """An empty AUC with the same ``bins``."""
         return AUC(bins=self.bins)
 
+    def params(self) -> dict[str, Any]:
+        """``{"bins": bins}``."""
+        return {"bins": self.bins}
 
-class LogLoss(Metric):
+    def state(self) -> dict[str, np.ndarray]:
+        """``keys`` (bucket or prediction), ``pos`` and ``neg`` (weights per key)."""
+        self._compact()
+        return {"keys": self._keys.copy(), "pos": self._pos.copy(), "neg": self._neg.copy()}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the buckets by those of :meth:`state`."""
+        keys = _array("AUC", arrays, "keys", self._keys.dtype.type)
+        self._pos = _array("AUC", arrays, "pos", np.float64, keys.size)
+        self._neg = _array("AUC", arrays, "neg", np.float64, keys.size)
+        self._keys = keys
+        self._pending = []
+        self._pending_n = 0
+
+
+class _RatioOfSums(Metric):
+    """A metric that is one weighted sum over another (``nan`` while the second is 0)."""
+
+    def __init__(self) -> None:
+        self._num = 0.0
+        self._den = 0.0
+
+    def _add(self, num: np.ndarray, den: np.ndarray, w: np.ndarray | None) -> None:
+        if w is None:
+            self._num += float(num.sum())
+            self._den += float(den.sum())
+        else:
+            self._num += float(np.dot(num, w))
+            self._den += float(np.dot(den, w))
+
+    def get(self) -> float:
+        """The ratio of the sums; ``nan`` while the denominator is 0."""
+        return self._num / self._den if self._den > 0 else math.nan
+
+    def merge(self, other: Metric) -> None:
+        """Add the sums of another metric of the same class."""
+        self._check_merge(other)
+        assert isinstance(other, _RatioOfSums)
+        self._num += other._num
+        self._den += other._den
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``sums``: the numerator and the denominator."""
+        return {"sums": np.array([self._num, self._den])}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the sums by those of :meth:`state`."""
+        self._num, self._den = _array(self.name, arrays, "sums", np.float64, 2).tolist()
+
+
+class LogLoss(_RatioOfSums):
     """Weighted mean binary cross-entropy (natural log) of predictions.
 
     Predictions are clipped to ``[eps, 1 - eps]`` before the log, so a confident wrong
-    prediction costs at most ``-log(eps)`` (about 34.5 for the default 1e-15).
+    prediction costs at most ``-log(eps)`` (about 34.5 for the default 1e-15). ``nan``
+    before any (positively weighted) example.
 
     Examples
     --------
@@ -244,6 +346,8 @@ class LogLoss(Metric):
     >>> m.update(np.array([1, 0]), np.array([0.9, 0.2]), weight=np.array([1.0, 3.0]))
     >>> m
     LogLoss: 0.1937
+    >>> m.state()["sums"].round(4).tolist()  # the weighted loss and the weight
+    [0.7748, 4.0]
     """
 
     name = "LogLoss"
@@ -252,39 +356,26 @@ class LogLoss(Metric):
     def __init__(self, *, eps: float = 1e-15) -> None:
         if not isinstance(eps, float | int) or not 0.0 < eps < 0.5:
             raise InputError(f"LogLoss: eps must be a number in (0, 0.5), got {eps!r}")
+        super().__init__()
         self.eps = float(eps)
-        self._loss = 0.0
-        self._weight = 0.0
 
     def update(self, y_true: ArrayLike, y_pred: ArrayLike, weight: ArrayLike | None = None) -> None:
         """Add a batch of labels and predicted probabilities."""
         y, p, w = _inputs("LogLoss", y_true, y_pred, weight)
         p = np.clip(p, self.eps, 1.0 - self.eps)
         loss = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
-        if w is None:
-            self._loss += float(loss.sum())
-            self._weight += float(y.size)
-        else:
-            self._loss += float(np.dot(loss, w))
-            self._weight += float(w.sum())
-
-    def get(self) -> float:
-        """Mean log loss; ``nan`` before any (positively weighted) example."""
-        return self._loss / self._weight if self._weight > 0 else math.nan
-
-    def merge(self, other: Metric) -> None:
-        """Add another LogLoss's sums."""
-        self._check_merge(other)
-        assert isinstance(other, LogLoss)
-        self._loss += other._loss
-        self._weight += other._weight
+        self._add(loss, np.ones_like(loss), w)
 
     def clone(self) -> LogLoss:
         """An empty LogLoss with the same ``eps``."""
         return LogLoss(eps=self.eps)
 
+    def params(self) -> dict[str, Any]:
+        """``{"eps": eps}``."""
+        return {"eps": self.eps}
 
-class Calibration(Metric):
+
+class Calibration(_RatioOfSums):
     """Sum of predictions over sum of labels (weighted); 1.0 is perfectly calibrated.
 
     Above 1 the model over-predicts clicks, below 1 it under-predicts. Neither direction is
@@ -302,30 +393,10 @@ class Calibration(Metric):
     name = "Calibration"
     bigger_is_better = False
 
-    def __init__(self) -> None:
-        self._pred = 0.0
-        self._label = 0.0
-
     def update(self, y_true: ArrayLike, y_pred: ArrayLike, weight: ArrayLike | None = None) -> None:
         """Add a batch of labels and predicted probabilities."""
         y, p, w = _inputs("Calibration", y_true, y_pred, weight)
-        if w is None:
-            self._pred += float(p.sum())
-            self._label += float(y.sum())
-        else:
-            self._pred += float(np.dot(p, w))
-            self._label += float(np.dot(y, w))
-
-    def get(self) -> float:
-        """Sum of predictions / sum of labels; ``nan`` while the label sum is 0."""
-        return self._pred / self._label if self._label > 0 else math.nan
-
-    def merge(self, other: Metric) -> None:
-        """Add another Calibration's sums."""
-        self._check_merge(other)
-        assert isinstance(other, Calibration)
-        self._pred += other._pred
-        self._label += other._label
+        self._add(p, y, w)
 
     def clone(self) -> Calibration:
         """An empty Calibration."""
@@ -444,6 +515,31 @@ class Windowed(Metric):
         """An empty Windowed over a clone of the same metric."""
         return Windowed(self.metric.clone(), window_s=self.window_s, bucket_s=self.bucket_s)
 
+    def params(self) -> dict[str, Any]:
+        """Window and bucket lengths and the inner metric's class and configuration."""
+        return {"window_s": self.window_s, "bucket_s": self.bucket_s,
+                "metric": _spec(self.metric)}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``latest`` (the newest bucket key, empty before any update), ``buckets`` (their
+        keys) and the state of bucket ``i`` under ``b<i>.``."""
+        keys = sorted(self._buckets)
+        out = {"latest": np.array([] if self._latest is None else [self._latest], np.int64),
+               "buckets": np.array(keys, np.int64)}
+        for i, key in enumerate(keys):
+            out.update({f"b{i}.{k}": v for k, v in self._buckets[key].state().items()})
+        return out
+
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the buckets by those of :meth:`state`."""
+        latest = _array(self.name, arrays, "latest", np.int64)
+        buckets: dict[int, Metric] = {}
+        for i, key in enumerate(_array(self.name, arrays, "buckets", np.int64).tolist()):
+            buckets[key] = self.metric.clone()
+            buckets[key].load_state(_prefixed(arrays, f"b{i}."))
+        self._buckets = buckets
+        self._latest = int(latest[0]) if latest.size else None
+
 
 class MetricSet:
     """Several metrics updated together; :meth:`get` returns a flat dict with ``count``.
@@ -458,6 +554,11 @@ class MetricSet:
     >>> ms = MetricSet({"auc": AUC(), "auc_1h": Windowed(AUC(), window_s=3600)})
     >>> ms.update(np.array([0, 1]), np.array([0.2, 0.7]), now=10)
     >>> ms.get()
+    {'auc': 1.0, 'auc_1h': 1.0, 'count': 2.0}
+    >>> arrays, meta = ms.state()  # what a checkpoint stores
+    >>> restored = ms.clone()
+    >>> restored.load_state(arrays, meta)
+    >>> restored.get()
     {'auc': 1.0, 'auc_1h': 1.0, 'count': 2.0}
     """
 
@@ -502,6 +603,39 @@ class MetricSet:
     def clone(self) -> MetricSet:
         """An empty MetricSet with clones of the same metrics."""
         return MetricSet({k: m.clone() for k, m in self.metrics.items()})
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)``: the state of the ``i``-th metric under ``m<i>.``, and as JSON
+        the example count and each metric's class and configuration."""
+        arrays: dict[str, np.ndarray] = {}
+        for i, m in enumerate(self.metrics.values()):
+            arrays.update({f"m{i}.{k}": v for k, v in m.state().items()})
+        meta = {"count": self._count,
+                "metrics": {key: _spec(m) for key, m in self.metrics.items()}}
+        return arrays, meta
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Replace the accumulated state by one :meth:`state` returned.
+
+        Raises
+        ------
+        IncompatibleFormatError
+            The state is of other metrics (keys, classes or configurations), or an array
+            is missing or misshapen. This set is then unchanged.
+        """
+        mine = {key: _spec(m) for key, m in self.metrics.items()}
+        if meta.get("metrics") != mine:
+            raise IncompatibleFormatError(f"MetricSet.load_state: the state is of metrics "
+                                          f"{meta.get('metrics')}, these are {mine}")
+        count = meta.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise IncompatibleFormatError(f"MetricSet.load_state: count must be an int >= 0, "
+                                          f"got {count!r}")
+        loaded = self.clone().metrics
+        for i, m in enumerate(loaded.values()):
+            m.load_state(_prefixed(arrays, f"m{i}."))
+        self.metrics = loaded
+        self._count = count
 
     def __repr__(self) -> str:
         return ", ".join(f"{m!r}" for m in self.metrics.values()) + f", count: {self._count}"

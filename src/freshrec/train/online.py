@@ -4,9 +4,15 @@ Monolith's online stage: a model (from a batch checkpoint, or from scratch) cons
 joiner's examples as they arrive, scores each batch before training on it (progressive,
 event-time-windowed AUC / log loss / calibration), keeps its tables bounded by admission and
 expiry in event time, and publishes the rows it touched to a :mod:`freshrec.sync` registry
-every ``sync.sparse_interval_s`` (dense parameters and full snapshots less often). Its
-checkpoints hold the model together with the input offsets, so a restart after ``kill -9``
-resumes exactly: no example lost, none trained twice.
+every ``sync.sparse_interval_s`` (dense parameters and full snapshots less often, and
+everything when it stops). Its checkpoints hold the model together with the input offsets
+and the progressive metrics, so a restart after ``kill -9`` resumes exactly: no example lost,
+none trained twice, and the same example count and AUC as a run never interrupted.
+
+A long run does not die on its surroundings: an unreachable log is retried with back-off
+(:attr:`OnlineTrainer.source_errors`), and so is a checkpoint or publish that cannot be
+written (a full disk; :attr:`OnlineTrainer.write_errors`, the path named in the warning)
+while training goes on.
 
 Examples
 --------
@@ -38,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from freshrec._retry import Backoff
 from freshrec.errors import InputError
 from freshrec.stream.base import Log
 from freshrec.stream.events import decode_examples
 from freshrec.sync.publisher import Publisher
-from freshrec.sync.registry import Registry
+from freshrec.sync.registry import Registry, VersionManifest
 from freshrec.train.trainer import Trainer, rebatch
 
 if TYPE_CHECKING:
@@ -98,6 +105,8 @@ class OnlineTrainer:
         self.rejected = 0
         #: Times reading the log failed (unreachable server); each is retried with back-off.
         self.source_errors = 0
+        #: Times a checkpoint or publish could not be written; each is retried with back-off.
+        self.write_errors = 0
         self.newest_event_time: int | None = None
         self._resume()
         self.publisher = (Publisher(registry, self.trainer.tables, self._dense_state,
@@ -105,6 +114,7 @@ class OnlineTrainer:
         self.trainer.keep_expired_log = self.publisher is not None
         self._last_ckpt = time.monotonic()
         self._window: dict[str, Any] = {}
+        self._dense_published_step: int | None = None
 
     def _dense_state(self) -> dict[str, Any]:
         return self.trainer.model.state_dict()
@@ -114,17 +124,27 @@ class OnlineTrainer:
         if t.resume():
             self.offsets = {int(p): int(o) for p, o in t.resumed_state["offsets"].items()}
             self.rejected = int(t.resumed_state.get("rejected", 0))
+            self.newest_event_time = t.resumed_state.get("newest_event_time")
             log.info("online resumed step=%d offsets=%s", t.step, self.offsets)
         elif self.config.online.init_from:
             if not t.resume(self.config.online.init_from):
                 raise InputError(f"online.init_from: no checkpoint at "
                                  f"{self.config.online.init_from!r}")
             t.position = {"epoch": 0, "batches": 0}
+            t.metrics = t.metrics.clone()  # progressive metrics are of the online stream
             log.info("online starts from batch checkpoint %s", self.config.online.init_from)
 
     # ------------------------------------------------------------------ loop
     def step(self, timeout_s: float = 0.0) -> int:
-        """Read what is available (waiting up to ``timeout_s``), train on it; returns examples."""
+        """Read what is available (waiting up to ``timeout_s``), train on it, checkpoint and
+        publish what is due; returns examples."""
+        n = self._consume(timeout_s)
+        self._maybe_checkpoint()
+        self._maybe_publish()
+        return n
+
+    def _consume(self, timeout_s: float) -> int:
+        """Read what is available (waiting up to ``timeout_s``) and train on it."""
         oc = self.config.online
         values: list[bytes] = []
         ends = dict(self.offsets)
@@ -142,8 +162,6 @@ class OnlineTrainer:
             if rb is not None:
                 n = self._train(rb)
         self.offsets = ends
-        self._maybe_checkpoint()
-        self._maybe_publish()
         return n
 
     def _train(self, rb: pa.RecordBatch) -> int:
@@ -193,16 +211,34 @@ class OnlineTrainer:
             self.checkpoint()
 
     def checkpoint(self) -> Path:
-        """Save model, tables and input offsets together."""
+        """Save model, tables, progressive metrics and input offsets together."""
         self._last_ckpt = time.monotonic()
         return self.trainer.save(extra={"offsets": {str(p): o for p, o in self.offsets.items()},
-                                        "rejected": self.rejected})
+                                        "rejected": self.rejected,
+                                        "newest_event_time": self.newest_event_time})
 
     def _maybe_publish(self) -> None:
         if self.publisher is None:
             return
-        self.publisher.maybe_publish(time.monotonic(), event_time=self.newest_event_time,
-                                     meta=self._publish_meta())
+        self._published(self.publisher.maybe_publish(
+            time.monotonic(), event_time=self.newest_event_time, meta=self._publish_meta()))
+
+    def publish(self) -> None:
+        """Publish everything trained now: the rows written since the last publish (when
+        any), and the dense parameters unless already published at this step. :meth:`run`
+        calls it when it stops."""
+        if self.publisher is None:
+            return
+        meta = self._publish_meta()
+        self._published(self.publisher.publish_sparse(event_time=self.newest_event_time,
+                                                      meta=meta))
+        if self._dense_published_step != self.trainer.step:
+            self._published(self.publisher.publish_dense(event_time=self.newest_event_time,
+                                                         meta=meta))
+
+    def _published(self, manifest: VersionManifest | None) -> None:
+        if manifest is not None and manifest.dense:
+            self._dense_published_step = self.trainer.step
 
     def _publish_meta(self) -> dict[str, Any]:
         """Published with every version: input offsets, step, examples trained, the
@@ -215,33 +251,52 @@ class OnlineTrainer:
                 "config": dict(self.config.raw)}
 
     def lag(self) -> int:
-        """Examples in the log not yet trained on."""
-        return sum(max(0, self.source.end_offset(p) - o) for p, o in self.offsets.items())
+        """Records in the log not yet trained on (one record may hold many examples)."""
+        return sum(self.source.count_from(p, o) for p, o in self.offsets.items())
+
+    def _outputs(self, *, final: bool) -> list[tuple[str, Callable[[], object]]]:
+        """(where, write) of the checkpoint and the publish: when due, or all (``final``)."""
+        out: list[tuple[str, Callable[[], object]]] = [
+            (f"checkpoint under {self.trainer.run_dir}",
+             self.checkpoint if final else self._maybe_checkpoint)]
+        if self.publisher is not None:
+            out.append((f"publish to registry {self.publisher.registry.root}",
+                        self.publish if final else self._maybe_publish))
+        return out
 
     def run(self, *, idle_timeout_s: float = 5.0, max_examples: int | None = None,
             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Train until the log is idle for ``idle_timeout_s``, ``max_examples`` or ``stop()``.
 
-        Checkpoints (and publishes, with a registry) before returning.
+        An unreachable log, and a checkpoint or publish that fails to write, are retried
+        with back-off (counted in :attr:`source_errors` and :attr:`write_errors`). Before
+        returning, checkpoints and (with a registry) publishes everything (:meth:`publish`).
         """
         idle_since = time.monotonic()
         done = 0
-        backoff = 0.0
+        read_backoff, write_backoff = Backoff(), Backoff()
         while True:
             if stop is not None and stop():
                 break
             try:
-                n = self.step(self.config.online.poll_timeout_s if idle_timeout_s else 0.0)
+                n = self._consume(self.config.online.poll_timeout_s if idle_timeout_s else 0.0)
             except _TRANSIENT as e:
                 raise_if_fatal(e)
-                backoff = min(max(2 * backoff, 0.05), 5.0)
                 self.source_errors += 1
-                log.warning("online: log unreachable (%s: %s); retrying in %.2fs",
-                            type(e).__name__, e, backoff)
-                time.sleep(backoff)
+                _wait(read_backoff, f"log {self.source!r} unreachable", e)
                 idle_since = time.monotonic()
                 continue
-            backoff = 0.0
+            read_backoff.reset()
+            wrote = True
+            for where, write in self._outputs(final=False):
+                try:
+                    write()
+                except OSError as e:
+                    self.write_errors += 1
+                    wrote = False
+                    _wait(write_backoff, f"{where} failed, training goes on", e)
+            if wrote:
+                write_backoff.reset()
             done += n
             if n:
                 idle_since = time.monotonic()
@@ -249,12 +304,23 @@ class OnlineTrainer:
                 break
             if max_examples is not None and done >= max_examples:
                 break
-        self.checkpoint()
-        if self.publisher is not None:
-            self.publisher.publish_sparse(event_time=self.newest_event_time,
-                                          meta=self._publish_meta())
+        for where, write in self._outputs(final=True):
+            try:
+                write()
+            except OSError as e:
+                log.error("online: %s failed when stopping (%s: %s)", where, type(e).__name__, e)
+                raise
         return {**self.trainer.summary(), "offsets": dict(self.offsets),
-                "rejected": self.rejected, "source_errors": self.source_errors}
+                "rejected": self.rejected, "source_errors": self.source_errors,
+                "write_errors": self.write_errors}
+
+
+def _wait(backoff: Backoff, what: str, error: BaseException) -> None:
+    """Log ``what`` failed with ``error`` and sleep the next back-off delay."""
+    delay = backoff.next()
+    log.warning("online: %s (%s: %s); retrying in %.2fs", what, type(error).__name__, error,
+                delay)
+    time.sleep(delay)
 
 
 def raise_if_fatal(error: BaseException) -> None:

@@ -45,7 +45,12 @@ from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
 from freshrec.table.table import EmbeddingTable
 from freshrec.train._kernels import row_coins
-from freshrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from freshrec.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_metrics,
+    save_checkpoint,
+)
 from freshrec.train.metrics import default_metrics
 
 if TYPE_CHECKING:
@@ -302,7 +307,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, extra: dict[str, Any] | None = None) -> Path:
-        """Write a checkpoint under ``run_dir/checkpoints`` (tables, dense, position).
+        """Write a checkpoint under ``run_dir/checkpoints`` (tables, dense, position, metrics).
 
         ``extra`` (JSON-able) is stored with it, e.g. the online trainer's input offsets,
         and comes back in :attr:`resumed_state`.
@@ -316,13 +321,15 @@ class Trainer:
         self._last_ckpt_wall = time.monotonic()
         return save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
                                self.tables, self.model.state_dict(), self.optimizer.state_dict(),
-                               state, keep=self.config.train.keep_checkpoints)
+                               state, keep=self.config.train.keep_checkpoints,
+                               metrics=self.metrics)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the latest checkpoint of ``run_dir`` (or ``path``); False if there is none.
 
-        Progressive metrics restart empty after a resume; the model, tables, optimizer and
-        data position continue exactly.
+        The model, tables, optimizer, data position and progressive metrics continue exactly
+        (metrics restart, with a warning, from a checkpoint saved without them or with other
+        metrics).
         """
         root = Path(path) if path is not None else (
             self.run_dir / "checkpoints" if self.run_dir else None)
@@ -338,6 +345,7 @@ class Trainer:
         self.examples = int(state["examples"])
         self.position = {k: int(v) for k, v in state["position"].items()}
         self._last_expire = state["last_expire"]
+        load_metrics(ckpt, self.metrics)
         self.resumed_state = state
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resumed checkpoint=%s step=%d", ckpt, self.step)
