@@ -70,7 +70,6 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.demo import MODEL_CONFIG
 from freshrec.stream.events import decode_examples
 from freshrec.stream.open import open_log
 from freshrec.stream.truth import TruthConfig, compare, reference_join
@@ -94,8 +93,11 @@ STAGES = ("join", "train", "serve")
 #: a child runs ``freshrec <argv>`` with SIGINT as KeyboardInterrupt (as the demo's children)
 _CHILD_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
                "from freshrec.cli import main; sys.exit(main(sys.argv[1:]))")
-_TRAIN_SETTINGS = ("sync.dense_interval_s=3", "sync.full_interval_s=5",
-                   "online.checkpoint_every_s=1", "train.batch_size=256")
+#: the trainer's model: DeepFM on the simulator's joined examples, with these overrides
+MODEL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "simulator.yaml"
+_TRAIN_SETTINGS = ("sync.sparse_interval_s=1", "sync.dense_interval_s=3",
+                   "sync.full_interval_s=5", "online.checkpoint_every_s=1",
+                   "train.batch_size=256", "train.threads=1")
 _FSIZE_LIMIT = 1024
 _TMPFS_SIZE = "256m"
 
@@ -622,7 +624,7 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
         producer.target = 0.1
         producer.start()
         model = work / "model.yaml"
-        model.write_text(MODEL_CONFIG.replace("{sync_s}", "1"))
+        shutil.copyfile(MODEL_CONFIG, model)
         state, run_dir = work / "join-state", work / "train"
         port = _free_port()
         stages["join"] = _Stage(
