@@ -182,15 +182,20 @@ def test_lag_counts_records_of_a_redis_log(tmp_path, redis_server):
     assert online.trainer.examples == 1000 and online.lag() == 0
 
 
-def test_online_cli_reports_its_lag_in_records(tmp_path, capsys):
-    log = open_log(f"file:{tmp_path / 'log'}")
-    log.append(_example_records(20))
+@pytest.mark.parametrize("kind", ["file", pytest.param("redis", marks=pytest.mark.redis)])
+def test_online_cli_reports_its_lag_in_records(tmp_path, capsys, request, kind):
+    # two partitions, which the CLI finds without being told
+    spec = (f"file:{tmp_path / 'log'}" if kind == "file" else
+            f"{request.getfixturevalue('redis_server')}#cli{time.monotonic_ns()}")
+    log = open_log(spec, partitions=2)
+    records = _example_records(20)
+    log.append(records[:10], partition=0)
+    log.append(records[10:], partition=1)
     log.close()
     cfg = tmp_path / "online.yaml"
     cfg.write_text(yaml.safe_dump(RAW))
-    assert main(["train", "--online", "--config", str(cfg), "--source",
-                 f"file:{tmp_path / 'log'}", "--run-dir", str(tmp_path / "run"),
-                 "--idle-timeout", "0.01"]) == 0
+    assert main(["train", "--online", "--config", str(cfg), "--source", spec,
+                 "--run-dir", str(tmp_path / "run"), "--idle-timeout", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "lag 20 records" in out and '"examples": 1000' in out
 

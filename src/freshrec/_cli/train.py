@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true",
                    help="train from a log of joined examples (see --source)")
     p.add_argument("--source", help="online: the examples log (file:DIR, redis://HOST:PORT#NAME)")
-    p.add_argument("--partitions", type=int, default=1, help="online: partitions of --source")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="online: partitions of --source (default: those the log has)")
     p.add_argument("--registry", help="online: publish updates to this registry directory")
     p.add_argument("--idle-timeout", type=float, default=0.0,
                    help="online: stop after this many seconds without examples (0: never)")
