@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from freshrec._cli import bench
+from freshrec._cli import serve as serve_cli
 from freshrec._cli.options import DATA_SHORTHANDS, Shorthand, section
 from freshrec.cli import COMMANDS, _parser, main
 from freshrec.config import SECTIONS
+from freshrec.serve import ServeConfig
 from freshrec.stream.events import decode
 from freshrec.stream.open import open_log
 
@@ -58,6 +60,16 @@ def test_bench_table_reports_its_keys_and_the_memory_the_table_docs_give(capsys)
     assert result["bytes_per_entry"] == pytest.approx(84 + 4 / result["load_factor"])
     assert result["lookup_vs_dict_ratio"] == pytest.approx(
         result["lookup_fids_per_s_zipf"] / result["dict_lookup_fids_per_s_zipf"])
+
+
+def test_serve_sets_the_process_settings_before_serving(tmp_path, monkeypatch):
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(serve_cli.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(serve_cli.sys, "setswitchinterval", lambda s: calls.append(("switch", s)))
+    monkeypatch.setattr(serve_cli, "run_server", lambda reg, **kw: calls.append(("serve", reg)))
+    assert main(["serve", "--registry", str(tmp_path), "--threads", "3"]) == 0
+    switch = ServeConfig().switch_interval_s
+    assert calls == [("threads", 3), ("switch", switch), ("serve", str(tmp_path))]
 
 
 # ---------------------------------------------------------------- the config document

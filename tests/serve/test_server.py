@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from freshrec.serve import ServeConfig, Server
 from freshrec.stream import FileLog
@@ -183,3 +185,11 @@ def test_not_ready_until_a_model_is_published(tmp_path):
             assert client.post("/score", json={"candidates": [{"item_id": 1}]}).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_server_leaves_the_process_settings_alone(tmp_path):
+    """Threads and the switch interval are the entry point's (freshrec serve) to set."""
+    before = (torch.get_num_threads(), sys.getswitchinterval())
+    config = ServeConfig(port=0, threads=before[0] + 1, switch_interval_s=before[1] / 2)
+    with Server(Registry(tmp_path / "reg"), config, model_config=make_config(), log=False):
+        assert (torch.get_num_threads(), sys.getswitchinterval()) == before

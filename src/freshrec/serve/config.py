@@ -50,8 +50,9 @@ class ServeConfig:
         index with the first model, so that requests may name candidates by id
         (``candidate_ids``; :mod:`freshrec.serve.catalogue`).
     threads : int
-        torch (and ONNX Runtime) intra-op threads of the process (``0``: leave torch's default). One thread is
-        the measured choice on 2 cores (see docs/serving.md).
+        ONNX Runtime intra-op threads, and torch's of the process where the entry point
+        (``freshrec serve``) applies it (``0``: leave torch's default). One thread is the
+        measured choice on 2 cores (see docs/serving.md).
     poll_interval_s : float
         Wall seconds between looks at the registry's ``HEAD``.
     update_mode : str
@@ -70,9 +71,9 @@ class ServeConfig:
         Niceness added to the update thread (Linux: per thread), so loading a new version
         yields the CPU to request handling. 0 leaves it.
     switch_interval_s : float
-        ``sys.setswitchinterval`` of the process (how long a thread may hold the GIL while
-        another waits); short, so the update thread's Python work delays requests little.
-        0 leaves Python's default (5 ms).
+        ``sys.setswitchinterval`` of the process, applied by the entry point (``freshrec
+        serve``): how long a thread may hold the GIL while another waits; short, so the
+        update thread's Python work delays requests little. 0 leaves Python's default (5 ms).
     log_queue : int
         Impression events buffered for the log writer; when full, events are dropped and
         counted (``freshrec_impressions_dropped_total``) rather than blocking requests.

@@ -3,7 +3,9 @@
 :class:`Server` wires them and runs uvicorn either in the calling thread
 (:meth:`Server.serve_forever`, what ``freshrec serve`` does) or in a background thread
 (:meth:`Server.start` / :meth:`Server.stop`, what tests and the demo do);
-:func:`run_server` is the blocking one-call form.
+:func:`run_server` is the blocking one-call form. Neither sets process-wide state: the
+thread count and the interpreter's switch interval of :class:`ServeConfig` are applied by the
+entry point (``freshrec serve``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 
 from freshrec.config import FreshrecConfig
@@ -98,10 +98,6 @@ class Server:
 
     def _prepare(self) -> Any:
         sc = self.config
-        if sc.threads:
-            torch.set_num_threads(sc.threads)
-        if sc.switch_interval_s:
-            sys.setswitchinterval(sc.switch_interval_s)
         if self._log_arg is not False:
             if isinstance(self._log_arg, Log):
                 self.log = self._log_arg
