@@ -54,6 +54,52 @@ class _Load:
         self._thread.join()
 
 
+class _PausedApply:
+    """Pauses every delta apply on ``tables`` at its second row lookup (a chunk in) until
+    ``load`` has had another answer, so requests are served while a delta is half applied.
+
+    :attr:`answered_during` counts the answers given during the pauses, :attr:`pauses` the
+    pauses (an answer not given in ``timeout_s`` ends a pause).
+    """
+
+    def __init__(self, tables: dict[str, Any], load: _Load, timeout_s: float = 10.0) -> None:
+        self.load = load
+        self.timeout_s = timeout_s
+        self.pauses = 0
+        self.answered_during = 0
+        for table in tables.values():
+            self._hook(table)
+
+    def _hook(self, table: Any) -> None:
+        apply, find = table.apply_delta, table.find
+        applying: dict[int, int] = {}  # applying thread -> row lookups so far
+
+        def apply_delta(delta: Any, **kw: Any) -> None:
+            applying[threading.get_ident()] = 0
+            try:
+                apply(delta, **kw)
+            finally:
+                del applying[threading.get_ident()]
+
+        def find_rows(fids: Any) -> Any:
+            me = threading.get_ident()
+            if me in applying:
+                applying[me] += 1
+                if applying[me] == 2:
+                    self._pause()
+            return find(fids)
+
+        table.apply_delta, table.find = apply_delta, find_rows
+
+    def _pause(self) -> None:
+        self.pauses += 1
+        seen = len(self.load.statuses)
+        deadline = time.monotonic() + self.timeout_s
+        while len(self.load.statuses) == seen and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.answered_during += len(self.load.statuses) - seen
+
+
 def _wait_version(client: httpx.Client, version: int) -> None:
     deadline = time.monotonic() + 60
     while client.get("/readyz").json()["model_version"] != version:
@@ -80,13 +126,14 @@ def test_sparse_delta_under_load_changes_predictions_in_place(setup):
     served = server.updater.current
     tables_before = {n: id(t) for n, t in served.tables.items()}
     with _Load(server.url) as load:
-        time.sleep(0.2)
+        paused = _PausedApply(served.tables, load)
         train_more(trainer, 2, t0=5000)
         m = pub.publish_sparse(event_time=6000)
         assert m is not None and m.delta_rows > 16  # several chunks
         _wait_version(client, m.version)
-        time.sleep(0.2)
-    assert load.statuses and set(load.statuses) == {200}
+    # requests were answered while the delta was half applied, and every answer was a 200
+    assert paused.pauses >= 1 and paused.answered_during >= paused.pauses
+    assert set(load.statuses) == {200}
     after = client.post("/score", json=body).json()
     assert after["model_version"] == m.version
     np.testing.assert_allclose(after["scores"], reference_scores(cfg, reg, body, m.version),
