@@ -205,9 +205,8 @@ class OnlineTrainer:
                  m.get("auc_window", float("nan")))
         self._window = {"key": key, "stats": stats}
 
-    def _maybe_checkpoint(self, force: bool = False) -> None:
-        oc = self.config.online
-        if force or time.monotonic() - self._last_ckpt >= oc.checkpoint_every_s:
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_ckpt >= self.config.online.checkpoint_every_s:
             self.checkpoint()
 
     def checkpoint(self) -> Path:
