@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec._cli import bench
+from freshrec._cli import bench, process
 from freshrec._cli import serve as serve_cli
 from freshrec._cli.options import DATA_SHORTHANDS, Shorthand, section
 from freshrec.cli import COMMANDS, _parser, main
@@ -64,8 +64,8 @@ def test_bench_table_reports_its_keys_and_the_memory_the_table_docs_give(capsys)
 
 def test_serve_sets_the_process_settings_before_serving(tmp_path, monkeypatch):
     calls: list[tuple[str, object]] = []
-    monkeypatch.setattr(serve_cli.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
-    monkeypatch.setattr(serve_cli.sys, "setswitchinterval", lambda s: calls.append(("switch", s)))
+    monkeypatch.setattr(process.torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(process.sys, "setswitchinterval", lambda s: calls.append(("switch", s)))
     monkeypatch.setattr(serve_cli, "run_server", lambda reg, **kw: calls.append(("serve", reg)))
     assert main(["serve", "--registry", str(tmp_path), "--threads", "3"]) == 0
     switch = ServeConfig().switch_interval_s
@@ -103,13 +103,15 @@ def test_every_flag_sets_a_key_of_the_document(command):
         assert [k for k, _ in args.overrides] == [s.key], s.flag
 
 
-@pytest.mark.parametrize("command", DOCUMENT_COMMANDS)
+@pytest.mark.parametrize("command", [*DOCUMENT_COMMANDS, "registry repair"])
 def test_every_command_reads_the_document_and_names_an_unknown_key(command, tmp_path,
                                                                    capsys):
     doc = tmp_path / "doc.yaml"
     doc.write_text(DEMO_YAML.read_text())
-    section, extra = DOCUMENT_COMMANDS[command]
-    assert main([command, "--config", str(doc), "--set", f"{section}.nope=1", *extra]) == 2
+    section, extra = DOCUMENT_COMMANDS.get(command, ("model", [
+        "--dir", str(tmp_path / "registry"), "--checkpoint", "nowhere"]))
+    assert main([*command.split(), "--config", str(doc), "--set", f"{section}.nope=1",
+                 *extra]) == 2
     assert f"{doc}: {section}: unknown key 'nope'" in capsys.readouterr().err
 
 

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from freshrec._cli.options import add_config_arguments, config
 from freshrec.errors import InputError
 from freshrec.sync import (
     PublisherConfig,
@@ -66,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     repair.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="the trainer's --run-dir, its checkpoints/ directory, or one "
                              "checkpoint directory (holding state.json)")
-    repair.add_argument("--config", metavar="YAML",
-                        help="the model config (default: the one published with the registry)")
+    add_config_arguments(repair, [], config_help="the model's config document (default: the "
+                                                 "one published with the registry; --set "
+                                                 "changes either)")
     repair.add_argument("--force", action="store_true",
                         help="publish even when HEAD is servable")
     rb = action("rollback", "make VERSION's state the newest")
@@ -153,30 +155,31 @@ def _verify(reg: Registry, as_json: bool) -> int:
     return 0 if health.ok else 1
 
 
-def _repair(reg: Registry, checkpoint: str, config: str | None, force: bool) -> None:
-    from freshrec.config import config_from_dict, load_config
+def _repair(reg: Registry, args: argparse.Namespace) -> None:
+    from freshrec.config import apply_overrides, config_from_dict
     from freshrec.sync import Publisher
     from freshrec.train.checkpoint import latest_checkpoint
     from freshrec.train.trainer import Trainer
 
     health = check_registry(reg, checksums=True)
-    if health.head is not None and health.ok and not force:
+    if health.head is not None and health.ok and not args.force:
         raise InputError(
             f"registry {reg.root}: HEAD {health.head} is servable, nothing to repair (a "
             f"snapshot of the checkpoint would replace newer state; --force publishes it anyway)"
         )
-    if config is not None:
-        cfg = load_config(config)
+    if args.config is not None:
+        cfg = config(args)
     else:
         raw = reg.published_meta("config")
         if raw is None:
             raise InputError(f"registry {reg.root}: no readable version carries the model "
                              f"config; pass --config")
-        cfg = config_from_dict(raw, where=f"registry {reg.root} meta.config")
-    path = Path(checkpoint)
+        cfg = config_from_dict(apply_overrides(raw, args.overrides),
+                               where=f"registry {reg.root} meta.config")
+    path = Path(args.checkpoint)
     ckpt = latest_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
     if ckpt is None:
-        raise InputError(f"--checkpoint {checkpoint}: no checkpoint there (expected the "
+        raise InputError(f"--checkpoint {args.checkpoint}: no checkpoint there (expected the "
                          f"trainer's --run-dir, its checkpoints/ directory, or one checkpoint "
                          f"directory holding state.json)")
     trainer = Trainer(cfg)
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "verify":
         return _verify(reg, args.json)
     elif args.action == "repair":
-        _repair(reg, args.checkpoint, args.config, args.force)
+        _repair(reg, args)
     elif args.action == "rollback":
         m = reg.rollback(args.target)
         note = (f" (the state of version {m.base})" if m.kind is VersionKind.ROLLBACK
