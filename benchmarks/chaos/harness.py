@@ -646,13 +646,10 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
                           "--log", "none", "--threads", "1", "--poll-interval", "0.5"],
                 proc_dir, lambda since: poller is not None and poller.last_ok > since)
         chaos_extra = {"join": ("--idle-timeout-s", "1e9"), "train": ("--idle-timeout", "0")}
-        for name in ("train", "join"):
+        for name in ("train", "join", "serve"):  # serve waits, not ready, for a version
             if name in stages:
-                stages[name].start(chaos_extra[name])
+                stages[name].start(chaos_extra.get(name, ()))
         if "serve" in stages:
-            _wait(lambda: _head(registry) is not None, cfg.recover_s,
-                  "the trainer's first version", stages)
-            stages["serve"].start()
             poller = _Poller(port, _score_body(plan.first_impression), cfg.poll_s)
             poller.start()
             _wait(lambda: poller is not None and poller.last_ok > 0, cfg.recover_s,
@@ -673,31 +670,34 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
         producer.target = 1.0
         _wait(lambda: producer is not None and producer.done, cfg.recover_s,
               "the producer writing the whole log", {})
-        # -- recovery checks
+        # -- recovery checks: the joiner's last run (end of stream) beside the server's
+        finals: dict[str, dict[str, Any]] = {}
+
+        def final(name: str, extra: tuple[str, ...], check: Callable[[str], bool]) -> None:
+            stages[name].stop()
+            for _ in range(3):
+                code, out = stages[name].run_once(extra, cfg.recover_s)
+                if code == 0 and check(out):
+                    finals[name] = _summary_line(out)
+                    return
+            log(f"[{cfg.name}] recovery: {name} failed; its output ends:\n{out}")
+
+        last_join = threading.Thread(target=final, args=(
+            "join", ("--idle-timeout-s", "2", "--flush"), lambda out: True))
+        last_join.start()
         if "serve" in stages:
             assert poller is not None
             ok, why = _serve_recovers(cfg, stages, registry, poller, faults)
             if not ok:
                 crashed.append("serve" if why == "serve" else "train")
                 log(f"[{cfg.name}] recovery: {why} failed")
-        for name, extra, check in (
-                ("join", ("--idle-timeout-s", "2", "--flush"), None),
-                ("train", ("--idle-timeout", "3"),
-                 lambda out: _trained_to_end(out, specs["examples"]))):
-            if name not in stages:
-                continue
-            stages[name].stop()
-            for _ in range(3):
-                code, out = stages[name].run_once(extra, cfg.recover_s)
-                if code == 0 and (check is None or check(out)):
-                    summary = _summary_line(out)
-                    if name == "train":
-                        res["examples_trained"] = summary.get("examples")
-                        res["trainer_rejected"] = summary.get("rejected")
-                    break
-            else:
-                crashed.append(name)
-                log(f"[{cfg.name}] recovery: {name} failed; its output ends:\n{out}")
+        last_join.join()
+        if "train" in stages:
+            final("train", ("--idle-timeout", "3"),
+                  lambda out: _trained_to_end(out, specs["examples"]))
+            res["examples_trained"] = finals.get("train", {}).get("examples")
+            res["trainer_rejected"] = finals.get("train", {}).get("rejected")
+        crashed += [n for n in ("join", "train") if n in stages and n not in finals]
         res["recovery_s"] = round(time.monotonic() - t_recover, 1)
         # -- counts
         truth = reference_join(
