@@ -57,8 +57,8 @@ def _state(trainer):
 
 
 def _rows(table):
-    d = table.export_delta(0)
-    return d.fids.tolist(), d.values.tolist()
+    r = table.read_rows()
+    return r.fids.tolist(), r.values.tolist()
 
 
 def test_online_resumes_exactly_after_kill_9(tmp_path):

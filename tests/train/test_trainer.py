@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from freshrec.config import config_from_dict, load_config
-from freshrec.errors import IncompatibleFormatError
+from freshrec.errors import ConfigError, IncompatibleFormatError
 from freshrec.train.trainer import Trainer
 
 
@@ -46,7 +46,7 @@ def _stream(seed: int, n: int, n_users: int = 50, n_items: int = 40, base: float
 
 
 def _state(trainer: Trainer):
-    rows = {n: t.export_delta(0) for n, t in trainer.tables.items()}
+    rows = {n: t.read_rows() for n, t in trainer.tables.items()}
     tables = {n: dict(zip(d.fids.tolist(), map(tuple, d.values.tolist()), strict=True))
               for n, d in rows.items()}
     return tables, {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -154,6 +154,29 @@ def test_pipelined_lookup_changes_nothing(tmp_path):
     assert st0["user"].expired > 0  # the expiry path was exercised
 
 
+def test_the_trainer_draws_from_its_own_generator_and_leaves_the_process_alone():
+    threads = torch.get_num_threads()
+    raw = _config(threads=threads + 1).raw
+    cfg = config_from_dict({**raw, "model": {"kind": "deepfm", "mlp": [16], "dropout": 0.3}})
+    data, _ = _stream(4, 2_000)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    a = Trainer(cfg)
+    a.fit(data)
+    assert torch.get_num_threads() == threads  # threads are the CLI's to set
+    assert torch.equal(torch.rand(4), expected)  # the global generator did not move
+    b = Trainer(cfg)  # initialisation and dropout masks come from train.seed alone
+    b.fit(data)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+
+
+def test_save_without_a_run_dir_is_a_config_error():
+    with pytest.raises(ConfigError, match="run_dir is None"):
+        Trainer(_config()).save()
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     data, _ = _stream(2, 1_000)
     Trainer(_config(checkpoint_every_steps=2), run_dir=tmp_path).fit(data)
@@ -192,7 +215,7 @@ def test_expiry_runs_in_event_time():
     assert trainer.tables["user"].stats().expired == 50
     assert len(trainer.tables["item"]) == 40  # no ttl on items
     # without a publisher nothing exports deltas: the expired-fid log is not kept
-    assert trainer.tables["user"].export_delta(0).expired.shape[0] == 0
+    assert trainer.tables["user"].read_delta(0).expired.shape[0] == 0
 
 
 def test_movielens_deepfm_reaches_a_sane_auc(shared_data, tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from freshrec._cli.options import DATA_SHORTHANDS, add_config_arguments, config
+from freshrec._cli.process import configure_training
 from freshrec._cli.train import open_data
 from freshrec.errors import ConfigError
 from freshrec.train.trainer import Trainer
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("freshrec evaluate needs --config (the document the model was "
                           "trained with)")
     cfg = config(args)
+    configure_training(cfg.train)
     trainer = Trainer(cfg)
     if not trainer.resume(args.checkpoint):
         raise ConfigError(f"no checkpoint found at {args.checkpoint!r}")

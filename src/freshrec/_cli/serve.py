@@ -11,14 +11,12 @@ event per request to the log.
 from __future__ import annotations
 
 import argparse
-import sys
-
-import torch
 
 from freshrec._cli.options import Shorthand, add_config_arguments, document, where
+from freshrec._cli.process import configure_serving
 from freshrec.config import config_from_dict, section_from_dict
 from freshrec.errors import ConfigError
-from freshrec.serve import ServeConfig, ServeJobConfig, run_server
+from freshrec.serve import ServeJobConfig, run_server
 from freshrec.serve.engine import ENGINES
 
 SHORTHANDS = [
@@ -57,15 +55,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("freshrec serve needs serve.registry: pass --registry or set it in "
                           "the config document")
     log = False if job.log == "none" else job.log
-    configure_process(job)
+    configure_serving(job)
     run_server(job.registry, config=job, model_config=model_config, log=log)
     return 0
-
-
-def configure_process(config: ServeConfig) -> None:
-    """Apply the process-wide settings of a serving process: torch's intra-op threads and
-    the interpreter's switch interval (0 leaves each as it is)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.switch_interval_s:
-        sys.setswitchinterval(config.switch_interval_s)

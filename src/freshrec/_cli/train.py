@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from freshrec._cli.process import configure_training
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.errors import ConfigError
 from freshrec.train.trainer import Trainer
@@ -55,6 +56,7 @@ def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    configure_training(cfg.train)
     if args.online:
         return _run_online(cfg, args)
     make_reader = open_data(cfg, args.data, args.format)

@@ -53,9 +53,11 @@ class TrainConfig:
     max_steps : int
         Stop after this many steps (0 = no limit).
     seed : int
-        Seeds torch and the negative-sampling coin.
+        Seeds the trainer's torch generator (dense initialisation, dropout) and the
+        negative-sampling coin.
     threads : int
-        torch intra-op threads (0 = leave torch's default).
+        torch intra-op threads of the process, set by ``freshrec train``/``evaluate`` (0 =
+        leave torch's default); a :class:`~freshrec.train.Trainer` does not set it.
     prefetch : int
         Batches prepared ahead on a background thread.
     pipeline_lookup : bool

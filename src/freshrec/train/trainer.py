@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ import pyarrow as pa
 import torch
 
 from freshrec.data.prefetch import Prefetcher
+from freshrec.errors import ConfigError
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
@@ -93,6 +95,19 @@ def _batch_now(enc: EncodedBatch) -> int:
     return int(enc.event_time.max()) if enc.size else 0
 
 
+@contextlib.contextmanager
+def _drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Run a block on ``generator``'s stream, for code that can only draw from torch's global
+    generator (``nn.init``, ``nn.Dropout``); the global generator is restored after it."""
+    saved = torch.get_rng_state()
+    torch.set_rng_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(torch.get_rng_state())
+        torch.set_rng_state(saved)
+
+
 def _joined(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(parts) == 1:
         return parts[0]
@@ -113,15 +128,16 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         tc = config.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
-        torch.manual_seed(tc.seed)
+        #: The trainer's random stream (dense initialisation, dropout), seeded by
+        #: ``train.seed``; torch's global generator is left as it was.
+        self.generator = torch.Generator().manual_seed(tc.seed)
         fc = config.features
         self.schema = FeatureSchema(fc)
         self.tables = {t.name: EmbeddingTable(t) for t in fc.tables}
         self.embedding = PooledEmbedding(
             self.tables, {s.name: SlotSpec(table=s.table, pooling=s.pooling) for s in fc.slots})
-        self.model = build_model(config.model, self.embedding, self.schema.n_dense)
+        with _drawing_from(self.generator):
+            self.model = build_model(config.model, self.embedding, self.schema.n_dense)
         params = list(self.model.parameters())
         opt_cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad,
                    "sgd": torch.optim.SGD}[tc.dense_optimizer]
@@ -164,7 +180,8 @@ class Trainer:
         self.model.train()
         now = _batch_now(enc)
         y = enc.labels[:, 0]
-        logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
+        with _drawing_from(self.generator):
+            logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
         probs = self._probabilities(logits)
         # metrics estimate the un-sampled stream: a kept negative stands for 1/rate negatives
         rate = np.where(y > 0, 1.0, enc.sample_rate).astype(np.float64)
@@ -311,13 +328,19 @@ class Trainer:
 
         ``extra`` (JSON-able) is stored with it, e.g. the online trainer's input offsets,
         and comes back in :attr:`resumed_state`.
+
+        Raises
+        ------
+        ConfigError
+            The trainer has no ``run_dir``.
         """
         if self.run_dir is None:
-            raise ValueError("Trainer.save: the trainer has no run_dir")
+            raise ConfigError("Trainer.save: run_dir is None; build the trainer with "
+                              "Trainer(config, run_dir=...) to write checkpoints")
         state = {"step": self.step, "examples": self.examples, "position": self.position,
                  "last_expire": self._last_expire, "metrics": self.metrics.get(),
                  "config_fingerprint": self.config.fingerprint(),
-                 "torch_rng": torch.get_rng_state().numpy().tolist(), **(extra or {})}
+                 "torch_rng": self.generator.get_state().numpy().tolist(), **(extra or {})}
         self._last_ckpt_wall = time.monotonic()
         return save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
                                self.tables, self.model.state_dict(), self.optimizer.state_dict(),
@@ -347,7 +370,7 @@ class Trainer:
         self._last_expire = state["last_expire"]
         load_metrics(ckpt, self.metrics)
         self.resumed_state = state
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.generator.set_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resumed checkpoint=%s step=%d", ckpt, self.step)
         return True
 
