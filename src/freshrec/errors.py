@@ -19,6 +19,7 @@ __all__ = [
     "FreshrecError",
     "ConfigError",
     "InputError",
+    "FieldError",
     "SnapshotCorruptError",
     "StaleDeltaError",
     "IncompatibleFormatError",
@@ -37,6 +38,22 @@ class ConfigError(FreshrecError, ValueError):
 
 class InputError(FreshrecError, ValueError):
     """Arrays or records handed to an API have the wrong dtype, shape or values."""
+
+
+class FieldError(InputError):
+    """A value of a named field has the wrong type or range (a feature of a request, a line of
+    an item catalogue): ``field`` names it (``user.gender``, ``candidates[3].cat``),
+    ``message`` says what was expected and what arrived.
+
+    >>> e = FieldError("user.age", "must be a number (a dense feature), got 'old'")
+    >>> str(e), e.field
+    ("user.age: must be a number (a dense feature), got 'old'", 'user.age')
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class SnapshotCorruptError(FreshrecError, OSError):

@@ -3,7 +3,9 @@
 :class:`FeatureSchema` turns a ``pyarrow.RecordBatch`` of raw values (ids, strings, lists of
 ids, floats) into an :class:`EncodedBatch`: one :class:`JaggedBatch` of fids for all slots, a
 float32 matrix of normalised dense fields, the label matrix, and per-example weight, sample
-rate and event time. Training and serving call the same code, so they hash identically.
+rate and event time. This is the batch path; :mod:`freshrec.features.values` is serving's
+per-request path over the same hashing kernels (:mod:`freshrec.features.hashing`, one rule
+for ids of every type) and the same :class:`~freshrec.features.dense.DenseNormalizer`.
 
 Examples
 --------
@@ -34,11 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshrec.errors import InputError
-from freshrec.features.config import DenseConfig, DenseNorm, FeatureConfig, SlotKind
+from freshrec.features.config import FeatureConfig, SlotKind
+from freshrec.features.dense import DenseNormalizer
 from freshrec.features.hashing import hash_array
 from freshrec.features.jagged import JaggedBatch
 
-__all__ = ["FeatureSchema", "EncodedBatch", "normalize_dense"]
+__all__ = ["FeatureSchema", "EncodedBatch"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class FeatureSchema:
 
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
+        self._normalizer = DenseNormalizer(config.dense)
 
     @property
     def slot_names(self) -> list[str]:
@@ -109,9 +113,12 @@ class FeatureSchema:
         sparse = JaggedBatch(self.slot_names,
                              np.concatenate(values) if values else np.empty(0, np.uint64),
                              np.concatenate(lengths) if lengths else np.empty(0, np.int32))
-        dense = np.empty((n, len(cfg.dense)), np.float32)
+        raw = np.full((n, len(cfg.dense)), np.nan)  # an absent column: all missing
         for j, d in enumerate(cfg.dense):
-            dense[:, j] = self._dense_column(batch, d, names)
+            if d.column in names:
+                raw[:, j] = _floats(batch.column(d.column), np.nan, f"dense column {d.column!r}",
+                                    np.float64)
+        dense = self._normalizer(raw)
         labels = np.zeros((n, len(cfg.labels)), np.float32)
         for j, name in enumerate(cfg.labels):
             if name in names:
@@ -152,39 +159,11 @@ class FeatureSchema:
             ln = keep
         return v, ln.astype(np.int32)
 
-    @staticmethod
-    def _dense_column(batch: pa.RecordBatch, d: DenseConfig, names: set[str]
-                      ) -> npt.NDArray[np.float32]:
-        if d.column not in names:
-            x = np.full(batch.num_rows, d.fill, np.float32)
-        else:
-            x = _floats(batch.column(d.column), d.fill, f"dense column {d.column!r}")
-        return normalize_dense(x, d)
 
-
-def normalize_dense(x: npt.NDArray[np.floating], d: DenseConfig) -> npt.NDArray[np.float32]:
-    """Normalise one dense field's values (nulls already filled) as ``d.norm`` says.
-
-    The arithmetic runs in ``x``'s dtype, then the result is float32; training and serving
-    both call this.
-
-    >>> from freshrec.features.config import DenseConfig
-    >>> normalize_dense(np.array([40.0]), DenseConfig(name="age", norm="standard", mean=30,
-    ...                 std=10)).tolist()
-    [1.0]
-    """
-    if d.norm is DenseNorm.STANDARD:
-        return ((x - d.mean) / d.std).astype(np.float32)
-    if d.norm is DenseNorm.LOG:
-        return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
-    if d.norm is DenseNorm.MINMAX:
-        return ((x - d.min) / (d.max - d.min)).astype(np.float32)
-    return x.astype(np.float32, copy=False)
-
-
-def _floats(col: pa.Array, fill: float, what: str) -> npt.NDArray[np.float32]:
+def _floats(col: pa.Array, fill: float, what: str, dtype: type[np.floating] = np.float32
+            ) -> npt.NDArray[np.floating]:
     try:
-        arr = col.cast(pa.float32()).fill_null(fill)
+        arr = col.cast(pa.from_numpy_dtype(dtype)).fill_null(fill)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise InputError(f"{what}: expected numbers, got {col.type} ({e})") from e
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float32)
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
