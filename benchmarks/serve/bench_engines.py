@@ -4,9 +4,9 @@
 ``python benchmarks/serve/bench_engines.py [--candidates 100] [--iters 4000] [--threads 1]``
 
 The dense part of the Meituan write-up's Wide & Deep as the predictor runs it (see
-:mod:`freshrec.serve.engine`): a fused first layer split into a user block (264 inputs) and a
-candidate block (328 inputs) over 257 outputs (256 hidden + the wide unit), then 256-256-1
-with ReLU; 100 candidates. The engines take turns in rounds of 200 calls on the same inputs
+:mod:`freshrec.serve.engine`): the model's serving split, a first layer split into a user
+block (264 inputs) and a candidate block (328 inputs) over 257 outputs (256 hidden + the wide
+unit), then 256-256-1 with ReLU; 100 candidates. The engines take turns in rounds of 200 calls on the same inputs
 (same machine conditions); percentiles of each call's wall time; outputs are checked equal.
 Prints one JSON object on the last line.
 """
@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from freshrec.benchinfo import machine_info, percentiles_ms
-from freshrec.serve.engine import FusedLayers, OnnxDense, TorchDense
+from freshrec.models import ModelConfig, build_model
+from freshrec.serve.engine import OnnxDense, TorchDense
+
+
+class _Shape:
+    """Stands in for an embedder: 18 slots of dim 32 (the dense part never embeds)."""
+
+    slot_names = [f"s{i}" for i in range(18)]
+    dim = 32
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,21 +41,19 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    n_u, n_c, hid = 264, 328, 256
-    first, wide = torch.nn.Linear(n_u + n_c, hid), torch.nn.Linear(n_u + n_c, 1)
-    rest = [torch.nn.ReLU(), torch.nn.Linear(hid, hid), torch.nn.ReLU(),
-            torch.nn.Linear(hid, hid), torch.nn.ReLU(), torch.nn.Linear(hid, 1)]
-    fused = FusedLayers.from_modules(first, wide, rest, range(n_u), range(n_u, n_u + n_c))
+    n_u, n_c = 264, 328
+    model = build_model(ModelConfig(kind="wide_deep", mlp=[256, 256, 256]), _Shape(), 16)
+    split = model.eval().serving_split(range(n_u), range(n_u, n_u + n_c))
     rng = np.random.default_rng(0)
     xu = rng.normal(size=(1, n_u)).astype(np.float32)
     xc = rng.normal(size=(a.candidates, n_c)).astype(np.float32)
-    eager = TorchDense(fused)
+    eager = TorchDense(split)
     t0 = time.perf_counter()
     compiled_fn = torch.compile(eager.__call__, dynamic=False)
     compiled_fn(xu, xc)
     compile_s = time.perf_counter() - t0
     engines = {"torch_eager": eager, "torch_compile": compiled_fn,
-               "onnxruntime": OnnxDense(fused, a.threads)}
+               "onnxruntime": OnnxDense(split, a.threads)}
     ref = eager(xu, xc)
     for name, fn in engines.items():
         np.testing.assert_allclose(fn(xu, xc), ref, rtol=1e-4, atol=1e-4, err_msg=name)

@@ -11,7 +11,7 @@ import torch
 
 from freshrec.config import FreshrecConfig, config_from_dict
 from freshrec.features import FeatureSchema
-from freshrec.models import build_model
+from freshrec.models import CTRModel, build_model
 from freshrec.nn import PooledEmbedding, SlotSpec
 from freshrec.serve import Predictor, ScoreRequest
 from freshrec.stream.events import examples_to_record_batch, flatten_example
@@ -111,6 +111,12 @@ def reference_scores(cfg: FreshrecConfig, reg: Registry, body: dict[str, Any],
                                          for s in fc.slots})
     model = build_model(cfg.model, emb, len(fc.dense))
     model.load_state_dict(state.dense)
+    return model_scores(cfg, model, body)
+
+
+def model_scores(cfg: FreshrecConfig, model: CTRModel, body: dict[str, Any]) -> np.ndarray:
+    """Scores of ``body`` by ``model`` on the training code path: the request as the joiner
+    writes its examples, encoded by FeatureSchema, ``model.forward``, the log-odds correction."""
     model.eval()
     imp = {"request_id": "x", "user_id": body["user_id"], "timestamp": 0, "user": body["user"]}
     exs = [flatten_example(imp, {"item_id": c["item_id"], "position": j,
@@ -118,7 +124,7 @@ def reference_scores(cfg: FreshrecConfig, reg: Registry, body: dict[str, Any],
                            {}, 1.0) for j, c in enumerate(body["candidates"])]
     keys = list(dict.fromkeys(k for ex in exs for k in ex))  # from_pylist reads row 0's keys
     exs = [{k: ex.get(k) for k in keys} for ex in exs]
-    enc = FeatureSchema(fc).encode(examples_to_record_batch(exs), with_labels=False)
+    enc = FeatureSchema(cfg.features).encode(examples_to_record_batch(exs), with_labels=False)
     with torch.no_grad():
         logits = model(enc.sparse, torch.from_numpy(enc.dense))
     rate = cfg.train.negative_sample_rate
@@ -131,5 +137,5 @@ def score_request(body: dict[str, Any]) -> ScoreRequest:
     return build_request(body, 1000)
 
 
-__all__ = ["Predictor", "examples", "make_config", "reference_scores", "request",
-           "score_request", "train_and_publish"]
+__all__ = ["Predictor", "examples", "make_config", "model_scores", "reference_scores",
+           "request", "score_request", "train_and_publish"]

@@ -1,20 +1,29 @@
-"""Predictor: equal to the training code path, correction, bad input, feature index."""
+"""Predictor: equal to the training code path (any model, any JSON type of an id, a registry
+read by a new process), correction, bad input, feature index."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
+import orjson
 import pytest
+import torch
 
 from freshrec.config import config_from_dict
-from freshrec.serve import FeatureIndex, Predictor, RequestError
+from freshrec.models import CTRModel, flat_input
+from freshrec.nn import PooledEmbedding, SlotSpec
+from freshrec.serve import FeatureIndex, Predictor, RequestError, parse_v2_request
 from freshrec.serve.impressions import impression_event, impression_record
 from freshrec.stream.events import decode
 from freshrec.sync import Registry, Subscriber
 from tests.serve._helpers import (
     make_config,
+    model_scores,
     reference_scores,
     request,
     score_request,
@@ -112,25 +121,10 @@ def test_fast_paths_equal_training_code_path(tmp_path, engine):
     for _ in range(3):
         body = request(rng, n=15)
         req = score_request(body)
-        fast = pred._user_fast(req)
-        assert fast is not None
-        np.testing.assert_array_equal(fast, pred._user_block_checked(req))
+        user = [req.user_id if k == "user_id" else req.user.get(k) for k in pred._ukeys]
+        assert pred._user._ids_fast(user) is not None
         np.testing.assert_allclose(pred.score(req), reference_scores(cfg, reg, body),
                                    rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("user, fast", [
-    ({"gender": "1", "recent": [1, 2], "age": 3}, False),      # a string id
-    ({"gender": 1.0, "recent": [1, 2], "age": 3}, False),      # a float id (rounded)
-    ({"gender": 1, "recent": [1, "2"], "age": 3}, False),      # a string in a list
-    ({"gender": 2 ** 63, "age": 3}, False),                    # an id past int64 (uint64)
-    ({"gender": 1, "age": "30"}, True),                        # numeric string: as before
-])
-def test_checked_user_path_takes_what_the_fast_path_does_not(user, fast):
-    pred = Predictor.build(make_config())
-    req = score_request({"user_id": 3, "user": user, "candidates": [{"item_id": 1}]})
-    assert (pred._user_fast(req) is not None) is fast
-    np.testing.assert_array_equal(pred._user_block(req), pred._user_block_checked(req))
 
 
 def test_impression_record_equals_the_event(tmp_path):
@@ -145,3 +139,108 @@ def test_impression_record_equals_the_event(tmp_path):
     assert pred.index.hits == 8
     plain = score_request(body)  # no fragments: built from the candidates
     assert decode(impression_record(plain, None, 1.0)) == impression_event(plain, None, 1.0)
+
+
+def _v2(body, ident):
+    """``body`` as a KServe v2 request whose ids (user, item, categorical and list features)
+    are ``ident(id)``: ``str`` for BYTES tensors, ``int`` for INT64 ones."""
+    cands, user = body["candidates"], body["user"]
+    dtype = "BYTES" if ident is str else "INT64"
+
+    def t(name, data, shape, datatype=dtype):
+        return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+    return orjson.dumps({"inputs": [
+        t("user_id", [ident(body["user_id"])], [1]),
+        t("u_gender", [ident(user["gender"])], [1]),
+        t("u_recent", [ident(x) for x in user["recent"]], [1, len(user["recent"])]),
+        t("u_age", [user["age"]], [1], "FP32"),
+        t("item_id", [ident(c["item_id"]) for c in cands], [len(cands)]),
+        t("i_cat", [ident(int(c["cat"])) for c in cands], [len(cands)]),
+        t("i_tags", [[ident(x) for x in c.get("tags", [])] for c in cands], [len(cands)]),
+        t("i_price", [c.get("price") for c in cands], [len(cands)], "FP32"),
+    ]})
+
+
+def test_an_id_scores_alike_whatever_its_json_type(tmp_path):
+    """KServe BYTES ids ("7") and INT64 ids (7) score alike, and as training scored the ids
+    it read (category ids were strings in its data, here sent as ints too)."""
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    train_and_publish(reg, cfg)
+    state = Subscriber(reg).materialize()
+    pred = Predictor.build(cfg, tables=state.tables, dense=state.dense)
+    body = request(np.random.default_rng(6), n=9)
+    as_bytes = pred.score(parse_v2_request(_v2(body, str)))
+    as_ints = pred.score(parse_v2_request(_v2(body, int)))
+    np.testing.assert_array_equal(as_bytes, as_ints)
+    np.testing.assert_allclose(as_ints, reference_scores(cfg, reg, body), rtol=1e-5, atol=1e-6)
+
+
+_SCORE_IN_A_NEW_PROCESS = """
+import json, sys
+from freshrec.serve import Predictor, config_from_registry
+from freshrec.serve.request import build_request
+from freshrec.sync import Registry, Subscriber
+reg = Registry(sys.argv[1])
+cfg = config_from_registry(reg)
+state = Subscriber(reg).materialize()
+pred = Predictor.build(cfg, tables=state.tables, dense=state.dense)
+bodies = json.loads(open(sys.argv[2]).read())
+print(json.dumps({"slots": [s.name for s in cfg.features.slots],
+                  "dense": [d.name for d in cfg.features.dense],
+                  "scores": [pred.score(build_request(b, 1000)).tolist() for b in bodies]}))
+"""
+
+
+def test_a_registry_read_by_a_new_process_scores_like_the_trainer(tmp_path):
+    """The config fingerprint ignores key order, the model's input order does not: slots and
+    dense fields listed out of sorted order keep the trainer's order in a new process."""
+    raw = copy.deepcopy(dict(make_config("deepfm").raw))
+    feats = raw["features"]
+    feats["slots"] = dict(sorted(feats["slots"].items(), reverse=True))
+    feats["dense"] = dict(sorted(feats["dense"].items(), reverse=True))
+    cfg = config_from_dict(raw, where="tests/serve")
+    slots, dense = [s.name for s in cfg.features.slots], [d.name for d in cfg.features.dense]
+    assert slots != sorted(slots) and dense != sorted(dense)
+    reg = Registry(tmp_path / "reg")
+    trainer, _ = train_and_publish(reg, cfg)
+    rng = np.random.default_rng(11)
+    bodies = [request(rng, n=12) for _ in range(3)]
+    (tmp_path / "bodies.json").write_text(json.dumps(bodies))
+    out = subprocess.run([sys.executable, "-c", _SCORE_IN_A_NEW_PROCESS, str(reg.root),
+                          str(tmp_path / "bodies.json")], capture_output=True, text=True,
+                         check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (got["slots"], got["dense"]) == (slots, dense)
+    for body, scores in zip(bodies, got["scores"], strict=True):
+        np.testing.assert_allclose(scores, model_scores(cfg, trainer.model, body), rtol=1e-5,
+                                   atol=1e-6)
+
+
+class _Bilinear(CTRModel):
+    """A model serving has never heard of, without a serving split of its own."""
+
+    def __init__(self, embedding, n_dense: int) -> None:
+        super().__init__(embedding, n_dense)
+        self.w = torch.nn.Bilinear(self.in_dim, self.in_dim, 1)
+
+    def interact(self, emb, dense):
+        x = flat_input(emb, dense)
+        return self.w(x, x).squeeze(1)
+
+
+def test_any_model_is_served_like_the_training_code_path(tmp_path):
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    train_and_publish(reg, cfg)
+    state = Subscriber(reg).materialize()
+    emb = PooledEmbedding(state.tables, {s.name: SlotSpec(table=s.table, pooling=s.pooling)
+                                         for s in cfg.features.slots})
+    torch.manual_seed(0)
+    model = _Bilinear(emb, len(cfg.features.dense))
+    pred = Predictor.from_model(cfg, model)
+    assert pred.engine.name == "torch"  # the default split runs the model itself
+    body = request(np.random.default_rng(7), n=10)
+    np.testing.assert_allclose(pred.score(score_request(body)), model_scores(cfg, model, body),
+                               rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ from torch import nn
 
 from freshrec.models.base import CTRModel, Embedder
 from freshrec.models.layers import MLP, flat_input
+from freshrec.models.split import Cross, Mlp, MlpTail, ServingSplit, serving_order
 
 __all__ = ["CrossLayer", "DCNv2"]
 
@@ -84,3 +85,22 @@ class DCNv2(CTRModel):
         for layer in self.cross:
             x = layer(x0, x)
         return self.mlp(x).squeeze(1)
+
+    def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
+        """The first cross layer's ``W x0 + b`` as the first linear map, split into user and
+        candidate blocks; the cross stack and the MLP, their weights permuted to serving
+        column order ``[xu, xc]`` (cross layers commute with a permutation of their input), as
+        the interaction. Without cross layers the MLP's first layer is the first map (see
+        :meth:`CTRModel.serving_split <freshrec.models.base.CTRModel.serving_split>`)."""
+        order = serving_order(self.in_dim, user_cols, cand_cols)
+        first, tail = self.mlp[0], MlpTail.from_layers(list(self.mlp)[1:])
+        if not len(self.cross):
+            return ServingSplit.from_first_layer(first.weight, first.bias, user_cols, cand_cols,
+                                                 Mlp(0, int(first.out_features), tail))
+        with torch.no_grad():
+            layers = tuple((c.linear.weight[order][:, order].t().contiguous(),
+                            c.linear.bias[order].clone()) for c in list(self.cross)[1:])
+            mlp_first = (first.weight[:, order].t().contiguous(), first.bias.detach().clone())
+            w0, b0 = self.cross[0].linear.weight[order], self.cross[0].linear.bias[order]
+        return ServingSplit.from_first_layer(w0, b0, user_cols, cand_cols,
+                                             Cross(layers, mlp_first, tail))

@@ -10,6 +10,7 @@ from torch import nn
 
 from freshrec.models.base import CTRModel, Embedder
 from freshrec.models.layers import MLP, flat_input
+from freshrec.models.split import FM, ServingSplit, Sum, column_mask, linear_and_mlp
 
 __all__ = ["DeepFM"]
 
@@ -58,3 +59,20 @@ class DeepFM(CTRModel):
         s = emb.sum(dim=1)
         fm = 0.5 * (s * s - (emb * emb).sum(dim=1)).sum(dim=1)
         return (self.linear(x) + self.mlp(x)).squeeze(1) + fm
+
+    def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
+        """The MLP's first layer, the linear unit and the FM sum vector ``s = sum_f e_f`` (D
+        units of 0/1 weights) as one first linear map, split into user and candidate blocks;
+        the rest of the MLP, the linear unit and ``0.5 * (|s|^2 - sum_f |e_f|^2)`` as the
+        interaction (see :meth:`CTRModel.serving_split
+        <freshrec.models.base.CTRModel.serving_split>`)."""
+        weight, bias, terms = linear_and_mlp(self.linear, self.mlp)
+        d, fd = self.dim, self.n_slots * self.dim
+        sums = torch.zeros(d, self.in_dim)
+        sums[:, :fd] = torch.eye(d).repeat(1, self.n_slots)
+        fm = FM(start=int(weight.shape[0]), dim=d,
+                user_sq=column_mask(user_cols, lambda c: c < fd),
+                cand_sq=column_mask(cand_cols, lambda c: c < fd))
+        return ServingSplit.from_first_layer(torch.cat([weight, sums]),
+                                             torch.cat([bias, torch.zeros(d)]),
+                                             user_cols, cand_cols, Sum((*terms, fm)))

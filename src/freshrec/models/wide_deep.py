@@ -10,6 +10,7 @@ from torch import nn
 
 from freshrec.models.base import CTRModel, Embedder
 from freshrec.models.layers import MLP, flat_input
+from freshrec.models.split import ServingSplit, Sum, linear_and_mlp
 
 __all__ = ["WideDeep"]
 
@@ -57,3 +58,10 @@ class WideDeep(CTRModel):
         """Logits (B,) from pooled embeddings (B, F, D) and dense features (B, n_dense)."""
         x = flat_input(emb, dense)
         return (self.wide(x) + self.deep(x)).squeeze(1)
+
+    def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
+        """The wide unit and the MLP's first layer as one first linear map, split into user and
+        candidate blocks; the rest of the MLP plus the wide unit as the interaction (see
+        :meth:`CTRModel.serving_split <freshrec.models.base.CTRModel.serving_split>`)."""
+        weight, bias, terms = linear_and_mlp(self.wide, self.deep)
+        return ServingSplit.from_first_layer(weight, bias, user_cols, cand_cols, Sum(terms))

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from freshrec.errors import InputError
+from freshrec.errors import FieldError, InputError
 from freshrec.serve.predictor import FeatureIndex
 from freshrec.serve.request import RequestError, candidate
 
@@ -103,10 +103,10 @@ def _add(index: FeatureIndex, batch: list[tuple[int, dict[str, Any]]], path: Pat
     try:
         stats.loaded += index.add([c for _, c in batch])
         return
-    except RequestError:
+    except FieldError:
         pass
     for lineno, c in batch:
         try:
             stats.loaded += index.add([c])
-        except RequestError as e:  # the index names the field candidates[0].<name>
+        except FieldError as e:  # the index names the field candidates[0].<name>
             stats.reject(f"{path}:{lineno}", f"{e.field.partition('.')[2]}: {e.message}")

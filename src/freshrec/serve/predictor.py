@@ -11,14 +11,16 @@ What it does per request, and what it does once per model version instead:
   (:class:`FeatureIndex`); a later request with an equal candidate dict reuses the fids
   (one dict comparison instead of hashing). Fids do not depend on the model version, so
   the index survives swaps.
-* **Fused first layer, once per dense version.** For Wide & Deep and DeepFM the wide/linear
-  part and the MLP's first layer both read the flat input, so their weights are stacked
-  into one matrix and split by column into a user block and a candidate block: the user
-  block is applied once per request (a 1 x H row) and broadcast as the bias of one GEMM
-  over the candidates; that and the rest of the MLP run on the dense engine
-  (:mod:`freshrec.serve.engine`: ONNX Runtime when installed, else torch). The result is
-  the model's own arithmetic, regrouped (the tests compare it with ``model(sparse,
-  dense)``). Other models get the full input, with the user part broadcast.
+* **Encoding** of raw values is :mod:`freshrec.features.values`, the per-request path over
+  the hashing kernels and dense normalisation that training's
+  :class:`~freshrec.features.FeatureSchema` uses (one fid rule for ids of every JSON type).
+* **The model's serving split, once per dense version.** The predictor hands the model the
+  columns of its flat input that come from the user and from the candidates, and runs what
+  :meth:`~freshrec.models.CTRModel.serving_split` returns on the dense engine
+  (:mod:`freshrec.serve.engine`: ONNX Runtime when installed, else torch): the user block
+  once per request (a 1 x K row), broadcast as the bias of one GEMM over the candidates,
+  then the model's interaction. The predictor knows no model class; the result is the
+  model's own arithmetic, regrouped (the tests compare it with ``model(sparse, dense)``).
 * **Candidates by id.** A request with ``candidate_ids`` gets, for each item the index
   holds, the feature dict it holds (:meth:`FeatureIndex.known`; filled from an item
   catalogue or from earlier requests).
@@ -66,17 +68,15 @@ import orjson
 import torch
 
 from freshrec.config import FreshrecConfig
-from freshrec.errors import IncompatibleFormatError
-from freshrec.features.config import DenseConfig, DenseNorm, FeatureConfig, SlotKind
-from freshrec.features.hashing import hash_array, slot_key
-from freshrec.features.schema import normalize_dense
+from freshrec.errors import FieldError, IncompatibleFormatError
+from freshrec.features.config import DenseConfig, FeatureConfig, SlotConfig, SlotKind
+from freshrec.features.dense import DenseNormalizer
+from freshrec.features.hashing import hash_array
+from freshrec.features.values import RecordEncoder, dense_values, hash_lists, hash_values
 from freshrec.models import build_model
 from freshrec.models.base import CTRModel
-from freshrec.models.deepfm import DeepFM
-from freshrec.models.wide_deep import WideDeep
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
-from freshrec.serve._kernels import hash_ints_keyed
-from freshrec.serve.engine import FusedLayers, OnnxDense, TorchDense, dense_engine
+from freshrec.serve.engine import OnnxDense, TorchDense, dense_engine
 from freshrec.serve.request import RequestError, ScoreRequest
 from freshrec.table import EmbeddingTable
 
@@ -109,15 +109,26 @@ def column_side(column: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Slot:
-    name: str
+    config: SlotConfig
     side: str
     key: str
-    id_space: str
-    multi: bool
-    max_len: int
-    mean: bool
-    table: str
     index: int  # position among the model's slots (F)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def table(self) -> str:
+        return self.config.table
+
+    @property
+    def multi(self) -> bool:
+        return self.config.kind is SlotKind.MULTI
+
+    @property
+    def mean(self) -> bool:
+        return self.config.pooling == "mean"
 
 
 @dataclass(frozen=True)
@@ -126,132 +137,6 @@ class _Dense:
     side: str
     key: str
     index: int  # position among the dense fields
-
-
-class _DenseNormalizer:
-    """:func:`~freshrec.features.schema.normalize_dense` of several fields at once (the same float64 arithmetic per value).
-
-    ``x`` is ``(..., k)`` raw values (NaN: missing, replaced by the field's ``fill``).
-    """
-
-    def __init__(self, cfgs: Sequence[DenseConfig]) -> None:
-        self.fill = np.array([d.fill for d in cfgs], np.float64)
-        std = {DenseNorm.STANDARD: lambda d: (d.mean, d.std),
-               DenseNorm.MINMAX: lambda d: (d.min, d.max - d.min)}
-        sd = [std[d.norm](d) if d.norm in std else (0.0, 1.0) for d in cfgs]
-        self.sub = np.array([a for a, _ in sd], np.float64)
-        self.div = np.array([b for _, b in sd], np.float64)
-        self.log = np.array([d.norm is DenseNorm.LOG for d in cfgs], np.bool_)
-        self.any_log = bool(self.log.any())
-
-    def __call__(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        nan = np.isnan(x)
-        if nan.any():
-            x = np.where(nan, self.fill, x)
-        y = (x - self.sub) / self.div
-        if self.any_log:
-            y = np.where(self.log, np.log1p(np.maximum(x, 0.0)), y)
-        return y.astype(np.float32)
-
-
-def hash_values(id_space: str, values: Sequence[Any], where: Any
-                ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
-    """Fids of categorical values (``None``: missing) and which ones are present.
-
-    Ints (and bools) and strings hash as :func:`~freshrec.features.hash_array` hashes them
-    in training; floats are rounded. ``where(i)`` names the field of value ``i`` in errors.
-
-    >>> f, ok = hash_values("s", [1, None, "a"], lambda i: f"x[{i}]")
-    >>> ok.tolist(), int(f[0]) == int(hash_array("s", [1])[0])
-    ([True, False, True], True)
-    >>> hash_values("s", [{"a": 1}], lambda i: f"x[{i}]")
-    Traceback (most recent call last):
-    ...
-    freshrec.serve.request.RequestError: x[0]: must be an int or a string, got {'a': 1}
-    """
-    n = len(values)
-    try:
-        arr = np.array(values)
-    except (ValueError, TypeError, OverflowError):
-        arr = None
-    if arr is not None and arr.ndim == 1 and n:
-        kind = arr.dtype.kind
-        if kind in "iub":
-            return hash_array(id_space, arr.astype(np.int64)), np.ones(n, np.bool_)
-        if kind == "f" and np.isfinite(arr).all():
-            return hash_array(id_space, np.round(arr).astype(np.int64)), np.ones(n, np.bool_)
-        if kind == "U" and all(type(v) is str for v in values):
-            return hash_array(id_space, list(values)), np.ones(n, np.bool_)
-    out = np.zeros(n, np.uint64)
-    ok = np.zeros(n, np.bool_)
-    ints: list[int] = []
-    ints_at: list[int] = []
-    strs: list[str] = []
-    strs_at: list[int] = []
-    for i, v in enumerate(values):
-        if v is None:
-            continue
-        t = type(v)
-        if t is int or t is bool:
-            if not -(1 << 63) <= v < (1 << 64):
-                raise RequestError(where(i), f"integer {v} does not fit in 64 bits")
-            ints.append(v if v < (1 << 63) else v - (1 << 64))
-            ints_at.append(i)
-        elif t is float and math.isfinite(v):
-            ints.append(round(v))
-            ints_at.append(i)
-        elif t is str:
-            strs.append(v)
-            strs_at.append(i)
-        else:
-            raise RequestError(where(i), f"must be an int or a string, "
-                                         f"got {v!r:.60}")
-    if ints:
-        out[ints_at] = hash_array(id_space, np.array(ints, np.int64))
-        ok[ints_at] = True
-    if strs:
-        out[strs_at] = hash_array(id_space, strs)
-        ok[strs_at] = True
-    return out, ok
-
-
-def dense_values(d: DenseConfig, values: Sequence[Any], where: Any) -> npt.NDArray[np.float32]:
-    """Normalised dense values (``None``: the field's ``fill``); errors name the field."""
-    try:
-        x = np.array(values, dtype=np.float64)
-        if x.ndim != 1:
-            raise ValueError
-    except (ValueError, TypeError):
-        for i, v in enumerate(values):
-            if v is not None and (type(v) not in (int, float, bool)):
-                raise RequestError(where(i), f"must be a number (a dense feature), got "
-                                             f"{v!r:.60}") from None
-        raise RequestError(where(0), "must be numbers") from None
-    if np.isnan(x).any():
-        x[np.isnan(x)] = d.fill
-    return normalize_dense(x, d)
-
-
-def _multi(slot: _Slot, lists: Sequence[Any], where: Any
-           ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
-    """Fids and lengths of a list feature per entity (``None``: empty), last ``max_len`` kept."""
-    flat: list[Any] = []
-    lengths = np.zeros(len(lists), np.int32)
-    for i, v in enumerate(lists):
-        if v is None:
-            continue
-        if type(v) is not list:
-            raise RequestError(where(i), f"must be a list of ids (a list feature), got {v!r:.60}")
-        if len(v) > slot.max_len:
-            v = v[-slot.max_len:]
-        flat.extend(v)
-        lengths[i] = len(v)
-    if not flat:
-        return np.empty(0, np.uint64), lengths
-    fids, ok = hash_values(slot.id_space, flat, lambda k: f"{where(0)}[{k}]")
-    if not ok.all():
-        raise RequestError(where(0), "list values must not be null")
-    return fids, lengths
 
 
 class FeatureLayout:
@@ -274,9 +159,7 @@ class FeatureLayout:
     def __init__(self, features: FeatureConfig) -> None:
         self.features = features
         slots = [(s, *column_side(s.column)) for s in features.slots]
-        made = [_Slot(name=s.name, side=side, key=key, id_space=s.id_space,
-                      multi=s.kind is SlotKind.MULTI, max_len=s.max_len,
-                      mean=s.pooling == "mean", table=s.table, index=i)
+        made = [_Slot(config=s, side=side, key=key, index=i)
                 for i, (s, side, key) in enumerate(slots)]
         self.user_slots = [s for s in made if s.side == USER]
         # candidate side (position included), grouped by table: one lookup per table
@@ -410,7 +293,7 @@ class FeatureIndex:
 
         Raises
         ------
-        RequestError
+        FieldError
             A feature value of the wrong type (the message names the candidate and field).
         """
         for start in range(0, len(cands), chunk):
@@ -477,7 +360,7 @@ class FeatureIndex:
             return lambda k: f"candidates[{miss[k] + offset}].{key}"
 
         for j, s in enumerate(lay.cand_single):
-            f, ok = hash_values(s.id_space, [c.get(s.key) for c in todo], where(s.key))
+            f, ok = hash_values(s.config.id_space, [c.get(s.key) for c in todo], where(s.key))
             self.fids[t, j] = f
             self.valid[t, j] = ok
         for j, d in enumerate(lay.cand_dense):
@@ -485,7 +368,8 @@ class FeatureIndex:
                 continue
             self.dense[t, j] = dense_values(d.cfg, [c.get(d.key) for c in todo], where(d.key))
         for m, s in enumerate(lay.cand_multi):
-            f, ln = _multi(s, [c.get(s.key) for c in todo], where(s.key))
+            f, ln = hash_lists(s.config.id_space, s.config.max_len, [c.get(s.key) for c in todo],
+                               where(s.key))
             ends = np.cumsum(ln)
             store_m = self.multi[m]
             while len(store_m) < need:
@@ -537,9 +421,9 @@ class Predictor:
     index : FeatureIndex, optional
         Shared candidate feature index (a new one when absent).
     engine : str
-        What runs the fused dense part of Wide & Deep and DeepFM: ``"auto"`` (ONNX Runtime
-        when installed, else torch), ``"torch"`` or ``"onnxruntime"``
-        (:func:`~freshrec.serve.engine.dense_engine`; other models always run on torch).
+        What runs the model's serving split: ``"auto"`` (ONNX Runtime when installed and the
+        split exports, else torch), ``"torch"`` or ``"onnxruntime"``
+        (:func:`~freshrec.serve.engine.dense_engine`).
     """
 
     def __init__(self, config: FreshrecConfig, model: CTRModel, *, version: int | None = None,
@@ -605,34 +489,31 @@ class Predictor:
                                index=self.index, engine=self.engine_name)
 
     def _precompute(self) -> None:
-        """Column maps of the user/candidate blocks, per-slot hashing keys and the fused
-        first-layer weights."""
+        """Column maps of the user/candidate blocks, the user encoder and the model's serving
+        split on its engine."""
         lay, d = self.layout, self.dim
         f = lay.n_slots
         # user slots grouped by table (one find + pool per table, pooled rows contiguous)
         utables = list(dict.fromkeys(s.table for s in lay.user_slots))
         self._uslots = [s for t in utables for s in lay.user_slots if s.table == t]
-        self._ucols = [c for s in self._uslots for c in range(s.index * d, (s.index + 1) * d)]
-        self._ucols += [f * d + x.index for x in lay.user_dense]
-        self._ccols = [c for s in lay.cand_slots for c in range(s.index * d, (s.index + 1) * d)]
-        self._ccols += [f * d + x.index for x in lay.cand_dense]
-        self._in_u, self._in_c = len(self._ucols), len(self._ccols)
-        ugroups: dict[str, list[_Slot]] = {}
-        for s in self._uslots:
-            ugroups.setdefault(s.table, []).append(s)
-        self._ugroups = list(ugroups.items())
-        self._ucol_of = {s.name: k * d for k, s in enumerate(self._uslots)}
-        # fast user path: per slot (slot, read req.user_id, multi); keys and bag ranges
-        self._uplan = [(s, s.key == "user_id", s.multi) for s in self._uslots]
-        self._ukeys = np.array([slot_key(s.id_space) for s in self._uslots], np.uint64)
+        ucols = [c for s in self._uslots for c in range(s.index * d, (s.index + 1) * d)]
+        ucols += [f * d + x.index for x in lay.user_dense]
+        ccols = [c for s in lay.cand_slots for c in range(s.index * d, (s.index + 1) * d)]
+        ccols += [f * d + x.index for x in lay.cand_dense]
+        self._in_u, self._in_c = len(ucols), len(ccols)
+        self._user = RecordEncoder([s.config for s in self._uslots],
+                                   [x.cfg for x in lay.user_dense],
+                                   [f"user.{x.key}" for x in [*self._uslots, *lay.user_dense]])
+        self._uid = [s.key == "user_id" for s in self._uslots]
+        self._ukeys = [s.key for s in self._uslots]
+        self._udense_keys = [x.key for x in lay.user_dense]
         self._umean = np.array([s.mean for s in self._uslots], np.bool_)
         self._ubags: list[tuple[str, int, int]] = []
         b = 0
-        for table, slots in self._ugroups:
-            self._ubags.append((table, b, b + len(slots)))
-            b += len(slots)
-        self._udense_keys = [x.key for x in lay.user_dense]
-        self._udense_norm = _DenseNormalizer([x.cfg for x in lay.user_dense])
+        for table in utables:
+            k = sum(s.table == table for s in self._uslots)
+            self._ubags.append((table, b, b + k))
+            b += k
         # candidate-side slot groups per table: (table, [(kind, j)]) in x_c column order
         groups: dict[str, list[tuple[str, int]]] = {}
         single = {s.name: j for j, s in enumerate(lay.cand_single)}
@@ -656,61 +537,24 @@ class Predictor:
             js = [j for kind, j in members if kind == "single"]
             pos = [g for g, (kind, _) in enumerate(members) if kind == POS]
             self._cfast.append((np.array(at, np.intp), np.array(js, np.intp), pos))
-        pos_space = [s.id_space for s in lay.cand_slots if s.side == POS]
-        cap = 1024
-        self._pos_fids = (hash_array(pos_space[0], np.arange(cap, dtype=np.int64))
+        pos_space = [s.config.id_space for s in lay.cand_slots if s.side == POS]
+        self._pos_space = pos_space[0] if pos_space else ""
+        self._pos_fids = (hash_array(self._pos_space, np.arange(1024, dtype=np.int64))
                           if pos_space else np.empty(0, np.uint64))
-        self.engine: TorchDense | OnnxDense | None = None
-        m = self.model
-        first_pairs: tuple[Any, Any] | None = None
-        if type(m) is WideDeep:
-            first_pairs = (m.wide, m.deep)
-        elif type(m) is DeepFM:
-            first_pairs = (m.linear, m.mlp)
-        if first_pairs is not None and first_pairs[0].out_features == 1:
-            lin, mlp = first_pairs
-            fused = FusedLayers.from_modules(mlp[0], lin, list(mlp)[1:], self._ucols,
-                                             self._ccols)
-            self.engine = dense_engine(fused, self.engine_name)
+        self._pos_dense = [(j, DenseNormalizer([x.cfg])) for j, x in enumerate(lay.cand_dense)
+                           if x.cfg.column == "position"]
+        self.engine: TorchDense | OnnxDense = dense_engine(
+            self.model.serving_split(ucols, ccols), self.engine_name)
 
     # ------------------------------------------------------------------ scoring
     def _user_block(self, req: ScoreRequest) -> npt.NDArray[np.float32]:
-        xu = self._user_fast(req)
-        return xu if xu is not None else self._user_block_checked(req)
-
-    def _user_fast(self, req: ScoreRequest) -> npt.NDArray[np.float32] | None:
-        """The user block when every user id is an int and every dense value a number: all
-        slots hashed in one call; ``None`` sends the request to the checked path (strings,
-        floats as ids, wrong types and their errors)."""
+        """The user row ``xu``: every user slot encoded and pooled, then the dense fields."""
         u = req.user
-        vals: list[int] = []
-        lens: list[int] = []
-        for s, is_uid, multi in self._uplan:
-            raw = req.user_id if is_uid and "user_id" not in u else u.get(s.key)
-            if raw is None:
-                lens.append(0)
-            elif type(raw) is int and not multi:
-                vals.append(raw)
-                lens.append(1)
-            elif multi and type(raw) is list:
-                if len(raw) > s.max_len:
-                    raw = raw[-s.max_len:]
-                for v in raw:
-                    if type(v) is not int:
-                        return None
-                vals.extend(raw)
-                lens.append(len(raw))
-            else:
-                return None
+        has_uid = "user_id" in u
+        fids, ln = self._user.ids([req.user_id if uid and not has_uid else u.get(key)
+                                   for uid, key in zip(self._uid, self._ukeys, strict=True)])
         xu = np.empty(self._in_u, np.float32)
         if self._uslots:
-            try:
-                v = np.array(vals, np.int64)
-            except OverflowError:
-                return None
-            ln = np.array(lens, np.int32)
-            fids = np.empty(v.shape[0], np.uint64)
-            hash_ints_keyed(np.repeat(self._ukeys, ln), v, fids)
             off = _offsets(ln)
             scale = np.ones(ln.shape[0], np.float32)
             mean = self._umean & (ln > 0)
@@ -722,47 +566,13 @@ class Predictor:
                                off[b0:b1 + 1] - off[b0], scale[b0:b1])
                 xu[b0 * d:b1 * d] = pooled.reshape(-1)
         if self._udense_keys:
-            try:
-                x = np.array([u.get(k) for k in self._udense_keys], np.float64)
-            except (ValueError, TypeError):
-                return None
-            if x.ndim != 1:
-                return None
-            xu[len(self._uslots) * self.dim:] = self._udense_norm(x)
-        return xu
-
-    def _user_block_checked(self, req: ScoreRequest) -> npt.NDArray[np.float32]:
-        lay, d = self.layout, self.dim
-        u = req.user
-        xu = np.zeros(self._in_u, np.float32)
-        col = self._ucol_of
-        for table, slots in self._ugroups:
-            vals, lens, scale = [], [], []
-            for s in slots:
-                raw = req.user_id if s.key == "user_id" and "user_id" not in u else u.get(s.key)
-                if s.multi:
-                    fids, ln = _multi(s, [raw], lambda i, s=s: f"user.{s.key}")
-                    n = int(ln[0])
-                else:
-                    fids, ok = hash_values(s.id_space, [raw], lambda i, s=s: f"user.{s.key}")
-                    fids = fids[ok]
-                    n = int(ok[0])
-                vals.append(fids)
-                lens.append(n)
-                scale.append(1.0 / n if s.mean and n else 1.0)
-            pooled = _pool(self.tables[table], np.concatenate(vals),
-                           _offsets(np.array(lens, np.int32)), np.array(scale, np.float32))
-            for s, row in zip(slots, pooled, strict=True):
-                xu[col[s.name]: col[s.name] + d] = row
-        base = len(lay.user_slots) * d
-        for j, x in enumerate(lay.user_dense):
-            xu[base + j] = dense_values(x.cfg, [u.get(x.key)], lambda i, x=x: f"user.{x.key}")[0]
+            xu[len(self._uslots) * self.dim:] = self._user.dense(
+                [u.get(k) for k in self._udense_keys])
         return xu
 
     def _positions(self, n: int) -> npt.NDArray[np.uint64]:
         if n > self._pos_fids.shape[0]:
-            space = [s.id_space for s in self.layout.cand_slots if s.side == POS][0]
-            self._pos_fids = hash_array(space, np.arange(2 * n, dtype=np.int64))
+            self._pos_fids = hash_array(self._pos_space, np.arange(2 * n, dtype=np.int64))
         return self._pos_fids[:n]
 
     def _cand_block(self, req: ScoreRequest, store: bool) -> npt.NDArray[np.float32]:
@@ -828,38 +638,28 @@ class Predictor:
         return xc
 
     def _with_position(self, dense: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
-        for j, x in enumerate(self.layout.cand_dense):
-            if x.cfg.column == "position":
-                dense[:, j] = normalize_dense(np.arange(n, dtype=np.float64), x.cfg)
+        for j, norm in self._pos_dense:
+            dense[:, j] = norm(np.arange(n, dtype=np.float64)[:, None])[:, 0]
         return dense
 
     def logits(self, req: ScoreRequest, *, store: bool = True) -> torch.Tensor:
-        """Uncorrected logits (N,) of the request's candidates."""
-        n = len(req.candidates)
-        if n == 0:
-            return torch.empty(0)
-        xu = torch.from_numpy(self._user_block(req)).unsqueeze(0)
-        xc = torch.from_numpy(self._cand_block(req, store))
-        if self.engine is not None:
-            out = self.engine(xu.numpy(), xc.numpy())
-            if type(self.model) is DeepFM:
-                with torch.inference_mode():
-                    out = out + self._fm(xu, xc, n).numpy()
-            return torch.from_numpy(out)
-        with torch.inference_mode():
-            x = torch.empty(n, self._in_u + self._in_c)
-            x[:, self._ucols] = xu
-            x[:, self._ccols] = xc
-            f, d = self.layout.n_slots, self.dim
-            return self.model.interact(x[:, : f * d].reshape(n, f, d), x[:, f * d:])
+        """Uncorrected logits (N,) of the request's candidates.
 
-    def _fm(self, xu: torch.Tensor, xc: torch.Tensor, n: int) -> torch.Tensor:
-        d = self.dim
-        eu = xu[:, : len(self.layout.user_slots) * d].reshape(1, -1, d)
-        ec = xc[:, : len(self.layout.cand_slots) * d].reshape(n, -1, d)
-        s = eu.sum(dim=1) + ec.sum(dim=1)
-        q = (eu * eu).sum(dim=(1, 2)) + (ec * ec).sum(dim=(1, 2))
-        return 0.5 * ((s * s).sum(dim=1) - q)
+        Raises
+        ------
+        RequestError
+            A feature value of the wrong type (the message names the field).
+        """
+        if not req.candidates:
+            return torch.empty(0)
+        try:
+            xu = self._user_block(req)
+            xc = self._cand_block(req, store)
+        except RequestError:
+            raise
+        except FieldError as e:
+            raise RequestError(e.field, e.message) from e
+        return torch.from_numpy(self.engine(xu[None, :], xc))
 
     def score(self, req: ScoreRequest, *, store: bool = True) -> npt.NDArray[np.float32]:
         """Click probabilities (N,) of the request's candidates, corrected for the negative

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from freshrec.errors import InputError
+from freshrec.errors import FieldError
 
 __all__ = ["RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
 
@@ -50,7 +50,7 @@ _counter = itertools.count()
 _prefix = os.urandom(4).hex()
 
 
-class RequestError(InputError):
+class RequestError(FieldError):
     """A request the server refuses: ``status`` (4xx) and the ``field`` at fault.
 
     Examples
@@ -61,9 +61,7 @@ class RequestError(InputError):
     """
 
     def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+        super().__init__(field, message)
         self.status = status
 
 
