@@ -69,8 +69,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from freshrec.stream.events import decode_examples
+from freshrec.stream.events import EXAMPLES_MAGIC, decode_examples
 from freshrec.stream.open import open_log
 from freshrec.stream.truth import TruthConfig, compare, reference_join
 
@@ -484,11 +485,22 @@ def _examples(log: Any, actions: tuple[str, ...]) -> tuple[dict[str, list[Any]],
     bad = 0
     for p in range(log.partitions):
         for value in _read_all(log, p):
+            if value[:4] != EXAMPLES_MAGIC:  # a legacy row: one example as a JSON object
+                try:
+                    row = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    row = None
+                if not isinstance(row, dict):
+                    bad += 1
+                    continue
+                for k in cols:
+                    cols[k].append(row.get(k, 0 if k == "correction" else None))
+                continue
             rb, rejected = decode_examples([value])  # one by one: no cross-record typing
             bad += rejected
             if rb is None:
                 continue
-            d = rb.to_pydict()
+            d = rb.select([k for k in cols if k in rb.schema.names]).to_pydict()
             for k in cols:
                 cols[k] += d.get(k, [0 if k == "correction" else None] * rb.num_rows)
     return cols, bad
