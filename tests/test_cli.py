@@ -77,7 +77,7 @@ DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 #: command -> a section it reads, and what else it needs to get as far as reading it
 DOCUMENT_COMMANDS = {"simulate": ("simulate", []), "join": ("join", []),
                      "serve": ("serve", []), "demo": ("demo", []),
-                     "evaluate": ("data", ["--checkpoint", "nowhere"])}
+                     "evaluate": ("data", ["--checkpoint", "nowhere"]), "train": ("train", [])}
 
 
 def _shorthands(command: str) -> list[Shorthand]:
@@ -160,3 +160,16 @@ def test_simulate_reads_its_section_from_the_document(tmp_path, capsys):
             if e.get("type") == "impression"]
     events.close()
     assert len(imps) == 5 and {len(e["candidates"]) for e in imps} == {3}
+
+
+def test_batch_and_online_training_keep_apart_by_default(tmp_path, monkeypatch, capsys):
+    # an online run that resumed the batch run's checkpoint refused it ("features or model
+    # changed") when both defaulted to runs/train
+    config = Path(__file__).resolve().parents[1] / "configs" / "simulator.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--online", "--config", str(config), "--source",
+                 f"file:{tmp_path / 'examples'}", "--idle-timeout", "0.01"]) == 0
+    assert (tmp_path / "runs" / "online" / "checkpoints").is_dir()
+    assert not (tmp_path / "runs" / "train").exists()
+    assert main(["train", "--config", str(config)]) == 2
+    assert "no data: pass --data and --format" in capsys.readouterr().err

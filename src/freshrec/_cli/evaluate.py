@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg)
     if not trainer.resume(args.checkpoint):
         raise ConfigError(f"no checkpoint found at {args.checkpoint!r}")
-    metrics = trainer.evaluate(open_data(cfg, None, None)())
+    metrics = trainer.evaluate(open_data(cfg)())
     print(json.dumps({"step": trainer.step, **metrics}))
     return 0
 

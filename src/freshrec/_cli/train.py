@@ -3,6 +3,12 @@
     freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]
     freshrec train --online --config CFG --source LOG [--registry DIR] [--run-dir DIR]
 
+``--data`` and ``--format`` are shorthands for ``--set data.path=...`` and
+``--set data.format=...`` of the config document. Batch runs keep their checkpoints in
+``runs/train`` and online runs in ``runs/online`` unless ``--run-dir`` says otherwise, so an
+online run never resumes a batch checkpoint by accident (it may start from one:
+``--set online.init_from=runs/train/checkpoints``).
+
 Online training resumes from its own last checkpoint (model and input offsets together) or
 starts from ``online.init_from`` (a batch checkpoint); it publishes to ``--registry`` per the
 ``sync`` section and stops after ``--idle-timeout`` seconds without new examples (``0``
@@ -17,20 +23,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from freshrec._cli.options import DATA_SHORTHANDS, add_config_arguments, config
 from freshrec._cli.process import configure_training
-from freshrec.config import FreshrecConfig, load_config
+from freshrec.config import FreshrecConfig
 from freshrec.errors import ConfigError
 from freshrec.train.trainer import Trainer
 
+#: Where a run keeps its checkpoints unless --run-dir says otherwise: batch (False) and online
+#: (True) runs apart, so that an online run never resumes a batch checkpoint by accident.
+RUN_DIRS = {False: "runs/train", True: "runs/online"}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--data", help="data path (default: data.path of the config)")
-    p.add_argument("--format", help="reader: criteo, movielens, obd, parquet, arrow")
-    p.add_argument("--run-dir", default="runs/train", help="checkpoints and metrics.jsonl")
+    add_config_arguments(p, DATA_SHORTHANDS, config_help="the config document (see configs/)")
+    p.add_argument("--run-dir", default=None, help=f"checkpoints and metrics.jsonl (default "
+                   f"{RUN_DIRS[False]}; with --online {RUN_DIRS[True]})")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=2")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--online", action="store_true",
                    help="train from a log of joined examples (see --source)")
@@ -42,12 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="online: stop after this many seconds without examples (0: never)")
 
 
-def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
-    """A callable returning a fresh reader over the configured (or given) data."""
+def open_data(cfg: FreshrecConfig) -> Any:
+    """A callable returning a fresh reader over the ``data`` section's data set."""
     from freshrec.data.readers import open_reader
 
-    path = data or cfg.data.path
-    fmt = fmt or cfg.data.format
+    path, fmt = cfg.data.path, cfg.data.format
     if not path or not fmt:
         raise ConfigError("no data: pass --data and --format, or set data.path/data.format")
     opts = dict(cfg.data.options)
@@ -55,11 +62,15 @@ def open_data(cfg: FreshrecConfig, data: str | None, fmt: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    if not args.config:
+        raise ConfigError("freshrec train needs --config (the model's document, see configs/)")
+    cfg = config(args)
     configure_training(cfg.train)
+    if args.run_dir is None:
+        args.run_dir = RUN_DIRS[args.online]
     if args.online:
         return _run_online(cfg, args)
-    make_reader = open_data(cfg, args.data, args.format)
+    make_reader = open_data(cfg)
     trainer = Trainer(cfg, run_dir=args.run_dir)
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.step} (epoch {trainer.position['epoch']}, "
