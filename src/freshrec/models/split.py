@@ -163,17 +163,20 @@ class MlpTail:
 
     @classmethod
     def from_layers(cls, layers: Sequence[nn.Module]) -> MlpTail:
-        """The steps of ``layers`` (weights copied: later training does not change them)."""
+        """The steps of ``layers``: ``Linear`` weights copied (later training does not change
+        them), any other layer the module itself, run in the mode it is in."""
         steps: list[tuple[torch.Tensor, torch.Tensor | None] | nn.Module | None] = []
         with torch.no_grad():
             for layer in layers:
                 if type(layer) is nn.Linear:
-                    steps.append((layer.weight.detach().t().contiguous(),
+                    # a copy even where the transpose is already contiguous (a (1, k) weight)
+                    steps.append((layer.weight.detach().t().clone(
+                                  memory_format=torch.contiguous_format),
                                   None if layer.bias is None else layer.bias.detach().clone()))
                 elif type(layer) is nn.ReLU:
                     steps.append(None)
                 elif type(layer) not in (nn.Dropout, nn.Identity):
-                    steps.append(layer.eval())
+                    steps.append(layer)
         return cls(tuple(steps))
 
     def __call__(self, ops: Ops[T], x: T) -> T:
