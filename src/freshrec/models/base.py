@@ -102,6 +102,8 @@ class CTRModel(nn.Module):
 class _InServingOrder(nn.Module):
     """``model.interact`` over the flat input in serving column order ``order``, as (n, 1)."""
 
+    inverse: torch.Tensor
+
     def __init__(self, model: CTRModel, order: list[int]) -> None:
         super().__init__()
         self.model = model

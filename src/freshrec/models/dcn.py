@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -93,14 +93,15 @@ class DCNv2(CTRModel):
         the interaction. Without cross layers the MLP's first layer is the first map (see
         :meth:`CTRModel.serving_split <freshrec.models.base.CTRModel.serving_split>`)."""
         order = serving_order(self.in_dim, user_cols, cand_cols)
-        first, tail = self.mlp[0], MlpTail.from_layers(list(self.mlp)[1:])
+        first, tail = cast(nn.Linear, self.mlp[0]), MlpTail.from_layers(list(self.mlp)[1:])
         if not len(self.cross):
             return ServingSplit.from_first_layer(first.weight, first.bias, user_cols, cand_cols,
                                                  Mlp(0, int(first.out_features), tail))
+        cross = [cast(CrossLayer, c).linear for c in self.cross]
         with torch.no_grad():
-            layers = tuple((c.linear.weight[order][:, order].t().contiguous(),
-                            c.linear.bias[order].clone()) for c in list(self.cross)[1:])
+            layers = tuple((c.weight[order][:, order].t().contiguous(), c.bias[order].clone())
+                           for c in cross[1:])
             mlp_first = (first.weight[:, order].t().contiguous(), first.bias.detach().clone())
-            w0, b0 = self.cross[0].linear.weight[order], self.cross[0].linear.bias[order]
+            w0, b0 = cross[0].weight[order], cross[0].bias[order]
         return ServingSplit.from_first_layer(w0, b0, user_cols, cand_cols,
                                              Cross(layers, mlp_first, tail))

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -332,7 +332,7 @@ def linear_and_mlp(linear: nn.Linear, mlp: nn.Sequential
     """The first linear map of ``linear(x) + mlp(x)`` (``linear`` with one output unit) and
     its terms: the MLP's first layer's H units then the linear unit, as ``(weight (H + 1,
     in_dim), bias (H + 1,), (Mlp, Unit))``."""
-    first = mlp[0]
+    first = cast(nn.Linear, mlp[0])
     hidden = int(first.out_features)
     with torch.no_grad():
         weight = torch.cat([first.weight, linear.weight])

@@ -503,7 +503,8 @@ class Predictor:
         self._in_u, self._in_c = len(ucols), len(ccols)
         self._user = RecordEncoder([s.config for s in self._uslots],
                                    [x.cfg for x in lay.user_dense],
-                                   [f"user.{x.key}" for x in [*self._uslots, *lay.user_dense]])
+                                   [f"user.{k}" for k in [*(s.key for s in self._uslots),
+                                                          *(x.key for x in lay.user_dense)]])
         self._uid = [s.key == "user_id" for s in self._uslots]
         self._ukeys = [s.key for s in self._uslots]
         self._udense_keys = [x.key for x in lay.user_dense]
