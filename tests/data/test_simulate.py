@@ -114,7 +114,7 @@ def test_simulate_survives_a_redis_restart(tmp_path):
              "6000", "--rate", "3000", "--no-progress"],
             cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         r = redis.Redis(port=port)
-        while (r.exists("sim:p0") and r.xlen("sim:p0")) < 1000:
+        while (r.exists("{sim:p0}") and r.xlen("{sim:p0}")) < 1000:
             time.sleep(0.01)
             assert sim.poll() is None, sim.communicate()
         proc.kill()
@@ -124,7 +124,7 @@ def test_simulate_survives_a_redis_restart(tmp_path):
         out, err = sim.communicate(timeout=120)
         assert sim.returncode == 0, err
         assert "lost the server" in err and "wrote 6000 events" in err
-        assert r.xlen("sim:p0") == 6000  # none lost, none twice
+        assert r.xlen("{sim:p0}") == 6000  # none lost, none twice
         r.close()
     finally:
         proc.kill()

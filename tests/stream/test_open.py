@@ -1,13 +1,16 @@
-"""open_log: which backend each spec opens, and the partitions of a Redis log."""
+"""open_log: which backend each spec opens, and the partitions of a Redis log (on one server
+and on a Redis Cluster)."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
+import redis
 
-from freshrec.errors import InputError
+from freshrec.errors import ConfigError, InputError
 from freshrec.stream import FileLog, RedisLog, open_log
+from freshrec.stream._redis import connect
 
 
 @pytest.mark.parametrize("prefix", ["file:", ""])
@@ -29,8 +32,9 @@ def test_a_path_with_a_colon_is_a_file_log(tmp_path):
 
 
 @pytest.mark.redis
-def test_redis_log_keeps_its_partitions(redis_server):
-    spec = f"{redis_server}#t{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("server", ["redis_server", "redis_cluster"])
+def test_redis_log_keeps_its_partitions(request, server):
+    spec = f"{request.getfixturevalue(server)}#t{uuid.uuid4().hex[:8]}"
     first = open_log(spec, partitions=3)
     try:
         assert isinstance(first, RedisLog) and first.partitions == 3
@@ -53,3 +57,39 @@ def test_redis_log_name_defaults_to_events(redis_server):
         assert isinstance(log, RedisLog) and log.config.name == "events"
     finally:
         log.close()
+
+
+@pytest.mark.redis
+def test_streams_of_the_layout_before_hash_tags_are_refused(redis_server):
+    name = f"t{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(redis_server)
+    r.xadd(f"{name}:p0", {"v": b"x"})
+    try:
+        with pytest.raises(InputError, match=rf"key layout before hash tags \({name}:p0\); "
+                                             rf"this version reads \{{{name}:p0\}}"):
+            open_log(f"{redis_server}#{name}")
+    finally:
+        r.delete(f"{name}:p0")
+        r.close()
+
+
+@pytest.mark.redis
+def test_a_redis_url_of_a_cluster_node_names_the_cluster_scheme(redis_cluster):
+    seed = redis_cluster.removeprefix("redis+cluster://")
+    rc = connect(redis_cluster, "moved")
+    try:  # a name whose partition count another node serves: the seed answers MOVED
+        name = next(n for n in (f"moved{i}" for i in range(100))
+                    if rc.get_node_from_key(f"{n}:partitions").name != seed.split("/")[0])
+    finally:
+        rc.close()
+    with pytest.raises(ConfigError, match=f"is a node of a Redis Cluster .* open it as "
+                                          f"redis\\+cluster://{seed}"):
+        open_log(f"redis://{seed}#{name}")
+
+
+@pytest.mark.redis
+def test_a_cluster_url_of_a_plain_server_names_the_redis_scheme(redis_server):
+    rest = redis_server.removeprefix("redis://")
+    with pytest.raises(ConfigError, match=f"is not a node of a Redis Cluster .* open it as "
+                                          f"redis://{rest}"):
+        open_log(f"redis+cluster://{rest}#x")

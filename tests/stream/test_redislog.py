@@ -1,4 +1,5 @@
-"""Redis Streams log: pending re-delivery, acknowledgements, trimming, id packing."""
+"""Redis Streams log: pending re-delivery, acknowledgements, trimming, id packing, retries;
+on one server and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -10,16 +11,24 @@ import uuid
 import pytest
 import redis
 
+from freshrec.errors import ConfigError
 from freshrec.stream import RedisLog, RedisLogConfig
+from freshrec.stream._redis import connect
 from freshrec.stream.redislog import id_to_offset, offset_to_id
 from tests.conftest import DURABLE, start_redis
 
 pytestmark = pytest.mark.redis
 
 
+@pytest.fixture(params=["redis_server", "redis_cluster"])
+def url(request) -> str:
+    """The URL of one server, then of a 3-master cluster."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture
-def cfg(redis_server):
-    return RedisLogConfig(url=redis_server, name=f"t{uuid.uuid4().hex[:8]}", claim_idle_s=0.2)
+def cfg(url):
+    return RedisLogConfig(url=url, name=f"t{uuid.uuid4().hex[:8]}", claim_idle_s=0.2)
 
 
 def test_id_packing_round_trips_and_orders():
@@ -27,6 +36,17 @@ def test_id_packing_round_trips_and_orders():
     offs = [id_to_offset(i) for i in ids]
     assert offs == sorted(offs)
     assert [offset_to_id(o) for o in offs] == ids
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("url", "http://127.0.0.1:6379", "a redis://, unix:// or redis\\+cluster:// URL"),
+    ("url", "redis+cluster://127.0.0.1:7000/1",
+     "database 0 on a cluster \\(redis\\+cluster://host:port/0\\)"),
+    ("name", "ev{1}", "a non-empty string without braces"),
+])
+def test_config_names_a_bad_url_or_name(field, value, expected):
+    with pytest.raises(ConfigError, match=f"RedisLogConfig: {field} must be {expected}, got"):
+        RedisLogConfig(**{field: value})
 
 
 def test_pending_entries_are_redelivered_to_another_consumer(cfg):
@@ -39,8 +59,8 @@ def test_pending_entries_are_redelivered_to_another_consumer(cfg):
     b = log.poll("g", 0, max_records=10, consumer="b")
     assert [r.value for r in b] == [f"m{i}".encode() for i in range(10)]
     log.commit("g", 0, b[-1].offset + 1)
-    r = redis.Redis.from_url(cfg.url)
-    assert r.xpending(f"{cfg.name}:p0", "g")["pending"] == 0
+    r = connect(cfg.url, cfg.name)
+    assert r.xpending(log.keys.stream(0), "g")["pending"] == 0
     time.sleep(0.3)
     assert log.poll("g", 0, consumer="c") == []
     assert log.lag("g") == 0
@@ -61,8 +81,8 @@ def test_trim_by_length_and_by_age(cfg):
     log.close()
 
 
-def test_append_with_max_len_bounds_the_stream(redis_server):
-    cfg = RedisLogConfig(url=redis_server, name=f"t{uuid.uuid4().hex[:8]}", max_len=100)
+def test_append_with_max_len_bounds_the_stream(url):
+    cfg = RedisLogConfig(url=url, name=f"t{uuid.uuid4().hex[:8]}", max_len=100)
     log = RedisLog(cfg)
     for _ in range(20):
         log.append([b"y" * 10] * 100)

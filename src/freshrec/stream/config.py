@@ -15,6 +15,7 @@ freshrec.errors.ConfigError: FileLogConfig: fsync must be one of ..., got 'somet
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from freshrec._validate import is_int, is_number, require
 
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 _FSYNC = ("always", "interval", "never")
+_REDIS_SCHEMES = ("redis://", "unix://", "redis+cluster://")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,14 +69,16 @@ class FileLogConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RedisLogConfig:
-    """Redis Streams log: one stream per partition, ``<name>:p<i>``.
+    """Redis Streams log: one stream per partition, ``{<name>:p<i>}``.
 
     Parameters
     ----------
     url
-        ``redis://host:port/db``.
+        ``redis://host:port/db`` or ``unix://path`` (one server), or
+        ``redis+cluster://host:port/0`` (a Redis Cluster, through any of its nodes).
     name
-        Key prefix of the streams and of the commit hash.
+        Key prefix of the streams, commits and append tokens (no braces: each partition's
+        keys share the hash tag ``{<name>:p<i>}``).
     partitions
         Number of streams.
     max_len
@@ -97,10 +101,13 @@ class RedisLogConfig:
 
     def __post_init__(self) -> None:
         o = "RedisLogConfig"
-        require(isinstance(self.url, str) and self.url.startswith(("redis://", "unix://")), o,
-                "url", "a redis:// or unix:// URL", self.url)
-        require(isinstance(self.name, str) and bool(self.name), o, "name",
-                "a non-empty string", self.name)
+        require(isinstance(self.url, str) and self.url.startswith(_REDIS_SCHEMES), o, "url",
+                "a redis://, unix:// or redis+cluster:// URL", self.url)
+        require(not self.url.startswith("redis+cluster://")
+                or urlsplit(self.url).path in ("", "/", "/0"), o, "url",
+                "database 0 on a cluster (redis+cluster://host:port/0)", self.url)
+        require(isinstance(self.name, str) and bool(self.name) and not {"{", "}"} & set(self.name),
+                o, "name", "a non-empty string without braces", self.name)
         require(is_int(self.partitions) and self.partitions >= 1, o, "partitions",
                 "an int >= 1", self.partitions)
         require(self.max_len is None or (is_int(self.max_len) and self.max_len >= 1), o,

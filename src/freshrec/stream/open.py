@@ -1,12 +1,16 @@
 """Open a log from a one-line spec, as the CLI and the benchmarks name them.
 
 - ``file:PATH`` (or a bare path): :class:`~freshrec.stream.filelog.FileLog`;
-- ``redis://HOST:PORT/DB#NAME`` (or ``unix://PATH#NAME``):
-  :class:`~freshrec.stream.redislog.RedisLog` with streams ``NAME:p<i>`` (``NAME`` defaults
-  to ``events``). The number of partitions is kept in the key ``NAME:partitions``; opened
-  without ``partitions``, a log has as many as that key (or its highest existing stream)
-  says, so a reader never silently skips a partition; asking for more partitions than a log
-  that holds records has is refused (keys would re-route);
+- ``redis://HOST:PORT/DB#NAME`` (or ``unix://PATH#NAME``) on one server, or
+  ``redis+cluster://HOST:PORT/0#NAME`` on a Redis Cluster (``HOST:PORT`` is any node; the
+  client finds the others): :class:`~freshrec.stream.redislog.RedisLog` with streams
+  ``{NAME:p<i>}``, spread over the nodes of a cluster (``NAME`` defaults to ``events``). A
+  ``redis://`` URL of a cluster node is refused with a message (the node answers MOVED).
+  The number of partitions is kept in the key ``NAME:partitions``; opened without
+  ``partitions``, a log has as many as that key (or its highest existing stream) says, so a
+  reader never silently skips a partition; asking for more partitions than a log that holds
+  records has is refused (keys would re-route), and so are streams in the key layout before
+  hash tags (``NAME:p<i>``);
 - ``kafka://BOOTSTRAP/TOPIC``: :class:`~freshrec.stream.kafkalog.KafkaLog` (``TOPIC``
   defaults to ``events``).
 
@@ -23,15 +27,17 @@ Examples
 2
 >>> log.close()
 >>> sorted(LOG_BACKENDS)
-['file:', 'kafka://', 'redis://', 'unix://']
+['file:', 'kafka://', 'redis+cluster://', 'redis://', 'unix://']
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 
-from freshrec.errors import ConfigError, InputError
+from freshrec.errors import InputError
+from freshrec.stream._redis import CLUSTER_SCHEME, RedisKeys, connect, scheme_checked
 from freshrec.stream.base import Log
 from freshrec.stream.config import FileLogConfig, KafkaLogConfig, RedisLogConfig
 from freshrec.stream.filelog import FileLog
@@ -51,11 +57,12 @@ def _open_file(spec: str, partitions: int | None, fsync: str) -> FileLog:
 
 
 def _open_redis(spec: str, partitions: int | None, fsync: str) -> RedisLog:
-    """A :class:`RedisLog` at ``redis://...#NAME`` (``fsync`` is the server's business)."""
+    """A :class:`RedisLog` at ``redis://...#NAME`` or ``redis+cluster://...#NAME``
+    (``fsync`` is the server's business)."""
     url, _, name = spec.partition("#")
-    name = name or "events"
-    return RedisLog(RedisLogConfig(url=url, name=name,
-                                   partitions=_redis_partitions(url, name, partitions)))
+    config = RedisLogConfig(url=url, name=name or "events")  # checks both before connecting
+    n = _redis_partitions(url, config.name, partitions)
+    return RedisLog(dataclasses.replace(config, partitions=n))
 
 
 def _open_kafka(spec: str, partitions: int | None, fsync: str) -> KafkaLog:
@@ -69,6 +76,7 @@ def _open_kafka(spec: str, partitions: int | None, fsync: str) -> KafkaLog:
 LOG_BACKENDS: Mapping[str, LogOpener] = {
     "file:": _open_file,
     "redis://": _open_redis,
+    CLUSTER_SCHEME: _open_redis,
     "unix://": _open_redis,
     "kafka://": _open_kafka,
 }
@@ -80,8 +88,8 @@ def open_log(spec: str, *, partitions: int | None = None, fsync: str = "interval
     Parameters
     ----------
     spec : str
-        ``file:PATH`` or a bare path, ``redis://HOST:PORT/DB#NAME``, ``unix://PATH#NAME`` or
-        ``kafka://BOOTSTRAP/TOPIC``.
+        ``file:PATH`` or a bare path, ``redis://HOST:PORT/DB#NAME``, ``unix://PATH#NAME``,
+        ``redis+cluster://HOST:PORT/0#NAME`` or ``kafka://BOOTSTRAP/TOPIC``.
     partitions : int, optional
         How many partitions the log has; None takes an existing log's own (1 for a new one).
     fsync : str
@@ -95,9 +103,10 @@ def open_log(spec: str, *, partitions: int | None = None, fsync: str = "interval
     ------
     InputError
         A Redis log asked for fewer partitions than it has, or for more while it holds
-        records.
+        records, or holding streams in the layout before hash tags.
     ConfigError
-        The client of the backend is not installed.
+        The client of the backend is not installed, or a ``redis://`` URL names a node of a
+        Redis Cluster.
 
     Examples
     --------
@@ -116,31 +125,32 @@ def open_log(spec: str, *, partitions: int | None = None, fsync: str = "interval
 
 def _redis_partitions(url: str, name: str, asked: int | None) -> int:
     """The partitions of the Redis log ``name``: recorded in ``NAME:partitions`` (and at
-    least one past its highest ``NAME:p<i>`` stream); records ``asked`` for a new log."""
-    try:
-        import redis
-    except ImportError as e:
-        raise ConfigError(f"redis log {name!r} at {url}: needs the redis client: "
-                          "pip install 'freshrec[redis]'") from e
-    r = redis.Redis.from_url(url)
-    try:
-        stored = r.get(f"{name}:partitions")
+    least one past its highest stream); records ``asked`` for a new log."""
+    keys = RedisKeys(name)
+    with scheme_checked(url, name), contextlib.closing(connect(url, name)) as r:
+        stored = r.get(keys.partitions)
         have = int(stored) if stored is not None else 0
-        pat = re.compile(re.escape(name) + r":p(\d+)")
-        for key in r.scan_iter(match=f"{name}:p*", count=1000, _type="stream"):
-            m = pat.fullmatch(key.decode(errors="replace"))
-            if m:
-                have = max(have, int(m.group(1)) + 1)
+        legacy: list[str] = []
+        for raw in r.scan_iter(match=keys.scan_pattern, count=1000, _type="stream"):
+            key = raw.decode(errors="replace")
+            p = keys.partition_of(key)
+            if p is not None:
+                have = max(have, p + 1)
+            elif keys.legacy_partition_of(key) is not None:
+                legacy.append(key)
+        if legacy:
+            raise InputError(f"redis log {name!r} at {url} has streams in the key layout "
+                             f"before hash tags ({', '.join(sorted(legacy))}); this version "
+                             f"reads {keys.stream(0)}, ... Rename each (RENAME {name}:p0 "
+                             f"{keys.stream(0)}) or write to a new log")
         if asked is not None and asked < have:
             raise InputError(f"redis log {name!r} at {url} has {have} partitions; asked for "
                              f"{asked}, which would skip {have - asked} of them")
         n = asked or have or 1
-        if have and n > have and any(r.xlen(f"{name}:p{p}") for p in range(have)):
+        if have and n > have and any(r.xlen(keys.stream(p)) for p in range(have)):
             raise InputError(f"redis log {name!r} at {url} has {have} partitions and holds "
                              f"records; growing it to {n} would route keys to other "
                              f"partitions than before. Write to a new log instead")
         if n > have or stored is None:
-            r.set(f"{name}:partitions", n)
+            r.set(keys.partitions, n)
         return n
-    finally:
-        r.close()

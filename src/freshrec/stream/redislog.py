@@ -1,22 +1,30 @@
 """Redis Streams log: one stream per partition, consumer groups, pending re-delivery, trimming.
 
+The log runs on one server (``redis://``, ``unix://``) or on a Redis Cluster
+(``redis+cluster://HOST:PORT/0``, any node as the seed). Its keys carry one hash tag per
+partition (``{NAME:p<i>}`` is the stream of partition ``i``; its commits and append tokens
+share that tag), so every command and script of an operation stays within one hash slot and
+the partitions spread over the nodes of a cluster; see :mod:`freshrec.stream._redis`.
+
 Offsets are the stream entry ids packed into one int, ``ms << 20 | seq`` (strictly increasing,
 not dense; good until the year 2248 and for fewer than 2**20 entries in one millisecond).
 ``read`` is ``XRANGE`` / ``XREAD BLOCK``; ``poll`` is ``XREADGROUP`` for the group, after
 claiming (``XAUTOCLAIM``) entries that another consumer left pending for longer than
 ``claim_idle_s``; ``commit`` acknowledges (``XACK``) the group's pending entries below the
-offset and stores the offset in the hash ``<name>:commits``; ``trim`` drops entries by count
-(``MAXLEN``) or age (``MINID``); ``truncate`` deletes (``XDEL``) entries at and after an offset.
+offset and stores the offset in the partition's hash ``{NAME:p<i>}:commits``; ``trim`` drops
+entries by count (``MAXLEN``) or age (``MINID``); ``truncate`` deletes (``XDEL``) entries at
+and after an offset.
 
 A lost server (connection refused or dropped, timeout, a restarted server still loading its
-data) does not fail an operation at once: it is retried with exponential back-off for up to
+data; on a cluster also CLUSTERDOWN and TRYAGAIN, the client refreshing its slot map after
+each) does not fail an operation at once: it is retried with exponential back-off for up to
 ``retry_s`` seconds in all, each retry logged and counted in :attr:`RedisLog.reconnects`, so
 a Redis restart is a pause for every stage that uses the log. Retried operations are safe:
 
 - ``append`` is idempotent. One call adds its records in one server-side script that also
-  stores a token unique to the call (key ``<name>:append:<token>``, expiring ``retry_s`` +
-  60 s later); a retry of a call whose reply was lost finds the token and returns the offsets
-  the records got instead of adding them again.
+  stores a token unique to the call (key ``{NAME:p<i>}:append:<writer>:<n>``, expiring
+  ``retry_s`` + 60 s later); a retry of a call whose reply was lost finds the token and
+  returns the offsets the records got instead of adding them again.
 - ``read``, ``end_offset``, ``commit``, ``committed``, ``lag``, ``truncate`` and ``delete``
   are idempotent; ``trim`` too (its count may then miss what the lost attempt removed).
 - ``poll`` is at least once: its retry starts with the entries pending on the consumer,
@@ -41,10 +49,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
+from freshrec.stream._redis import RedisKeys, connect, is_lost, scheme_checked
 from freshrec.stream.base import Log, Record
 from freshrec.stream.config import RedisLogConfig
 
@@ -116,7 +125,7 @@ def _retried(
     """Run a :class:`RedisLog` operation through :meth:`RedisLog._call` (retries)."""
 
     @functools.wraps(method)
-    def call(self: RedisLog, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    def call(self: RedisLog, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return self._call(method.__name__, lambda: method(self, *args, **kwargs))
 
     return call
@@ -132,29 +141,28 @@ class RedisLog(Log):
     """
 
     def __init__(self, config: RedisLogConfig) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         self.config = config
         self.partitions = config.partitions
+        #: The names of the log's keys.
+        self.keys = RedisKeys(config.name)
         #: Operations retried after losing the server (see the module docstring).
         self.reconnects = 0
-        # the client's own retries are off: _call retries, logs and counts instead
-        self._r = redis.Redis.from_url(config.url, retry=Retry(NoBackoff(), 0))
+        self._inside = threading.local()
+        self._groups: set[tuple[str, int]] = set()
+        self._writer = uuid.uuid4().hex[:16]
+        self._appends = itertools.count()
+        # the client's own retries are off: _call retries, logs and counts instead (a
+        # cluster client fetches its slot map here, so a lost seed node is retried too)
+        self._r = self._call("connect", lambda: connect(config.url, config.name))
         self._count_from = self._r.register_script(_COUNT_FROM)
         self._append_once = self._r.register_script(_APPEND_ONCE)
-        self._groups: set[tuple[str, int]] = set()
-        self._lost = (redis.ConnectionError, redis.TimeoutError)  # incl. BusyLoadingError
-        self._tokens = map(f"{config.name}:append:{uuid.uuid4().hex[:16]}:{{}}".format,
-                           itertools.count())
-        self._inside = threading.local()
 
     def _call(self, op: str, fn: Callable[[], _T]) -> _T:
         """``fn()``, retried with back-off while the server is lost, up to ``retry_s``.
 
         Operations called inside another one (``commit`` reads ``committed``) run once: the
-        outermost retries.
+        outermost retries. A URL of the wrong scheme (a cluster node as ``redis://``, a
+        server as ``redis+cluster://``) is a :class:`ConfigError`.
         """
         if getattr(self._inside, "active", False):
             return fn()
@@ -165,8 +173,11 @@ class RedisLog(Log):
         try:
             while True:
                 try:
-                    result = fn()
-                except self._lost as e:
+                    with scheme_checked(self.config.url, self.config.name):
+                        result = fn()
+                except Exception as e:
+                    if not is_lost(e):
+                        raise
                     delay = backoff.next()
                     if time.monotonic() + delay > deadline:
                         raise
@@ -188,7 +199,7 @@ class RedisLog(Log):
         if not (isinstance(partition, int) and 0 <= partition < self.partitions):
             raise InputError(f"redis log {self.config.name!r}: partition must be in "
                              f"[0, {self.partitions}), got {partition!r}")
-        return f"{self.config.name}:p{partition}"
+        return self.keys.stream(partition)
 
     def append(self, records: Sequence[bytes], partition: int = 0) -> list[int]:
         """Append ``records`` (once, even when retried; see the module docstring)."""
@@ -199,16 +210,23 @@ class RedisLog(Log):
             if not isinstance(rec, bytes | bytearray | memoryview):
                 raise InputError(f"redis log {self.config.name!r}: records must be bytes, "
                                  f"got {type(rec).__name__}")
-        token = next(self._tokens)
+        token = self.keys.token(partition, self._writer, next(self._appends))
         max_len = "" if self.config.max_len is None else str(self.config.max_len)
         ttl_ms = int((self.config.retry_s + 60) * 1000)
-        args = [max_len, ttl_ms, *(bytes(r) for r in records)]
+        args: list[bytes | str | int] = [max_len, ttl_ms, *(bytes(r) for r in records)]
         ids = self._call("append", lambda: self._append_once(keys=[key, token], args=args))
         return [id_to_offset(i) for i in ids]
 
     @staticmethod
-    def _records(partition: int, entries: list) -> list[Record]:
-        return [Record(partition, id_to_offset(i), f[b"v"]) for i, f in entries if f]
+    def _records(partition: int, entries: Any) -> list[Record]:
+        """Records of the stream entries ``[(id, {b"v": value}), ...]`` the client returns (a
+        deleted entry still pending in a group comes without fields and is skipped)."""
+        return [Record(partition, id_to_offset(i), f[b"v"]) for i, f in entries or () if f]
+
+    @staticmethod
+    def _only_stream(reply: Any) -> Any:
+        """The entries of the one stream in an ``XREAD``/``XREADGROUP`` reply."""
+        return reply[0][1] if reply else []
 
     @_retried
     def read(
@@ -221,11 +239,11 @@ class RedisLog(Log):
             return out
         after = offset_to_id(max(offset - 1, 0))
         res = self._r.xread({key: after}, count=max_records, block=max(1, int(timeout_s * 1000)))
-        return self._records(partition, res[0][1]) if res else []
+        return self._records(partition, self._only_stream(res))
 
     @_retried
     def end_offset(self, partition: int) -> int:
-        last = self._r.xrevrange(self._key(partition), count=1)
+        last: Any = self._r.xrevrange(self._key(partition), count=1)
         return id_to_offset(last[0][0]) + 1 if last else 0
 
     def _ensure_group(self, group: str, partition: int) -> str:
@@ -265,21 +283,21 @@ class RedisLog(Log):
         key = self._ensure_group(group, partition)
         out: dict[int, Record] = {}
 
-        def add(entries: list) -> None:
+        def add(entries: Any) -> None:
             out.update((r.offset, r) for r in self._records(partition, entries))
 
         if retry:
-            res = self._r.xreadgroup(group, consumer, {key: "0"}, count=max_records)
-            add(res[0][1] if res else [])
+            add(self._only_stream(self._r.xreadgroup(group, consumer, {key: "0"},
+                                                     count=max_records)))
         if len(out) < max_records:
-            add(self._r.xautoclaim(key, group, consumer,
-                                   min_idle_time=int(self.config.claim_idle_s * 1000),
-                                   start_id="0-0", count=max_records - len(out))[1])
+            claimed: Any = self._r.xautoclaim(key, group, consumer,
+                                              min_idle_time=int(self.config.claim_idle_s * 1000),
+                                              start_id="0-0", count=max_records - len(out))
+            add(claimed[1])
         if len(out) < max_records:
             block = int(timeout_s * 1000) if timeout_s > 0 and not out else None
-            res = self._r.xreadgroup(group, consumer, {key: ">"},
-                                     count=max_records - len(out), block=block)
-            add(res[0][1] if res else [])
+            add(self._only_stream(self._r.xreadgroup(group, consumer, {key: ">"},
+                                                     count=max_records - len(out), block=block)))
         return sorted(out.values(), key=lambda r: r.offset)
 
     @_retried
@@ -293,12 +311,12 @@ class RedisLog(Log):
             self._r.xack(key, group, *[p["message_id"] for p in pend])
             if len(pend) < 10000:
                 break
-        self._r.hset(f"{self.config.name}:commits", f"{group}:{partition}", offset)
+        self._r.hset(self.keys.commits(partition), group, offset)
 
     @_retried
     def committed(self, group: str, partition: int) -> int:
         self._key(partition)
-        v = self._r.hget(f"{self.config.name}:commits", f"{group}:{partition}")
+        v = self._r.hget(self.keys.commits(partition), group)
         return int(v) if v is not None else 0
 
     @_retried
@@ -316,8 +334,8 @@ class RedisLog(Log):
     def truncate(self, partition: int, offset: int) -> None:
         key = self._key(partition)
         while True:
-            ids = [i for i, _ in self._r.xrange(key, min=offset_to_id(max(offset, 1)),
-                                                 count=10000)]
+            entries: Any = self._r.xrange(key, min=offset_to_id(max(offset, 1)), count=10000)
+            ids = [i for i, _ in entries]
             if not ids:
                 return
             self._r.xdel(key, *ids)
@@ -340,9 +358,9 @@ class RedisLog(Log):
 
     @_retried
     def delete(self) -> None:
-        """Remove every stream and the commit hash of this log."""
-        self._r.delete(*[self._key(p) for p in range(self.partitions)],
-                       f"{self.config.name}:commits")
+        """Remove the stream and the commits of every partition (one slot at a time)."""
+        for p in range(self.partitions):
+            self._r.delete(self.keys.stream(p), self.keys.commits(p))
         self._groups.clear()
 
     def close(self) -> None:
