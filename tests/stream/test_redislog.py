@@ -3,7 +3,6 @@ on one server and on a Redis Cluster."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -15,7 +14,7 @@ from freshrec.errors import ConfigError
 from freshrec.stream import RedisLog, RedisLogConfig
 from freshrec.stream._redis import connect
 from freshrec.stream.redislog import id_to_offset, offset_to_id
-from tests.conftest import DURABLE, start_redis
+from tests.conftest import DURABLE, free_ports, start_redis
 
 pytestmark = pytest.mark.redis
 
@@ -114,16 +113,19 @@ def test_append_whose_reply_is_lost_is_retried_once(cfg, monkeypatch):
     log.close()
 
 
-def test_an_unreachable_server_raises_after_retry_s():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = RedisLog(RedisLogConfig(url=f"redis://127.0.0.1:{port}/0", retry_s=0.4))
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_an_unreachable_server_raises_after_retry_s(scheme, caplog):
+    # a cluster client connects when built (it fetches the slot map), a plain one on use
+    url = f"{scheme}://127.0.0.1:{free_ports(1)[0]}/0"  # nobody listens there
     t0 = time.monotonic()
-    with pytest.raises(redis.ConnectionError):
-        log.read(0, 0)
-    assert 0.3 <= time.monotonic() - t0 < 2.0 and log.reconnects >= 2
-    log.close()
+    with pytest.raises((redis.ConnectionError, redis.exceptions.RedisClusterException)):
+        log = RedisLog(RedisLogConfig(url=url, retry_s=0.4))
+        try:
+            log.read(0, 0)
+        finally:
+            log.close()
+    assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert sum("lost the server" in r.message for r in caplog.records) >= 2
 
 
 def test_reads_and_polls_continue_across_a_server_restart(tmp_path):

@@ -4,7 +4,8 @@ A :class:`Log` is an append-only, partitioned log of byte records with offsets a
 groups; :class:`FileLog` (embedded, segment files) and :class:`RedisLog` (Redis Streams)
 implement it, and :class:`KafkaLog` does over Kafka when the ``kafka`` extra is installed;
 :func:`open_log` opens any of them from a one-line spec (``file:DIR``,
-``redis://HOST:PORT/DB#NAME``, ``kafka://BOOTSTRAP/TOPIC``). Events (impressions with their
+``redis://HOST:PORT/DB#NAME``, ``redis+cluster://HOST:PORT/0#NAME`` for a Redis Cluster,
+``kafka://BOOTSTRAP/TOPIC``). Events (impressions with their
 candidates, and actions such as clicks) are JSON rows defined and versioned in
 :mod:`freshrec.stream.events`. The
 :class:`Joiner` turns the event stream into labelled training examples: it joins actions to

@@ -106,6 +106,13 @@ def connect(url: str, name: str) -> Client:
     ------
     ConfigError
         The redis client (the ``redis`` extra) is not installed.
+
+    Examples
+    --------
+    >>> client = connect("redis://127.0.0.1:6379/0", "events")  # connects on first use
+    >>> type(client).__name__
+    'Redis'
+    >>> client.close()
     """
     try:
         import redis
@@ -130,7 +137,16 @@ def is_lost(e: BaseException) -> bool:
     connection refused or dropped, timeout, a restarted server still loading its data,
     CLUSTERDOWN while a cluster heals, TRYAGAIN while a slot migrates (also once the client
     gave up following redirections: "TTL exhausted"), or a slot map that could not be
-    fetched because no node answered."""
+    fetched because no node answered.
+
+    Examples
+    --------
+    >>> from redis.exceptions import ClusterDownError, ConnectionError, ResponseError
+    >>> is_lost(ConnectionError("refused")), is_lost(ClusterDownError("CLUSTERDOWN"))
+    (True, True)
+    >>> is_lost(ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
+    False
+    """
     from redis import exceptions as x
 
     lost = (x.ConnectionError, x.TimeoutError, x.ClusterError, x.TryAgainError,
@@ -149,6 +165,15 @@ def scheme_checked(url: str, name: str) -> Iterator[None]:
     ------
     ConfigError
         Either of those happened inside the block.
+
+    Examples
+    --------
+    >>> from redis.exceptions import MovedError
+    >>> with scheme_checked("redis://10.0.0.5:7000/0", "events"):
+    ...     raise MovedError("3999 10.0.0.6:7001")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: redis log 'events': redis://10.0.0.5:7000/0 is a node of a Redis Cluster (it answered MOVED); open it as redis+cluster://10.0.0.5:7000/0
     """
     from redis.exceptions import MovedError, RedisClusterException
 
