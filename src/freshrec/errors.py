@@ -15,7 +15,10 @@ TableConfig 'user': dim must be an int >= 1, got 0
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
+    "brief",
     "FreshrecError",
     "ConfigError",
     "InputError",
@@ -26,6 +29,32 @@ __all__ = [
     "RegistryWriteError",
     "MissingExtraError",
 ]
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict = 2, 4, 4
+_BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 60, 40, 60
+
+
+def brief(value: object, width: int = 60) -> str:
+    """A short repr of ``value`` for an error message, whatever its size or depth (a list
+    nested 1,000 deep, a 3 MB string): at most ``width`` characters, never recursing deep.
+
+    Examples
+    --------
+    >>> brief([[[[1]]]]), brief("x" * 100)[:12], len(brief("x" * 100)) <= 60
+    ('[[[...]]]', "'xxxxxxxxxxx", True)
+    >>> deep: list[object] = []
+    >>> for _ in range(5000):
+    ...     deep = [deep]
+    >>> brief(deep)
+    '[[[...]]]'
+    """
+    try:
+        text = _BRIEF.repr(value)
+    except (ValueError, RecursionError):  # an int past the str digit limit, a deep object
+        text = f"<{type(value).__name__}>"
+    return text[:width]
 
 
 class FreshrecError(Exception):

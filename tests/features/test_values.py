@@ -58,8 +58,10 @@ def test_request_path_equals_training_batch_path(seed):
     enc = FeatureSchema(CFG).encode(pa.RecordBatch.from_pydict(
         {**cols, "score": pa.array(cols["score"], pa.int64())}), with_labels=False)
     train = enc.sparse.to_dict()
-    sent = {k: [_as_sent(rng, v) if k != "hist" or v is None else [_as_sent(rng, x) for x in v]
-                for v in vals] for k, vals in cols.items()}
+    dense = {d.name for d in CFG.dense}  # dense values go as JSON numbers (a string is refused)
+    sent = {k: vals if k in dense else
+            [_as_sent(rng, v) if k != "hist" or v is None else [_as_sent(rng, x) for x in v]
+             for v in vals] for k, vals in cols.items()}
 
     def where(i):
         return f"x[{i}]"
@@ -124,6 +126,11 @@ def test_errors_name_the_field(call, field):
     assert e.value.field == field, str(e.value)
 
 
-def test_numeric_strings_are_numbers_for_dense_fields():
-    """As training's Arrow cast of a string column reads them."""
-    np.testing.assert_array_equal(USER.dense(["40"]), [1.0])
+@pytest.mark.parametrize("value", ["40", True, [40], {"v": 40}, 1e308, -1e308])
+def test_a_dense_value_is_a_number_that_normalises_to_a_finite_float32(value):
+    """A string, a bool or a number whose normalised value overflows float32 is refused
+    (naming the field): a request can never make a score inf or NaN."""
+    with pytest.raises(FieldError, match=r"^user\.age: (must be a number|out of range)"):
+        USER.dense([value])
+    with pytest.raises(FieldError, match=r"^x\[1\]: "):
+        dense_values(CFG.dense[0], [40, value], lambda i: f"x[{i}]")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from freshrec.errors import FieldError, InputError
+from freshrec.errors import FieldError, InputError, brief
 from freshrec.features.config import DenseConfig, SlotConfig, SlotKind
 from freshrec.features.dense import DenseNormalizer
 from freshrec.features.hashing import hash_array, hash_keyed, slot_key
@@ -99,7 +99,7 @@ def hash_values(id_space: str, values: Sequence[Any], where: Where
             strs.append(v)
             strs_at.append(i)
         else:
-            raise FieldError(where(i), f"must be an int or a string, got {v!r:.60}")
+            raise FieldError(where(i), f"must be an int or a string, got {brief(v)}")
     if ints:
         out[ints_at] = hash_array(id_space, np.array(ints, np.int64))
         ok[ints_at] = True
@@ -127,7 +127,7 @@ def hash_lists(id_space: str, max_len: int, lists: Sequence[Any], where: Where
         if v is None:
             continue
         if type(v) is not list:
-            raise FieldError(where(i), f"must be a list of ids (a list feature), got {v!r:.60}")
+            raise FieldError(where(i), f"must be a list of ids (a list feature), got {brief(v)}")
         if len(v) > max_len:
             dropped[i] = len(v) - max_len
             v = v[-max_len:]
@@ -151,36 +151,63 @@ def dense_values(config: DenseConfig, values: Sequence[Any], where: Where
                  ) -> npt.NDArray[np.float32]:
     """Normalised values of one dense field (``None``: missing, the field's ``fill``).
 
+    The rule for a dense value: a JSON number (not a string, not a bool) whose normalised
+    value is finite in float32 (``|x| <= 3.4e38``); anything else is refused, so no request
+    can turn a score into ``inf`` or ``NaN``.
+
     Raises
     ------
     FieldError
-        A value that is not a number (or a string of one).
+        A value that is not a number, or out of range (the message names the field).
 
     Examples
     --------
-    >>> dense_values(DenseConfig(name="age", norm="standard", mean=30, std=10, fill=30),
-    ...              [40, None], lambda i: f"x[{i}]").tolist()
+    >>> cfg = DenseConfig(name="age", norm="standard", mean=30, std=10, fill=30)
+    >>> dense_values(cfg, [40, None], lambda i: f"x[{i}]").tolist()
     [1.0, 0.0]
+    >>> dense_values(cfg, [1, 1e308], lambda i: f"x[{i}]")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.FieldError: x[1]: out of range (1e+308; a dense value must normalise to a \
+finite float32, |x| <= 3.4e38)
+    >>> dense_values(cfg, ["40"], lambda i: f"x[{i}]")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.FieldError: x[0]: must be a number (a dense feature), got '40'
     """
-    return DenseNormalizer([config])(_floats(values, where)[:, None])[:, 0]
+    return _finite(DenseNormalizer([config]), _floats(values, where)[:, None],
+                   lambda i, _: where(i))[:, 0]
+
+
+def _finite(norm: DenseNormalizer, x: npt.NDArray[np.float64],
+            where: Callable[[int, int], str]) -> npt.NDArray[np.float32]:
+    """``norm(x)`` (2-D), refused (naming ``where(row, column)``) where a value is not
+    finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = norm(x)
+    if not np.isfinite(y).all():
+        r, c = (int(k[0]) for k in np.nonzero(~np.isfinite(y)))
+        raise FieldError(where(r, c), f"out of range ({x[r, c]:g}; a dense value must "
+                                      f"normalise to a finite float32, |x| <= 3.4e38)")
+    return y
+
+
+#: Types of a dense value (``None``: missing); a bool or a string is no number.
+_NUMBERS = (int, float, np.integer, np.floating)
 
 
 def _floats(values: Sequence[Any], where: Where) -> npt.NDArray[np.float64]:
     """``values`` as float64, ``None`` as NaN; errors name the first value that is no number."""
-    try:
-        x = np.array(values, dtype=np.float64)
-        if x.ndim == 1:
-            return x
-    except (ValueError, TypeError, OverflowError):
-        pass
     for i, v in enumerate(values):
-        if v is not None:
-            try:
-                float(v)
-            except (ValueError, TypeError, OverflowError):
-                raise FieldError(where(i), f"must be a number (a dense feature), got "
-                                           f"{v!r:.60}") from None
-    raise FieldError(where(0), "must be numbers")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, _NUMBERS)):
+            raise FieldError(where(i), f"must be a number (a dense feature), got {brief(v)}")
+    try:
+        return np.array(values, dtype=np.float64).reshape(len(values))
+    except OverflowError:  # an int past float64's range
+        bad = next(i for i, v in enumerate(values) if v is not None and abs(v) > 1e308)
+        raise FieldError(where(bad), f"out of range ({brief(values[bad])}; a dense value "
+                                     f"must normalise to a finite float32, |x| <= 3.4e38)"
+                         ) from None
 
 
 class RecordEncoder:
@@ -289,15 +316,9 @@ class RecordEncoder:
         FieldError
             A value that is not a number (the message names its field).
         """
-        try:
-            x = np.array(values, np.float64)
-            if x.ndim == 1:
-                return self._norm(x)
-        except (ValueError, TypeError, OverflowError):
-            pass
         n = len(self.slots)
-        x = np.array([_floats([v], self._where(n + j))[0] for j, v in enumerate(values)])
-        return self._norm(x)
+        x = _floats(values, lambda j: self.fields[n + j])
+        return _finite(self._norm, x[None, :], lambda _, j: self.fields[n + j])[0]
 
     def _where(self, i: int) -> Where:
         name = self.fields[i]

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from freshrec.errors import FieldError
+from freshrec.errors import FieldError, brief
 
 __all__ = ["RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
 
@@ -91,7 +91,7 @@ def new_request_id() -> str:
 
 def _check_id(v: Any, where: str) -> Any:
     if isinstance(v, bool) or not isinstance(v, _IDS):
-        raise RequestError(where, f"must be an int or a string, got {v!r:.60}")
+        raise RequestError(where, f"must be an int or a string, got {brief(v)}")
     return v
 
 
@@ -104,7 +104,7 @@ def candidate(c: Any, where: str) -> dict[str, Any]:
     """
     pre = f"{where}." if where else ""
     if type(c) is not dict:
-        raise RequestError(where or "candidate", f"must be an object, got {c!r:.60}")
+        raise RequestError(where or "candidate", f"must be an object, got {brief(c)}")
     if "item_id" not in c:
         raise RequestError(f"{pre}item_id", "missing (each candidate needs one)")
     iid = c["item_id"]
@@ -113,7 +113,7 @@ def candidate(c: Any, where: str) -> dict[str, Any]:
     feats = c.get("features")
     if feats is not None:
         if type(feats) is not dict:
-            raise RequestError(f"{pre}features", f"must be an object, got {feats!r:.60}")
+            raise RequestError(f"{pre}features", f"must be an object, got {brief(feats)}")
         c = {**feats, **{k: v for k, v in c.items() if k != "features"}}
     return c
 
@@ -128,7 +128,7 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
     if user is None:
         user = {}
     elif type(user) is not dict:
-        raise RequestError("user", f"must be an object of feature -> value, got {user!r:.60}")
+        raise RequestError("user", f"must be an object of feature -> value, got {brief(user)}")
     uid = obj.get("user_id", user.get("user_id"))
     if uid is not None:
         _check_id(uid, "user_id")
@@ -140,7 +140,7 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
         raise RequestError("candidates", "missing (a list of {\"item_id\": ...} objects, or "
                                          "candidate_ids: a list of item ids)")
     if type(cands) is not list:
-        raise RequestError("candidates", f"must be a list of objects, got {cands!r:.60}")
+        raise RequestError("candidates", f"must be a list of objects, got {brief(cands)}")
     if len(cands) > max_candidates:
         raise RequestError("candidates", f"too many ({len(cands)} > {max_candidates})")
     for c in cands:  # the common case checked inline; the first odd one takes the slow path
@@ -154,7 +154,7 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
 def _now(obj: dict[str, Any]) -> float | None:
     now = obj.get("now")
     if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
-        raise RequestError("now", f"must be a number of seconds, got {now!r:.60}")
+        raise RequestError("now", f"must be a number of seconds, got {brief(now)}")
     return None if now is None else float(now)
 
 
@@ -164,7 +164,7 @@ def _by_id(obj: dict[str, Any], ids: Any, cands: Any, rid: str | int, user: dict
     if cands is not None:
         raise RequestError("candidate_ids", "give either candidates or candidate_ids, not both")
     if type(ids) is not list:
-        raise RequestError("candidate_ids", f"must be a list of item ids, got {ids!r:.60}")
+        raise RequestError("candidate_ids", f"must be a list of item ids, got {brief(ids)}")
     if len(ids) > max_candidates:
         raise RequestError("candidate_ids", f"too many ({len(ids)} > {max_candidates})")
     for i, v in enumerate(ids):
@@ -228,13 +228,13 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
             raise RequestError(f"{where}.name", "every input needs a string name")
         name, data, shape = t["name"], t.get("data"), t.get("shape")
         if type(data) is not list:
-            raise RequestError(f"{where}.data", f"input {name!r}: must be a list")
+            raise RequestError(f"{where}.data", f"input {brief(name)}: must be a list")
         if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
-            raise RequestError(f"{where}.shape", f"input {name!r}: must be a list of ints")
+            raise RequestError(f"{where}.shape", f"input {brief(name)}: must be a list of ints")
         rows = _unflatten(data, shape, f"{where}.data")
         if name == "user_id" or name.startswith("u_"):
             if len(rows) != 1:
-                raise RequestError(f"{where}.shape", f"user input {name!r} must have 1 row, "
+                raise RequestError(f"{where}.shape", f"user input {brief(name)} must have 1 row, "
                                    f"got {len(rows)}")
             if name == "user_id":
                 user_id = rows[0]
@@ -245,14 +245,14 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
         elif name == "item_id" or name.startswith("i_"):
             cand_cols["item_id" if name == "item_id" else name[2:]] = rows
         else:
-            raise RequestError(f"{where}.name", f"unknown input {name!r} (expected item_id, "
+            raise RequestError(f"{where}.name", f"unknown input {brief(name)} (expected item_id, "
                                f"user_id, i_<feature> or u_<feature>)")
     if "item_id" not in cand_cols:
         raise RequestError("inputs", "no 'item_id' input (one value per candidate)")
     n = len(cand_cols["item_id"])
     for name, rows in cand_cols.items():
         if len(rows) != n:
-            raise RequestError("inputs", f"input {name!r} has {len(rows)} rows, item_id {n}")
+            raise RequestError("inputs", f"input {brief(name)} has {len(rows)} rows, item_id {n}")
     keys = list(cand_cols)
     cols = [cand_cols[k] for k in keys]
     cands = [dict(zip(keys, vals, strict=True)) for vals in zip(*cols, strict=True)]

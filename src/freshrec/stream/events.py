@@ -66,7 +66,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from freshrec.errors import InputError
+from freshrec.errors import InputError, brief
 from freshrec.stream import _kernels
 
 __all__ = [
@@ -134,7 +134,7 @@ def _field(ev: Mapping[str, Any], name: str, types: tuple[type, ...], where: str
     v = ev[name]
     if not isinstance(v, types) or isinstance(v, bool):
         expected = " or ".join(t.__name__ for t in types)
-        raise InputError(f"{where}: field {name!r} must be {expected}, got {v!r:.60}")
+        raise InputError(f"{where}: field {name!r} must be {expected}, got {brief(v)}")
 
 
 def validate_event(ev: Mapping[str, Any], *, candidates: bool = True) -> str:
@@ -154,7 +154,7 @@ def validate_event(ev: Mapping[str, Any], *, candidates: bool = True) -> str:
         for i, c in enumerate(ev["candidates"]):
             w = f"impression event: candidates[{i}]"
             if not isinstance(c, dict):
-                raise InputError(f"{w} must be an object, got {c!r:.60}")
+                raise InputError(f"{w} must be an object, got {brief(c)}")
             _field(c, "item_id", _ID, w)
             _field(c, "position", (int,), w)
             if not isinstance(c.get("features", {}), dict):

@@ -97,7 +97,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from freshrec.errors import InputError
+from freshrec.errors import InputError, brief
 from freshrec.stream import events as ev
 from freshrec.stream.base import Log
 from freshrec.stream.config import JoinerConfig
@@ -622,7 +622,7 @@ class Joiner:
         ts = e["timestamp"]
         if not 0 <= ts < MAX_TIMESTAMP_S:
             return (f"{kind} event: field 'timestamp' must be seconds in [0, "
-                    f"{MAX_TIMESTAMP_S:.0e}), got {ts!r:.40}")
+                    f"{MAX_TIMESTAMP_S:.0e}), got {brief(ts)}")
         if imp is not None and len(imp) > self.config.max_candidates:
             return (f"impression event: {len(imp)} candidates > max_candidates "
                     f"{self.config.max_candidates}")
