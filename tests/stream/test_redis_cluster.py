@@ -169,6 +169,7 @@ def test_a_partition_moved_to_another_node_mid_run_is_followed(redis_cluster_nod
     assert nodes.node_of(writer.keys.stream(0)) == after
     assert [r.value for r in reader.read(0, 0, 1000)] == [b"first", *values]
     assert reader.committed("g", 0) == first[0] + 1 and reader.lag("g") == 300
+    nodes.move(writer.keys.stream(0), before)  # the session's cluster as it was
     for log in (writer, reader):
         log.delete()
         log.close()
