@@ -3,6 +3,8 @@ reported with file and line, over a real server too."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import orjson
@@ -101,7 +103,7 @@ def test_server_with_catalogue_serves_candidate_ids(tmp_path, published):
             assert ready["catalogue"]["loaded"] == 40 and ready["catalogue"]["rejected"] == 1
             ids = [5, 39, 7]
             r = client.post("/score", json={"request_id": "by-id", "user_id": 2, "user": {},
-                                            "candidate_ids": ids, "now": 50.0})
+                                            "candidate_ids": ids, "now": time.time()})
             assert r.status_code == 200, r.text
             full = {"user_id": 2, "user": {}, "candidates": [item(i) for i in ids]}
             np.testing.assert_allclose(r.json()["scores"], reference_scores(cfg, reg, full),

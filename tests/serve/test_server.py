@@ -12,25 +12,9 @@ import pytest
 import torch
 
 from freshrec.serve import ServeConfig, Server
-from freshrec.stream import FileLog
 from freshrec.stream.events import decode, validate_event
 from freshrec.sync import Registry
 from tests.serve._helpers import make_config, reference_scores, request, train_and_publish
-
-
-@pytest.fixture
-def served(tmp_path):
-    cfg = make_config()
-    reg = Registry(tmp_path / "reg")
-    train_and_publish(reg, cfg)
-    log = FileLog(tmp_path / "log")
-    server = Server(reg, ServeConfig(port=0, max_candidates=50, max_body_bytes=20_000,
-                                     max_in_flight=2, poll_interval_s=0.05), log=log)
-    server.start()
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield server, client, cfg, reg, log
-    server.stop()
-    log.close()
 
 
 def test_score_matches_training_path_and_reports_version(served):
@@ -138,8 +122,9 @@ def test_impressions_are_written_for_the_joiner(served, tmp_path):
     server, client, _, reg, log = served
     rng = np.random.default_rng(5)
     bodies = [request(rng, n=4, rid=f"imp-{i}") for i in range(5)]
+    now = int(time.time()) + 0.5  # event time, within a day of the server's clock
     for b in bodies:
-        b["now"] = 1000.5
+        b["now"] = now
         assert client.post("/score", json=b).status_code == 200
     client.post("/score", content=b"{bad")  # refused requests write nothing
     server.impressions.close()  # drain the queue
@@ -148,7 +133,7 @@ def test_impressions_are_written_for_the_joiner(served, tmp_path):
     for e, b in zip(events, bodies, strict=True):
         assert validate_event(e) == "impression"
         assert e["user_id"] == b["user_id"] and e["user"] == b["user"]
-        assert e["timestamp"] == 1000.5 and e["model_version"] == reg.head()
+        assert e["timestamp"] == now and e["model_version"] == reg.head()
         assert [c["position"] for c in e["candidates"]] == [0, 1, 2, 3]
         assert [c["item_id"] for c in e["candidates"]] == [c["item_id"] for c in b["candidates"]]
         assert e["candidates"][1]["features"]["cat"] == b["candidates"][1]["cat"]
@@ -157,10 +142,13 @@ def test_impressions_are_written_for_the_joiner(served, tmp_path):
 def test_metrics_text(served):
     _, client, _, reg, _ = served
     client.post("/score", json={"candidates": [{"item_id": 1}]})
-    client.post("/score", content=b"nope")
+    client.post("/score", content=b"nope", headers={"content-type": "application/json"})
+    client.post("/score", content=b"{}", headers={"content-type": "text/plain"})
     text = client.get("/metrics").text
     assert 'freshrec_requests_total{code="200",route="score"} 1' in text
     assert 'freshrec_requests_total{code="400",route="score"} 1' in text
+    assert 'freshrec_requests_total{code="415",route="score"} 1' in text
+    assert "freshrec_request_seconds_count 3" in text  # latency of every status
     assert f"freshrec_model_version {reg.head()}" in text
     assert "freshrec_request_seconds_bucket" in text and "freshrec_freshness_seconds" in text
 

@@ -19,7 +19,9 @@ Routes
     Prometheus text (:class:`~freshrec.serve.metrics.ServeMetrics`).
 
 Errors are JSON ``{"error": message, "field": name}``: 400 for bad input (the message names
-the field), 413 for an oversized body, 503 with ``Retry-After`` when more than
+the field), 413 for an oversized body, 415 when a scoring request's ``Content-Type`` is not
+JSON (``application/json`` or ``application/<x>+json``; a browser page's cross-site
+``text/plain`` or typeless POST never reaches the model), 503 with ``Retry-After`` when more than
 ``max_in_flight`` requests are being handled or no model is loaded yet, 500 (the message says
 only that the error is in the server's log) when scoring fails. Scoring runs on the event
 loop's thread (about a millisecond; handing it to a thread pool costs more than it saves on 2
@@ -42,12 +44,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from freshrec.errors import brief
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
 from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
 from freshrec.serve.updater import ModelUpdater
 
-__all__ = ["build_app", "HttpApi", "INTERNAL_ERROR"]
+__all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "is_json"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,27 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 def _error(message: str, field: str | None) -> bytes:
     return _dumps({"error": message, "field": field})
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` header names JSON (parameters such as charset allowed).
+
+    >>> is_json("application/json; charset=utf-8"), is_json("application/vnd.x+json")
+    (True, True)
+    >>> is_json("text/plain"), is_json(None)
+    (False, False)
+    """
+    if content_type is None:
+        return False
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == JSON or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return bytes(v).decode("latin-1")
+    return None
 
 
 async def _read_request_body(request: Request, limit: int) -> bytes:
@@ -169,7 +193,7 @@ class HttpApi:
         """``POST /score`` as a plain ASGI handler (the fast path)."""
         status, payload, headers = await self._score(
             lambda: _read_asgi_body(scope, receive, self.config.max_body_bytes), "score",
-            parse_request, _score_json)
+            parse_request, _score_json, _header(scope, b"content-type"))
         head = [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(payload))]
         if headers:
             head += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -179,7 +203,7 @@ class HttpApi:
     async def score(self, request: Request) -> Response:
         """``POST /score`` through starlette."""
         return _response(await self._score(self._body_of(request), "score", parse_request,
-                                           _score_json))
+                                           _score_json, request.headers.get("content-type")))
 
     async def infer(self, request: Request) -> Response:
         """``POST /v2/models/{name}/infer``: KServe v2 inference."""
@@ -187,7 +211,8 @@ class HttpApi:
         if unknown is not None:
             return unknown
         return _response(await self._score(self._body_of(request), "v2_infer",
-                                           parse_v2_request, self._v2_json))
+                                           parse_v2_request, self._v2_json,
+                                           request.headers.get("content-type")))
 
     async def model_meta(self, request: Request) -> Response:
         """``GET /v2/models/{name}``: the inputs and output of the served model."""
@@ -229,9 +254,22 @@ class HttpApi:
 
     # ------------------------------------------------------------------ scoring
     async def _score(self, read_body: BodyReader, route: str, parse: RequestParser,
-                     respond: ReplyWriter) -> Reply:
-        """Score one request within the in-flight limit; any failure is a 500 (logged)."""
+                     respond: ReplyWriter, content_type: str | None) -> Reply:
+        """Score one request; its latency is counted whatever its status."""
         t0 = time.perf_counter()
+        try:
+            if not is_json(content_type):
+                self.updater.metrics.requests.inc(route=route, code="415")
+                self.updater.metrics.errors.inc(kind="bad_request")
+                return 415, _error(f"Content-Type: must be application/json, got "
+                                   f"{brief(content_type)}", "Content-Type"), None
+            return await self._score_limited(read_body, route, parse, respond)
+        finally:
+            self.updater.metrics.latency.observe(time.perf_counter() - t0)
+
+    async def _score_limited(self, read_body: BodyReader, route: str, parse: RequestParser,
+                             respond: ReplyWriter) -> Reply:
+        """Score one request within the in-flight limit; any failure is a 500 (logged)."""
         sc, metrics = self.config, self.updater.metrics
         if self._in_flight >= sc.max_in_flight:
             metrics.requests.inc(route=route, code="503")
@@ -241,7 +279,7 @@ class HttpApi:
         self._in_flight += 1
         metrics.in_flight.set(self._in_flight)
         try:
-            return await self._score_admitted(read_body, route, parse, respond, t0)
+            return await self._score_admitted(read_body, route, parse, respond)
         except Exception:  # noqa: BLE001 - one bad request must not stop the server
             log.exception("request failed route=%s", route)
             metrics.requests.inc(route=route, code="500")
@@ -252,8 +290,8 @@ class HttpApi:
             metrics.in_flight.set(self._in_flight)
 
     async def _score_admitted(self, read_body: BodyReader, route: str, parse: RequestParser,
-                              respond: ReplyWriter, t0: float) -> Reply:
-        """Read, parse and score one admitted request (that arrived at ``t0``)."""
+                              respond: ReplyWriter) -> Reply:
+        """Read, parse and score one admitted request."""
         metrics = self.updater.metrics
         try:
             body = await read_body()
@@ -285,7 +323,6 @@ class HttpApi:
         payload = respond(req, scores, version)
         metrics.candidates.inc(len(req.candidates))
         metrics.requests.inc(route=route, code="200")
-        metrics.latency.observe(time.perf_counter() - t0)
         return 200, payload, None
 
     def _record(self, req: ScoreRequest, version: int | None) -> None:

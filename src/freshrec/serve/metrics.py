@@ -126,7 +126,8 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.latency = Histogram("freshrec_request_seconds",
-                                 "request latency in the server (body read to response)")
+                                 "scoring request latency in the server (arrival to response, "
+                                 "every status)")
         self.predict = Histogram("freshrec_predict_seconds",
                                  "predictor time per request (features to scores)")
         self.requests = Counter("freshrec_requests_total", "requests by route and status code")

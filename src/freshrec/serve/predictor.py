@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 
 USER, CAND, POS = "user", "candidate", "position"
 _ITEM_ID = operator.itemgetter("item_id")
+#: Bytes a stored row costs beyond its features' JSON (arrays, dict entry), for max_bytes.
+_ROW_BYTES = 256
 
 
 def column_side(column: str) -> tuple[str, str]:
@@ -179,6 +181,28 @@ class FeatureLayout:
         self.position_dense = [d for d in dense if d.cfg.column == "position"]
         self.n_slots = len(made)
         self.n_dense = len(dense)
+        #: The fields a model reads from a candidate and from the user; any other field of
+        #: a request is dropped (:meth:`known_fields`) before it is stored or logged.
+        self.cand_keys = frozenset(["item_id", *(s.key for s in made if s.side == CAND),
+                                    *(d.key for d in self.cand_dense if d.key)])
+        self.user_keys = frozenset([*(s.key for s in self.user_slots),
+                                    *(d.key for d in self.user_dense)])
+
+    @staticmethod
+    def known_fields(records: list[dict[str, Any]], keys: frozenset[str]
+                     ) -> list[dict[str, Any]]:
+        """``records`` without the fields that are not in ``keys`` (the same list, when none
+        has another field): what a request carries beyond the model's features is neither
+        stored in the feature index nor written to the impressions.
+
+        >>> FeatureLayout.known_fields([{"item_id": 1, "junk": "x" * 3000}],
+        ...                            frozenset(["item_id"]))
+        [{'item_id': 1}]
+        """
+        if all(map(keys.issuperset, records)):
+            return records
+        return [r if keys.issuperset(r) else {k: v for k, v in r.items() if k in keys}
+                for r in records]
 
     def generate_requests(self, n: int, candidates: int, seed: int = 0) -> list[ScoreRequest]:
         """Synthetic requests with every feature present (for warm-up)."""
@@ -236,6 +260,10 @@ class FeatureIndex:
     ----------
     layout : FeatureLayout
     max_items : int
+        Rows kept before the index is cleared.
+    max_bytes : int
+        Bytes of stored features (their JSON, as the impressions carry them) kept before the
+        index is cleared: long string values cannot grow it without bound either.
 
     Examples
     --------
@@ -250,9 +278,11 @@ class FeatureIndex:
     (1, 2)
     """
 
-    def __init__(self, layout: FeatureLayout, max_items: int = 1_000_000) -> None:
+    def __init__(self, layout: FeatureLayout, max_items: int = 1_000_000,
+                 max_bytes: int = 256 << 20) -> None:
         self.layout = layout
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -263,6 +293,7 @@ class FeatureIndex:
         self._pos: dict[Any, int] = {}
         self._raw: list[dict[str, Any]] = []
         self._frags: list[tuple[bytes, bytes] | None] = []
+        self.nbytes = 0  # JSON bytes of the stored features (see max_bytes)
         self.fids = np.zeros((cap, len(lay.cand_single)), np.uint64)
         self.valid = np.zeros((cap, len(lay.cand_single)), np.bool_)
         self.dense = np.zeros((cap, len(lay.cand_dense)), np.float32)
@@ -322,8 +353,10 @@ class FeatureIndex:
             if miss:
                 self.misses += len(miss)
                 todo = [cands[i] for i in miss]
-                if store and len(raw) + len(todo) > self.max_items:
-                    log.info("feature index full (%d items): cleared", len(raw))
+                if store and (len(raw) + len(todo) > self.max_items
+                              or self.nbytes >= self.max_bytes):
+                    log.info("feature index full (%d items, %d bytes): cleared", len(raw),
+                             self.nbytes)
                     self._clear(self.fids.shape[0])
                     out = self._rows_unlocked(cands, offset)
                 else:
@@ -378,7 +411,10 @@ class FeatureIndex:
                 store_m[r] = f[ends[k] - ln[k]: ends[k]]
         if store:
             raw.extend(todo)
-            self._frags.extend([candidate_fragment(c) for c in todo])
+            frags = [candidate_fragment(c) for c in todo]
+            self._frags.extend(frags)
+            self.nbytes += sum(_ROW_BYTES if f is None else _ROW_BYTES + len(f[0]) + len(f[1])
+                               for f in frags)
             for c, r in zip(todo, targets, strict=True):
                 pos[c["item_id"]] = r
         out[miss] = t
@@ -581,6 +617,8 @@ class Predictor:
         idx = self.index
         if req.by_id:
             req.candidates = idx.known(req.candidates)
+        else:
+            req.candidates = lay.known_fields(req.candidates, lay.cand_keys)
         cands = req.candidates
         n = len(cands)
         frags: list[tuple[bytes, bytes] | None] | None = [] if store else None
@@ -653,6 +691,7 @@ class Predictor:
         """
         if not req.candidates:
             return torch.empty(0)
+        req.user = self.layout.known_fields([req.user], self.layout.user_keys)[0]
         try:
             xu = self._user_block(req)
             xc = self._cand_block(req, store)
@@ -674,7 +713,11 @@ class Predictor:
         logits = self.logits(req, store=store)
         if self.log_rate:
             logits = logits + self.log_rate
-        return torch.sigmoid(logits).numpy()
+        scores = torch.sigmoid(logits).numpy()
+        if not np.isfinite(scores).all():  # finite inputs whose products overflow the model
+            raise RequestError("candidates", f"candidate {int(np.argmin(np.isfinite(scores)))}: "
+                                             "its features give the model a non-finite score")
+        return scores
 
     def warmup(self, requests: Sequence[ScoreRequest]) -> int:
         """Score ``requests`` without storing their candidates; returns how many succeeded."""

@@ -6,7 +6,7 @@ A request scores one user against N candidates::
      "user_id": 42,                           # optional (or inside "user")
      "user": {"gender": 1, "recent_clicks": [3, 9]},
      "candidates": [{"item_id": 7, "category": 3}, {"item_id": 8}],
-     "now": 1700000000.0}                     # optional event time, seconds
+     "now": 1764633600.0}                     # optional event time, seconds
 
 or, with candidates named by id only (``"candidate_ids": [7, 8]`` instead of
 ``"candidates"``), each candidate takes the features the server's feature index holds for its
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +44,11 @@ import orjson
 
 from freshrec.errors import FieldError, brief
 
-__all__ = ["RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
+__all__ = ["MAX_CLOCK_SKEW_S", "RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
 
 _IDS = (int, str)
+#: How far a request's ``now`` may be from the server's wall clock, in seconds (a day).
+MAX_CLOCK_SKEW_S = 86_400.0
 _counter = itertools.count()
 _prefix = os.urandom(4).hex()
 
@@ -152,10 +155,18 @@ def build_request(obj: Any, max_candidates: int) -> ScoreRequest:
 
 
 def _now(obj: dict[str, Any]) -> float | None:
+    """The request's event time: seconds within :data:`MAX_CLOCK_SKEW_S` of the server's
+    wall clock (it becomes the impressions' timestamp, training data)."""
     now = obj.get("now")
-    if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
+    if now is None:
+        return None
+    if isinstance(now, bool) or not isinstance(now, int | float):
         raise RequestError("now", f"must be a number of seconds, got {brief(now)}")
-    return None if now is None else float(now)
+    wall = time.time()
+    if not abs(now - wall) <= MAX_CLOCK_SKEW_S:
+        raise RequestError("now", f"must be within {MAX_CLOCK_SKEW_S:.0f} s of the server's "
+                                  f"clock ({wall:.0f}), got {brief(now)}")
+    return float(now)
 
 
 def _by_id(obj: dict[str, Any], ids: Any, cands: Any, rid: str | int, user: dict[str, Any],
