@@ -1,7 +1,10 @@
 """Serving metrics in the Prometheus text format (``GET /metrics``).
 
 Small incremental objects (``inc``/``set``/``observe``, ``render``); the server owns one
-:class:`ServeMetrics`. Updates are plain Python operations done under the GIL.
+:class:`ServeMetrics`. Updates are plain Python operations done under the GIL. Values are
+printed exactly (:func:`sample`: an integral value as an integer, any other as the shortest
+decimal that reads back as the same float), so ``rate()`` keeps its resolution past a
+million requests; the standard ``process_*`` metrics come from :class:`ProcessMetrics`.
 
 Examples
 --------
@@ -21,13 +24,31 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import time
 from collections.abc import Sequence
 
-__all__ = ["Counter", "Gauge", "Histogram", "ServeMetrics"]
+__all__ = ["Counter", "Gauge", "Histogram", "ProcessMetrics", "ServeMetrics", "sample"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5)
+
+
+def sample(value: float) -> str:
+    """The exact Prometheus text of a sample value.
+
+    >>> sample(1_000_001.0), sample(123456789012.0), sample(0.1 + 0.2), sample(math.nan)
+    ('1000001', '123456789012', '0.30000000000000004', 'NaN')
+    >>> sample(math.inf), sample(-2.5e-7)
+    ('+Inf', '-2.5e-07')
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2.0**63:
+        return str(int(value))
+    return repr(float(value))
 
 
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
@@ -59,7 +80,7 @@ class Counter:
         if not self._values:
             lines.append(f"{self.name} 0")
         for key, v in sorted(self._values.items()):
-            lines.append(f"{self.name}{_labels(key)} {v:g}")
+            lines.append(f"{self.name}{_labels(key)} {sample(v)}")
         return "\n".join(lines)
 
 
@@ -81,8 +102,8 @@ class Gauge:
         return self._value
 
     def render(self) -> str:
-        v = "NaN" if math.isnan(self._value) else f"{self._value:.6g}"
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} gauge\n{self.name} {v}"
+        return (f"# HELP {self.name} {self.help}\n# TYPE {self.name} gauge\n"
+                f"{self.name} {sample(self._value)}")
 
 
 class Histogram:
@@ -111,9 +132,56 @@ class Histogram:
             acc += c
             lines.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
         lines.append(f'{self.name}_bucket{{le="+Inf"}} {self._count}')
-        lines.append(f"{self.name}_sum {self._sum:.6g}")
+        lines.append(f"{self.name}_sum {sample(self._sum)}")
         lines.append(f"{self.name}_count {self._count}")
         return "\n".join(lines)
+
+
+class ProcessMetrics:
+    """The standard ``process_*`` metrics of this process (CPU time, memory, file
+    descriptors, start time), read when rendered; memory and descriptors from ``/proc``
+    where there is one (Linux), else left out.
+
+    >>> text = ProcessMetrics().render()
+    >>> "process_cpu_seconds_total " in text and "process_start_time_seconds " in text
+    True
+    """
+
+    def __init__(self) -> None:
+        self._start = _process_start_time()
+
+    def render(self) -> str:
+        t = os.times()
+        values: list[tuple[str, str, str, float]] = [
+            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in "
+             "seconds.", t.user + t.system),
+            ("process_start_time_seconds", "gauge", "Start time of the process since unix "
+             "epoch in seconds.", self._start)]
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                vms, rss = (int(x) * os.sysconf("SC_PAGE_SIZE") for x in f.read().split()[:2])
+            values += [
+                ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vms),
+                ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+                 rss),
+                ("process_open_fds", "gauge", "Number of open file descriptors.",
+                 len(os.listdir("/proc/self/fd")))]
+        except OSError:
+            pass
+        return "\n".join(f"# HELP {n} {h}\n# TYPE {n} {k}\n{n} {sample(float(v))}"
+                         for n, k, h, v in values)
+
+
+def _process_start_time() -> float:
+    """Unix time of this process's start (Linux: from ``/proc``; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:  # field 22: start, in ticks after boot
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 class ServeMetrics:
@@ -150,14 +218,15 @@ class ServeMetrics:
         self.impressions_dropped = Counter("freshrec_impressions_dropped_total",
                                            "impression events dropped (log queue full)")
         self.in_flight = Gauge("freshrec_in_flight", "requests being handled")
+        self.process = ProcessMetrics()
         self.event_time: float | None = None
 
     def render(self) -> str:
         if self.event_time is not None:
             self.freshness.set(max(0.0, time.time() - self.event_time))
-        parts: list[Counter | Gauge | Histogram] = [
+        parts: list[Counter | Gauge | Histogram | ProcessMetrics] = [
             self.latency, self.predict, self.requests, self.errors, self.candidates,
             self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
             self.update_errors, self.damaged_versions, self.impressions,
-            self.impressions_dropped, self.in_flight]
+            self.impressions_dropped, self.in_flight, self.process]
         return "\n".join(p.render() for p in parts) + "\n"
