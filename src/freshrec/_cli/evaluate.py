@@ -18,16 +18,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint or a checkpoints/ folder")
 
 
-def run(args: argparse.Namespace) -> int:
+def resumed_trainer(args: argparse.Namespace, command: str) -> Trainer:
+    """A trainer of ``--config`` resumed from ``--checkpoint``, the process configured for it.
+
+    Raises
+    ------
+    ConfigError
+        No ``--config``, or no checkpoint at ``--checkpoint``.
+    """
     if not args.config:
-        raise ConfigError("freshrec evaluate needs --config (the document the model was "
+        raise ConfigError(f"freshrec {command} needs --config (the document the model was "
                           "trained with)")
     cfg = config(args)
     configure_training(cfg.train)
     trainer = Trainer(cfg)
     if not trainer.resume(args.checkpoint):
         raise ConfigError(f"no checkpoint found at {args.checkpoint!r}")
-    metrics = trainer.evaluate(open_data(cfg)())
+    return trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    trainer = resumed_trainer(args, "evaluate")
+    metrics = trainer.evaluate(open_data(trainer.config)())
     print(json.dumps({"step": trainer.step, **metrics}))
     return 0
-

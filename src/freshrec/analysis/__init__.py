@@ -1,0 +1,19 @@
+"""Model analysis: which features a trained model relies on.
+
+:class:`FeatureImportance` scores each sparse slot and dense feature by the gradient of the
+logit with respect to the feature's block of the concat (the flat input every model's first
+layers read), times the block's variance over examples, per column of the block
+(:mod:`freshrec.analysis.importance` has the formula). ``freshrec analyze importance``
+runs it on a checkpoint and a data set.
+"""
+
+from freshrec.analysis.importance import (
+    FeatureBlock,
+    FeatureImportance,
+    concat_blocks,
+    concat_gradient,
+    trainer_importance,
+)
+
+__all__ = ["FeatureBlock", "FeatureImportance", "concat_blocks", "concat_gradient",
+           "trainer_importance"]
