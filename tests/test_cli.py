@@ -72,6 +72,22 @@ def test_serve_sets_the_process_settings_before_serving(tmp_path, monkeypatch):
     assert calls == [("threads", 3), ("switch", switch), ("serve", str(tmp_path))]
 
 
+def test_serve_refuses_a_registry_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """An error naming the path, not a registry directory created on the spot."""
+    monkeypatch.setattr(serve_cli, "run_server", lambda reg, **kw: pytest.fail("served"))
+    assert main(["serve", "--registry", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"serve.registry: {tmp_path / 'nowhere'} is not a directory" in err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_serve_prints_its_url_when_it_accepts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(serve_cli, "run_server",
+                        lambda reg, on_started, **kw: on_started("http://127.0.0.1:8123", True))
+    assert main(["serve", "--registry", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "freshrec serve: listening on http://127.0.0.1:8123 (ready)\n"
+
+
 # ---------------------------------------------------------------- the config document
 DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 #: command -> a section it reads, and what else it needs to get as far as reading it

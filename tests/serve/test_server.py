@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 import time
 
 import httpx
@@ -181,3 +182,23 @@ def test_a_server_leaves_the_process_settings_alone(tmp_path):
     config = ServeConfig(port=0, threads=before[0] + 1, switch_interval_s=before[1] / 2)
     with Server(Registry(tmp_path / "reg"), config, model_config=make_config(), log=False):
         assert (torch.get_num_threads(), sys.getswitchinterval()) == before
+
+
+def test_serve_forever_announces_its_url_once_it_accepts(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    train_and_publish(reg, make_config())
+    server = Server(reg, ServeConfig(port=0), log=False)
+    announced: list[tuple[str, bool]] = []
+    thread = threading.Thread(target=server.serve_forever,
+                              kwargs={"on_started": lambda *a: announced.append(a)}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not announced and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        (url, ready), = announced
+        assert url == server.url and ready is True
+        assert httpx.get(url + "/readyz", timeout=30).json()["ready"] is True
+    finally:
+        server._uvicorn.should_exit = True
+        thread.join(30)

@@ -11,6 +11,7 @@ event per request to the log.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from freshrec._cli.options import Shorthand, add_config_arguments, document, where
 from freshrec._cli.process import configure_serving
@@ -54,7 +55,21 @@ def run(args: argparse.Namespace) -> int:
     if not job.registry:
         raise ConfigError("freshrec serve needs serve.registry: pass --registry or set it in "
                           "the config document")
+    if not Path(job.registry).is_dir():
+        raise ConfigError(f"serve.registry: {job.registry} is not a directory (no registry "
+                          f"there; freshrec train publishes one, e.g. runs/train/registry)")
     log = False if job.log == "none" else job.log
     configure_serving(job)
-    run_server(job.registry, config=job, model_config=model_config, log=log)
+    run_server(job.registry, config=job, model_config=model_config, log=log,
+               on_started=announce)
     return 0
+
+
+def announce(url: str, ready: bool) -> None:
+    """Print where the server listens, once it accepts connections.
+
+    >>> announce("http://127.0.0.1:8000", False)
+    freshrec serve: listening on http://127.0.0.1:8000 (not ready: no servable model yet)
+    """
+    state = "ready" if ready else "not ready: no servable model yet"
+    print(f"freshrec serve: listening on {url} ({state})", flush=True)

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +156,26 @@ class Server:
 
         return check
 
-    def serve_forever(self) -> None:
-        """Load, then serve in this thread until interrupted (``freshrec serve``)."""
+    def serve_forever(self, on_started: Callable[[str, bool], None] | None = None) -> None:
+        """Load, then serve in this thread until interrupted (``freshrec serve``);
+        ``on_started(url, ready)`` is called (on another thread) once connections are
+        accepted, ``ready`` saying whether a model is loaded."""
         server = self._prepare()
         log.info("serving on %s", self.url)
+        if on_started is not None:
+            threading.Thread(target=self._announce, args=(server, on_started),
+                             name="freshrec-announce", daemon=True).start()
         try:
             server.run(sockets=[self._sock])
         finally:
             self._cleanup()
+
+    def _announce(self, server: Any, on_started: Callable[[str, bool], None]) -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.02)
+        on_started(self.url, bool(self.updater.status()["ready"]))
 
     def start(self, timeout_s: float = 60.0) -> Server:
         """Load, then serve on a background thread; returns once the server accepts."""
@@ -223,6 +236,8 @@ def _loop_impl() -> str:
 
 def run_server(registry: str | os.PathLike[str], *, config: ServeConfig | None = None,
                model_config: FreshrecConfig | None = None,
-               log: Log | str | bool | None = None) -> None:
-    """Serve ``registry`` until interrupted (blocking); see :class:`Server`."""
-    Server(registry, config, model_config=model_config, log=log).serve_forever()
+               log: Log | str | bool | None = None,
+               on_started: Callable[[str, bool], None] | None = None) -> None:
+    """Serve ``registry`` until interrupted (blocking); see :class:`Server` and
+    :meth:`Server.serve_forever`."""
+    Server(registry, config, model_config=model_config, log=log).serve_forever(on_started)
