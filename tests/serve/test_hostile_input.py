@@ -114,6 +114,8 @@ def test_the_feature_index_is_bounded_in_bytes():
         index.add([{"item_id": 10 * k + j, "cat": "c" * 3000} for j in range(10)])
         assert index.nbytes <= 100_000 + 10 * 3400
     assert len(index) < 200
+    index.add([{"item_id": 999, "cat": "c", "title": "t" * 100}])  # a catalogue's unread field
+    assert index.known([{"item_id": 999}]) == [{"item_id": 999, "cat": "c"}]
 
 
 def _hostile_values() -> st.SearchStrategy[Any]:

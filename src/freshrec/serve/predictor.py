@@ -262,8 +262,9 @@ class FeatureIndex:
     max_items : int
         Rows kept before the index is cleared.
     max_bytes : int
-        Bytes of stored features (their JSON, as the impressions carry them) kept before the
-        index is cleared: long string values cannot grow it without bound either.
+        Bytes of stored features (their JSON, as the impressions carry them, plus 256 a row)
+        kept before the index is cleared: long string values cannot grow it without bound
+        either. The default holds over a million rows of a few short features.
 
     Examples
     --------
@@ -279,7 +280,7 @@ class FeatureIndex:
     """
 
     def __init__(self, layout: FeatureLayout, max_items: int = 1_000_000,
-                 max_bytes: int = 256 << 20) -> None:
+                 max_bytes: int = 512 << 20) -> None:
         self.layout = layout
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -320,15 +321,18 @@ class FeatureIndex:
             return [raw[r] if (r := pos.get(c["item_id"], -1)) >= 0 else c for c in cands]
 
     def add(self, cands: Sequence[dict[str, Any]], chunk: int = 4096) -> int:
-        """Encode and store ``cands`` (e.g. an item catalogue); returns how many.
+        """Encode and store ``cands`` (e.g. an item catalogue) without the fields the model
+        does not read; returns how many.
 
         Raises
         ------
         FieldError
             A feature value of the wrong type (the message names the candidate and field).
         """
+        lay = self.layout
         for start in range(0, len(cands), chunk):
-            self.rows(cands[start:start + chunk], store=True, offset=start)
+            self.rows(lay.known_fields(list(cands[start:start + chunk]), lay.cand_keys),
+                      store=True, offset=start)
         return len(cands)
 
     def rows(self, cands: Sequence[dict[str, Any]], *, store: bool = True,
@@ -678,7 +682,7 @@ class Predictor:
 
     def _with_position(self, dense: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
         for j, norm in self._pos_dense:
-            dense[:, j] = norm(np.arange(n, dtype=np.float64)[:, None])[:, 0]
+            dense[:, j] = norm.column(0, np.arange(n, dtype=np.float64))
         return dense
 
     def logits(self, req: ScoreRequest, *, store: bool = True) -> torch.Tensor:
