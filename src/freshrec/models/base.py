@@ -79,6 +79,20 @@ class CTRModel(nn.Module):
         """Logits (B,) from pooled embeddings (B, F, D) and dense features (B, n_dense)."""
         raise NotImplementedError
 
+    def concat_axes(self) -> dict[str, tuple[int, ...]]:
+        """The parameters (``state_dict`` names) indexed by the columns of the flat input
+        ``[e_flat, x]`` (:func:`~freshrec.models.layers.flat_input`), each with those axes:
+        what a warm start re-positions when features are added or removed
+        (:func:`freshrec.train.warm.warm_start`).
+
+        Raises
+        ------
+        NotImplementedError
+            The model does not say (a model class must override this to be warm-started).
+        """
+        raise NotImplementedError(f"{type(self).__name__}.concat_axes: the model does not say "
+                                  "which parameters read the concat")
+
     def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
         """The model regrouped for one user against N candidates (:mod:`freshrec.models.split`):
         ``user_cols`` are the flat input's columns that hold the user's features (the same for

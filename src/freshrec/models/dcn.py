@@ -86,6 +86,14 @@ class DCNv2(CTRModel):
             x = layer(x0, x)
         return self.mlp(x).squeeze(1)
 
+    def concat_axes(self) -> dict[str, tuple[int, ...]]:
+        """Every cross layer's rows, columns and bias (the cross stack keeps the concat's
+        layout), and the MLP's first layer's input columns."""
+        cross: dict[str, tuple[int, ...]] = {}
+        for i in range(len(self.cross)):
+            cross |= {f"cross.{i}.linear.weight": (0, 1), f"cross.{i}.linear.bias": (0,)}
+        return {**cross, "mlp.0.weight": (1,)}
+
     def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
         """The first cross layer's ``W x0 + b`` as the first linear map, split into user and
         candidate blocks; the cross stack and the MLP, their weights permuted to serving

@@ -60,6 +60,11 @@ class DeepFM(CTRModel):
         fm = 0.5 * (s * s - (emb * emb).sum(dim=1)).sum(dim=1)
         return (self.linear(x) + self.mlp(x)).squeeze(1) + fm
 
+    def concat_axes(self) -> dict[str, tuple[int, ...]]:
+        """The linear unit's and the MLP's first layer's input columns (the FM term has
+        no parameters)."""
+        return {"linear.weight": (1,), "mlp.0.weight": (1,)}
+
     def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
         """The MLP's first layer, the linear unit and the FM sum vector ``s = sum_f e_f`` (D
         units of 0/1 weights) as one first linear map, split into user and candidate blocks;

@@ -59,6 +59,10 @@ class WideDeep(CTRModel):
         x = flat_input(emb, dense)
         return (self.wide(x) + self.deep(x)).squeeze(1)
 
+    def concat_axes(self) -> dict[str, tuple[int, ...]]:
+        """The wide unit's and the MLP's first layer's input columns."""
+        return {"wide.weight": (1,), "deep.0.weight": (1,)}
+
     def serving_split(self, user_cols: Sequence[int], cand_cols: Sequence[int]) -> ServingSplit:
         """The wide unit and the MLP's first layer as one first linear map, split into user and
         candidate blocks; the rest of the MLP plus the wide unit as the interaction (see

@@ -32,6 +32,7 @@ from freshrec.train.metrics import (
 )
 from freshrec.train.online import OnlineTrainer
 from freshrec.train.trainer import Trainer, rebatch
+from freshrec.train.warm import WarmStartReport, warm_start
 
 __all__ = [
     "AUC",
@@ -45,4 +46,6 @@ __all__ = [
     "OnlineTrainer",
     "TrainConfig",
     "rebatch",
+    "WarmStartReport",
+    "warm_start",
 ]

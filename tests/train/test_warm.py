@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from freshrec.config import FreshrecConfig, config_from_dict
+from freshrec.errors import ConfigError, IncompatibleFormatError
+from freshrec.train.trainer import Trainer
+from freshrec.train.warm import warm_start
+
+MODELS = ["deepfm", "wide_deep", "dcn_v2"]
+
+
+def _config(kind: str, slots: list[str], dense: list[str], *, dim: int = 2,
+            mlp: tuple[int, ...] = (8,), new_table_init: str = "normal") -> FreshrecConfig:
+    """Slots ``a``, ``b``, ``c`` on table ``ids``; any other slot on its own table ``<name>``."""
+    tables = {"ids": {"dim": dim, "optimizer": {"kind": "adagrad", "lr": 0.1}}}
+    tables |= {s: {"dim": dim, "initializer": {"kind": new_table_init}}
+               for s in slots if s not in "abc"}
+    return config_from_dict({
+        "features": {
+            "tables": tables,
+            "slots": {s: {"table": "ids" if s in "abc" else s} for s in slots},
+            "dense": {d: {"norm": "none"} for d in dense}, "labels": ["click"]},
+        "model": {"kind": kind, "mlp": list(mlp), "cross_layers": 2},
+        "train": {"batch_size": 64, "dense_lr": 0.01},
+    }, where="test")
+
+
+def _data(seed: int, n: int = 640) -> list[pa.RecordBatch]:
+    rng = np.random.default_rng(seed)
+    cols = {s: rng.integers(0, 30, n) for s in "abcd"}
+    cols |= {d: rng.normal(0, 1, n).astype(np.float32) for d in "xyz"}
+    cols["click"] = ((cols["a"] % 2) ^ (cols["x"] > 0)).astype(np.float32)
+    cols["event_time"] = np.arange(n) // 10
+    return [pa.RecordBatch.from_pydict(cols)]
+
+
+def _trained(cfg: FreshrecConfig, run_dir) -> Trainer:
+    trainer = Trainer(cfg, run_dir=run_dir)
+    trainer.fit(_data(0))
+    if cfg.model.kind.value == "dcn_v2":   # trained cross layers (they start at zero)
+        with torch.no_grad():
+            for layer in trainer.model.cross:
+                layer.linear.weight.normal_(0, 0.2)
+                layer.linear.bias.normal_(0, 0.2)
+    trainer.save()
+    return trainer
+
+
+def _predict(trainer: Trainer) -> np.ndarray:
+    return trainer.predict_batch(trainer.schema.encode(_data(1)[0]))
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_the_same_config_warm_starts_as_it_resumes(kind, tmp_path):
+    cfg = _config(kind, ["a", "b"], ["x"])
+    _trained(cfg, tmp_path)
+    resumed, warm = Trainer(cfg), Trainer(cfg)
+    assert resumed.resume(tmp_path / "checkpoints")
+    report = warm_start(warm, tmp_path / "checkpoints", previous=cfg)
+    np.testing.assert_array_equal(_predict(warm), _predict(resumed))
+    assert report.initialised == report.dropped == report.tables_fresh == ()
+    assert report.tables_loaded == ("ids",) and report.repositioned
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_new_slot_and_dense_feature_change_no_output_at_step_0(kind, tmp_path):
+    old = _trained(_config(kind, ["a", "b"], ["x"]), tmp_path)
+    # DeepFM's FM term reads every slot's embedding: a new table must start at zero there
+    new = Trainer(_config(kind, ["a", "d", "b"], ["z", "x"],
+                          new_table_init="zeros" if kind == "deepfm" else "normal"))
+    report = warm_start(new, tmp_path / "checkpoints", previous=old.config)
+    np.testing.assert_allclose(_predict(new), _predict(old), rtol=1e-5, atol=1e-6)
+    assert report.initialised == ("d", "z") and report.tables_fresh == ("d",)
+    assert report.dropped == report.tables_dropped == ()
+
+
+def _reference(old: dict[str, torch.Tensor], kind: str, cols: list[int], width: int
+               ) -> dict[str, torch.Tensor]:
+    """The re-positioned parameters, built by hand: new column j is old column cols[j]."""
+    first = {"deepfm": ["linear.weight", "mlp.0.weight"],
+             "wide_deep": ["wide.weight", "deep.0.weight"], "dcn_v2": ["mlp.0.weight"]}[kind]
+    ref = {n: old[n][:, cols] for n in first}
+    for i in range(2 if kind == "dcn_v2" else 0):
+        ref[f"cross.{i}.linear.weight"] = old[f"cross.{i}.linear.weight"][cols][:, cols]
+        ref[f"cross.{i}.linear.bias"] = old[f"cross.{i}.linear.bias"][cols]
+    assert all(v.shape[-1] == width for v in ref.values())
+    return ref
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_removing_a_slot_repositions_the_kept_columns(kind, tmp_path):
+    """Old concat [a a b b c c x y]; new [a a c c y x]: columns 0 1 4 5 7 6."""
+    old = _trained(_config(kind, ["a", "b", "c"], ["x", "y"]), tmp_path)
+    new = Trainer(_config(kind, ["a", "c"], ["y", "x"]))
+    report = warm_start(new, tmp_path / "checkpoints", previous=old.config)
+    assert report.dropped == ("b",) and report.initialised == ()
+    old_state, new_state = old.model.state_dict(), new.model.state_dict()
+    ref = _reference(old_state, kind, [0, 1, 4, 5, 7, 6], new.model.in_dim)
+    assert sorted(ref) == list(report.repositioned)
+    for name, value in new_state.items():
+        torch.testing.assert_close(value, ref.get(name, old_state[name]), rtol=0, atol=0)
+    # an example without slot b scores the same in both models
+    rb = _data(1)[0]
+    rb = rb.set_column(rb.schema.get_field_index("b"), "b",
+                       pa.array([None] * rb.num_rows, pa.int64()))
+    np.testing.assert_allclose(new.predict_batch(new.schema.encode(rb)),
+                               old.predict_batch(old.schema.encode(rb)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"kind": "wide_deep"}, "the checkpoint's model is 'deepfm', this config's is 'wide_deep'"),
+    ({"dim": 3}, "table 'ids' has dim 2 in the checkpoint and 3 in this config"),
+    ({"mlp": (4,)}, r"parameter 'mlp.0.weight'|shape"),
+])
+def test_incompatible_changes_are_refused(change, match, tmp_path):
+    old = _trained(_config("deepfm", ["a"], ["x"]), tmp_path)
+    args = {"kind": "deepfm", **change}
+    new = Trainer(_config(args.pop("kind"), ["a"], ["x"], **args))
+    with pytest.raises(ConfigError, match=match):
+        warm_start(new, tmp_path / "checkpoints", previous=old.config)
+
+
+def test_the_previous_config_must_be_the_checkpoints(tmp_path):
+    _trained(_config("deepfm", ["a"], ["x"]), tmp_path)
+    other = _config("deepfm", ["a", "b"], ["x"])
+    with pytest.raises(IncompatibleFormatError, match="written for config"):
+        warm_start(Trainer(other), tmp_path / "checkpoints", previous=other)
+    with pytest.raises(ConfigError, match="no checkpoint found at"):
+        warm_start(Trainer(other), tmp_path / "nothing", previous=other)
