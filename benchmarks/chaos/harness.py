@@ -599,6 +599,7 @@ def _score_body(impression: dict[str, Any] | None) -> bytes:
 def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: None
                  ) -> dict[str, Any]:
     """Run one scenario (module docstring); returns its counts with unprefixed keys."""
+    contract = TruthConfig(window_s=cfg.window_s, allowed_lateness_s=cfg.lateness_s)
     own_dir = cfg.workdir is None
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix=f"freshrec-chaos-{cfg.name}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -619,8 +620,9 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
     producer: _Producer | None = None
     events = None
     faults: _Faults | None = None
-    res: dict[str, Any] = {"disk_full": "tmpfs" if tmpfs else "rlimit_fsize",
-                           "crashed_stages": ""}
+    damage = cfg.registry_faults and "train" in cfg.stages
+    res: dict[str, Any] = {"disk_full": ("tmpfs" if tmpfs else "rlimit_fsize") if damage
+                           else "none", "crashed_stages": ""}
     crashed: list[str] = []
     try:
         if redis is not None:
@@ -642,7 +644,10 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
         stages["join"] = _Stage(
             "join", ["join", "--source", specs["events"], "--output", specs["examples"],
                      "--state", str(state), "--dead-letter", specs["dead"],
-                     "--window-s", str(cfg.window_s), "--lateness-s", str(cfg.lateness_s)],
+                     "--window-s", str(cfg.window_s), "--lateness-s", str(cfg.lateness_s),
+                     # the bounds the reference join applies, stated rather than defaulted
+                     "--max-candidates", str(contract.max_candidates),
+                     "--max-future-skew-s", str(int(contract.max_future_skew_s or 0))],
             proc_dir, lambda since: _mtime(state / "data.mdb") > since)
         if "train" in cfg.stages:
             settings = [a for s in _TRAIN_SETTINGS for a in ("--set", s)]
@@ -712,9 +717,8 @@ def run_scenario(cfg: ChaosConfig, *, log: Callable[[str], None] = lambda m: Non
         crashed += [n for n in ("join", "train") if n in stages and n not in finals]
         res["recovery_s"] = round(time.monotonic() - t_recover, 1)
         # -- counts
-        truth = reference_join(
-            [_read_all(events, p) for p in range(events.partitions)],
-            TruthConfig(window_s=cfg.window_s, allowed_lateness_s=cfg.lateness_s))
+        truth = reference_join([_read_all(events, p) for p in range(events.partitions)],
+                               contract)
         out_log = open_log(specs["examples"])
         try:
             cols, undecodable = _examples(out_log, ("click",))
