@@ -164,3 +164,39 @@ def test_fuzzed_hostile_bodies_never_cost_a_500_or_a_non_finite_score(served, bo
     else:
         assert r.json()["field"], r.text
     assert np.isfinite(_post(client, b'{"candidates": [{"item_id": 1}]}').json()["scores"]).all()
+
+
+_INPUTS = ["item_id", "user_id", "u_gender", "u_recent", "u_age", "i_cat", "i_tags", "i_price",
+           "position", "i_junk", "u_junk", "other"]
+
+
+@st.composite
+def _hostile_v2_bodies(draw: st.DrawFn) -> bytes:
+    """A KServe v2 body: named inputs with hostile shapes, datatypes and data."""
+    inputs = [{"name": draw(st.sampled_from(_INPUTS)),
+               "shape": draw(st.one_of(st.lists(st.integers(-2, 4), max_size=3),
+                                       _hostile_values())),
+               "datatype": draw(st.sampled_from(["INT64", "FP32", "BYTES", "BOOL"])),
+               "data": draw(st.one_of(st.lists(_hostile_values(), max_size=6),
+                                      _hostile_values()))}
+              for _ in range(draw(st.integers(0, 4)))]
+    if draw(st.booleans()):
+        inputs.append({"name": "item_id", "shape": [2], "datatype": "INT64", "data": [1, 2]})
+    body: dict[str, Any] = {"inputs": inputs}
+    if draw(st.booleans()):
+        body["parameters"] = draw(st.one_of(
+            st.fixed_dictionaries({"now": _hostile_values()}), _hostile_values()))
+    return orjson.dumps(body)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=_hostile_v2_bodies())
+def test_fuzzed_v2_bodies_never_cost_a_500_or_a_non_finite_score(served, body):
+    _, client, _, _, _ = served
+    r = _post(client, body, "/v2/models/freshrec/infer")
+    assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        assert all(math.isfinite(s) for s in r.json()["outputs"][0]["data"]), r.text
+    else:
+        assert r.json()["field"], r.text
