@@ -39,12 +39,9 @@ def test_fnv1a64(data):
 
 @given(texts)
 @settings(max_examples=500, deadline=None)
-def test_decimal_bits(text):
+def test_string_hash(text):
     raw = np.frombuffer(text.encode(), np.uint8)
-    ok, bits = K.decimal_bits(raw, 0, raw.shape[0])
-    want = R.decimal(text)
-    assert ok == (want is not None)
-    assert int(bits) == (0 if want is None else want & R.MASK)
+    assert int(K.string_hash(raw, 0, raw.shape[0])) == R.value_hash(text)
 
 
 @given(st.text(max_size=3), st.lists(texts, max_size=20))

@@ -2,7 +2,7 @@
 
 A missing value (null, ``None`` or NaN) becomes the field's ``fill``, then the field's
 :class:`~freshrec.features.config.DenseNorm` applies, in float64 arithmetic; the result is
-float32. :class:`DenseNormalizer` does it for several fields at once.
+float32. :class:`DenseNormalizer` does it for several fields at once, or field by field.
 
 Examples
 --------
@@ -44,18 +44,34 @@ class DenseNormalizer:
         self._fill = np.array([d.fill for d in self.configs], np.float64)
         self._sub = np.array([a for a, _ in sd], np.float64)
         self._div = np.array([b for _, b in sd], np.float64)
-        self._log = np.array([d.norm is DenseNorm.LOG for d in self.configs], np.bool_)
-        self._any_log = bool(self._log.any())
+        self._is_log = np.array([d.norm is DenseNorm.LOG for d in self.configs], np.bool_)
+        n_log = int(self._is_log.sum())
+        self._log = np.flatnonzero(self._is_log) if 0 < n_log < len(self.configs) else None
+        self._all_log = n_log == len(self.configs) > 0
 
     def __call__(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """Normalised ``x``, shape ``(..., len(configs))`` float64 (NaN: missing)."""
+        """Normalised ``x``, shape ``(..., len(configs))`` float64 (NaN: missing): all fields
+        at once (a request's user)."""
         nan = np.isnan(x)
         if nan.any():
             x = np.where(nan, self._fill, x)
+        if self._all_log:
+            return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
         y = (x - self._sub) / self._div
-        if self._any_log:
-            y = np.where(self._log, np.log1p(np.maximum(x, 0.0)), y)
+        if self._log is not None:
+            y[..., self._log] = np.log1p(np.maximum(x[..., self._log], 0.0))
         return y.astype(np.float32)
+
+    def column(self, j: int, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """Normalised values ``x`` (float64, NaN: missing) of field ``j`` alone: the same
+        arithmetic as :meth:`__call__`, one field at a time (a training batch's column, a
+        candidate feature), in arrays small enough to stay off fresh memory pages."""
+        nan = np.isnan(x)
+        if nan.any():
+            x = np.where(nan, self._fill[j], x)
+        if self._is_log[j]:
+            return np.log1p(np.maximum(x, 0.0)).astype(np.float32)
+        return ((x - self._sub[j]) / self._div[j]).astype(np.float32)
 
     def __repr__(self) -> str:
         return f"DenseNormalizer({[d.name for d in self.configs]})"

@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -113,12 +114,11 @@ class FeatureSchema:
         sparse = JaggedBatch(self.slot_names,
                              np.concatenate(values) if values else np.empty(0, np.uint64),
                              np.concatenate(lengths) if lengths else np.empty(0, np.int32))
-        raw = np.full((n, len(cfg.dense)), np.nan)  # an absent column: all missing
+        dense = np.empty((n, len(cfg.dense)), np.float32)
         for j, d in enumerate(cfg.dense):
-            if d.column in names:
-                raw[:, j] = _floats(batch.column(d.column), np.nan, f"dense column {d.column!r}",
-                                    np.float64)
-        dense = self._normalizer(raw)
+            raw = (_floats(batch.column(d.column), np.nan, f"dense column {d.column!r}",
+                           np.float64) if d.column in names else np.full(n, np.nan))
+            dense[:, j] = self._normalizer.column(j, raw)  # an absent column: all missing
         labels = np.zeros((n, len(cfg.labels)), np.float32)
         for j, name in enumerate(cfg.labels):
             if name in names:
@@ -161,7 +161,7 @@ class FeatureSchema:
 
 
 def _floats(col: pa.Array, fill: float, what: str, dtype: type[np.floating] = np.float32
-            ) -> npt.NDArray[np.floating]:
+            ) -> npt.NDArray[Any]:
     try:
         arr = col.cast(pa.from_numpy_dtype(dtype)).fill_null(fill)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
