@@ -78,6 +78,22 @@ def test_the_fingerprint_covers_the_model_only():
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+def test_the_fingerprint_covers_the_order_of_the_model_inputs():
+    """Slots and dense features are the model's input columns, in order: a checkpoint must
+    not load under a config that lists them in another order (their mappings' keys were
+    sorted before hashing, so a reordered document loaded with its columns swapped)."""
+    feats = {"tables": {"t": {"dim": 4}},
+             "slots": {"a": {"table": "t"}, "b": {"table": "t"}},
+             "dense": {"x": {}, "y": {}}}
+    base = config_from_dict({"features": feats})
+    slots = config_from_dict({"features": {**feats, "slots": {"b": {"table": "t"},
+                                                             "a": {"table": "t"}}}})
+    dense = config_from_dict({"features": {**feats, "dense": {"y": {}, "x": {}}}})
+    same = config_from_dict({"features": dict(reversed(list(feats.items())))})
+    assert len({base.fingerprint(), slots.fingerprint(), dense.fingerprint()}) == 3
+    assert same.fingerprint() == base.fingerprint()  # the order of other keys does not count
+
+
 def test_overrides_apply_in_order_and_create_sections():
     data = {"join": {"validation": None}, "train": {"epochs": 1}}
     apply_overrides(data, ["train.epochs=3", ("join.validation.window_s", 30),

@@ -96,8 +96,15 @@ class FreshrecConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
-        """Hash of the features and model sections: checkpoints refuse another one."""
-        key = json.dumps({"features": self.raw.get("features"), "model": self.raw.get("model")},
+        """Hash of the features and model sections: checkpoints refuse another one.
+
+        The order of the tables, slots and dense features is part of it (it is the order of
+        the model's input columns); the order of other keys is not.
+        """
+        f = self.features
+        key = json.dumps({"features": self.raw.get("features"), "model": self.raw.get("model"),
+                          "order": [[t.name for t in f.tables], [s.name for s in f.slots],
+                                    [d.name for d in f.dense]]},
                          sort_keys=True, default=str)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
