@@ -29,9 +29,9 @@
    which.
 4. **Recovery** once the chaos is over (all faults removed): the registry must get a full
    version published after the last registry fault and the server must serve it or a newer
-   one; then the joiner is stopped and run once more with ``--flush`` (end of stream) and
-   must exit 0; then the trainer is stopped and run once more until idle and must exit 0
-   having read the whole examples log. A stage failing its check within ``recover_s``
+   one; meanwhile the joiner is stopped (SIGINT) and run once more with ``--flush`` (end of
+   stream) and must exit 0; then the trainer is stopped and run once more until idle and
+   must exit 0 having read the whole examples log. A stage failing its check within ``recover_s``
    (three tries for the joiner and the trainer) is a *permanent crash*.
 5. **Counts**: the event log is read back and :func:`freshrec.stream.truth.reference_join`
    computes what the joiner had to write; :func:`~freshrec.stream.truth.compare` counts the
