@@ -199,8 +199,12 @@ class JoinerConfig:
     validation
         Stream validation bounds (None: no validation, no holding).
     idle_partition_s
-        A partition with nothing to read for this many wall seconds stops holding the
-        watermark back until it has records again.
+        None (default): the watermark waits for every partition, so the output is a function
+        of the input alone (a partition without traffic holds emission back; ``flush`` ends
+        a finite stream). A number: a partition with nothing to read for this many wall
+        seconds stops holding the watermark back until it has records again (Flink's
+        idleness); an action that partition delivers afterwards for an impression emitted
+        meanwhile is late, so labels may then depend on timing.
     max_future_skew_s
         A record dated more than this ahead of its partition's newest event time (the wall
         clock for the partition's first record) is held back; it is dead-lettered unless
@@ -223,7 +227,7 @@ class JoinerConfig:
     max_event_bytes: int = 1 << 20
     checkpoint_every_s: float = 0.2
     validation: ValidationConfig | None = None
-    idle_partition_s: float = 5.0
+    idle_partition_s: float | None = None
     max_future_skew_s: int = 3600
     jump_confirm_records: int = 16
     max_candidates: int = 10_000
@@ -252,8 +256,9 @@ class JoinerConfig:
                 "checkpoint_every_s", "a number >= 0", self.checkpoint_every_s)
         require(self.validation is None or isinstance(self.validation, ValidationConfig), o,
                 "validation", "None or a ValidationConfig", self.validation)
-        require(is_number(self.idle_partition_s) and self.idle_partition_s >= 0, o,
-                "idle_partition_s", "a number >= 0", self.idle_partition_s)
+        require(self.idle_partition_s is None or (is_number(self.idle_partition_s)
+                                                   and self.idle_partition_s >= 0), o,
+                "idle_partition_s", "None or a number >= 0", self.idle_partition_s)
         require(is_int(self.max_future_skew_s) and self.max_future_skew_s >= 0, o,
                 "max_future_skew_s", "an int >= 0", self.max_future_skew_s)
         require(is_int(self.jump_confirm_records) and self.jump_confirm_records >= 1, o,

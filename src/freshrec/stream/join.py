@@ -10,8 +10,8 @@ How it works (Monolith's online joiner, with SmartNews' stream validation):
   :data:`MAX_KEY_BYTES` are keyed by their BLAKE2b hash (LMDB keys are at most 511 bytes).
 - Watermarks are per partition: partition ``p``'s watermark is the largest event time read
   from ``p`` minus ``allowed_lateness_s``; the joiner's watermark is the minimum over the
-  partitions (a partition with nothing to read for ``idle_partition_s`` wall seconds stops
-  holding it back, as Flink's idle sources; it never moves back).
+  partitions (it never moves back; with ``idle_partition_s`` set, a partition with nothing to
+  read for that many wall seconds stops holding it back, as Flink's idle sources).
 - An impression waits ("pending") until the watermark passes its deadline ``timestamp +
   window_s``. An action of a configured type on one of its candidates labels it when the
   action's time is within ``[timestamp - allowed_lateness_s, timestamp + window_s]`` and the
@@ -248,6 +248,7 @@ class Joiner:
         self._next_due = -math.inf  # recomputed at the first emission
         self._expired_bucket = -1
         self._idle_since: dict[int, float] = {}  # partition -> wall time it was caught up
+        self._busy = False  # a step or flush is under way (interrupted if close sees it)
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -339,7 +340,8 @@ class Joiner:
         now = time.monotonic()
         idle = self.config.idle_partition_s
         marks = [self._partition_wm_ms(p) for p in self.owned
-                 if not (p in self._idle_since and now - self._idle_since[p] >= idle)]
+                 if idle is None or not (p in self._idle_since
+                                         and now - self._idle_since[p] >= idle)]
         if marks and min(marks) > self._wm_ms:
             self._wm_ms = min(marks)
             if self._wm_ms >= self._next_due:
@@ -493,6 +495,7 @@ class Joiner:
         """Read up to ``max_records`` per partition, join, emit what is due; returns how
         many examples were emitted (they reach the output log at the next checkpoint, which
         happens here once ``checkpoint_every_s`` has passed)."""
+        self._busy = True  # cleared when the step completes (see close)
         every = self.config.checkpoint_every_s
         reads: dict[int, list[Any]] = {}
         for p in self.owned:
@@ -528,6 +531,7 @@ class Joiner:
             time.sleep(min(timeout_s, 0.01))
         if time.monotonic() - self._last_ckpt >= self.config.checkpoint_every_s:
             self.checkpoint()
+        self._busy = False
         n, self._step_examples = self._step_examples, 0
         return n
 
@@ -556,6 +560,7 @@ class Joiner:
     def flush(self) -> int:
         """End of stream: emit every pending impression and close every window; returns how
         many examples were emitted."""
+        self._busy = True
         for p, held in self._held.items():
             for off, payload, _ in held:
                 self._dead(payload, p, off, "event time ahead of the partition's and never "
@@ -564,6 +569,7 @@ class Joiner:
         self._emit_due(math.inf)
         self._close_windows(math.inf)
         self.checkpoint()
+        self._busy = False
         n, self._step_examples = self._step_examples, 0
         return n
 
@@ -966,9 +972,18 @@ class Joiner:
         return c
 
     def close(self) -> None:
-        """Checkpoint and close the state store."""
+        """Checkpoint and close the state store. After an interrupted :meth:`step` or
+        :meth:`flush` (an exception, Ctrl-C), nothing of it is committed: a restart resumes
+        from the last checkpoint, as after a kill."""
         if self._txn is not None:
-            self.checkpoint()
+            if self._busy:
+                logger.warning("joiner: closed during an interrupted step; its work is "
+                               "dropped and redone from the last checkpoint")
+                self._out_examples.clear()
+                for pending in self._out.values():
+                    pending.clear()
+            else:
+                self.checkpoint()
             self._txn.abort()
             self._txn = None  # type: ignore[assignment]
         self._env.close()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -160,17 +161,36 @@ def save_checkpoint(
                      {**m_meta, "index": index})
     atomic_write_bytes(tmp / "state.json", json.dumps(dict(state), indent=1).encode())
     final = root / name
+    # a kill at any point leaves a complete checkpoint: a same-named one is renamed aside
+    # (never deleted in place), and old ones are renamed before they are deleted
     if final.exists():
-        shutil.rmtree(final)
+        final.rename(root / f".{name}.old-{uuid.uuid4().hex[:8]}")
     tmp.rename(final)
     atomic_write_bytes(root / LATEST, name.encode())
     done = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _delete(old)
+    for stale in root.glob(".*.*-*"):
+        if stale.is_dir() and _ASIDE.fullmatch(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     log.info("checkpoint=%s", final)
     return final
+
+
+#: a checkpoint being written (tmp), replaced (old) or deleted (del)
+_ASIDE = re.compile(r"\.(.+)\.(tmp|old|del)-[0-9a-f]{8}")
+
+
+def _delete(path: Path) -> None:
+    """Delete a checkpoint directory: renamed aside first, so a kill never leaves half of
+    one under its own name."""
+    aside = path.with_name(f".{path.name}.del-{uuid.uuid4().hex[:8]}")
+    path.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _complete(path: Path) -> bool:
+    return (path / "state.json").is_file() and (path / "dense").is_dir()
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -182,9 +202,22 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not ptr.is_file():
         return None
     path = root / ptr.read_text().strip()
-    if not (path / "state.json").is_file():
-        raise SnapshotCorruptError(f"{ptr}: points at {path.name!r}, which is not a checkpoint")
-    return path
+    if _complete(path):
+        return path
+    # killed while replacing it: the previous copy was renamed aside; else the newest
+    # complete one
+    for aside in sorted(root.glob(f".{path.name}.old-*"), reverse=True):
+        if _complete(aside) and not path.exists():
+            aside.rename(path)
+            log.warning("checkpoint %s: restored the copy a killed save had set aside", path)
+            return path
+    done = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and _complete(p)), reverse=True)
+    if not done:
+        raise SnapshotCorruptError(f"{ptr}: points at {path.name!r}, which is not a "
+                                   f"checkpoint, and no complete checkpoint is left in {root}")
+    log.warning("checkpoint %s is incomplete; resuming from %s", path, done[0])
+    return done[0]
 
 
 def load_checkpoint(
