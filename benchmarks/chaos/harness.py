@@ -821,6 +821,7 @@ def _chaos(cfg: ChaosConfig, stages: dict[str, _Stage], extra: dict[str, tuple[s
     planned = cfg.kills * len(stages)
     pending = list(faults.plan)
     t0 = time.monotonic()
+    t_all_kills: float | None = None  # when every planned kill had happened
     for s in stages.values():
         s.last_commit = time.time()
     while True:
@@ -855,11 +856,17 @@ def _chaos(cfg: ChaosConfig, stages: dict[str, _Stage], extra: dict[str, tuple[s
                     f"no more kills for it")
         done = sum(cfg.kills if s.stuck else len(s.kills) for s in stages.values())
         progress = done / planned if planned else min(1.0, (time.monotonic() - t0) / 20.0)
+        if progress >= 1.0 and t_all_kills is None:
+            t_all_kills = time.monotonic()
+        # a fault with nothing to damage yet (no delta published) waits for one, a third of
+        # recover_s at most after the last kill, rather than being skipped
+        patience = progress < 1.0 or (t_all_kills is not None
+                                      and time.monotonic() - t_all_kills < cfg.recover_s / 3)
         producer.target = max(producer.target, 0.1 + 0.9 * progress)
         while pending and progress >= pending[0][0]:
             what = pending[0][1]
             got = _fault(what, faults, registry, redis, tmpfs, stages, cfg)
-            if got is None and progress < 1.0:
+            if got is None and patience:
                 break  # nothing to damage yet (no delta published): try again later
             pending.pop(0)
             if got is not None:
