@@ -313,3 +313,43 @@ def test_cli_join_reads_every_partition_of_a_redis_log(tmp_path, redis_server):
     assert few.returncode != 0 and "has 2 partitions" in few.stderr
     src.delete()
     src.close()
+
+
+def test_readers_see_only_committed_output(tmp_path, monkeypatch):
+    """Output appended at a checkpoint whose commit a kill prevented is rolled back and
+    rewritten (perhaps framed differently) on restart: the committed end a reader (the
+    online trainer) stops at never covers it."""
+    from freshrec.stream import committed_end
+    from freshrec.stream import join as join_module
+
+    src, _ = _sim_log(tmp_path / "in", 1, n_requests=2000)
+    out = FileLog(tmp_path / "out", FileLogConfig(fsync="never"))
+    j = Joiner(src, out, tmp_path / "state", CFG)
+    j.step(max_records=4000)
+    marked = committed_end(out, 0)
+    assert marked is not None and marked == out.end_offset(0) > 0
+
+    real = join_module.orjson.dumps
+
+    def killed(obj, *a, **k):  # the kill lands after the output append, before the commit
+        if isinstance(obj, dict) and "offsets" in obj:
+            raise SystemExit("SIGKILL")
+        return real(obj, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(join_module.orjson, "dumps", killed)
+        with pytest.raises(SystemExit):
+            j.step(max_records=4000)
+    assert out.end_offset(0) > marked == committed_end(out, 0)  # appended, not committed
+    j._txn.abort()  # what the kill leaves: an uncommitted transaction
+    j._env.close()
+    j = Joiner(src, out, tmp_path / "state", CFG)  # the restart rolls the append back
+    assert out.end_offset(0) == marked == committed_end(out, 0)
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    j.close()
+    assert committed_end(out, 0) == out.end_offset(0)
+    ref = FileLog(tmp_path / "ref", FileLogConfig(fsync="never"))
+    r = Joiner(src, ref, tmp_path / "ref-state", CFG)
+    r.run(idle_timeout_s=0.0, flush_at_end=True)
+    r.close()
+    assert _read_examples(out) == _read_examples(ref)

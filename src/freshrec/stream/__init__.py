@@ -27,7 +27,7 @@ Examples
 
 from __future__ import annotations
 
-from freshrec.stream.base import Log, Record
+from freshrec.stream.base import COMMITTED_OUTPUT, Log, Record, committed_end, mark_committed
 from freshrec.stream.config import (
     FileLogConfig,
     JoinerConfig,
@@ -44,6 +44,9 @@ from freshrec.stream.open import open_log
 from freshrec.stream.redislog import RedisLog
 
 __all__ = [
+    "COMMITTED_OUTPUT",
+    "committed_end",
+    "mark_committed",
     "Log",
     "Joiner",
     "examples_to_record_batch",

@@ -25,7 +25,7 @@ import abc
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["Log", "Record"]
+__all__ = ["Log", "Record", "COMMITTED_OUTPUT", "mark_committed", "committed_end"]
 
 
 class Record(NamedTuple):
@@ -116,3 +116,31 @@ class Log(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Consumer-group name under which a writer that commits its output in steps (the joiner)
+#: records, per partition, the end of its committed output plus one (0: nothing recorded).
+#: Records at or past that end may still be rolled back and rewritten by a restarted writer,
+#: so a reader that must see each record once (the online trainer) stops there.
+COMMITTED_OUTPUT = "__committed_output__"
+
+
+def mark_committed(log: Log, partition: int, end: int) -> None:
+    """Record that ``log``'s records before offset ``end`` in ``partition`` are committed.
+
+    >>> from freshrec.stream import FileLog
+    >>> import tempfile
+    >>> log = FileLog(tempfile.mkdtemp())
+    >>> committed_end(log, 0) is None
+    True
+    >>> mark_committed(log, 0, 0); committed_end(log, 0)
+    0
+    """
+    log.commit(COMMITTED_OUTPUT, partition, end + 1)
+
+
+def committed_end(log: Log, partition: int) -> int | None:
+    """The end of the committed records of ``partition`` (None: no writer records one, so
+    every record counts)."""
+    v = log.committed(COMMITTED_OUTPUT, partition)
+    return None if v == 0 else v - 1

@@ -99,7 +99,7 @@ import pyarrow as pa
 
 from freshrec.errors import InputError, brief
 from freshrec.stream import events as ev
-from freshrec.stream.base import Log
+from freshrec.stream.base import Log, mark_committed
 from freshrec.stream.config import JoinerConfig
 
 __all__ = ["Joiner", "LATENESS_BUCKETS_S", "MAX_KEY_BYTES", "MAX_TIMESTAMP_S"]
@@ -302,6 +302,13 @@ class Joiner:
         self.counters.setdefault("restarts", 0)
         if blob:
             self.counters["restarts"] += 1
+            self._mark_output(s.get("ends", {}).get("output", {}))
+
+    def _mark_output(self, ends: dict[str, int]) -> None:
+        """Tell readers where the committed output ends (what a restart never rolls back)."""
+        for p in self._written(self.output):
+            if str(p) in ends:
+                mark_committed(self.output, p, int(ends[str(p)]))
 
     def _logs(self) -> dict[str, Log]:
         logs = {"output": self.output}
@@ -423,6 +430,7 @@ class Joiner:
         self._txn.put(_STATE_KEY, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
         self._txn.commit()
         self._txn = self._env.begin(write=True)
+        self._mark_output(ends["output"])
         self._last_ckpt = time.monotonic()
 
     def _persist(self, rid: str, pend: _Pending) -> None:

@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
-from freshrec.stream.base import Log
+from freshrec.stream.base import Log, committed_end
 from freshrec.stream.events import decode_examples
 from freshrec.sync.publisher import Publisher
 from freshrec.sync.registry import Registry, VersionManifest
@@ -150,6 +150,9 @@ class OnlineTrainer:
         ends = dict(self.offsets)
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], oc.max_records, timeout_s)
+            end = committed_end(self.source, p)
+            if end is not None:  # the joiner may still roll back what is past its commit
+                recs = [r for r in recs if r.offset < end]
             values += [r.value for r in recs]
             if recs:
                 ends[p] = recs[-1].offset + 1
