@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -24,6 +21,7 @@ from freshrec.stream import (
     examples_to_record_batch,
 )
 from freshrec.stream import events as ev
+from tests.stream._helpers import kill_when
 
 SIM = SimulatorConfig(seed=3, n_users=200, n_items=300, candidates=20, requests_per_s=20.0,
                       click_delay_median_s=20.0, bias=-2.5, malformed_rate=0.01,
@@ -271,15 +269,7 @@ def _kill_and_resume(tmp_path, kind, src, make_out, args):
     script.write_text(_CHILD)
     state = tmp_path / "state"
     for stop_at in (300, 700):
-        proc = subprocess.Popen([sys.executable, str(script), kind, *args, str(state)],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if int(line) >= stop_at:
-                break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        kill_when([sys.executable, str(script), kind, *args, str(state)], stop_at)
     out = make_out()
     cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
                        checkpoint_every_s=0.0, max_pending_in_memory=20)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog, RedisLogConfig
 from freshrec.stream import events as ev
 from freshrec.stream.base import Log, Record
+from tests.stream._helpers import kill_when
 from tests.stream.test_join import _act, _imp, _read_all, _read_examples, _reference
 
 SIM = SimulatorConfig(seed=11, n_users=300, n_items=400, candidates=20, requests_per_s=20.0,
@@ -126,16 +126,8 @@ def test_kill_9_with_several_partitions_gives_the_same_examples(tmp_path):
     total = sum(1 for _ in recs)
     for k in range(6):
         stop_at = (k + 1) * total // 8 + rng.randrange(50)
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "in"),
-                                 str(tmp_path / "out"), str(tmp_path / "state"), str(k % 3)],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if int(line) >= stop_at:
-                break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        kill_when([sys.executable, str(script), str(tmp_path / "in"), str(tmp_path / "out"),
+                   str(tmp_path / "state"), str(k % 3)], stop_at)
     out = FileLog(tmp_path / "out")
     j = Joiner(src, out, tmp_path / "state", CFG)
     assert j.counters["restarts"] >= 5

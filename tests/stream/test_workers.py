@@ -56,12 +56,18 @@ def test_parse_and_split_partitions():
         split_partitions((0, 1), 3)
 
 
-def test_workers_over_disjoint_partitions_write_what_one_joiner_writes(tmp_path):
-    src = _log(tmp_path / "in", 4, 500)
+def _one_joiner(src, tmp_path):
+    """What one joiner over every partition writes (4 output partitions)."""
     one = FileLog(tmp_path / "one", FileLogConfig(partitions=4, fsync="never"))
     j = Joiner(src, one, tmp_path / "s-one", CFG)
     j.run(idle_timeout_s=0.0, flush_at_end=True)
     j.close()
+    return one
+
+
+def test_workers_over_disjoint_partitions_write_what_one_joiner_writes(tmp_path):
+    src = _log(tmp_path / "in", 4, 500)
+    one = _one_joiner(src, tmp_path)
     many = FileLog(tmp_path / "many", FileLogConfig(partitions=4, fsync="never"))
     for parts in [(0, 3), (1,), (2,)]:  # any division, run one after the other
         w = Joiner(src, many, tmp_path / f"s-{parts}", CFG, partitions=parts)
@@ -99,10 +105,7 @@ def _children(parent: int) -> list[int]:
 @pytest.mark.slow
 def test_cli_workers_restart_a_killed_worker_and_lose_nothing(tmp_path):
     src = _log(tmp_path / "in", 4, 4000)
-    one = FileLog(tmp_path / "one", FileLogConfig(partitions=4, fsync="never"))
-    j = Joiner(src, one, tmp_path / "s-one", CFG)
-    j.run(idle_timeout_s=0.0, flush_at_end=True)
-    j.close()
+    one = _one_joiner(src, tmp_path)
     out = FileLog(tmp_path / "out", FileLogConfig(partitions=4, fsync="never"))
     exe = os.path.join(os.path.dirname(sys.executable), "freshrec")
     proc = subprocess.Popen(
