@@ -63,7 +63,7 @@ def test_kserve_v2_infer_equals_score(served):
         {"name": "item_id", "shape": [5], "datatype": "INT64",
          "data": [c["item_id"] for c in cands]},
         {"name": "i_cat", "shape": [5], "datatype": "BYTES", "data": [c["cat"] for c in cands]},
-        {"name": "i_tags", "shape": [5], "datatype": "BYTES", "data": [c["tags"] for c in cands]},
+        {"name": "i_tags", "shape": [5], "datatype": "INT64", "data": [c["tags"] for c in cands]},
         {"name": "i_price", "shape": [5], "datatype": "FP32", "data": [c["price"] for c in cands]},
     ]}
     r = client.post("/v2/models/freshrec/infer", json=v2)

@@ -9,8 +9,11 @@ Routes
 ``POST /v2/models/{name}/infer``
     The same through the KServe v2 inference protocol (see
     :func:`~freshrec.serve.request.parse_v2_request`); the output tensor is ``scores``.
-``GET /v2/models/{name}``, ``/v2/models/{name}/ready``, ``/v2/health/live``, ``/v2/health/ready``
-    KServe v2 metadata and health.
+``GET /v2``, ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``/v2/health/live``,
+``/v2/health/ready``
+    KServe v2 server and model metadata (:mod:`freshrec.serve.v2`) and health; every model
+    route also under ``/v2/models/{name}/versions/{version}`` (404 for a version that is not
+    the served one).
 ``GET /healthz``
     200 while the process serves HTTP.
 ``GET /readyz``
@@ -18,7 +21,8 @@ Routes
 ``GET /metrics``
     Prometheus text (:class:`~freshrec.serve.metrics.ServeMetrics`).
 
-Errors are JSON ``{"error": message, "field": name}``: 400 for bad input (the message names
+Errors are JSON ``{"error": message, "field": name}`` (a path no route serves: a JSON 404, a
+method it does not take: a JSON 405): 400 for bad input (the message names
 the field), 413 for an oversized body, 415 when a scoring request's ``Content-Type`` is not
 JSON (``application/json`` or ``application/<x>+json``; a browser page's cross-site
 ``text/plain`` or typeless POST never reaches the model), 503 with ``Retry-After`` when more than
@@ -39,6 +43,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -49,6 +54,7 @@ from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
 from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
 from freshrec.serve.updater import ModelUpdater
+from freshrec.serve.v2 import SERVER_METADATA, model_metadata
 
 __all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "is_json"]
 
@@ -176,11 +182,15 @@ class HttpApi:
 
     def routes(self) -> list[Route]:
         """The starlette routes of every handler."""
+        model = [(f"/v2/models/{{name}}{v}", f"/v2/models/{{name}}{v}/ready",
+                  f"/v2/models/{{name}}{v}/infer") for v in ("", "/versions/{version}")]
         return [
             Route("/score", self.score, methods=["POST"]),
-            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
-            Route("/v2/models/{name}", self.model_meta, methods=["GET"]),
-            Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2", self.server_meta, methods=["GET"]),
+            *(r for meta, ready, infer in model for r in (
+                Route(infer, self.infer, methods=["POST"]),
+                Route(meta, self.model_meta, methods=["GET"]),
+                Route(ready, self.model_ready, methods=["GET"]))),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
             Route("/healthz", self.live, methods=["GET"]),
@@ -220,17 +230,13 @@ class HttpApi:
         if unknown is not None:
             return unknown
         cur = self.updater.current
-        inputs = []
-        if cur is not None and cur.layout is not None:
-            lay = cur.layout
-            inputs += [{"name": s.name if s.key != "user_id" else "user_id",
-                        "datatype": "BYTES", "shape": [1]} for s in lay.user_slots]
-            inputs += [{"name": s.name, "datatype": "BYTES", "shape": [-1]}
-                       for s in lay.cand_single + lay.cand_multi]
-        return _json({"name": self.config.model_name, "platform": "freshrec",
-                      "versions": [str(cur.version)] if cur is not None else [],
-                      "inputs": inputs,
-                      "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1]}]})
+        return _json(model_metadata(None if cur is None else cur.layout,
+                                    self.config.model_name,
+                                    None if cur is None else cur.version))
+
+    async def server_meta(self, request: Request) -> Response:
+        """``GET /v2``: the server's name, version and extensions."""
+        return _json(SERVER_METADATA)
 
     async def ready(self, request: Request) -> Response:
         """``GET /readyz``, ``/v2/health/ready``: the updater's status, 503 until ready."""
@@ -347,12 +353,27 @@ class HttpApi:
         return {"Retry-After": str(self.config.retry_after_s)}
 
     def _unknown_model(self, request: Request) -> Response | None:
-        """A 404 when the path names another model than the served one."""
+        """A 404 when the path names another model, or another version, than the served one."""
         name = request.path_params["name"]
         if name != self.config.model_name:
             return _json({"error": f"model {name!r} not found (serving "
                                    f"{self.config.model_name!r})", "field": "name"}, 404)
+        version = request.path_params.get("version")
+        cur = self.updater.current
+        served = None if cur is None or cur.version is None else str(cur.version)
+        if version is not None and version != served:
+            return _json({"error": f"model {name!r} version {version!r} not found (serving "
+                                   f"version {served!r})", "field": "version"}, 404)
         return None
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A routing error (no such path: 404, wrong method: 405) as a JSON error object."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else INTERNAL_ERROR
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return Response(_error(f"{request.method} {request.url.path}: {detail}", "path"),
+                    status_code=status, media_type=JSON, headers=headers)
 
 
 def _response(reply: Reply) -> Response:
@@ -398,4 +419,5 @@ def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
     """
     api = HttpApi(updater, config if config is not None else updater.serve_config,
                   impressions=impressions, naive_reload=naive_reload)
-    return _App(api, Starlette(routes=api.routes()))
+    return _App(api, Starlette(routes=api.routes(),
+                               exception_handlers={HTTPException: _http_error}))

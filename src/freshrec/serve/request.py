@@ -207,7 +207,10 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     ``position``, ignored) hold one value per candidate (shape ``[N]``; a list feature
     ``[N, L]``); ``user_id`` and ``u_<feature>`` hold the user's value (shape ``[1]``, or
     ``[1, L]`` for a list). ``parameters`` may carry ``request_id`` and ``now``; the
-    request's ``id`` is used as the request id when given.
+    request's ``id`` is used as the request id when given. Each input's ``datatype`` must
+    be a protocol datatype that its data holds (``INT64``: ints, ``BYTES``: strings,
+    ``FP32``: numbers, ...; ``null`` stands for a missing value), and the requested
+    ``outputs``, when given, must name only ``scores``.
 
     Examples
     --------
@@ -217,6 +220,11 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     >>> r = parse_v2_request(body)
     >>> r.request_id, r.user, r.candidates
     ('q1', {'age': 30}, [{'item_id': 7}, {'item_id': 8}])
+    >>> parse_v2_request(orjson.dumps({"inputs": [
+    ...     {"name": "item_id", "shape": [1], "datatype": "INT64", "data": ["7"]}]}))
+    Traceback (most recent call last):
+    ...
+    freshrec.serve.request.RequestError: inputs[0].data: input 'item_id': datatype INT64 needs integers, got '7'
     """
     try:
         obj = orjson.loads(body)
@@ -230,6 +238,7 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     params = obj.get("parameters") or {}
     if type(params) is not dict:
         raise RequestError("parameters", "must be an object")
+    _check_outputs(obj.get("outputs"))
     user: dict[str, Any] = {}
     cand_cols: dict[str, list[Any]] = {}
     user_id = None
@@ -242,6 +251,7 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
             raise RequestError(f"{where}.data", f"input {brief(name)}: must be a list")
         if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
             raise RequestError(f"{where}.shape", f"input {brief(name)}: must be a list of ints")
+        _check_datatype(t.get("datatype"), data, name, where)
         rows = _unflatten(data, shape, f"{where}.data")
         if name == "user_id" or name.startswith("u_"):
             if len(rows) != 1:
@@ -272,6 +282,48 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     if user_id is not None:
         req_obj["user_id"] = user_id
     return build_request(req_obj, max_candidates)
+
+
+#: The one output of a model (``outputs`` of a request may name only it).
+V2_OUTPUT = "scores"
+_INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+#: Datatype -> (what its values are, a test of one value); ``None`` always passes.
+_DATATYPES: dict[str, tuple[str, Any]] = {
+    **{d: ("integers", lambda v: type(v) is int) for d in _INTS},
+    **{d: ("numbers", lambda v: type(v) is int or type(v) is float)
+       for d in ("FP16", "FP32", "FP64")},
+    "BOOL": ("booleans", lambda v: type(v) is bool),
+    "BYTES": ("strings", lambda v: type(v) is str),
+}
+
+
+def _check_datatype(datatype: Any, data: list[Any], name: str, where: str) -> None:
+    """Refuse an input whose ``datatype`` is not a protocol datatype or does not fit its data
+    (flat or nested one level; ``null`` stands for a missing value)."""
+    spec = _DATATYPES.get(datatype) if type(datatype) is str else None
+    if spec is None:
+        raise RequestError(f"{where}.datatype", f"input {brief(name)}: must be one of "
+                           f"{', '.join(_DATATYPES)}, got {brief(datatype)}")
+    what, ok = spec
+    for v in data:
+        for x in v if type(v) is list else (v,):
+            if x is not None and not ok(x):
+                raise RequestError(f"{where}.data", f"input {brief(name)}: datatype "
+                                   f"{datatype} needs {what}, got {brief(x)}")
+
+
+def _check_outputs(outputs: Any) -> None:
+    """Refuse requested ``outputs`` other than :data:`V2_OUTPUT`."""
+    if outputs is None:
+        return
+    if type(outputs) is not list:
+        raise RequestError("outputs", f"must be a list of {{\"name\": ...}}, got "
+                                      f"{brief(outputs)}")
+    for i, o in enumerate(outputs):
+        name = o.get("name") if type(o) is dict else None
+        if name != V2_OUTPUT:
+            raise RequestError(f"outputs[{i}].name", f"unknown output {brief(name)} (this "
+                               f"model has one output, {V2_OUTPUT!r})")
 
 
 def _unflatten(data: list[Any], shape: list[int], where: str) -> list[Any]:

@@ -1,0 +1,76 @@
+"""Open Inference Protocol (KServe v2) metadata: the server's and the served model's.
+
+A client builds its inference request from :func:`model_metadata` alone: each input's
+``name`` is the one :func:`~freshrec.serve.request.parse_v2_request` reads (``user_id``,
+``u_<key>`` for the user, ``item_id``, ``i_<key>`` per candidate), its ``datatype`` is
+``INT64`` for a categorical id (a string id is accepted as ``BYTES``: ids hash the same
+whatever their type, :mod:`freshrec.features.values`) and ``FP32`` for a dense value, and
+its ``shape`` has ``-1`` for each variable dimension: ``[1]`` for a user value, ``[1, -1]``
+for a user list (a history), ``[-1]`` per candidate and ``[-1, -1]`` for a candidate list.
+The position slot is filled by the server and is not an input.
+
+Examples
+--------
+>>> from freshrec.features import feature_config_from_dict
+>>> from freshrec.serve.predictor import FeatureLayout
+>>> fc = feature_config_from_dict({"tables": {"t": {"dim": 2}}, "slots": {
+...     "u_hist": {"table": "t", "kind": "multi"}, "item_id": {"table": "t"},
+...     "position": {"table": "t"}}, "dense": {"i_price": {}}})
+>>> [(t["name"], t["datatype"], t["shape"]) for t in model_inputs(FeatureLayout(fc))]
+[('u_hist', 'INT64', [1, -1]), ('item_id', 'INT64', [-1]), ('i_price', 'FP32', [-1])]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freshrec import __version__
+from freshrec.serve.predictor import CAND, USER, FeatureLayout
+
+__all__ = ["OUTPUTS", "SERVER_METADATA", "input_name", "model_inputs", "model_metadata"]
+
+#: The outputs of every model: one calibrated click probability per candidate.
+OUTPUTS: list[dict[str, Any]] = [{"name": "scores", "datatype": "FP32", "shape": [-1]}]
+
+#: ``GET /v2``: the server's name, version and protocol extensions.
+SERVER_METADATA: dict[str, Any] = {"name": "freshrec", "version": __version__,
+                                   "extensions": []}
+
+
+def input_name(side: str, key: str) -> str:
+    """The v2 input name of a request field: ``user_id``/``item_id`` as they are, other
+    user fields ``u_<key>``, other candidate fields ``i_<key>``.
+
+    >>> input_name("user", "user_id"), input_name("user", "age"), input_name("candidate", "cat")
+    ('user_id', 'u_age', 'i_cat')
+    """
+    if key in ("user_id", "item_id"):
+        return key
+    return ("u_" if side == USER else "i_") + key
+
+
+def _shape(side: str, multi: bool) -> list[int]:
+    head = [1] if side == USER else [-1]
+    return head + [-1] if multi else head
+
+
+def model_inputs(layout: FeatureLayout) -> list[dict[str, Any]]:
+    """Every input a request may carry: the user's and candidates' slots, then dense fields
+    (one per field, in the model's order; not the position, which the server fills)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in layout.user_slots + layout.cand_single + layout.cand_multi:
+        out.setdefault(input_name(s.side, s.key),
+                       {"datatype": "INT64", "shape": _shape(s.side, s.multi)})
+    for d in layout.user_dense + layout.cand_dense:
+        if d.side in (USER, CAND) and d.key:
+            out.setdefault(input_name(d.side, d.key), {"datatype": "FP32",
+                                                       "shape": _shape(d.side, False)})
+    return [{"name": name, **spec} for name, spec in out.items()]
+
+
+def model_metadata(layout: FeatureLayout | None, name: str, version: int | None
+                   ) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: the model's name, versions, inputs and outputs."""
+    return {"name": name, "platform": "freshrec",
+            "versions": [] if version is None else [str(version)],
+            "inputs": [] if layout is None else model_inputs(layout), "outputs": OUTPUTS}
