@@ -23,12 +23,15 @@ V2_BODY = {"id": "q1", "inputs": [{"name": "item_id", "shape": [2], "datatype": 
 class _Client:
     """Requests to an ASGI app in this thread, through httpx's ASGI transport."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, raise_app_exceptions: bool = True) -> None:
         self.app = app
+        self.raise_app_exceptions = raise_app_exceptions
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         async def send() -> httpx.Response:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+            transport = httpx.ASGITransport(app=self.app,
+                                            raise_app_exceptions=self.raise_app_exceptions)
+            async with httpx.AsyncClient(transport=transport,
                                          base_url="http://test") as client:
                 return await client.request(method, path, **kw)
 
@@ -83,7 +86,9 @@ def test_no_model_yet_is_503_with_retry_after():
     client = _Client(build_app(_Updater(), config=ServeConfig(retry_after_s=3)))
     r = client.post("/score", json={"candidates": [{"item_id": 1}]})
     assert r.status_code == 503 and r.headers["retry-after"] == "3"
-    assert client.get("/readyz").status_code == 503
+    for path in ("/readyz", "/v2/health/ready", "/v2/models/freshrec/ready"):
+        r = client.get(path)
+        assert r.status_code == 503 and r.json()["error"].startswith("not ready"), path
     assert client.get("/healthz").json() == {"live": True}
 
 
@@ -93,3 +98,19 @@ def test_another_model_name_is_404_naming_it(path):
     r = client.get(path)
     assert r.status_code == 404
     assert r.json()["field"] == "name" and "'other'" in r.json()["error"]
+
+
+class _BrokenPredictor:
+    version = 7
+
+    @property
+    def layout(self) -> Any:
+        raise RuntimeError(SECRET)
+
+
+def test_a_failing_metadata_handler_is_a_json_500_that_does_not_echo_the_exception():
+    client = _Client(build_app(_Updater(current=_BrokenPredictor())),
+                     raise_app_exceptions=False)
+    r = client.get("/v2/models/freshrec")
+    assert r.status_code == 500 and r.json()["error"].endswith(INTERNAL_ERROR)
+    assert "hunter2" not in r.text

@@ -241,7 +241,10 @@ class HttpApi:
     async def ready(self, request: Request) -> Response:
         """``GET /readyz``, ``/v2/health/ready``: the updater's status, 503 until ready."""
         st = self.updater.status()
-        return _json(st, 200 if st["ready"] else 503)
+        if st["ready"]:
+            return _json(st)
+        why = st.get("last_error") or "no model loaded and warmed up yet"
+        return _json({"error": f"not ready: {why}", **st}, 503)
 
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{name}/ready``."""
@@ -368,7 +371,8 @@ class HttpApi:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """A routing error (no such path: 404, wrong method: 405) as a JSON error object."""
+    """A routing error (no such path: 404, wrong method: 405), or a handler's failure (500,
+    the exception only in the server's log), as a JSON error object."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else INTERNAL_ERROR
     headers = exc.headers if isinstance(exc, HTTPException) else None
@@ -420,4 +424,5 @@ def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
     api = HttpApi(updater, config if config is not None else updater.serve_config,
                   impressions=impressions, naive_reload=naive_reload)
     return _App(api, Starlette(routes=api.routes(),
-                               exception_handlers={HTTPException: _http_error}))
+                               exception_handlers={HTTPException: _http_error,
+                                                   Exception: _http_error}))
