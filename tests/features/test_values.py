@@ -134,3 +134,11 @@ def test_a_dense_value_is_a_number_that_normalises_to_a_finite_float32(value):
         USER.dense([value])
     with pytest.raises(FieldError, match=r"^x\[1\]: "):
         dense_values(CFG.dense[0], [40, value], lambda i: f"x[{i}]")
+
+
+def test_a_float_id_past_int64_hashes_as_the_int_it_rounds_to():
+    """2.0**63 is the id 2**63 (its uint64 bit pattern), not an OverflowError (a 500)."""
+    got, ok = hash_values("c", [0, 2.0**63], lambda i: f"c[{i}]")
+    assert ok.all() and got.tolist() == hash_values("c", [0, 2**63], str)[0].tolist()
+    with pytest.raises(FieldError, match=r"c\[1\]: integer .* does not fit in 64 bits"):
+        hash_values("c", [0, 1e300], lambda i: f"c[{i}]")

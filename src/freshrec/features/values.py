@@ -87,13 +87,12 @@ def hash_values(id_space: str, values: Sequence[Any], where: Where
         if v is None:
             continue
         t = type(v)
+        if t is float and math.isfinite(v):  # a float id is the int it rounds to
+            v, t = round(v), int
         if t is int or t is bool:
             if not _INT64_MIN <= v < _UINT64_END:
                 raise FieldError(where(i), f"integer {v} does not fit in 64 bits")
             ints.append(v if v < (1 << 63) else v - _UINT64_END)
-            ints_at.append(i)
-        elif t is float and math.isfinite(v):
-            ints.append(round(v))
             ints_at.append(i)
         elif t is str:
             strs.append(v)
