@@ -3,9 +3,11 @@ knows only the protocol drives the server from its metadata, and every error is 
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from tests.serve._helpers import request
@@ -80,6 +82,37 @@ def test_a_client_built_from_metadata_alone_scores_as_score(served):
     assert out["model_version"] == version and out["outputs"][0]["name"] == "scores"
     plain = client.post("/score", json=body).json()["scores"]
     np.testing.assert_allclose(out["outputs"][0]["data"], plain, rtol=1e-6)
+
+
+def _binary(t: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Input ``t`` with its data moved to the binary data extension's bytes."""
+    data = t["data"]
+    if t["datatype"] == "BYTES":
+        raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in data)
+    else:
+        raw = np.array(data, {"INT64": "<i8", "FP32": "<f4"}[t["datatype"]]).tobytes()
+    head = {k: v for k, v in t.items() if k != "data"}
+    return {**head, "parameters": {"binary_data_size": len(raw)}}, raw
+
+
+def test_binary_inputs_score_as_json_inputs(served):
+    _, client, _, _, _ = served
+    meta = client.get("/v2/models/freshrec").json()
+    body = _full_body(5)
+    parts = [_binary(_tensor(t, body)) for t in meta["inputs"]]
+    head = orjson.dumps({"id": "b1", "inputs": [h for h, _ in parts]})
+    r = client.post("/v2/models/freshrec/infer", content=head + b"".join(raw for _, raw in parts),
+                    headers={"Inference-Header-Content-Length": str(len(head)),
+                             "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    plain = client.post("/score", json=body).json()["scores"]
+    np.testing.assert_allclose(r.json()["outputs"][0]["data"], plain, rtol=1e-6)
+    bad = client.post("/v2/models/freshrec/infer", content=head,
+                      headers={"Inference-Header-Content-Length": "x"})
+    assert bad.status_code == 400 and "Inference-Header-Content-Length" in bad.json()["error"]
+    short = client.post("/v2/models/freshrec/infer", content=head + b"\0",
+                        headers={"Inference-Header-Content-Length": str(len(head))})
+    assert short.status_code == 400 and "binary_data_size" in short.json()["field"]
 
 
 _ITEM = {"name": "item_id", "shape": [2], "datatype": "INT64", "data": [1, 2]}

@@ -8,7 +8,9 @@ Routes
     the candidates, calibrated click probabilities).
 ``POST /v2/models/{name}/infer``
     The same through the KServe v2 inference protocol (see
-    :func:`~freshrec.serve.request.parse_v2_request`); the output tensor is ``scores``.
+    :func:`~freshrec.serve.request.parse_v2_request`); the output tensor is ``scores``
+    (always JSON). A request with ``Inference-Header-Content-Length`` uses the binary data
+    extension for its inputs (:mod:`freshrec.serve._binary`).
 ``GET /v2``, ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``/v2/health/live``,
 ``/v2/health/ready``
     KServe v2 server and model metadata (:mod:`freshrec.serve.v2`) and health; every model
@@ -50,9 +52,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from freshrec.errors import brief
+from freshrec.serve._binary import HEADER as BINARY_HEADER
+from freshrec.serve._binary import inline_binary
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
-from freshrec.serve.request import RequestError, ScoreRequest, parse_request, parse_v2_request
+from freshrec.serve.request import (
+    RequestError,
+    ScoreRequest,
+    build_v2_request,
+    parse_request,
+    parse_v2_request,
+)
 from freshrec.serve.updater import ModelUpdater
 from freshrec.serve.v2 import SERVER_METADATA, model_metadata
 
@@ -220,9 +230,16 @@ class HttpApi:
         unknown = self._unknown_model(request)
         if unknown is not None:
             return unknown
-        return _response(await self._score(self._body_of(request), "v2_infer",
-                                           parse_v2_request, self._v2_json,
-                                           request.headers.get("content-type")))
+        parse: RequestParser = parse_v2_request
+        content_type = request.headers.get("content-type")
+        json_length = request.headers.get(BINARY_HEADER)
+        if json_length is not None:  # binary data extension: a custom header, never cross-site
+            if not json_length.isdigit():
+                return _json({"error": f"{BINARY_HEADER}: must be a byte count, got "
+                                       f"{brief(json_length)}", "field": BINARY_HEADER}, 400)
+            content_type, parse = JSON, _binary_parser(int(json_length))
+        return _response(await self._score(self._body_of(request), "v2_infer", parse,
+                                           self._v2_json, content_type))
 
     async def model_meta(self, request: Request) -> Response:
         """``GET /v2/models/{name}``: the inputs and output of the served model."""
@@ -378,6 +395,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = exc.headers if isinstance(exc, HTTPException) else None
     return Response(_error(f"{request.method} {request.url.path}: {detail}", "path"),
                     status_code=status, media_type=JSON, headers=headers)
+
+
+def _binary_parser(json_length: int) -> RequestParser:
+    """The parser of a binary-extension body whose JSON part is ``json_length`` bytes."""
+    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit)
 
 
 def _response(reply: Reply) -> Response:

@@ -44,7 +44,8 @@ import orjson
 
 from freshrec.errors import FieldError, brief
 
-__all__ = ["MAX_CLOCK_SKEW_S", "RequestError", "ScoreRequest", "candidate", "parse_request", "parse_v2_request"]
+__all__ = ["MAX_CLOCK_SKEW_S", "RequestError", "ScoreRequest", "build_v2_request", "candidate",
+           "parse_request", "parse_v2_request"]
 
 _IDS = (int, str)
 #: How far a request's ``now`` may be from the server's wall clock, in seconds (a day).
@@ -230,6 +231,11 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise RequestError("body", f"not valid JSON ({e})") from e
+    return build_v2_request(obj, max_candidates)
+
+
+def build_v2_request(obj: Any, max_candidates: int) -> ScoreRequest:
+    """Validate a decoded KServe v2 inference request (see :func:`parse_v2_request`)."""
     if type(obj) is not dict:
         raise RequestError("body", f"must be a JSON object, got {type(obj).__name__}")
     inputs = obj.get("inputs")
