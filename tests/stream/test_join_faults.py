@@ -246,12 +246,14 @@ def test_far_past_records_are_late_not_wrong(tmp_path):
     assert "late impression" in _read_all(dl)[0]["reason"]
 
 
+def _nested(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=600),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=8)
+    _nested, max_leaves=8)
 
 
 @settings(max_examples=40, deadline=None,
@@ -278,6 +280,8 @@ def test_no_record_can_stop_the_joiner(tmp_path, field, value, kind):
     j.close()
     assert m["events_in"] == 3 and m.get("internal_errors", 0) == 0
     rb, _ = ev.decode_examples([r.value for r in out.read(0, 0, 100)])
+    src.close()
+    out.close()
     # the good records around it were joined (a record whose ids have another type than
     # the rest of the stream's may be left out by the reader, never the others)
     assert {"r0", "r9"} <= set(rb.column("request_id").to_pylist())
