@@ -119,6 +119,43 @@ def test_every_flag_sets_a_key_of_the_document(command):
         assert [k for k, _ in args.overrides] == [s.key], s.flag
 
 
+#: ``freshrec train``'s run flags: flag, its argument, the key it sets and the value it sets
+TRAIN_RUN_FLAGS = [("--run-dir", "somewhere", "train.run_dir", "somewhere"),
+                   ("--source", "file:log", "online.source", "file:log"),
+                   ("--partitions", "3", "online.partitions", 3),
+                   ("--registry", "reg", "online.registry", "reg"),
+                   ("--idle-timeout", "2.5", "online.idle_timeout_s", 2.5)]
+
+
+def test_train_run_flags_are_shorthands_of_their_keys():
+    from freshrec._cli.train import SHORTHANDS, run_dir_of
+
+    assert {s.flag: s.key for s in SHORTHANDS} == {f: k for f, _, k, _ in TRAIN_RUN_FLAGS}
+    parse = _parser("train").parse_args
+    for flag, arg, key, value in TRAIN_RUN_FLAGS:
+        args = parse(["train", flag, arg])
+        assert args.overrides == [(key, value)], flag
+        name, field = key.split(".")
+        assert getattr(section(args, name), field) == value, flag
+        # --set sets the same key, and the flag's default is the field's
+        assert getattr(section(parse(["train", "--set", f"{key}={arg}"]), name), field) == value
+        assert getattr(section(parse(["train"]), name), field) == \
+            next(f.default for f in dataclasses.fields(SECTIONS[name]) if f.name == field)
+    # the run directory: batch and online runs apart unless train.run_dir is set
+    assert (run_dir_of(config_for([]), False), run_dir_of(config_for([]), True)) == \
+        ("runs/train", "runs/online")
+    assert run_dir_of(config_for(["--run-dir", "x"]), True) == "x"
+    # the action flags stay plain
+    args = parse(["train", "--online", "--resume"])
+    assert (args.online, args.resume, args.overrides) == (True, True, [])
+
+
+def config_for(argv: list[str]):
+    from freshrec._cli.options import config
+
+    return config(_parser("train").parse_args(["train", "--config", str(DEMO_YAML), *argv]))
+
+
 @pytest.mark.parametrize("command", [*DOCUMENT_COMMANDS, "registry repair"])
 def test_every_command_reads_the_document_and_names_an_unknown_key(command, tmp_path,
                                                                    capsys):

@@ -116,11 +116,12 @@ def test_every_command_parses_and_reads_only_what_an_earlier_one_wrote():
             check("join --source", section["source"])
             written.append(section["output"])
         elif command == "train":
-            check("online.init_from", (doc.get("online") or {}).get("init_from"))
-            run_dir = args.run_dir or RUN_DIRS[args.online]
+            online = doc.get("online") or {}
+            check("online.init_from", online.get("init_from"))
+            run_dir = (doc.get("train") or {}).get("run_dir") or RUN_DIRS[args.online]
             if args.online:
-                check("train --online --source", args.source)
-                written.append(args.registry)
+                check("train --online --source", online.get("source"))
+                written.append(online.get("registry"))
             # an online run that resumed a batch run's checkpoint would refuse it
             assert run_dir not in run_dirs[not args.online], \
                 f"README: batch and online training share the run directory {run_dir}"

@@ -3,9 +3,12 @@
     freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]
     freshrec train --online --config CFG --source LOG [--registry DIR] [--run-dir DIR]
 
-``--data`` and ``--format`` are shorthands for ``--set data.path=...`` and
-``--set data.format=...`` of the config document. Batch runs keep their checkpoints in
-``runs/train`` and online runs in ``runs/online`` unless ``--run-dir`` says otherwise, so an
+Every flag but ``--online``, ``--resume`` and ``--no-progress`` is a shorthand for a key of
+the config document: ``--data``/``--format`` for ``data.path``/``data.format``, ``--run-dir``
+for ``train.run_dir``, ``--source``, ``--partitions``, ``--registry`` and ``--idle-timeout``
+for ``online.source``, ``online.partitions``, ``online.registry`` and
+``online.idle_timeout_s``. Batch runs keep their checkpoints in ``runs/train`` and online
+runs in ``runs/online`` unless ``--run-dir`` (``train.run_dir``) says otherwise, so an
 online run never resumes a batch checkpoint by accident (it may start from one:
 ``--set online.init_from=runs/train/checkpoints``).
 
@@ -23,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from freshrec._cli.options import DATA_SHORTHANDS, add_config_arguments, config
+from freshrec._cli.options import DATA_SHORTHANDS, Shorthand, add_config_arguments, config
 from freshrec._cli.process import configure_training
 from freshrec.config import FreshrecConfig
 from freshrec.errors import ConfigError
@@ -34,20 +37,33 @@ from freshrec.train.trainer import Trainer
 RUN_DIRS = {False: "runs/train", True: "runs/online"}
 
 
+#: The run's flags: shorthands for keys of the ``train`` and ``online`` sections.
+SHORTHANDS = [
+    Shorthand("--run-dir", "train.run_dir", f"checkpoints and metrics.jsonl (empty: "
+              f"{RUN_DIRS[False]}; with --online {RUN_DIRS[True]})"),
+    Shorthand("--source", "online.source",
+              "online: the examples log (file:DIR, redis://HOST:PORT#NAME)"),
+    Shorthand("--partitions", "online.partitions",
+              "online: partitions of --source (null: those the log has)", int),
+    Shorthand("--registry", "online.registry",
+              "online: publish updates to this registry directory"),
+    Shorthand("--idle-timeout", "online.idle_timeout_s",
+              "online: stop after this many seconds without examples (0: never)", float),
+]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, DATA_SHORTHANDS, config_help="the config document (see configs/)")
-    p.add_argument("--run-dir", default=None, help=f"checkpoints and metrics.jsonl (default "
-                   f"{RUN_DIRS[False]}; with --online {RUN_DIRS[True]})")
+    add_config_arguments(p, [*DATA_SHORTHANDS, *SHORTHANDS],
+                         config_help="the config document (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--online", action="store_true",
                    help="train from a log of joined examples (see --source)")
-    p.add_argument("--source", help="online: the examples log (file:DIR, redis://HOST:PORT#NAME)")
-    p.add_argument("--partitions", type=int, default=None,
-                   help="online: partitions of --source (default: those the log has)")
-    p.add_argument("--registry", help="online: publish updates to this registry directory")
-    p.add_argument("--idle-timeout", type=float, default=0.0,
-                   help="online: stop after this many seconds without examples (0: never)")
+
+
+def run_dir_of(cfg: FreshrecConfig, online: bool) -> str:
+    """The run directory: ``train.run_dir``, else the default of batch or online runs."""
+    return cfg.train.run_dir or RUN_DIRS[online]
 
 
 def open_data(cfg: FreshrecConfig) -> Any:
@@ -66,19 +82,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("freshrec train needs --config (the model's document, see configs/)")
     cfg = config(args)
     configure_training(cfg.train)
-    if args.run_dir is None:
-        args.run_dir = RUN_DIRS[args.online]
     if args.online:
-        return _run_online(cfg, args)
+        return _run_online(cfg, run_dir_of(cfg, online=True))
     make_reader = open_data(cfg)
-    trainer = Trainer(cfg, run_dir=args.run_dir)
+    run_dir = run_dir_of(cfg, online=False)
+    trainer = Trainer(cfg, run_dir=run_dir)
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.step} (epoch {trainer.position['epoch']}, "
               f"batch {trainer.position['batches']})")
     summary = _fit_with_progress(trainer, make_reader, show=not args.no_progress)
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
                       for k, v in summary.items()}))
-    print(f"checkpoint: {Path(args.run_dir) / 'checkpoints'}")
+    print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
     return 0
 
 
@@ -107,18 +122,18 @@ def _fit_with_progress(trainer: Trainer, make_reader: Any, show: bool) -> dict[s
         return trainer.fit(make_reader, on_step=on_step)
 
 
-def _run_online(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
+def _run_online(cfg: FreshrecConfig, run_dir: str) -> int:
     from freshrec.stream.open import open_log
     from freshrec.sync import Registry
     from freshrec.train.online import OnlineTrainer
 
-    if not args.source:
-        raise ConfigError("--online needs --source (the joined-examples log)")
-    online = OnlineTrainer(cfg, open_log(args.source, partitions=args.partitions),
-                           run_dir=args.run_dir,
-                           registry=Registry(args.registry) if args.registry else None)
+    o = cfg.online
+    if not o.source:
+        raise ConfigError("--online needs --source (or online.source: the joined-examples log)")
+    online = OnlineTrainer(cfg, open_log(o.source, partitions=o.partitions), run_dir=run_dir,
+                           registry=Registry(o.registry) if o.registry else None)
     print(f"online: offsets {online.offsets}, lag {online.lag()} records")
-    idle = args.idle_timeout if args.idle_timeout > 0 else float("inf")
+    idle = o.idle_timeout_s if o.idle_timeout_s > 0 else float("inf")
     try:
         summary = online.run(idle_timeout_s=idle)
     except KeyboardInterrupt:

@@ -65,6 +65,10 @@ class TrainConfig:
         thread while this batch's dense part runs (:meth:`PooledEmbedding.prefetch`; results
         unchanged), except before steps that expire rows, checkpoint or end the run. An
         ``on_step`` callback must then not change the tables.
+    run_dir : str
+        Where ``freshrec train`` keeps checkpoints and metrics.jsonl (``""``: ``runs/train``,
+        with ``--online`` ``runs/online``, so that an online run never resumes a batch
+        checkpoint by accident).
     """
 
     batch_size: int = 512
@@ -84,6 +88,7 @@ class TrainConfig:
     threads: int = 0
     prefetch: int = 4
     pipeline_lookup: bool = True
+    run_dir: str = ""
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -138,6 +143,7 @@ class TrainConfig:
             "a number >= 0",
             self.checkpoint_every_s,
         )
+        require(isinstance(self.run_dir, str), o, "run_dir", "a path string", self.run_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +168,15 @@ class OnlineConfig:
         online run has a checkpoint of its own.
     window_report_s : int
         Event-time window of the admitted/expired/AUC report lines.
+    source : str
+        ``freshrec train --online``: the joined-examples log (``file:DIR``,
+        ``redis://HOST:PORT#NAME``).
+    partitions : int or None
+        Partitions of ``source`` (None: those the log has).
+    registry : str
+        A registry directory to publish updates to (``""``: none).
+    idle_timeout_s : float
+        Stop after this many seconds without new examples (0 or ``.inf``: never).
 
     Examples
     --------
@@ -176,6 +191,10 @@ class OnlineConfig:
     embedding_warmup_steps: int = 0
     init_from: str = ""
     window_report_s: int = 60
+    source: str = ""
+    partitions: int | None = None
+    registry: str = ""
+    idle_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         o = "OnlineConfig"
@@ -191,3 +210,9 @@ class OnlineConfig:
                 "window_report_s", "an int >= 1", self.window_report_s)
         require(isinstance(self.init_from, str), o, "init_from", "a path string",
                 self.init_from)
+        for f in ("source", "registry"):
+            require(isinstance(getattr(self, f), str), o, f, "a string", getattr(self, f))
+        require(self.partitions is None or (is_int(self.partitions) and self.partitions >= 1),
+                o, "partitions", "null or an int >= 1", self.partitions)
+        require(is_number(self.idle_timeout_s) and self.idle_timeout_s >= 0, o,
+                "idle_timeout_s", "a number >= 0", self.idle_timeout_s)
