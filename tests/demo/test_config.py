@@ -33,6 +33,11 @@ def test_demo_document_names_the_bad_field():
 
 def test_demo_section_defaults_and_bounds():
     assert DemoConfig().duration_s == 120.0 and DemoConfig().live is None
+    assert DemoConfig().until_examples_trained is None
+    assert DemoConfig(until_examples_trained=5).until_examples_trained == 5
+    for bad in (0, -1, 2.5, True, "10"):
+        with pytest.raises(ConfigError, match="until_examples_trained"):
+            DemoConfig(until_examples_trained=bad)
     with pytest.raises(ConfigError, match="duration_s must be a number > 0, got 0"):
         DemoConfig(duration_s=0)
     with pytest.raises(ConfigError, match="live must be None, true or false"):

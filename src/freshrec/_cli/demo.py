@@ -16,6 +16,9 @@ from freshrec._resources import shipped_dir
 SHORTHANDS = [
     Shorthand("--duration", "demo.duration_s", "seconds of traffic once the loop is up",
               float),
+    Shorthand("--until-examples", "demo.until_examples_trained",
+              "stop once the trainer trained this many examples and the server serves a "
+              "version > 1 (--duration is then the timeout)", int),
     Shorthand("--workdir", "demo.workdir", "work directory (null: runs/demo-<timestamp>)"),
     Shorthand("--rate", "simulate.requests_per_s", "requests per second", float),
     Shorthand("--candidates", "simulate.candidates", "candidates per request", int),

@@ -31,7 +31,13 @@ class DemoConfig:
     Parameters
     ----------
     duration_s
-        Seconds of traffic once the loop is up (start-up and shut-down come on top).
+        Seconds of traffic once the loop is up (start-up and shut-down come on top); with
+        ``until_examples_trained`` an upper bound (a timeout) rather than the length.
+    until_examples_trained
+        Stop early, counted in events rather than seconds: once the trainer has trained at
+        least this many examples, has an online AUC, and the server serves a version > 1
+        (the loop closed). ``None``: run for ``duration_s``. Whether it was reached is
+        ``until_reached`` in ``metrics.json``.
     workdir
         Where everything is written; ``None``: ``runs/demo-<timestamp>``.
     redis
@@ -48,6 +54,7 @@ class DemoConfig:
     redis: str | None = None
     startup_timeout_s: float = 240.0
     live: bool | None = None
+    until_examples_trained: int | None = None
 
     def __post_init__(self) -> None:
         o = "DemoConfig"
@@ -59,5 +66,8 @@ class DemoConfig:
         require(self.redis is None or (isinstance(self.redis, str)
                                        and self.redis.startswith(("redis://", "unix://"))),
                 o, "redis", "None or a redis:// or unix:// URL", self.redis)
+        u = self.until_examples_trained
+        require(u is None or (isinstance(u, int) and not isinstance(u, bool) and u > 0), o,
+                "until_examples_trained", "None or an integer > 0", u)
         require(self.live is None or isinstance(self.live, bool), o, "live",
                 "None, true or false", self.live)

@@ -89,9 +89,21 @@ def _server_ready(port: int) -> bool:
         conn.close()
 
 
+def _until_reached(sample: dict[str, Any], examples: int) -> bool:
+    """Whether ``sample`` shows the closed loop ``demo.until_examples_trained`` waits for."""
+    trained = sample.get("examples_trained")
+    served = sample.get("served_version")
+    auc = sample.get("online_auc")
+    return (trained is not None and int(trained) >= examples
+            and served is not None and served > 1
+            and auc is not None and math.isfinite(float(auc)))
+
+
 def run_demo(config: FreshrecConfig, *,
              on_tick: Callable[[dict[str, Any], float], None] | None = None) -> dict[str, Any]:
-    """Run the loop (:mod:`freshrec.demo`) for ``config.demo.duration_s`` seconds of traffic.
+    """Run the loop (:mod:`freshrec.demo`) for ``config.demo.duration_s`` seconds of traffic,
+    or, with ``config.demo.until_examples_trained``, until that many examples were trained and
+    the server serves a version > 1 (``duration_s`` then bounds the wait).
 
     Parameters
     ----------
@@ -105,7 +117,8 @@ def run_demo(config: FreshrecConfig, *,
     -------
     dict
         ``summary`` (see ``metrics.json``), ``paths``, ``children`` (their pids),
-        ``interrupted``, ``samples``, ``plot`` (its path, or None without matplotlib).
+        ``interrupted``, ``until_examples_trained``, ``until_reached`` (whether that stop
+        condition was met), ``samples``, ``plot`` (its path, or None without matplotlib).
 
     Raises
     ------
@@ -149,6 +162,7 @@ def run_demo(config: FreshrecConfig, *,
     driver = TrafficDriver(url, events, config.simulate, config.join.window_s)
     mon: Monitor | None = None
     interrupted = False
+    until_reached = False
     t_traffic = time.monotonic()
     duration = 0.0
     old_term = None
@@ -200,6 +214,10 @@ def run_demo(config: FreshrecConfig, *,
                         from driver.error
                 for c in children:
                     c.check()
+                if demo.until_examples_trained is not None and \
+                        _until_reached(sample, demo.until_examples_trained):
+                    until_reached = True
+                    break
                 if elapsed >= demo.duration_s:
                     break
         duration = time.monotonic() - t_traffic
@@ -223,6 +241,8 @@ def run_demo(config: FreshrecConfig, *,
     out = {"summary": summary, "config": document,
            "paths": {k: str(v) for k, v in paths.items()},
            "children": {c.name: c.pid for c in children}, "interrupted": interrupted,
+           "until_examples_trained": demo.until_examples_trained,
+           "until_reached": until_reached,
            "samples": mon.samples if mon is not None else [],
            "last_driver_error": mon.last_error if mon is not None else ""}
     out["plot"] = str(paths["plot"]) if mon is not None and mon.samples and \
