@@ -239,6 +239,7 @@ class Joiner:
         # examples per output partition, in emission order: EmittedImpression or a row dict
         self._out_examples: dict[int, list[ev.EmittedImpression | dict[str, Any]]] = {}
         self._source_cache: dict[tuple[int, int], bytes] = {}
+        self._marked: dict[int, int] = {}  # output partition -> committed end last marked
         ev.decode_events([])  # loads the compiled kernel now rather than with the first read
         self._restore()
         self._txn = self._env.begin(write=True)
@@ -305,10 +306,13 @@ class Joiner:
             self._mark_output(s.get("ends", {}).get("output", {}))
 
     def _mark_output(self, ends: dict[str, int]) -> None:
-        """Tell readers where the committed output ends (what a restart never rolls back)."""
+        """Tell readers where the committed output ends (what a restart never rolls back);
+        a partition whose end did not move since its last mark is not written again."""
         for p in self._written(self.output):
-            if str(p) in ends:
-                mark_committed(self.output, p, int(ends[str(p)]))
+            end = ends.get(str(p))
+            if end is not None and self._marked.get(p) != int(end):
+                mark_committed(self.output, p, int(end))
+                self._marked[p] = int(end)
 
     def _logs(self) -> dict[str, Log]:
         logs = {"output": self.output}
@@ -349,8 +353,9 @@ class Joiner:
         marks = [self._partition_wm_ms(p) for p in self.owned
                  if idle is None or not (p in self._idle_since
                                          and now - self._idle_since[p] >= idle)]
-        if marks and min(marks) > self._wm_ms:
-            self._wm_ms = min(marks)
+        low = min(marks, default=-math.inf)
+        if low > self._wm_ms:
+            self._wm_ms = low
             if self._wm_ms >= self._next_due:
                 self._emit_due(self._wm_ms)
 
@@ -655,12 +660,12 @@ class Joiner:
         self._count("event_time_jumps")
         run, self._held[partition] = list(held), []
         for off, pay, dec in run:
-            if dec is None:
+            if dec is None:  # held before a restart: read back from the input log
                 dec = ev.decode_events([pay])[0]
-            if self._reject(pay, dec) is None:
-                self._accept(partition, off, dec)
-            else:  # a held record that no longer reads (the input log changed)
-                self._dead(pay, partition, off, "held record no longer valid")
+                if self._reject(pay, dec) is not None:  # the input log changed
+                    self._dead(pay, partition, off, "held record no longer valid")
+                    continue
+            self._accept(partition, off, dec)
 
     def _accept(self, partition: int, offset: int,
                 decoded: tuple[dict[str, Any], str, ev.CompactImpression | None]) -> None:
@@ -676,7 +681,7 @@ class Joiner:
         if prev is None or ts > prev:
             old_wm = self._partition_wm_ms(partition)
             self.partition_max_ts[partition] = ts
-            if old_wm <= self._wm_ms or prev is None:
+            if old_wm <= self._wm_ms:  # it may have held the joiner's watermark back
                 self._advance_watermark()
         wm_ms = self._partition_wm_ms(partition)
         if imp is not None:

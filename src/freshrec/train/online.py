@@ -150,7 +150,7 @@ class OnlineTrainer:
         ends = dict(self.offsets)
         for p in range(self.source.partitions):
             recs = self.source.read(p, self.offsets[p], oc.max_records, timeout_s)
-            end = committed_end(self.source, p)
+            end = committed_end(self.source, p) if recs else None
             if end is not None:  # the joiner may still roll back what is past its commit
                 recs = [r for r in recs if r.offset < end]
             values += [r.value for r in recs]
