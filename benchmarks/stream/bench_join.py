@@ -46,7 +46,7 @@ import orjson
 import pyarrow.compute as pc
 
 from freshrec.benchinfo import machine_info
-from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig
+from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog, RedisLogConfig
 from freshrec.stream.events import decode_examples
 
@@ -120,10 +120,15 @@ def _cpu_per_event(src, out, state: str, n: int) -> float:
     return (time.process_time() - c) / n
 
 
-def _records(candidates: int, n_req: int, seed: int) -> list[bytes]:
+def _records(candidates: int, n_req: int, seed: int) -> list[tuple[str, bytes]]:
+    """``(request id, record)`` pairs of a simulated stream."""
     sim = ClickStreamSimulator(SimulatorConfig(seed=seed, requests_per_s=5000.0,
                                                candidates=candidates))
-    return [r for _, r in sim.records(n_requests=n_req)]
+    return list(sim.records(n_requests=n_req))
+
+
+def _values(pairs: list[tuple[str, bytes]]) -> list[bytes]:
+    return [r for _, r in pairs]
 
 
 def _worker(path: str, parts: tuple[int, ...], state: str, go, done) -> None:
@@ -138,21 +143,14 @@ def _worker(path: str, parts: tuple[int, ...], state: str, go, done) -> None:
     done.put(time.perf_counter() - t)
 
 
-def _workers_speedup(records: list[bytes]) -> dict[str, float]:
+def _workers_speedup(records: list[tuple[str, bytes]]) -> dict[str, float]:
     """Wall time of 1 process over 4 partitions / 2 processes over 2 partitions each."""
-    from freshrec.stream.events import partition_for
-
     ctx = mp.get_context("fork")
     walls = {}
     for groups in ([(0, 1, 2, 3)], [(0, 1), (2, 3)]):
         with tempfile.TemporaryDirectory() as d:
             src = FileLog(f"{d}/in", FileLogConfig(partitions=4, fsync="never"))
-            by: dict[int, list[bytes]] = {p: [] for p in range(4)}
-            for r in records:
-                rid = orjson.loads(r).get("request_id", "") if r[:1] == b"{" else ""
-                by[partition_for(str(rid), 4)].append(r)
-            for p, rs in by.items():
-                src.append(rs, partition=p)
+            write_to_log(iter(records), src)  # partitioned by request id
             FileLog(f"{d}/out", FileLogConfig(partitions=4, fsync="never")).close()
             go, done = ctx.Event(), ctx.Queue()
             procs = [ctx.Process(target=_worker, args=(d, g, f"{d}/s{k}", go, done))
@@ -312,7 +310,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
                                                                  f"{d}/state", len(thr))
             src.delete()
             out.delete()
-            one = _records(1, n_req * 10, opts.seed + 4)
+            one = _values(_records(1, n_req * 10, opts.seed + 4))
             src.append(one)
             with tempfile.TemporaryDirectory() as d:
                 redis_cpu = _cpu_per_event(src, out, f"{d}/state", len(one))
@@ -330,10 +328,10 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
             say(f"redis join: {res['redis_join_events_per_s']:,.0f} events/s; per-event CPU "
                 f"{res['redis_over_file_cost_ratio']:.2f}x the file log's")
     one = _records(1, n_req * 20, opts.seed + 2)
-    res["join_events_per_s_1cand"] = max(_file_throughput(Joiner, one)[0]
+    res["join_events_per_s_1cand"] = max(_file_throughput(Joiner, _values(one))[0]
                                          for _ in range(repeats))
     res["join_examples_per_s_35cand"] = max(
-        _file_throughput(Joiner, _records(35, n_req * 2, opts.seed + 3))[1]
+        _file_throughput(Joiner, _values(_records(35, n_req * 2, opts.seed + 3)))[1]
         for _ in range(repeats))
     res.update(_workers_speedup(one))
     say(f"round 2: 1-cand {res['join_events_per_s_1cand']:,.0f} events/s, 35-cand "
