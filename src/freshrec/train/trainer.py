@@ -178,7 +178,7 @@ class Trainer:
         ``learn_batch(ahead, ...)`` with no other table change in between.
         """
         self.model.train()
-        now = _batch_now(enc)
+        now = self._step_now(enc)
         y = enc.labels[:, 0]
         with _drawing_from(self.generator):
             logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
@@ -191,7 +191,7 @@ class Trainer:
             weight = (weight / rate).astype(np.float32)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, torch.from_numpy(y), weight=torch.from_numpy(weight), reduction="sum"
-        ) / max(float(weight.sum()), 1e-12)
+        ) / max(self._loss_weight(weight), 1e-12)
         if ahead is not None and ahead.size and not self._expire_due(now):
             self.embedding.prefetch(ahead.sparse, _batch_now(ahead))
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,6 +201,16 @@ class Trainer:
         self.examples += enc.size
         self._maybe_expire(now)
         return probs
+
+    def _step_now(self, enc: EncodedBatch) -> int:
+        """Event time of a training step on ``enc``: its newest example's (a distributed
+        trainer takes the newest over every rank's slice of the batch)."""
+        return _batch_now(enc)
+
+    def _loss_weight(self, weight: np.ndarray) -> float:
+        """The loss divides by this: the batch's total example weight (a distributed trainer
+        sums it over every rank's slice, so the gradients add up to one process's)."""
+        return float(weight.sum())
 
     def _expire_due(self, now: int) -> bool:
         """Whether the expiry pass after a step at event time ``now`` removes rows."""
