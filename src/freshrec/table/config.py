@@ -24,6 +24,7 @@ from typing import Any
 
 from freshrec._validate import check_keys, is_int, is_number, require
 from freshrec.errors import ConfigError
+from freshrec.store.config import StoreConfig, TableBackend, store_config_from_dict
 
 __all__ = [
     "InitKind",
@@ -235,6 +236,11 @@ class TableConfig:
         Rows to reserve up front (the table grows past it as needed).
     max_load : float
         Index fill (entries + tombstones over slots) that triggers a rebuild/growth.
+    backend : TableBackend
+        ``memory`` (rows in the process) or ``redis`` (rows in Redis, shared by the trainer
+        and the servers: see :mod:`freshrec.store`).
+    store : StoreConfig
+        Where and how a ``redis`` table keeps its rows (``store.url`` is required then).
 
     Examples
     --------
@@ -252,9 +258,18 @@ class TableConfig:
     ttl_s: int | None = None
     capacity_hint: int = 1024
     max_load: float = 0.7
+    backend: TableBackend = TableBackend.MEMORY
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         owner = f"TableConfig {self.name!r}"
+        try:
+            object.__setattr__(self, "backend", TableBackend(self.backend))
+        except ValueError as e:
+            raise ConfigError(f"{owner}: backend must be one of "
+                              f"{[b.value for b in TableBackend]}, got {self.backend!r}") from e
+        require(self.backend is TableBackend.MEMORY or bool(self.store.url), owner,
+                "store.url", "a Redis URL for backend redis", self.store.url)
         require(isinstance(self.name, str) and self.name.isidentifier(), "TableConfig", "name",
                 "an identifier string", self.name)
         require(is_int(self.dim) and 1 <= self.dim <= 4096, owner, "dim", "an int in [1, 4096]",
@@ -318,6 +333,8 @@ def table_config_from_dict(data: Mapping[str, Any], where: str = "table config")
                 kwargs[key] = cls(**sub)
             except ConfigError as e:
                 raise ConfigError(f"{where}.{key}: {e}") from e
+    if "store" in kwargs:
+        kwargs["store"] = store_config_from_dict(kwargs["store"], f"{where}.store")
     if "name" not in kwargs or "dim" not in kwargs:
         raise ConfigError(f"{where}: 'name' and 'dim' are required")
     try:
