@@ -9,6 +9,8 @@ Layout
                               dense parameter names/dtypes/shapes (written once)
       HEAD                    {"version": N}: the newest published version (replaced atomically)
       .lock                   flock'ed by writers (publish, rollback, gc)
+      events.jsonl            operational events with their reasons, one JSON object a line:
+                              publishes the gate refused, rollbacks (:meth:`Registry.record`)
       versions/
         000000000007/         one directory per version, renamed into place when complete
           manifest.json       kind, base, table versions, parts, checksums, event time, meta
@@ -70,6 +72,7 @@ INFO = "registry.json"
 HEAD = "HEAD"
 LOCK = ".lock"
 VERSIONS = "versions"
+EVENTS = "events.jsonl"
 
 #: What reading a damaged version raises (a file fails its checks, or its manifest is
 #: missing, altered or of another format).
@@ -500,7 +503,38 @@ class Registry:
                 return meta[key]
         return None
 
+    def events(self) -> list[dict[str, Any]]:
+        """The events :meth:`record` appended, oldest first (a torn last line is skipped).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> reg = Registry(tempfile.mkdtemp())
+        >>> reg.record({"kind": "gate_refused", "reason": "auc 0.61 < 0.70 - 0.02"})
+        >>> [e["kind"] for e in reg.events()]
+        ['gate_refused']
+        """
+        out = []
+        with contextlib.suppress(FileNotFoundError), open(self.root / EVENTS) as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    e = json.loads(line)
+                    if isinstance(e, dict):
+                        out.append(e)
+        return out
+
     # ------------------------------------------------------------------ writing
+    def record(self, event: Mapping[str, Any]) -> None:
+        """Append ``event`` (JSON-able; ``unix_s`` is added when missing) to ``events.jsonl``
+        under the writers' lock: why a publish was refused or a version rolled back."""
+        body = {"unix_s": round(time.time(), 3), **event}
+        line = json.dumps(body, default=str) + "\n"
+        with writing(self.root, self.root / EVENTS), self._lock(), \
+                open(self.root / EVENTS, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -610,9 +644,11 @@ class Registry:
                  manifest.nbytes)
         return manifest
 
-    def rollback(self, version: int) -> VersionManifest:
+    def rollback(self, version: int, *, reason: str = "") -> VersionManifest:
         """Publish a rollback version whose state is that of ``version``, and point ``HEAD``
         at it. Subscribers reload that state (a full snapshot + deltas up to ``version``).
+        A ``reason`` is kept in the version's ``meta["rollback_reason"]`` and, with the
+        versions, in :meth:`events`.
 
         A publisher that finds ``HEAD`` moved publishes a full snapshot next, so stop (or
         restore) the trainer to keep serving on the rolled-back state. Rolling back to the
@@ -646,15 +682,19 @@ class Registry:
                 version=new, kind=VersionKind.ROLLBACK, base=target.version,
                 fingerprint=target.fingerprint, table_versions=dict(target.table_versions),
                 created_unix_s=time.time(), event_time=target.event_time,
-                meta=dict(target.meta), rolled_back_from=head,
+                meta={**target.meta, **({"rollback_reason": reason} if reason else {})},
+                rolled_back_from=head,
             )
 
         m = self._commit(build, None)
         if m is None:
             log.info("registry=%s rollback to %d: HEAD already holds it", self.root, version)
             return self.manifest()
-        log.warning("registry=%s rolled back to version=%d as version=%d", self.root,
-                    target.version, m.version)
+        log.warning("registry=%s rolled back to version=%d as version=%d%s", self.root,
+                    target.version, m.version, f" reason={reason!r}" if reason else "")
+        if reason:
+            self.record({"kind": "rollback", "version": m.version, "to": target.version,
+                         "from": m.rolled_back_from, "reason": reason})
         return m
 
     def gc(self, keep_full: int) -> list[int]:
