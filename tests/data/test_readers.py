@@ -14,13 +14,14 @@ import pytest
 
 from freshrec.data import (
     CRITEO_COLUMNS,
-    ArrowReader,
     CriteoReader,
     MovieLensReader,
     OpenBanditReader,
+    TabularReader,
     open_reader,
 )
-from freshrec.errors import InputError
+from freshrec.data.base import DataNotFoundError
+from freshrec.errors import ConfigError, FreshrecError, InputError
 
 
 def _table(reader) -> pa.Table:
@@ -164,7 +165,7 @@ def test_criteo_gzip_and_empty_file(tmp_path):
 
 def test_reader_bad_paths_and_options(tmp_path):
     missing = tmp_path / "nope.txt"
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(DataNotFoundError, match="nope.txt"):
         CriteoReader(missing)
     with pytest.raises(InputError, match="must be a file, got a directory"):
         CriteoReader(tmp_path)
@@ -173,12 +174,16 @@ def test_reader_bad_paths_and_options(tmp_path):
         CriteoReader(tmp_path / "f.txt", chunk_rows=0)
     with pytest.raises(InputError, match="must be a directory"):
         MovieLensReader(tmp_path / "f.txt")
-    with pytest.raises(FileNotFoundError, match="u.data"):
+    # a missing data file is a FreshrecError (one error line in the CLI), still a
+    # FileNotFoundError; another MovieLens layout is pointed to the csv format
+    with pytest.raises(DataNotFoundError, match="u.data.*use format csv"):
         MovieLensReader(tmp_path)
-    with pytest.raises(FileNotFoundError, match="holds no all.csv"):
+    assert issubclass(DataNotFoundError, FreshrecError)
+    assert issubclass(DataNotFoundError, FileNotFoundError)
+    with pytest.raises(DataNotFoundError, match="holds no all.csv"):
         OpenBanditReader(tmp_path)
     with pytest.raises(InputError, match="fmt must be one of"):
-        open_reader("csv", tmp_path / "f.txt")
+        open_reader("xls", tmp_path / "f.txt")
 
 
 def test_reiterating_reads_again_with_fresh_report(tmp_path):
@@ -305,6 +310,16 @@ def test_obd_reads_joins_context_and_reports_bad_lines(tmp_path):
     (d / "item_context.csv").unlink()
     no_ctx = _table(OpenBanditReader(d / "all.csv"))
     assert no_ctx.num_rows == 37 and "item_feature_1" not in no_ctx.column_names
+    # a campaign directory without all.csv: <directory>.csv, else its only other CSV
+    men = tmp_path / "men"
+    men.mkdir()
+    (d / "all.csv").rename(men / "men.csv")
+    assert _table(OpenBanditReader(men)).num_rows == 37
+    (men / "men.csv").rename(men / "log.csv")
+    assert OpenBanditReader(men).path == men / "log.csv"
+    (men / "other.csv").write_text("")
+    with pytest.raises(DataNotFoundError, match="several CSV files.*pass the impression log"):
+        OpenBanditReader(men)
 
 
 def test_obd_header_must_name_required_columns(tmp_path):
@@ -317,7 +332,7 @@ def test_obd_header_must_name_required_columns(tmp_path):
 # --- Parquet / Arrow --------------------------------------------------------------------------
 
 
-def test_arrow_reader_parquet_ipc_and_columns(tmp_path):
+def test_tabular_reader_on_parquet_ipc_and_columns(tmp_path):
     n = 1000
     rng = np.random.default_rng(6)
     ts = pa.array(
@@ -336,24 +351,24 @@ def test_arrow_reader_parquet_ipc_and_columns(tmp_path):
         assert out.column("label").to_numpy().tolist() == table.column("click").to_pylist()
         assert out.column("event_time").to_pylist() == list(range(1_600_000_000, 1_600_000_000 + n))
         assert out.column("user").to_pylist() == table.column("user").to_pylist()
-    # without a time column the row number is the time; a directory of files is read whole
+    # with time_column row_order the row number is the time; a directory is read whole
     d = tmp_path / "parts"
     d.mkdir()
     pq.write_table(table.slice(0, 400), d / "p0.parquet")
     pq.write_table(table.slice(400), d / "p1.parquet")
-    out = _table(ArrowReader(d, chunk_rows=128, label_column="click"))
-    assert sorted(out.column("event_time").to_pylist()) == list(range(n))
+    out = _table(TabularReader(d, chunk_rows=128, label_column="click", time_column="row_order"))
+    assert out.column("event_time").to_pylist() == list(range(n))
 
 
-def test_arrow_reader_errors(tmp_path):
+def test_tabular_reader_on_errors(tmp_path):
     pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
-    with pytest.raises(InputError, match="has no column 'click'"):
-        list(ArrowReader(tmp_path / "a.parquet", label_column="click"))
-    with pytest.raises(InputError, match="file_format must be"):
-        ArrowReader(tmp_path / "a.parquet", file_format="csv")
+    with pytest.raises(InputError, match="no column 'click'"):
+        list(TabularReader(tmp_path / "a.parquet", label_column="click", time_column="x"))
+    with pytest.raises(ConfigError, match="data.options.file_format: must be"):
+        TabularReader(tmp_path / "a.parquet", file_format="xls")
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(InputError, match="junk.parquet"):
-        list(ArrowReader(tmp_path / "junk.parquet"))
+        list(TabularReader(tmp_path / "junk.parquet", time_column="row_order"))
 
 
 # --- the real data sets (shared_data fixture) -----------------------------------------------

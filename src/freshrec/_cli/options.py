@@ -105,7 +105,8 @@ class _Set(argparse.Action):
 #: ``freshrec train`` and ``evaluate``: the data set (the ``data`` section).
 DATA_SHORTHANDS = [
     Shorthand("--data", "data.path", "data path"),
-    Shorthand("--format", "data.format", "reader: criteo, movielens, obd, parquet, arrow"),
+    Shorthand("--format", "data.format", "reader: criteo, movielens, obd, csv, tsv, jsonl, "
+              "parquet, arrow, table (any of the last five by suffix)"),
 ]
 
 

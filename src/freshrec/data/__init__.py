@@ -1,7 +1,8 @@
 """Data sets as streams of Arrow record batches.
 
-Readers turn the data sets at hand (Criteo logs, MovieLens 100K, the Open Bandit Dataset,
-generic Parquet/Arrow files) into batches of at most ``chunk_rows`` rows that hold the raw
+Readers turn the data sets at hand (Criteo logs, MovieLens 100K, the Open Bandit Dataset)
+and any tabular file (CSV, TSV, JSON lines, Parquet, Arrow; :class:`TabularReader`, whose
+column roles are the config's ``data.options``) into batches of at most ``chunk_rows`` rows that hold the raw
 column values plus two standard columns, ``event_time`` (int64 seconds, or the row number for
 data without time) and ``label`` (float32). Raw strings stay strings: the feature layer
 hashes them to feature ids. A malformed line is counted in the reader's :class:`ReadReport`
@@ -23,8 +24,7 @@ Examples
 1
 """
 
-from freshrec.data.arrow import ArrowReader
-from freshrec.data.base import BadLine, Reader, ReadReport
+from freshrec.data.base import BadLine, DataNotFoundError, Reader, ReadReport
 from freshrec.data.criteo import CRITEO_COLUMNS, CriteoReader
 from freshrec.data.movielens import ML100K_GENRES, MovieLensReader
 from freshrec.data.obd import OpenBanditReader
@@ -37,10 +37,13 @@ from freshrec.data.simulate import (
     SimulatorConfig,
     write_to_log,
 )
+from freshrec.data.tabular import HistoryBuilder, TabularReader
 
 __all__ = [
-    "ArrowReader",
     "BadLine",
+    "DataNotFoundError",
+    "HistoryBuilder",
+    "TabularReader",
     "CRITEO_COLUMNS",
     "CriteoReader",
     "ML100K_GENRES",

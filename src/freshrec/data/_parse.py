@@ -27,6 +27,7 @@ import gzip
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from freshrec.data.base import ReadReport
+from freshrec.errors import brief
 
-__all__ = ["KINDS", "open_text", "split_chunks", "batch_from_rows"]
+__all__ = ["KINDS", "Converter", "open_text", "split_chunks", "batch_from_rows",
+           "columns_to_arrays"]
 
 
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
@@ -63,8 +66,24 @@ def _all_true(mask: pa.Array) -> bool:
     return pc.all(mask).as_py() is not False
 
 
-def _convert_column(values: pa.Array, kind: str) -> pa.Array:
+class Converter(Protocol):
+    """A column conversion other than the :data:`KINDS`: called with the raw column (any
+    Arrow type), it returns the converted column or raises ``ValueError``/``ArrowInvalid``
+    when any value is bad; ``expected`` says what a good value is (for the report)."""
+
+    expected: str
+
+    def __call__(self, values: pa.Array) -> pa.Array: ...
+
+
+#: A column kind: one of :data:`KINDS` or a :class:`Converter`.
+Kind = str | Converter
+
+
+def _convert_column(values: pa.Array, kind: Kind) -> pa.Array:
     """Convert one string column; raise ``ValueError``/``ArrowInvalid`` if any value is bad."""
+    if not isinstance(kind, str):
+        return kind(values)
     arr = _nullify(values)
     if kind in ("label", "time", "iso_time") and arr.null_count:
         raise ValueError("missing value")
@@ -105,7 +124,7 @@ _EXPECTED = {
 }
 
 
-def _bad_positions(values: pa.Array, kind: str, start: int = 0) -> list[int]:
+def _bad_positions(values: pa.Array, kind: Kind, start: int = 0) -> list[int]:
     """Positions of the values that fail :func:`_convert_column`, found by bisection.
 
     Uses the very conversion of the fast path, so what is reported bad is exactly what would
@@ -126,8 +145,8 @@ def _bad_positions(values: pa.Array, kind: str, start: int = 0) -> list[int]:
 def columns_to_arrays(
     columns: Sequence[pa.Array],
     names: Sequence[str],
-    kinds: Sequence[str],
-    lines: list[int],
+    kinds: Sequence[Kind],
+    lines: Sequence[int],
     report: ReadReport,
 ) -> tuple[list[pa.Array], np.ndarray]:
     """Convert the string columns of one chunk; drop and report rows holding a bad value.
@@ -146,7 +165,8 @@ def columns_to_arrays(
                 if keep[i]:
                     keep[i] = False
                     v = values[i].as_py()
-                    why = "missing value" if v == "" else f"{v!r} is not {_EXPECTED[kind]}"
+                    expected = _EXPECTED[kind] if isinstance(kind, str) else kind.expected
+                    why = "missing value" if v in ("", None) else f"{brief(v)} is not {expected}"
                     report.add_bad(lines[i], f"field {names[j]}: {why}")
     if keep.all():
         return out, keep

@@ -45,14 +45,19 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from freshrec.errors import InputError
+from freshrec.errors import FreshrecError, InputError
 
-__all__ = ["BadLine", "ReadReport", "Reader", "DEFAULT_CHUNK_ROWS"]
+__all__ = ["BadLine", "DataNotFoundError", "ReadReport", "Reader", "DEFAULT_CHUNK_ROWS"]
 
 log = logging.getLogger(__name__)
 
 #: Default number of rows per emitted batch.
 DEFAULT_CHUNK_ROWS = 65_536
+
+
+class DataNotFoundError(FreshrecError, FileNotFoundError):
+    """A data path, or a file a data set needs, does not exist (the message names it and
+    what was expected); ``freshrec train`` reports it as one error line."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +153,7 @@ class Reader(abc.ABC):
         if not isinstance(max_reported, int) or max_reported < 0:
             raise InputError(f"{name}: max_reported must be an int >= 0, got {max_reported!r}")
         self.path = Path(path)
-        _check_path(self.path, name, directory=self._expects_dir)
+        self._check_path()
         self.chunk_rows = chunk_rows
         self.max_reported = max_reported
         self.report = ReadReport(path=str(self.path), max_reported=max_reported)
@@ -168,6 +173,11 @@ class Reader(abc.ABC):
             self.report.bad_lines,
         )
 
+    def _check_path(self) -> None:
+        """Raise if :attr:`path` is not usable (by default: it exists, a file or a directory
+        as ``_expects_dir`` says)."""
+        _check_path(self.path, type(self).__name__, directory=self._expects_dir)
+
     @abc.abstractmethod
     def _batches(self, report: ReadReport) -> Iterator[pa.RecordBatch]:
         """Yield the batches of one pass, counting malformed lines in ``report``."""
@@ -177,9 +187,9 @@ class Reader(abc.ABC):
 
 
 def _check_path(path: Path, owner: str, *, directory: bool | None) -> None:
-    """Raise ``FileNotFoundError``/:class:`InputError` naming ``path`` if it is not usable."""
+    """Raise :class:`DataNotFoundError`/:class:`InputError` naming ``path`` if unusable."""
     if not path.exists():
-        raise FileNotFoundError(f"{owner}: data path {str(path)!r} does not exist")
+        raise DataNotFoundError(f"{owner}: data path {str(path)!r} does not exist")
     if directory is True and not path.is_dir():
         raise InputError(f"{owner}: data path {str(path)!r} must be a directory, got a file")
     if directory is False and path.is_dir():

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshrec.data._parse import batch_from_rows, open_text, split_chunks
-from freshrec.data.base import DEFAULT_CHUNK_ROWS, Reader, ReadReport
+from freshrec.data.base import DEFAULT_CHUNK_ROWS, DataNotFoundError, Reader, ReadReport
 from freshrec.errors import InputError
 
 __all__ = ["MovieLensReader", "ML100K_GENRES"]
@@ -75,8 +75,9 @@ class MovieLensReader(Reader):
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` or one of ``u.data``, ``u.user``, ``u.item`` does not exist.
+    DataNotFoundError
+        ``path`` or one of ``u.data``, ``u.user``, ``u.item`` does not exist (a
+        ``FileNotFoundError``).
     """
 
     _expects_dir = True
@@ -93,9 +94,11 @@ class MovieLensReader(Reader):
         super().__init__(path, chunk_rows=chunk_rows, max_reported=max_reported)
         for name in ("u.data", "u.user", "u.item"):
             if not (self.path / name).is_file():
-                raise FileNotFoundError(
-                    f"MovieLensReader: {str(self.path / name)!r} does not exist "
-                    "(expected an ml-100k directory)"
+                raise DataNotFoundError(
+                    f"MovieLensReader: {str(self.path / name)!r} does not exist (format "
+                    "movielens reads the ml-100k layout: u.data, u.user, u.item); for another "
+                    "layout such as ratings.csv use format csv, e.g. "
+                    f"freshrec init --data {str(self.path / 'ratings.csv')!r}"
                 )
         if not isinstance(history, int) or history < 0:
             raise InputError(f"MovieLensReader: history must be an int >= 0, got {history!r}")

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshrec.data._parse import batch_from_rows, open_text, split_chunks
-from freshrec.data.base import DEFAULT_CHUNK_ROWS, Reader, ReadReport
+from freshrec.data.base import DEFAULT_CHUNK_ROWS, DataNotFoundError, Reader, ReadReport
 from freshrec.errors import InputError
 
 __all__ = ["OpenBanditReader"]
@@ -79,14 +79,31 @@ def _read_header(fh: object, path: Path, required: tuple[str, ...]) -> list[str]
     return names
 
 
+def _log_file(directory: Path) -> Path:
+    """The impression log of a campaign directory: ``all.csv``, else ``<directory>.csv``
+    (``random/men/men.csv``), else its only CSV besides ``item_context.csv``."""
+    for name in (_LOG_FILE, f"{directory.name}.csv"):
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(f.name for f in directory.glob("*.csv") if f.name != _CONTEXT_FILE)
+    if len(found) == 1:
+        return directory / found[0]
+    raise DataNotFoundError(
+        f"OpenBanditReader: directory {str(directory)!r} holds no {_LOG_FILE} and "
+        + (f"several CSV files ({', '.join(found)}): pass the impression log itself, e.g. "
+           f"--data {str(directory / found[0])!r}" if found else "no other CSV file")
+    )
+
+
 class OpenBanditReader(Reader):
     """Stream an Open Bandit Dataset campaign as Arrow batches (see the module docstring).
 
     Parameters
     ----------
     path : str or os.PathLike
-        The campaign directory holding ``all.csv`` (and ``item_context.csv``, optional), or
-        the log CSV itself (its context file is then looked for beside it).
+        The campaign directory holding ``all.csv`` (or ``<directory>.csv``, or one other
+        CSV file; and ``item_context.csv``, optional), or the log CSV itself (its context
+        file is then looked for beside it).
     chunk_rows : int
         Rows per batch.
     max_reported : int
@@ -94,8 +111,9 @@ class OpenBanditReader(Reader):
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist, or a directory without ``all.csv``.
+    DataNotFoundError
+        ``path`` does not exist, or a directory without a log CSV (or with several and no
+        ``all.csv``); a ``FileNotFoundError``.
     InputError
         A header lacks ``timestamp``, ``item_id``, ``position`` or ``click``.
     """
@@ -111,11 +129,7 @@ class OpenBanditReader(Reader):
     ) -> None:
         p = Path(path)
         if p.is_dir():
-            if not (p / _LOG_FILE).is_file():
-                raise FileNotFoundError(
-                    f"OpenBanditReader: directory {str(p)!r} holds no {_LOG_FILE}"
-                )
-            p = p / _LOG_FILE
+            p = _log_file(p)
         super().__init__(p, chunk_rows=chunk_rows, max_reported=max_reported)
         self.context_path = self.path.parent / _CONTEXT_FILE
 

@@ -22,11 +22,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from freshrec.data.arrow import ArrowReader
 from freshrec.data.base import Reader
 from freshrec.data.criteo import CriteoReader
 from freshrec.data.movielens import MovieLensReader
 from freshrec.data.obd import OpenBanditReader
+from freshrec.data.tabular import TabularReader
 from freshrec.errors import InputError
 
 __all__ = ["open_reader", "READER_FORMATS"]
@@ -35,8 +35,12 @@ _READERS: Mapping[str, Callable[..., Reader]] = {
     "criteo": CriteoReader,
     "movielens": MovieLensReader,
     "obd": OpenBanditReader,
-    "parquet": functools.partial(ArrowReader, file_format="parquet"),
-    "arrow": functools.partial(ArrowReader, file_format="ipc"),
+    "csv": functools.partial(TabularReader, file_format="csv"),
+    "tsv": functools.partial(TabularReader, file_format="tsv"),
+    "jsonl": functools.partial(TabularReader, file_format="jsonl"),
+    "parquet": functools.partial(TabularReader, file_format="parquet"),
+    "arrow": functools.partial(TabularReader, file_format="arrow"),
+    "table": TabularReader,
 }
 
 #: Names accepted by :func:`open_reader`.
@@ -49,13 +53,14 @@ def open_reader(fmt: str, path: str | os.PathLike[str], **options: Any) -> Reade
     Parameters
     ----------
     fmt : str
-        One of :data:`READER_FORMATS`. ``"parquet"`` and ``"arrow"`` both give an
-        :class:`~freshrec.data.arrow.ArrowReader` with that file format (``file_format`` in
-        ``options`` overrides it).
+        One of :data:`READER_FORMATS`. ``csv``, ``tsv``, ``jsonl``, ``parquet`` and
+        ``arrow`` give a :class:`~freshrec.data.tabular.TabularReader` of that file format;
+        ``table`` one that tells the format from the file suffix.
     path : str or os.PathLike
         The data file or directory.
     **options
-        The keyword arguments of that reader (``chunk_rows``, ...).
+        The keyword arguments of that reader (``chunk_rows``, the column roles of a
+        :class:`~freshrec.data.tabular.TabularReader`, ...): ``data.options`` of the config.
 
     Returns
     -------
@@ -65,15 +70,15 @@ def open_reader(fmt: str, path: str | os.PathLike[str], **options: Any) -> Reade
     ------
     InputError
         ``fmt`` is not a known format.
-    FileNotFoundError
+    DataNotFoundError
         ``path`` does not exist.
 
     Examples
     --------
-    >>> open_reader("csv", "data.csv")
+    >>> open_reader("xls", "data.xls")
     Traceback (most recent call last):
     ...
-    freshrec.errors.InputError: open_reader: fmt must be one of criteo, movielens, obd, parquet, arrow, got 'csv'
+    freshrec.errors.InputError: open_reader: fmt must be one of criteo, movielens, obd, csv, tsv, jsonl, parquet, arrow, table, got 'xls'
     """
     if fmt not in _READERS:
         raise InputError(
