@@ -19,7 +19,8 @@ Routes
 ``GET /healthz``
     200 while the process serves HTTP.
 ``GET /readyz``
-    200 once a model is loaded and warmed up, 503 before.
+    200 once a model is loaded and warmed up; 503 before, while draining (shutting down) and
+    while every in-flight slot is taken.
 ``GET /metrics``
     Prometheus text (:class:`~freshrec.serve.metrics.ServeMetrics`).
 
@@ -27,9 +28,11 @@ Errors are JSON ``{"error": message, "field": name}`` (a path no route serves: a
 method it does not take: a JSON 405): 400 for bad input (the message names
 the field), 413 for an oversized body, 415 when a scoring request's ``Content-Type`` is not
 JSON (``application/json`` or ``application/<x>+json``; a browser page's cross-site
-``text/plain`` or typeless POST never reaches the model), 503 with ``Retry-After`` when more than
-``max_in_flight`` requests are being handled or no model is loaded yet, 500 (the message says
-only that the error is in the server's log) when scoring fails. Scoring runs on the event
+``text/plain`` or typeless POST never reaches the model), 408 (connection closed) when a body
+takes longer than ``body_timeout_s``, 503 with ``Retry-After`` when admission control sheds
+the request (``max_in_flight`` requests are being handled, or it waited longer than
+``queue_budget_s`` to be scored: see :mod:`freshrec.serve._protocol`) or no model is loaded
+yet, 500 (the message says only that the error is in the server's log) when scoring fails. Scoring runs on the event
 loop's thread (about a millisecond; handing it to a thread pool costs more than it saves on 2
 cores). ``POST /score`` is served by a plain ASGI handler in front of the starlette router
 (no request/response objects, no routing: measured in docs/serving.md); every other route
@@ -38,9 +41,10 @@ goes through starlette. Each route is one method of :class:`HttpApi`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -49,11 +53,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from freshrec.errors import brief
 from freshrec.serve._binary import HEADER as BINARY_HEADER
 from freshrec.serve._binary import inline_binary
+from freshrec.serve._protocol import ARRIVED
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
 from freshrec.serve.request import (
@@ -66,7 +71,7 @@ from freshrec.serve.request import (
 from freshrec.serve.updater import ModelUpdater
 from freshrec.serve.v2 import SERVER_METADATA, model_metadata
 
-__all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "is_json"]
+__all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "ServeApp", "is_json"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,6 @@ INTERNAL_ERROR = "internal error (details are in the server log)"
 
 #: ``(status, body, extra headers)`` of one scoring reply.
 Reply = tuple[int, bytes, dict[str, str] | None]
-#: Reads the request body (raises ``_TooLarge`` or ``_Disconnected``).
-BodyReader = Callable[[], Awaitable[bytes]]
 #: Parses a body (with ``max_candidates``) into a request; raises ``RequestError``.
 RequestParser = Callable[[bytes, int], ScoreRequest]
 #: Writes the reply body of a scored request: ``(request, scores, model version) -> bytes``.
@@ -91,6 +94,10 @@ class _TooLarge(Exception):
 
 class _Disconnected(Exception):
     """The client went away before its body was read."""
+
+
+class _TooSlow(Exception):
+    """The body did not arrive within ``body_timeout_s``."""
 
 
 def _dumps(obj: Any) -> bytes:
@@ -126,39 +133,31 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_request_body(request: Request, limit: int) -> bytes:
-    """The body of a starlette request, refused past ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _TooLarge
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The body of an ASGI request, refused past ``limit`` bytes or ``timeout_s`` seconds.
 
-
-async def _read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The body of a plain ASGI request, refused past ``limit`` bytes."""
+    Raises ``_TooLarge``, ``_TooSlow`` or ``_Disconnected``.
+    """
     for k, v in scope["headers"]:
         if k == b"content-length" and v.isdigit() and int(v) > limit:
             raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            raise _Disconnected
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not msg.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    raise _Disconnected
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise _TooSlow from None
 
 
 def _score_json(req: ScoreRequest, scores: Any, version: int | None) -> bytes:
@@ -189,6 +188,8 @@ class HttpApi:
         self.impressions = impressions
         self.naive_reload = naive_reload
         self._in_flight = 0
+        #: Set when the server is shutting down: ``/readyz`` answers 503 ``draining``.
+        self.draining = False
 
     def routes(self) -> list[Route]:
         """The starlette routes of every handler."""
@@ -212,8 +213,8 @@ class HttpApi:
     async def score_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /score`` as a plain ASGI handler (the fast path)."""
         status, payload, headers = await self._score(
-            lambda: _read_asgi_body(scope, receive, self.config.max_body_bytes), "score",
-            parse_request, _score_json, _header(scope, b"content-type"))
+            scope, receive, "score", parse_request, _score_json,
+            _header(scope, b"content-type"))
         head = [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(payload))]
         if headers:
             head += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -222,8 +223,9 @@ class HttpApi:
 
     async def score(self, request: Request) -> Response:
         """``POST /score`` through starlette."""
-        return _response(await self._score(self._body_of(request), "score", parse_request,
-                                           _score_json, request.headers.get("content-type")))
+        return _response(await self._score(request.scope, request.receive, "score",
+                                           parse_request, _score_json,
+                                           request.headers.get("content-type")))
 
     async def infer(self, request: Request) -> Response:
         """``POST /v2/models/{name}/infer``: KServe v2 inference."""
@@ -238,7 +240,7 @@ class HttpApi:
                 return _json({"error": f"{BINARY_HEADER}: must be a byte count, got "
                                        f"{brief(json_length)}", "field": BINARY_HEADER}, 400)
             content_type, parse = JSON, _binary_parser(int(json_length))
-        return _response(await self._score(self._body_of(request), "v2_infer", parse,
+        return _response(await self._score(request.scope, request.receive, "v2_infer", parse,
                                            self._v2_json, content_type))
 
     async def model_meta(self, request: Request) -> Response:
@@ -256,12 +258,20 @@ class HttpApi:
         return _json(SERVER_METADATA)
 
     async def ready(self, request: Request) -> Response:
-        """``GET /readyz``, ``/v2/health/ready``: the updater's status, 503 until ready."""
+        """``GET /readyz``, ``/v2/health/ready``: the updater's status; 503 until a model is
+        loaded and warmed up, while draining, and while every in-flight slot is taken."""
         st = self.updater.status()
-        if st["ready"]:
+        st["in_flight"] = self._in_flight
+        if not st["ready"]:
+            why = st.get("last_error") or "no model loaded and warmed up yet"
+        elif self.draining:
+            why = "draining (shutting down)"
+        elif self._in_flight >= self.config.max_in_flight:
+            why = f"saturated: {self._in_flight} requests in flight (max_in_flight=" \
+                  f"{self.config.max_in_flight})"
+        else:
             return _json(st)
-        why = st.get("last_error") or "no model loaded and warmed up yet"
-        return _json({"error": f"not ready: {why}", **st}, 503)
+        return _json({"error": f"not ready: {why}", **st, "ready": False}, 503)
 
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{name}/ready``."""
@@ -279,33 +289,32 @@ class HttpApi:
         return Response(self.updater.metrics.render(), media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ scoring
-    async def _score(self, read_body: BodyReader, route: str, parse: RequestParser,
+    async def _score(self, scope: Scope, receive: Receive, route: str, parse: RequestParser,
                      respond: ReplyWriter, content_type: str | None) -> Reply:
-        """Score one request; its latency is counted whatever its status."""
-        t0 = time.perf_counter()
+        """Score one request; its latency (from its arrival, when the connection stamped it)
+        is counted whatever its status."""
+        t0 = scope.get(ARRIVED) or time.perf_counter()
         try:
             if not is_json(content_type):
                 self.updater.metrics.requests.inc(route=route, code="415")
                 self.updater.metrics.errors.inc(kind="bad_request")
                 return 415, _error(f"Content-Type: must be application/json, got "
                                    f"{brief(content_type)}", "Content-Type"), None
-            return await self._score_limited(read_body, route, parse, respond)
+            return await self._score_limited(scope, receive, route, parse, respond)
         finally:
             self.updater.metrics.latency.observe(time.perf_counter() - t0)
 
-    async def _score_limited(self, read_body: BodyReader, route: str, parse: RequestParser,
-                             respond: ReplyWriter) -> Reply:
+    async def _score_limited(self, scope: Scope, receive: Receive, route: str,
+                             parse: RequestParser, respond: ReplyWriter) -> Reply:
         """Score one request within the in-flight limit; any failure is a 500 (logged)."""
         sc, metrics = self.config, self.updater.metrics
         if self._in_flight >= sc.max_in_flight:
-            metrics.requests.inc(route=route, code="503")
-            metrics.errors.inc(kind="overload")
-            return 503, _error(f"overloaded: {self._in_flight} requests in flight "
-                               f"(max_in_flight={sc.max_in_flight})", None), self._retry_after()
+            return self._shed(route, "in_flight", f"{self._in_flight} requests in flight "
+                                                  f"(max_in_flight={sc.max_in_flight})")
         self._in_flight += 1
         metrics.in_flight.set(self._in_flight)
         try:
-            return await self._score_admitted(read_body, route, parse, respond)
+            return await self._score_admitted(scope, receive, route, parse, respond)
         except Exception:  # noqa: BLE001 - one bad request must not stop the server
             log.exception("request failed route=%s", route)
             metrics.requests.inc(route=route, code="500")
@@ -315,12 +324,18 @@ class HttpApi:
             self._in_flight -= 1
             metrics.in_flight.set(self._in_flight)
 
-    async def _score_admitted(self, read_body: BodyReader, route: str, parse: RequestParser,
-                              respond: ReplyWriter) -> Reply:
-        """Read, parse and score one admitted request."""
-        metrics = self.updater.metrics
+    async def _score_admitted(self, scope: Scope, receive: Receive, route: str,
+                              parse: RequestParser, respond: ReplyWriter) -> Reply:
+        """Read the body, shed the request if it waited past the queue budget, parse and
+        score it."""
+        sc, metrics = self.config, self.updater.metrics
         try:
-            body = await read_body()
+            body = await _read_body(scope, receive, sc.max_body_bytes, sc.body_timeout_s)
+        except _TooSlow:
+            metrics.requests.inc(route=route, code="408")
+            metrics.slow_clients.inc(phase="body")
+            return 408, _error(f"body: not received within body_timeout_s="
+                               f"{sc.body_timeout_s:g}", "body"), {"Connection": "close"}
         except _Disconnected:  # the client went away mid-body: nothing to answer
             metrics.requests.inc(route=route, code="499")
             return 499, b"", None
@@ -329,6 +344,13 @@ class HttpApi:
             metrics.errors.inc(kind="too_large")
             return 413, _error(f"body: larger than max_body_bytes={self.config.max_body_bytes}",
                                "body"), None
+        arrived = scope.get(ARRIVED)
+        if arrived is not None:
+            waited = time.perf_counter() - arrived
+            metrics.queue_wait.observe(waited)
+            if waited > sc.queue_budget_s:
+                return self._shed(route, "queue", f"waited {waited * 1e3:.0f} ms to be scored "
+                                                  f"(queue_budget_s={sc.queue_budget_s:g})")
         if self.naive_reload is not None:
             self.naive_reload()
         pred = self.updater.current
@@ -366,8 +388,13 @@ class HttpApi:
                        "outputs": [{"name": "scores", "shape": [len(scores)],
                                     "datatype": "FP32", "data": scores}]})
 
-    def _body_of(self, request: Request) -> BodyReader:
-        return lambda: _read_request_body(request, self.config.max_body_bytes)
+    def _shed(self, route: str, reason: str, why: str) -> Reply:
+        """A 503 with ``Retry-After`` for a request turned away by admission control."""
+        metrics = self.updater.metrics
+        metrics.requests.inc(route=route, code="503")
+        metrics.errors.inc(kind="overload")
+        metrics.shed.inc(reason=reason)
+        return 503, _error(f"overloaded: {why}; retry later", None), self._retry_after()
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.config.retry_after_s)}
@@ -407,7 +434,7 @@ def _response(reply: Reply) -> Response:
     return Response(payload, status_code=status, media_type=JSON, headers=headers)
 
 
-class _App:
+class ServeApp:
     """The ASGI app: ``POST /score`` on the plain handler, every other route on the router."""
 
     def __init__(self, api: HttpApi, router: Starlette) -> None:
@@ -423,7 +450,7 @@ class _App:
 
 def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
               impressions: ImpressionWriter | None = None,
-              naive_reload: Callable[[], None] | None = None) -> ASGIApp:
+              naive_reload: Callable[[], None] | None = None) -> ServeApp:
     """The ASGI app over an updater (the served model) and an impression writer.
 
     Parameters
@@ -440,11 +467,12 @@ def build_app(updater: ModelUpdater, *, config: ServeConfig | None = None,
 
     Returns
     -------
-    callable
-        The ASGI application (its starlette router is its ``router`` attribute).
+    ServeApp
+        The ASGI application (its handlers are its ``api`` attribute, its starlette router
+        its ``router``).
     """
     api = HttpApi(updater, config if config is not None else updater.serve_config,
                   impressions=impressions, naive_reload=naive_reload)
-    return _App(api, Starlette(routes=api.routes(),
+    return ServeApp(api, Starlette(routes=api.routes(),
                                exception_handlers={HTTPException: _http_error,
                                                    Exception: _http_error}))

@@ -37,10 +37,27 @@ class ServeConfig:
     max_body_bytes : int
         Largest request body; more is a 413.
     max_in_flight : int
-        Requests admitted at once; the next ones get 503 with ``Retry-After`` (overload
-        sheds load instead of queueing without bound).
+        Scoring requests handled at once (reading their body or being scored); the next ones
+        get 503 with ``Retry-After``, and ``/readyz`` says not ready while all are taken.
+    queue_budget_s : float
+        Admission control: a request that waited longer than this between arriving (its body
+        read by the server) and being scored is answered 503 with ``Retry-After`` at once,
+        so under overload the accepted requests' latency stays near this budget instead of
+        growing with the queue (measured in docs/serving.md).
     retry_after_s : int
         Value of the ``Retry-After`` header of a 503.
+    header_timeout_s : float
+        A connection must send a request's headers within this many seconds of opening or
+        of starting the request; slower ones are closed and counted (slowloris).
+    body_timeout_s : float
+        A request's body must arrive within this many seconds of its headers; a slower one
+        gets 408 and its connection is closed (counted), freeing its in-flight slot.
+    drain_s : float
+        On SIGTERM/SIGINT, seconds to keep serving while ``/readyz`` says draining (so a load
+        balancer stops sending) before connections are closed. 0: stop at once.
+    workers : int
+        Worker processes accepting on the one port over embedding tables in shared memory,
+        updated by one updater in the parent process (:mod:`freshrec.serve.workers`).
     engine : str
         What runs the dense part of Wide & Deep / DeepFM: ``"auto"`` (ONNX Runtime when
         installed, else torch), ``"torch"`` or ``"onnxruntime"``
@@ -87,7 +104,12 @@ class ServeConfig:
     max_candidates: int = 1000
     max_body_bytes: int = 4 << 20
     max_in_flight: int = 64
+    queue_budget_s: float = 0.02
     retry_after_s: int = 1
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 5.0
+    drain_s: float = 0.0
+    workers: int = 1
     engine: str = "auto"
     items_path: str | None = None
     threads: int = 1
@@ -111,7 +133,8 @@ class ServeConfig:
                 .replace("_", "").replace(".", "").isalnum(), o, "model_name",
                 "a name of letters, digits, '-', '_' or '.'", self.model_name)
         for name in ("max_candidates", "max_body_bytes", "max_in_flight", "retry_after_s",
-                     "warmup_candidates", "chunk_rows", "log_queue", "log_partitions"):
+                     "warmup_candidates", "chunk_rows", "log_queue", "log_partitions",
+                     "workers"):
             v = getattr(self, name)
             require(is_int(v) and v >= 1, o, name, "an int >= 1", v)
         for name in ("threads", "warmup_requests", "updater_nice"):
@@ -119,6 +142,11 @@ class ServeConfig:
             require(is_int(v) and v >= 0, o, name, "an int >= 0", v)
         require(is_number(self.poll_interval_s) and self.poll_interval_s > 0, o,
                 "poll_interval_s", "a number of seconds > 0", self.poll_interval_s)
+        for name in ("queue_budget_s", "header_timeout_s", "body_timeout_s"):
+            v = getattr(self, name)
+            require(is_number(v) and v > 0, o, name, "a number of seconds > 0", v)
+        require(is_number(self.drain_s) and self.drain_s >= 0, o, "drain_s",
+                "a number of seconds >= 0", self.drain_s)
         require(is_number(self.switch_interval_s) and self.switch_interval_s >= 0, o,
                 "switch_interval_s", "a number of seconds >= 0", self.switch_interval_s)
         require(self.items_path is None or (isinstance(self.items_path, str) and

@@ -218,6 +218,14 @@ class ServeMetrics:
         self.impressions_dropped = Counter("freshrec_impressions_dropped_total",
                                            "impression events dropped (log queue full)")
         self.in_flight = Gauge("freshrec_in_flight", "requests being handled")
+        self.shed = Counter("freshrec_shed_total", "requests answered 503 by admission control, "
+                            "by reason (in_flight: every slot taken; queue: waited past "
+                            "queue_budget_s)")
+        self.queue_wait = Histogram("freshrec_queue_seconds",
+                                    "wait between a request's arrival and its scoring")
+        self.slow_clients = Counter("freshrec_slow_clients_total",
+                                    "connections closed for sending headers or a body too "
+                                    "slowly, by phase")
         self.process = ProcessMetrics()
         self.event_time: float | None = None
 
@@ -228,5 +236,6 @@ class ServeMetrics:
             self.latency, self.predict, self.requests, self.errors, self.candidates,
             self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
             self.update_errors, self.damaged_versions, self.impressions,
-            self.impressions_dropped, self.in_flight, self.process]
+            self.impressions_dropped, self.in_flight, self.shed, self.queue_wait,
+            self.slow_clients, self.process]
         return "\n".join(p.render() for p in parts) + "\n"

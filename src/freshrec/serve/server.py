@@ -11,19 +11,21 @@ entry point (``freshrec serve``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from freshrec.config import FreshrecConfig
 from freshrec.errors import InputError, SnapshotCorruptError, StaleDeltaError
-from freshrec.serve.app import build_app
+from freshrec.serve.app import HttpApi, build_app
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
 from freshrec.serve.metrics import ServeMetrics
@@ -64,6 +66,9 @@ class Server:
         Impression log: a :class:`~freshrec.stream.Log`, a spec for
         :func:`~freshrec.stream.open.open_log` (``file:DIR``, ``redis://...``), ``None`` for
         the default file log beside the registry, or ``False`` for none.
+    sock : socket.socket, optional
+        A bound listening socket to accept on instead of binding ``config.host:port`` (a
+        worker process of ``serve --workers N``); it is closed with the server.
 
     Examples
     --------
@@ -78,7 +83,8 @@ class Server:
     def __init__(self, registry: str | os.PathLike[str] | Registry,
                  config: ServeConfig | None = None, *,
                  model_config: FreshrecConfig | None = None,
-                 log: Log | str | bool | None = None) -> None:
+                 log: Log | str | bool | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.config = config if config is not None else ServeConfig()
         self.model_config = model_config
@@ -89,8 +95,9 @@ class Server:
         self.impressions: ImpressionWriter | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = sock
         self.port: int | None = None
+        self.api: HttpApi | None = None
 
     @property
     def url(self) -> str:
@@ -118,14 +125,37 @@ class Server:
             self.updater.start()
         app = build_app(self.updater, config=sc, impressions=self.impressions,
                         naive_reload=naive)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((sc.host, sc.port))
+        self.api = app.api
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((sc.host, sc.port))
         self.port = self._sock.getsockname()[1]
         ucfg = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                              http=_http_impl(), loop=_loop_impl())
-        self._uvicorn = uvicorn.Server(ucfg)
+                              http=self._http_impl(), loop=_loop_impl(),
+                              timeout_graceful_shutdown=max(5, math.ceil(sc.body_timeout_s)))
+        self._uvicorn = _DrainingServer(ucfg, self)
         return self._uvicorn
+
+    def _http_impl(self) -> Any:
+        """The connection protocol: arrival stamps and a header deadline over httptools
+        (:mod:`freshrec.serve._protocol`), else plain h11."""
+        try:
+            from freshrec.serve._protocol import protocol_class
+        except ImportError:
+            log.warning("httptools is not installed: no queue-time admission control and no "
+                        "header deadline (install the serve extra)")
+            return "h11"
+        return protocol_class(self.config.header_timeout_s, self._slow_client)
+
+    def _slow_client(self, phase: str) -> None:
+        self.metrics.slow_clients.inc(phase=phase)
+
+    def drain(self) -> None:
+        """Start draining: ``/readyz`` answers 503 from now on while requests are still
+        served (what SIGTERM does for ``serve.drain_s`` seconds before stopping)."""
+        if self.api is not None:
+            self.api.draining = True
 
     def _load_first(self, *, warm: bool) -> None:
         """Load the newest servable version; when there is none, start not ready."""
@@ -218,12 +248,25 @@ class Server:
         self.stop()
 
 
-def _http_impl() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server whose first SIGTERM/SIGINT drains for ``drain_s`` seconds
+    (``/readyz`` 503, requests still served) before the graceful stop."""
+
+    def __init__(self, config: uvicorn.Config, owner: Server) -> None:
+        super().__init__(config)
+        self._owner = owner
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain_s = self._owner.config.drain_s
+        api = self._owner.api
+        if drain_s <= 0 or api is None or api.draining:
+            super().handle_exit(sig, frame)
+            return
+        log.info("draining for %g s before stopping (readiness is 503)", drain_s)
+        api.draining = True
+        timer = threading.Timer(drain_s, super().handle_exit, (sig, None))
+        timer.daemon = True
+        timer.start()
 
 
 def _loop_impl() -> str:
