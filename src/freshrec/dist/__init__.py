@@ -1,0 +1,34 @@
+"""Distributed training on ``torch.distributed``: sharded tables, data-parallel dense.
+
+Launched with ``torchrun`` (or ``freshrec train --nproc N``), every rank holds a row-wise
+shard of every collisionless table (:func:`owner_ranks`: a fid's owner is a stable hash of
+it) and a replica of the dense parameters. A step routes each rank's distinct fids to their
+owners with an all-to-all, owners resolve and admit them and send the rows back, ranks pool
+and run the dense part, and the backward sends row gradients to the owners
+(:class:`ShardedPooledEmbedding`) while dense gradients are all-reduced
+(:class:`DenseGradientSync`). :class:`DistTrainer` is the :class:`~freshrec.train.Trainer`
+of one rank; its checkpoints are per-rank shards under one manifest, restorable on any
+number of ranks. See ``docs/distributed.md``.
+"""
+
+from freshrec.dist.checkpoint import DistManifest, latest_manifest, reshard_table
+from freshrec.dist.config import DistConfig
+from freshrec.dist.dense import DenseGradientSync
+from freshrec.dist.embedding import ShardedPooledEmbedding
+from freshrec.dist.exchange import SparseExchange
+from freshrec.dist.sharding import SHARD_SALT, owner_ranks
+from freshrec.dist.trainer import DistTrainer, GlobalMetricSet
+
+__all__ = [
+    "DenseGradientSync",
+    "DistConfig",
+    "DistManifest",
+    "DistTrainer",
+    "GlobalMetricSet",
+    "SHARD_SALT",
+    "ShardedPooledEmbedding",
+    "SparseExchange",
+    "latest_manifest",
+    "owner_ranks",
+    "reshard_table",
+]

@@ -1,0 +1,67 @@
+"""Configuration of distributed training: the ``dist`` section of the config document.
+
+Examples
+--------
+>>> DistConfig().nproc, DistConfig().backend
+(1, 'auto')
+>>> DistConfig(nproc=0)
+Traceback (most recent call last):
+...
+freshrec.errors.ConfigError: DistConfig: nproc must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from freshrec._validate import is_int, is_number, require
+
+__all__ = ["DistConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistConfig:
+    """How a run is spread over ranks (``torchrun`` processes).
+
+    Parameters
+    ----------
+    nproc : int
+        Ranks that ``freshrec train --nproc N`` starts on this machine (``torchrun`` sets the
+        world size itself; this is only the shorthand's default).
+    backend : str
+        ``gloo``, ``nccl`` or ``auto`` (NCCL when CUDA is present, else gloo). The sparse
+        exchange always runs over gloo (the tables live in host memory); with ``nccl`` the
+        dense all-reduce uses NCCL.
+    sharding : str
+        ``row_hash``: every table is sharded row-wise, a fid living on rank
+        ``owner(fid) = (mix64(fid ^ salt) >> 32) mod world`` (:func:`freshrec.dist.owner_ranks`).
+    exchange : str
+        ``rows``: owners return the distinct rows a rank asked for, and the rank pools them
+        (the only mode: each distinct fid crosses the wire once per step and rank).
+    slicing : str
+        Batch input: ``rows`` (every rank reads the input and keeps its slice of each global
+        batch of ``train.batch_size`` rows, so N ranks train exactly as one process) or
+        ``files`` (rank r reads files r, r + N, ... of a directory of files).
+    timeout_s : float
+        Timeout of every collective: a rank that stops answering fails the job after this
+        long instead of hanging it.
+    """
+
+    nproc: int = 1
+    backend: str = "auto"
+    sharding: str = "row_hash"
+    exchange: str = "rows"
+    slicing: str = "rows"
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        o = "DistConfig"
+        require(is_int(self.nproc) and self.nproc >= 1, o, "nproc", "an int >= 1", self.nproc)
+        require(self.backend in ("auto", "gloo", "nccl"), o, "backend",
+                "'auto', 'gloo' or 'nccl'", self.backend)
+        require(self.sharding == "row_hash", o, "sharding", "'row_hash'", self.sharding)
+        require(self.exchange == "rows", o, "exchange", "'rows'", self.exchange)
+        require(self.slicing in ("rows", "files"), o, "slicing", "'rows' or 'files'",
+                self.slicing)
+        require(is_number(self.timeout_s) and self.timeout_s > 0, o, "timeout_s",
+                "a number > 0", self.timeout_s)
