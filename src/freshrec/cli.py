@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("freshrec._cli.serve", "serve the newest registry model over HTTP"),
     "registry": ("freshrec._cli.registry", "list, verify, repair, roll back or clean a registry"),
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
+    "init": ("freshrec._cli.init", "write a starter config for a CSV/Parquet/JSON-lines file"),
 }
 
 

@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from freshrec.data.criteo import CriteoReader
 from freshrec.data.movielens import MovieLensReader
 from freshrec.data.obd import OpenBanditReader
 from freshrec.data.tabular import TabularReader
-from freshrec.errors import InputError
+from freshrec.errors import ConfigError, InputError
 
 __all__ = ["open_reader", "READER_FORMATS"]
 
@@ -70,6 +71,8 @@ def open_reader(fmt: str, path: str | os.PathLike[str], **options: Any) -> Reade
     ------
     InputError
         ``fmt`` is not a known format.
+    ConfigError
+        An option is not one of that reader's (names it and the accepted ones).
     DataNotFoundError
         ``path`` does not exist.
 
@@ -84,4 +87,10 @@ def open_reader(fmt: str, path: str | os.PathLike[str], **options: Any) -> Reade
         raise InputError(
             f"open_reader: fmt must be one of {', '.join(READER_FORMATS)}, got {fmt!r}"
         )
+    params = inspect.signature(_READERS[fmt]).parameters
+    accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"data.options: format {fmt!r} has no option {key!r} (its "
+                              f"options: {', '.join(accepted)})")
     return _READERS[fmt](path, **options)
