@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from freshrec.train.trainer import Trainer
 
 __all__ = ["FeatureBlock", "FeatureImportance", "concat_blocks", "concat_gradient",
-           "trainer_importance"]
+           "interact_gradient", "trainer_importance"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -140,8 +140,21 @@ def concat_gradient(model: CTRModel, sparse: JaggedBatch,
     model.eval()
     with torch.no_grad():
         emb = model.embedding(sparse, None)
+    return interact_gradient(model, emb, dense)
+
+
+def interact_gradient(model: CTRModel, emb: torch.Tensor,
+                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The concat ``x`` of pooled embeddings ``emb`` (B, F, D) and ``dense`` (B, K), and
+    ``dz_n/dx_n`` through :meth:`CTRModel.interact` in the model's current mode.
+
+    Only the gradient with respect to ``x`` is computed: no parameter's ``.grad`` changes
+    and no table is read or written, so a trainer can call it between its forward and its
+    backward (:class:`~freshrec.analysis.online.OnlineImportance`). Dropout layers must be
+    off (eval mode) for the per-example gradients to be the model's.
+    """
     b, f, d = emb.shape
-    x = flat_input(emb, dense).detach().requires_grad_(True)
+    x = flat_input(emb.detach(), dense.detach()).requires_grad_(True)
     with torch.enable_grad():
         z = model.interact(x[:, :f * d].reshape(b, f, d), x[:, f * d:])
         (grad,) = torch.autograd.grad(z.sum(), x)

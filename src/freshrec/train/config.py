@@ -69,6 +69,11 @@ class TrainConfig:
         Where ``freshrec train`` keeps checkpoints and metrics.jsonl (``""``: ``runs/train``,
         with ``--online`` ``runs/online``, so that an online run never resumes a batch
         checkpoint by accident).
+    importance_rate : float
+        Share of training steps whose batch is scored for feature importance (gradient x
+        variance at the concat, :mod:`freshrec.analysis.online`), evenly spaced; 0 disables.
+    importance_window_s : int
+        Event-time seconds per window of the running importance estimates.
     """
 
     batch_size: int = 512
@@ -89,6 +94,8 @@ class TrainConfig:
     prefetch: int = 4
     pipeline_lookup: bool = True
     run_dir: str = ""
+    importance_rate: float = 0.05
+    importance_window_s: int = 3600
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -133,7 +140,10 @@ class TrainConfig:
         for f in ("checkpoint_every_steps", "log_every_steps", "max_steps", "threads", "seed"):
             v = getattr(self, f)
             require(is_int(v) and v >= 0, o, f, "an int >= 0", v)
-        for f in ("expire_every_s", "metrics_window_s", "keep_checkpoints", "prefetch"):
+        require(is_number(self.importance_rate) and 0 <= self.importance_rate <= 1, o,
+                "importance_rate", "a number in [0, 1]", self.importance_rate)
+        for f in ("expire_every_s", "metrics_window_s", "keep_checkpoints", "prefetch",
+                  "importance_window_s"):
             v = getattr(self, f)
             require(is_int(v) and v >= 1, o, f, "an int >= 1", v)
         require(

@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -46,6 +47,7 @@ import pyarrow as pa
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
+from freshrec.ops.stats import SlotStats, window_record
 from freshrec.stream.base import Log, committed_end
 from freshrec.stream.events import decode_examples
 from freshrec.sync.publisher import Publisher
@@ -114,6 +116,7 @@ class OnlineTrainer:
         self.trainer.keep_expired_log = self.publisher is not None
         self._last_ckpt = time.monotonic()
         self._window: dict[str, Any] = {}
+        self._slot_stats = SlotStats(self.trainer.schema.slot_names)
         self._dense_published_step: int | None = None
 
     def _dense_state(self) -> dict[str, Any]:
@@ -182,14 +185,20 @@ class OnlineTrainer:
             for name, table in t.tables.items():
                 table.frozen = warm or name in oc.frozen_tables
             t.learn_batch(enc)
+            self._slot_stats.update(enc.sparse)
             n += enc.size
             newest = int(enc.event_time.max())
             self.newest_event_time = max(newest, self.newest_event_time or newest)
         self._report()
+        if t.importance is not None and t.run_dir is not None:
+            t.importance.write(t.run_dir)
         return n
 
     def _report(self) -> None:
-        """Log admitted/expired counts and windowed metrics once per event-time window."""
+        """Log admitted/expired counts and windowed metrics once per event-time window, and
+        append a line to ``metrics.jsonl`` (:func:`~freshrec.ops.stats.window_record`: the
+        metrics, each slot's coverage and distinct ids and each table's counters over the
+        examples since the previous line), which the dashboard and alerts read."""
         if self.newest_event_time is None:
             return
         w = self.config.online.window_report_s
@@ -206,7 +215,22 @@ class OnlineTrainer:
         m = self.trainer.metrics.get()
         log.info("online window=%d %s auc_window=%.4f", key * w, " ".join(parts),
                  m.get("auc_window", float("nan")))
-        self._window = {"key": key, "stats": stats}
+        now, examples = time.monotonic(), self.trainer.examples
+        if self.trainer.run_dir is not None:
+            since = self._window.get("clock")
+            rate = (examples - since[1]) / max(now - since[0], 1e-9) if since else None
+            tables = {n: {"entries": s.entries,
+                          "admitted": s.admitted - (prev[n].admitted if n in prev else 0),
+                          "expired": s.expired - (prev[n].expired if n in prev else 0)}
+                      for n, s in stats.items()}
+            line = window_record(event_time=key * w, wall_s=time.time(), step=self.trainer.step,
+                                 examples=examples, examples_per_s=rate, metrics=m,
+                                 slots=self._slot_stats.get(), tables=tables)
+            self.trainer.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.trainer.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        self._slot_stats.reset()
+        self._window = {"key": key, "stats": stats, "clock": (now, examples)}
 
     def _maybe_checkpoint(self) -> None:
         if time.monotonic() - self._last_ckpt >= self.config.online.checkpoint_every_s:
@@ -312,7 +336,7 @@ class OnlineTrainer:
             except OSError as e:
                 log.error("online: %s failed when stopping (%s: %s)", where, type(e).__name__, e)
                 raise
-        return {**self.trainer.summary(), "offsets": dict(self.offsets),
+        return {**self.trainer.finish(), "offsets": dict(self.offsets),
                 "rejected": self.rejected, "source_errors": self.source_errors,
                 "write_errors": self.write_errors}
 

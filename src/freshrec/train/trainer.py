@@ -40,12 +40,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from freshrec.analysis.online import OnlineImportance
 from freshrec.data.prefetch import Prefetcher
 from freshrec.errors import ConfigError
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
-from freshrec.table.table import EmbeddingTable
+from freshrec.store.table import flush_tables, open_table
 from freshrec.train._kernels import row_coins
 from freshrec.train.checkpoint import (
     latest_checkpoint,
@@ -133,7 +134,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(tc.seed)
         fc = config.features
         self.schema = FeatureSchema(fc)
-        self.tables = {t.name: EmbeddingTable(t) for t in fc.tables}
+        self.tables = {t.name: open_table(t) for t in fc.tables}
         self.embedding = PooledEmbedding(
             self.tables, {s.name: SlotSpec(table=s.table, pooling=s.pooling) for s in fc.slots})
         with _drawing_from(self.generator):
@@ -155,6 +156,8 @@ class Trainer:
         self.keep_expired_log = False
         #: The state dict of the checkpoint :meth:`resume` loaded (empty before).
         self.resumed_state: dict[str, Any] = {}
+        #: Feature importance of sampled steps (``train.importance_rate``; None when 0).
+        self.importance = OnlineImportance.for_trainer(self)
 
     # ------------------------------------------------------------------ steps
     def predict_batch(self, enc: EncodedBatch) -> np.ndarray:
@@ -183,6 +186,8 @@ class Trainer:
         with _drawing_from(self.generator):
             logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
         probs = self._probabilities(logits)
+        if self.importance is not None:
+            self.importance.after_forward(self.model, enc.dense, now, self.step)
         # metrics estimate the un-sampled stream: a kept negative stands for 1/rate negatives
         rate = np.where(y > 0, 1.0, enc.sample_rate).astype(np.float64)
         self.metrics.update(y, probs, enc.weight / rate, now=now)
@@ -281,12 +286,21 @@ class Trainer:
                     self.position["batches"] = i + 1
                     self._after_step(on_step, save)
                     if tc.max_steps and self.step >= tc.max_steps:
-                        return self.summary()
+                        return self.finish()
             finally:
                 prepared.close()
             self.position = {"epoch": self.position["epoch"] + 1, "batches": 0}
         if self.run_dir is not None:
             self.save()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """The run stops: the open importance window is written (to ``run_dir``); returns
+        :meth:`summary`. :meth:`fit` calls it when it returns."""
+        if self.importance is not None:
+            self.importance.finish(self.step)
+            if self.run_dir is not None:
+                self.importance.write(self.run_dir)
         return self.summary()
 
     def _prepare(self, source: Iterable[pa.RecordBatch], epoch: int, skip: int
@@ -322,6 +336,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+        if self.importance is not None and self.run_dir is not None:
+            self.importance.write(self.run_dir)
         if on_step is not None:
             on_step(self, self.metrics.get())
         if save:
@@ -352,10 +368,12 @@ class Trainer:
                  "config_fingerprint": self.config.fingerprint(),
                  "torch_rng": self.generator.get_state().numpy().tolist(), **(extra or {})}
         self._last_ckpt_wall = time.monotonic()
-        return save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
+        path = save_checkpoint(self.run_dir / "checkpoints", f"step-{self.step:010d}",
                                self.tables, self.model.state_dict(), self.optimizer.state_dict(),
                                state, keep=self.config.train.keep_checkpoints,
                                metrics=self.metrics)
+        flush_tables(self.tables)  # Redis-backed tables write back what the checkpoint holds
+        return path
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load the latest checkpoint of ``run_dir`` (or ``path``); False if there is none.
