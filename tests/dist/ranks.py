@@ -81,7 +81,7 @@ def run_ranks(n: int, scenario: str, out: Path, *args: str, timeout: float = 120
     from tests.conftest import free_ports
 
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_ports(1)[0]),
-           "WORLD_SIZE": str(n), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "WORLD_SIZE": str(n), "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
     procs = [subprocess.Popen([sys.executable, "-m", "tests.dist.ranks", scenario, str(out),
                                *args], cwd=ROOT, env={**env, "RANK": str(r)},
                               stderr=subprocess.PIPE, text=True) for r in range(n)]
