@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,serve,redis]'
+	$(PIP) install -q -e '.[dev,serve,redis,ops]'
 	touch $@
 
 ML100K ?= ../shared/data/ml-100k
@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/ensure-redis
+	bash scripts/ensure-system-deps
 	$(PY) -m pytest -q
 
 check: $(VENV)/.installed

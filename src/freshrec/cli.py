@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("freshrec._cli.serve", "serve the newest registry model over HTTP"),
     "registry": ("freshrec._cli.registry", "list, verify, repair, roll back or clean a registry"),
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
+    "dashboard": ("freshrec._cli.dashboard", "serve or export the operations dashboard of a config"),
     "init": ("freshrec._cli.init", "write a starter config for a CSV/Parquet/JSON-lines file"),
 }
 
@@ -42,7 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXTRAS: dict[str, str] = {
     "starlette": "serve", "uvicorn": "serve", "httpx": "serve", "httptools": "serve",
     "uvloop": "serve", "onnxruntime": "serve", "onnx": "serve", "redis": "redis",
-    "confluent_kafka": "kafka", "matplotlib": "experiments",
+    "confluent_kafka": "kafka", "matplotlib": "experiments", "plotly": "ops",
+    "grafana_foundation_sdk": "ops",
 }
 
 

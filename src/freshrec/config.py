@@ -4,7 +4,8 @@ Top-level keys are the fields of :class:`FreshrecConfig`. The model and how it l
 ``features`` (tables, slots, dense fields, labels), ``model``, ``train``, ``data`` (the batch
 reader), ``online`` (the online trainer) and ``sync`` (what is published to the registry, and
 how often). Then one section per command that runs a stage: ``simulate``, ``join``, ``serve``
-and ``demo`` (``configs/demo.yaml`` has them all). Every default lives in the section's
+and ``demo`` (``configs/demo.yaml`` has them all), and ``ops`` (alerts, the publish gate,
+automatic rollback). Every default lives in the section's
 dataclass; a command's flags are shorthands for ``--set section.key=value``.
 
 An unknown key anywhere is an error that names the key and the file. ``--set a.b=v``
@@ -49,6 +50,7 @@ from freshrec.demo.config import DemoConfig
 from freshrec.errors import ConfigError
 from freshrec.features.config import FeatureConfig, feature_config_from_dict
 from freshrec.models.config import ModelConfig, model_config_from_dict
+from freshrec.ops.config import OpsConfig
 from freshrec.serve.config import ServeJobConfig
 from freshrec.stream.config import JoinJobConfig
 from freshrec.sync.config import PublisherConfig
@@ -93,6 +95,7 @@ class FreshrecConfig:
     join: JoinJobConfig = field(default_factory=JoinJobConfig)
     serve: ServeJobConfig = field(default_factory=ServeJobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
