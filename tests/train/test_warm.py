@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
+from freshrec.cli import main
 from freshrec.config import FreshrecConfig, config_from_dict
 from freshrec.errors import ConfigError, IncompatibleFormatError
 from freshrec.train.trainer import Trainer
@@ -131,3 +136,31 @@ def test_the_previous_config_must_be_the_checkpoints(tmp_path):
         warm_start(Trainer(other), tmp_path / "checkpoints", previous=other)
     with pytest.raises(ConfigError, match="no checkpoint found at"):
         warm_start(Trainer(other), tmp_path / "nothing", previous=other)
+
+
+def test_freshrec_train_warm_start_prints_and_saves_the_report(tmp_path, capsys):
+    """The old model (slots a b, dense x) warm-starts a new one (a d, dense y x) from the
+    command line; the report says what was loaded, initialised and dropped."""
+    old_cfg, new_cfg = _config("wide_deep", ["a", "b"], ["x"]), \
+        _config("wide_deep", ["a", "d"], ["y", "x"])
+    for name, cfg in (("old", old_cfg), ("new", new_cfg)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(dict(cfg.raw), sort_keys=False))
+    pq.write_table(pa.Table.from_batches(_data(0)), tmp_path / "data.parquet")
+    common = ["--data", str(tmp_path / "data.parquet"), "--format", "parquet", "--no-progress"]
+    assert main(["train", "--config", str(tmp_path / "old.yaml"), "--run-dir",
+                 str(tmp_path / "old"), *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "new.yaml"), "--run-dir",
+                 str(tmp_path / "new"), "--warm-start", str(tmp_path / "old" / "checkpoints"),
+                 "--warm-start-config", str(tmp_path / "old.yaml"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "initialised: d, y" in out and "dropped: b" in out
+    saved = json.loads((tmp_path / "new" / "warm_start.json").read_text())
+    assert saved["initialised"] == ["d", "y"] and saved["dropped"] == ["b"]
+    assert saved["tables_loaded"] == ["ids"] and saved["tables_fresh"] == ["d"]
+    assert saved["repositioned"] == ["deep.0.weight", "wide.weight"]
+    # without --warm-start-config the checkpoint must be of --config's features
+    assert main(["train", "--config", str(tmp_path / "new.yaml"), "--run-dir",
+                 str(tmp_path / "new2"), "--warm-start", str(tmp_path / "old" / "checkpoints"),
+                 *common]) == 2
+    assert "written for config" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``freshrec train``: batch training on a data set, or ``--online`` from a log of examples.
 
     freshrec train --config CFG --data PATH [--format F] [--run-dir DIR] [--resume]
+    freshrec train --config NEW --data PATH --warm-start CKPT [--warm-start-config OLD]
     freshrec train --online --config CFG --source LOG [--registry DIR] [--run-dir DIR]
 
 Every flag but ``--online``, ``--resume`` and ``--no-progress`` is a shorthand for a key of
@@ -49,6 +50,8 @@ SHORTHANDS = [
               "online: publish updates to this registry directory"),
     Shorthand("--idle-timeout", "online.idle_timeout_s",
               "online: stop after this many seconds without examples (0: never)", float),
+    Shorthand("--nproc", "dist.nproc",
+              "train on N ranks of this machine (torchrun; see docs/distributed.md)", int),
 ]
 
 
@@ -59,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--online", action="store_true",
                    help="train from a log of joined examples (see --source)")
+    p.add_argument("--warm-start", metavar="CHECKPOINT", default="",
+                   help="start from another run's checkpoint though the features differ "
+                        "(freshrec.train.warm; ignored when --resume finds a checkpoint)")
+    p.add_argument("--warm-start-config", metavar="YAML", default=None,
+                   help="the config document --warm-start's checkpoint was trained with "
+                        "(default: --config)")
 
 
 def run_dir_of(cfg: FreshrecConfig, online: bool) -> str:
@@ -82,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("freshrec train needs --config (the model's document, see configs/)")
     cfg = config(args)
     configure_training(cfg.train)
+    if cfg.dist.nproc > 1 or _under_torchrun():
+        return _run_distributed(cfg, args)
     if args.online:
         return _run_online(cfg, run_dir_of(cfg, online=True))
     make_reader = open_data(cfg)
@@ -90,10 +101,44 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and trainer.resume():
         print(f"resumed at step {trainer.step} (epoch {trainer.position['epoch']}, "
               f"batch {trainer.position['batches']})")
+    elif args.warm_start:
+        from freshrec.train.warm import REPORT_FILE, warm_start_run
+
+        report = warm_start_run(trainer, args.warm_start, args.warm_start_config)
+        print(f"warm start from {args.warm_start} (report: {Path(run_dir) / REPORT_FILE})\n"
+              f"{report.describe()}")
     summary = _fit_with_progress(trainer, make_reader, show=not args.no_progress)
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
                       for k, v in summary.items()}))
     print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
+    return 0
+
+
+def _under_torchrun() -> bool:
+    from freshrec.dist.launch import under_torchrun
+
+    return under_torchrun()
+
+
+def _run_distributed(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
+    """``--nproc N``: torchrun N ranks of this command; under torchrun: train one rank."""
+    from freshrec.dist.launch import launch_local
+    from freshrec.dist.run import train_rank, write_run_config
+
+    if args.online:
+        raise ConfigError("freshrec train --online runs in one process (distributed online "
+                          "training is not supported yet); drop --nproc")
+    run_dir = run_dir_of(cfg, online=False)
+    if not _under_torchrun():
+        flags = [f for f, on in (("--resume", args.resume), ("--no-progress", True)) if on]
+        return launch_local(cfg.dist.nproc, ["train", "--config",
+                                             str(write_run_config(cfg, run_dir)), *flags],
+                            max_restarts=cfg.dist.max_restarts)
+    trainer, summary = train_rank(cfg, run_dir, open_data(cfg), resume=args.resume)
+    if trainer.rank == 0:
+        print(json.dumps({"ranks": trainer.world, **{
+            k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}}))
+        print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
     return 0
 
 

@@ -38,8 +38,9 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,10 @@ from freshrec.train.trainer import Trainer
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
 
-__all__ = ["WarmStartReport", "warm_start"]
+__all__ = ["REPORT_FILE", "WarmStartReport", "warm_start", "warm_start_run"]
+
+#: Where :func:`warm_start_run` saves the report, in the new run's directory.
+REPORT_FILE = "warm_start.json"
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,14 @@ class WarmStartReport:
     repositioned: tuple[str, ...]
     initialised: tuple[str, ...]
     dropped: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """The report as JSON-able lists."""
+        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
+
+    def describe(self) -> str:
+        """One line per field that is not empty, e.g. ``initialised: c``."""
+        return "\n".join(f"{k}: {', '.join(v)}" for k, v in self.to_dict().items() if v)
 
 
 def _blocks(config: FreshrecConfig) -> list[FeatureBlock]:
@@ -188,4 +200,27 @@ def warm_start(trainer: Trainer, checkpoint: str | Path,
         initialised=tuple(sorted(new_names - old_names)),
         dropped=tuple(sorted(old_names - new_names)))
     log.info("warm_start checkpoint=%s %s", ckpt, report)
+    return report
+
+
+def warm_start_run(trainer: Trainer, checkpoint: str | Path,
+                   previous_config: str | Path | None = None) -> WarmStartReport:
+    """:func:`warm_start` from files, as ``freshrec train --warm-start`` does: the previous
+    model's config document is read from ``previous_config`` (``None``: the trainer's own
+    config, the features unchanged), and the report is saved as JSON to
+    ``run_dir/warm_start.json`` when the trainer has a run directory.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`warm_start`, or ``previous_config`` cannot be read.
+    """
+    from freshrec.config import load_config
+
+    previous = trainer.config if previous_config is None else load_config(previous_config)
+    report = warm_start(trainer, checkpoint, previous)
+    if trainer.run_dir is not None:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.run_dir / REPORT_FILE).write_text(
+            json.dumps({"checkpoint": str(checkpoint), **report.to_dict()}, indent=1) + "\n")
     return report
