@@ -1,0 +1,103 @@
+"""ServedRedisTable: rows read per request, the local copy's lifetime, fallbacks while Redis
+is down (a real redis-server stopped and restarted)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from freshrec.store import RedisTable, StoreConfig
+from freshrec.store.served import ServedRedisTable, render_metrics, serving_tables
+from freshrec.table import EmbeddingTable, TableConfig
+from tests.conftest import DURABLE, start_redis, stop_process
+
+pytestmark = pytest.mark.redis
+
+
+def config(url: str, prefix: str, name: str = "user", **store: Any) -> TableConfig:
+    return TableConfig(name=name, dim=4, backend="redis",
+                       store=StoreConfig(url=url, prefix=prefix, **store))
+
+
+def test_serving_reads_what_the_trainer_flushed(store_url: str, prefix: str,
+                                                closing: list[Any]) -> None:
+    trainer = RedisTable(config(store_url, prefix))
+    served = ServedRedisTable(config(store_url, prefix, serve_cache_ms=60_000.0))
+    uncached = ServedRedisTable(config(store_url, prefix, serve_cache_ms=0.0))
+    closing += [trainer, served, uncached]
+    fids = np.array([1, 2, 3], np.uint64)
+    trainer.lookup(fids, now=0, train=True)
+    trainer.flush()
+    np.testing.assert_array_equal(served.lookup(fids), trainer.lookup(fids))
+    assert served.lookup(np.array([99], np.uint64)).tolist() == [[0.0] * 4]  # not in Redis
+    trainer.apply_gradients(fids[:1], np.ones((1, 4), np.float32))
+    trainer.flush()
+    old = served.lookup(fids[:1])
+    assert not np.array_equal(old, trainer.lookup(fids[:1]))  # the local copy, still fresh
+    np.testing.assert_array_equal(uncached.lookup(fids[:1]), trainer.lookup(fids[:1]))
+    c = served.counters
+    assert c["cache_hits"] >= 1 and c["missing"] >= 1 and c["redis_reads"] >= 3
+
+
+def test_local_copy_is_bounded(redis_server: str, prefix: str, closing: list[Any]) -> None:
+    trainer = RedisTable(config(redis_server, prefix, name="bounded"))
+    served = ServedRedisTable(config(redis_server, prefix, name="bounded",
+                                     serve_cache_rows=10))
+    closing += [trainer, served]
+    fids = np.arange(50, dtype=np.uint64)
+    trainer.lookup(fids, now=0, train=True)
+    trainer.flush()
+    for chunk in np.split(fids, 10):
+        np.testing.assert_array_equal(served.lookup(chunk), trainer.lookup(chunk))
+    assert len(served) <= 10
+
+
+def test_serving_survives_redis_stopping_and_restarting(tmp_path: Path, prefix: str,
+                                                        closing: list[Any]) -> None:
+    proc, port = start_redis(tmp_path, None, *DURABLE)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        trainer = RedisTable(config(url, prefix, name="outage"))
+        served = ServedRedisTable(config(url, prefix, name="outage", serve_cache_ms=0.0,
+                                         serve_timeout_ms=50.0, retry_backoff_s=0.0,
+                                         serve_fallback="init"))
+        closing += [trainer, served]
+        known, new = np.array([1, 2], np.uint64), np.array([7], np.uint64)
+        trainer.lookup(known, now=0, train=True)
+        trainer.flush()
+        want = trainer.lookup(known)
+        np.testing.assert_array_equal(served.lookup(known), want)
+        before = dict(served.counters)
+        stop_process(proc)
+        # Redis is down: no error; known rows keep their last copy, a new fid gets the
+        # initializer's row (where training would start it), all counted
+        np.testing.assert_array_equal(served.lookup(known), want)
+        init = EmbeddingTable(TableConfig(name="outage", dim=4)).lookup(new, now=0, train=True)
+        np.testing.assert_array_equal(served.lookup(new), init)
+        after = served.counters
+        assert after["stale_rows"] - before["stale_rows"] == 2
+        assert after["fallback_rows"] - before["fallback_rows"] == 1
+        assert after["redis_errors"] - before["redis_errors"] == 2
+        assert 'freshrec_store_fallback_rows_total{table="outage"}' in render_metrics()
+        proc, _ = start_redis(tmp_path, port, *DURABLE)
+        trainer.apply_gradients(known, np.ones((2, 4), np.float32))
+        trainer.flush()
+        deadline = time.monotonic() + 10
+        while not np.array_equal(served.lookup(known), trainer.lookup(known)):
+            assert time.monotonic() < deadline, "serving never read Redis again"
+            time.sleep(0.05)
+    finally:
+        stop_process(proc)
+
+
+def test_serving_tables_wraps_only_redis_tables(closing: list[Any]) -> None:
+    tables = {"user": EmbeddingTable(config("redis://127.0.0.1:1/0", "p")),
+              "item": EmbeddingTable(TableConfig(name="item", dim=4))}
+    served = serving_tables(tables)
+    closing.append(served["user"])
+    assert isinstance(served["user"], ServedRedisTable) and served["item"] is tables["item"]
+    assert serving_tables(served)["user"] is served["user"]
