@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -45,7 +46,8 @@ from freshrec._io import atomic_write_bytes
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
 from freshrec.store.client import RowKeys, RowStore, open_client
-from freshrec.store.config import TableBackend
+from freshrec.store.config import NewUserSource, TableBackend
+from freshrec.store.rules import limit_rows, row_initializer
 from freshrec.stream._redis import is_lost
 from freshrec.table.config import TableConfig
 from freshrec.table.delta import TableDelta
@@ -59,6 +61,7 @@ __all__ = ["RedisTable", "open_table", "flush_tables"]
 log = logging.getLogger(__name__)
 
 STORE_STATE = "store.json"
+EVENTS = "store_events.npy"
 
 
 def open_table(config: TableConfig, client: Client | None = None) -> EmbeddingTable:
@@ -99,6 +102,13 @@ class RedisTable(EmbeddingTable):
         #: the cache, times Redis could not be reached (each retried with back-off).
         self.store_counters = {"faulted": 0, "flushed": 0, "flushes": 0, "evicted": 0,
                                "errors": 0}
+        self._init = row_initializer(sc.new_user, config.dim)
+        self._expected: dict[int, np.ndarray] = {}
+        if sc.new_user.source is not NewUserSource.NONE:
+            self.row_initializer = self._new_rows
+        self._rules = sc.update_rules
+        self._row_fids = np.zeros(0, np.uint64)   # fid of each row id resolved for training
+        self._events: dict[int, int] = {}         # training lookups per fid, up to min_events
 
     def __repr__(self) -> str:
         return (f"RedisTable(name={self.name!r}, dim={self.dim}, cached={len(self)}, "
@@ -146,7 +156,84 @@ class RedisTable(EmbeddingTable):
         """:meth:`EmbeddingTable.resolve` after reading the rows the cache lacks from Redis."""
         f = as_fids(fids, f"RedisTable {self.name!r}: fids")
         self._fault_in(f)
-        return super().resolve(f, now=now, train=train)
+        rows = super().resolve(f, now=now, train=train)
+        if train and self._rules.active:
+            self._note(f, rows)
+        return rows
+
+    # ------------------------------------------------------------------ new rows, rules
+    def expect_new_rows(self, rows: dict[int, np.ndarray]) -> None:
+        """Rows that fids created by the next lookup start from (``history_mean``: set by
+        :func:`~freshrec.store.rules.prepare_new_rows` before each batch)."""
+        self._expected = rows
+
+    def _new_rows(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._init is not None:
+            return self._init(fids)
+        out = np.zeros((fids.shape[0], self.dim), np.float32)
+        mask = np.zeros(fids.shape[0], bool)
+        for i, f in enumerate(fids.tolist()):
+            row = self._expected.get(f)
+            if row is not None:
+                out[i], mask[i] = row, True
+        return out, mask
+
+    def _note(self, f: np.ndarray, rows: np.ndarray) -> None:
+        """Remember each resolved row's fid, and count training lookups for ``min_events``."""
+        ok = rows >= 0
+        if ok.any():
+            top = int(rows[ok].max()) + 1
+            if top > self._row_fids.shape[0]:
+                grown = np.zeros(max(top, 2 * self._row_fids.shape[0]), np.uint64)
+                grown[: self._row_fids.shape[0]] = self._row_fids
+                self._row_fids = grown
+            self._row_fids[rows[ok]] = f[ok]
+        k = self._rules.min_events
+        if k:
+            uniq, counts = np.unique(f[ok], return_counts=True)
+            ev = self._events
+            for fid, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+                ev[fid] = min(ev.get(fid, 0) + c, k)
+
+    def _limited(self, fids: np.ndarray, step: Any) -> int:
+        """Run ``step()`` (an optimizer step on rows of ``fids``) and keep of it only what the
+        update rules allow."""
+        fids = np.unique(fids[self.find(fids) >= 0])
+        before = self.read_rows(fids, with_state=True)
+        n = int(step())
+        after = self.read_rows(fids, with_state=True)
+        k = self._rules.min_events
+        allowed = np.array([self._events.get(f, 0) >= k for f in fids.tolist()], bool) \
+            if k else np.ones(fids.shape[0], bool)
+        values = limit_rows(before.values, after.values, self._rules, allowed)
+        states = None
+        if after.states is not None and before.states is not None:
+            states = np.where(allowed[:, None], after.states, before.states).astype(np.float32)
+        self.apply_delta(TableDelta(
+            table=self.name, fingerprint=self.config.fingerprint(),
+            from_version=self.applied_version, to_version=self.applied_version, fids=fids,
+            values=values, last_seen=after.last_seen, states=states,
+            expired=np.empty(0, np.uint64)), check_version=False)
+        return n
+
+    def apply_gradients(self, fids: Any, grads: Any, *, now: int | None = None) -> int:
+        """:meth:`EmbeddingTable.apply_gradients`, limited by ``store.update_rules``."""
+        if not self._rules.active or self.frozen:
+            return super().apply_gradients(fids, grads, now=now)
+        f = as_fids(fids, f"RedisTable {self.name!r}.apply_gradients: fids")
+        return self._limited(f, lambda: super(RedisTable, self).apply_gradients(
+            f, grads, now=now))
+
+    def apply_bag_gradients(
+        self, rows: np.ndarray, offsets: np.ndarray, scale: np.ndarray, grad_out: np.ndarray,
+        unique: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> int:
+        """:meth:`EmbeddingTable.apply_bag_gradients`, limited by ``store.update_rules``."""
+        if not self._rules.active or self.frozen:
+            return super().apply_bag_gradients(rows, offsets, scale, grad_out, unique)
+        u = self.unique_rows(rows) if unique is None else unique
+        return self._limited(self._row_fids[u[0]], lambda: super(
+            RedisTable, self).apply_bag_gradients(rows, offsets, scale, grad_out, u))
 
     def lookup(self, fids: Any, *, now: int | None = None, train: bool = False) -> np.ndarray:
         """:meth:`EmbeddingTable.lookup` after reading the rows the cache lacks from Redis."""
@@ -216,6 +303,10 @@ class RedisTable(EmbeddingTable):
         atomic_write_bytes(Path(path) / STORE_STATE, json.dumps(
             {"flushed_version": self.flushed_version,
              "counters": self.store_counters}).encode())
+        if self._rules.min_events:
+            buf = io.BytesIO()
+            np.save(buf, np.array(list(self._events.items()), np.uint64).reshape(-1, 2))
+            atomic_write_bytes(Path(path) / EVENTS, buf.getvalue())
 
     def load(self, path: str | Any) -> None:
         """Load the cache and flush position, then write to Redis every row changed since
@@ -227,6 +318,10 @@ class RedisTable(EmbeddingTable):
         self.flushed_version = int(state.get("flushed_version", 0))
         self.store_counters.update({k: int(v) for k, v in state.get("counters", {}).items()
                                     if k in self.store_counters})
+        events = Path(path) / EVENTS
+        if events.is_file():
+            pairs = np.load(events, allow_pickle=False)
+            self._events = {int(f): int(c) for f, c in pairs.tolist()}
         n = self.flush()
         log.info("store table=%s: restored flush position, rewrote %d rows", self.name, n)
 
