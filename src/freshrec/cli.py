@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("freshrec._cli.registry", "list, verify, repair, roll back or clean a registry"),
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
     "dashboard": ("freshrec._cli.dashboard", "serve or export the operations dashboard of a config"),
+    "watch": ("freshrec._cli.watch", "evaluate the alert rules of a config and send the alerts"),
     "init": ("freshrec._cli.init", "write a starter config for a CSV/Parquet/JSON-lines file"),
 }
 

@@ -1,0 +1,56 @@
+"""``freshrec watch --config CFG [--run-dir DIR ...] [--registry DIR] [--metrics-url URL ...]``.
+
+Evaluates the ``ops.alerts`` rules of the config every ``ops.watch_interval_s`` over what the
+system writes (the same data as ``freshrec dashboard``) and fires each alert that starts to
+the log and to ``ops.webhook`` (retried, ``ops.webhook_retries``). ``--once`` evaluates once
+and prints the firing alerts as JSON; the exit status is then 1 when any fires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from freshrec._cli.options import Shorthand, add_config_arguments, config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, [
+        Shorthand("--webhook", "ops.webhook", "URL each alert is POSTed to"),
+        Shorthand("--interval", "ops.watch_interval_s", "seconds between evaluations", float),
+    ])
+    p.add_argument("--run-dir", action="append", default=[], metavar="DIR",
+                   help="a run directory whose metrics.jsonl is read (repeatable; default: "
+                        "train.run_dir of the config when set)")
+    p.add_argument("--registry", metavar="DIR", default=None,
+                   help="the registry (default: online.registry or serve.registry)")
+    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                   help="a Prometheus endpoint to scrape (repeatable)")
+    p.add_argument("--once", action="store_true", help="evaluate once, print, exit")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until interrupted)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from freshrec.ops.alerts import Watcher
+    from freshrec.ops.collect import Collector
+
+    cfg = config(args)
+    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
+    registry = args.registry or cfg.online.registry or cfg.serve.registry or None
+    watcher = Watcher(cfg, Collector(cfg, run_dirs=run_dirs, registry=registry,
+                                     metrics_urls=args.metrics_url))
+    if args.once:
+        watcher.check()
+        print(json.dumps(watcher.status()))
+        return 1 if watcher.active else 0
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            watcher.check()
+            time.sleep(cfg.ops.watch_interval_s)
+    except KeyboardInterrupt:
+        pass
+    print(json.dumps(watcher.status()))
+    return 0
