@@ -32,6 +32,12 @@ SHORTHANDS = [
     Shorthand("--engine", "serve.engine", "what runs the dense part (auto: ONNX Runtime when "
               "installed)", choices=ENGINES),
     Shorthand("--max-in-flight", "serve.max_in_flight", "requests admitted at once", int),
+    Shorthand("--workers", "serve.workers", "worker processes on the one port, over embedding "
+              "tables in shared memory", int),
+    Shorthand("--queue-budget", "serve.queue_budget_s", "seconds a request may wait to be "
+              "scored before it is shed with 503", float),
+    Shorthand("--drain", "serve.drain_s", "seconds to keep serving with /readyz 503 after "
+              "SIGTERM", float),
     Shorthand("--poll-interval", "serve.poll_interval_s",
               "seconds between looks at the registry", float),
     Shorthand("--update-mode", "serve.update_mode", "naive: reload on the request path (a "
@@ -60,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
                           f"there; freshrec train publishes one, e.g. runs/train/registry)")
     log = False if job.log == "none" else job.log
     configure_serving(job)
-    run_server(job.registry, config=job, model_config=model_config, log=log,
-               on_started=announce)
+    if job.workers > 1:
+        from freshrec.serve.workers import run_workers
+
+        run_workers(job.registry, config=job, model_config=model_config, log=log,
+                    on_started=announce)
+    else:
+        run_server(job.registry, config=job, model_config=model_config, log=log,
+                   on_started=announce)
     return 0
 
 

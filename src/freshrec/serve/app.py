@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -262,6 +263,7 @@ class HttpApi:
         loaded and warmed up, while draining, and while every in-flight slot is taken."""
         st = self.updater.status()
         st["in_flight"] = self._in_flight
+        st["pid"] = os.getpid()  # which worker process answered (serve --workers N)
         if not st["ready"]:
             why = st.get("last_error") or "no model loaded and warmed up yet"
         elif self.draining:

@@ -69,6 +69,9 @@ class Server:
     sock : socket.socket, optional
         A bound listening socket to accept on instead of binding ``config.host:port`` (a
         worker process of ``serve --workers N``); it is closed with the server.
+    updater : ModelUpdater, optional
+        What holds the served model (default: one following ``registry``; a worker process
+        passes one following the shared tables).
 
     Examples
     --------
@@ -84,13 +87,16 @@ class Server:
                  config: ServeConfig | None = None, *,
                  model_config: FreshrecConfig | None = None,
                  log: Log | str | bool | None = None,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None,
+                 updater: ModelUpdater | None = None) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.config = config if config is not None else ServeConfig()
         self.model_config = model_config
         self._log_arg = log
         self.metrics = ServeMetrics()
-        self.updater = ModelUpdater(self.registry, model_config, self.config, self.metrics)
+        self.updater = updater if updater is not None else \
+            ModelUpdater(self.registry, model_config, self.config, self.metrics)
+        self.metrics = self.updater.metrics
         self.log: Log | None = None
         self.impressions: ImpressionWriter | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -165,7 +171,7 @@ class Server:
             return
         try:
             self.updater.load(warm=warm)
-        except (SnapshotCorruptError, StaleDeltaError) as e:
+        except (SnapshotCorruptError, StaleDeltaError, LookupError) as e:
             log.error("registry %s: no version can be served (%s): not ready until a full "
                       "snapshot is published (freshrec registry repair)", self.registry.root, e)
 

@@ -201,7 +201,7 @@ class ModelUpdater:
 
             before = sub.version
             try:
-                sub.update(cur.tables, load_dense_fn=load_dense)
+                sub.update(self._update_target(cur), load_dense_fn=load_dense)
             except _NeedsReload:
                 self.load()
                 return True
@@ -219,6 +219,10 @@ class ModelUpdater:
             self.metrics.delta_apply.observe(time.perf_counter() - t0)
             self._publish(served, "delta")
             return True
+
+    def _update_target(self, pred: Predictor) -> Mapping[str, Any]:
+        """The tables a delta is applied to (the served ones; a subclass may wrap them)."""
+        return pred.tables
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:

@@ -1,0 +1,123 @@
+"""``serve --workers 2``: two real worker processes on one port over shared tables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from freshrec.serve import ServeConfig
+from freshrec.serve.workers import WorkerPool
+from freshrec.stream import FileLog
+from freshrec.sync import Registry
+from tests.serve._helpers import (
+    make_config,
+    reference_scores,
+    request,
+    train_and_publish,
+    train_more,
+)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerPool, Any, Any, Path]]:
+    """``(pool, config, publisher, log dir)``: 2 workers over a trained model."""
+    root = tmp_path_factory.mktemp("workers")
+    cfg = make_config()
+    reg = Registry(root / "reg")
+    trainer, pub = train_and_publish(reg, cfg)
+    p = WorkerPool(reg.root, ServeConfig(port=0, workers=2, poll_interval_s=0.05),
+                   log=f"file:{root / 'log'}")
+    p.start()
+    yield p, cfg, (trainer, pub), root / "log"
+    p.stop()
+
+
+def _by_worker(pool: WorkerPool, body: dict[str, Any], want: int = 2,
+               tries: int = 60) -> dict[int, list[dict[str, Any]]]:
+    """Responses to ``body`` grouped by the worker process that answered (new connections
+    until ``want`` workers answered)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for _ in range(tries):
+        with httpx.Client(base_url=pool.url, timeout=30) as c:  # one connection: one worker
+            pid = c.get("/readyz").json()["pid"]
+            r = c.post("/score", json=body)
+            assert r.status_code == 200, r.text
+            out.setdefault(pid, []).append(r.json())
+        if len(out) >= want and min(len(v) for v in out.values()) >= 2:
+            break
+    return out
+
+
+def _wait_served(pool: WorkerPool, version: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pool.served_versions() != [version] * 2:
+        assert time.monotonic() < deadline, (pool.served_versions(), version)
+        time.sleep(0.02)
+
+
+def test_every_worker_serves_the_same_version_and_scores_after_each_update(pool):
+    pool_, cfg, (trainer, pub), _ = pool
+    reg = pool_.registry
+    body = request(np.random.default_rng(3), n=12)
+    for step, kind in enumerate(["", "sparse", "dense", "sparse", "full"]):
+        if kind:
+            train_more(trainer, seed=10 + step)
+            getattr(pub, f"publish_{kind}")(event_time=6000 + step)
+        version = reg.head()
+        _wait_served(pool_, version)
+        answers = _by_worker(pool_, body)
+        assert len(answers) == 2, f"{kind}: one worker answered every connection"
+        ref = reference_scores(cfg, reg, body, version)
+        for pid, replies in answers.items():
+            for r in replies:
+                assert r["model_version"] == version, (kind, pid)
+                np.testing.assert_allclose(r["scores"], ref, rtol=1e-4, atol=1e-6,
+                                           err_msg=f"{kind}: worker {pid}")
+
+
+def test_the_rows_are_one_shared_copy_mapped_by_every_worker(pool):
+    pool_ = pool[0]
+    segments = {t.segment for t in pool_.updater.shared.values()}
+    assert segments
+    for pid in pool_.worker_pids():
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        mapped = {seg for seg in segments if f"/dev/shm/{seg}" in maps}
+        assert mapped == segments, (pid, segments, mapped)
+    # the parent holds one copy of each table in shared memory whatever the worker count
+    table_rows = {n: len(t) for n, t in pool_.updater.current.tables.items()}
+    assert {n: len(t) for n, t in pool_.updater.shared.items()} == table_rows
+
+
+def test_impressions_of_every_worker_reach_the_log(pool):
+    pool_, _, _, log_dir = pool
+    before = pool_.metrics.impressions.get()
+    body = request(np.random.default_rng(4), n=3)
+    answered = _by_worker(pool_, body)
+    n = sum(len(v) for v in answered.values())
+    deadline = time.monotonic() + 10
+    while pool_.metrics.impressions.get() < before + n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool_.metrics.impressions.get() == before + n
+    with FileLog(log_dir) as log:
+        assert sum(log.end_offset(p) for p in range(log.partitions)) >= n
+
+
+def test_a_killed_worker_is_restarted_and_serves_the_current_version(pool):
+    pool_ = pool[0]
+    victim = pool_.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (pool_.worker_pids()[0] == victim or pool_.served_versions()[0] == 0) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pool_.worker_pids()[0] != victim and pool_.restarts >= 1
+    _wait_served(pool_, pool_.registry.head())
+    assert len(_by_worker(pool_, request(np.random.default_rng(5), n=2))) == 2
