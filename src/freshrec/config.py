@@ -47,6 +47,7 @@ import yaml
 from freshrec._validate import build_config, check_keys
 from freshrec.data.simulate import SimulateJobConfig
 from freshrec.demo.config import DemoConfig
+from freshrec.dist.config import DistConfig
 from freshrec.errors import ConfigError
 from freshrec.features.config import FeatureConfig, feature_config_from_dict
 from freshrec.models.config import ModelConfig, model_config_from_dict
@@ -95,6 +96,7 @@ class FreshrecConfig:
     join: JoinJobConfig = field(default_factory=JoinJobConfig)
     serve: ServeJobConfig = field(default_factory=ServeJobConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

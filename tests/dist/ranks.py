@@ -22,14 +22,14 @@ from freshrec.table.table import EmbeddingTable
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def config(optimizer: str, **train: Any) -> FreshrecConfig:
-    """A small model: users with admission (min_count 2) and a TTL, items and a history."""
+def config(optimizer: str, min_count: int = 2, **train: Any) -> FreshrecConfig:
+    """A small model: users with admission (``min_count``) and a TTL, items and a history."""
     return config_from_dict({
         "features": {
             "tables": {
                 "user": {"dim": 4, "ttl_s": 30,
                          "optimizer": {"kind": optimizer, "lr": 0.1},
-                         "admission": {"min_count": 2}},
+                         "admission": {"min_count": min_count}},
                 "item": {"dim": 4, "ttl_s": 60, "optimizer": {"kind": optimizer, "lr": 0.05}},
             },
             "slots": {"user_id": {"table": "user"}, "item_id": {"table": "item"},
@@ -76,6 +76,61 @@ def merged(parts: list[dict[str, np.ndarray]], name: str) -> dict[str, np.ndarra
             for k in ("fids", "values", "states", "last_seen")}
 
 
+def write_inputs(root: Path, cfg: FreshrecConfig, rows: int) -> tuple[Path, Path]:
+    """The config document and a Parquet file of ``batches(rows)`` under ``root``."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_batches(batches(rows)), root / "data.parquet")
+    (root / "cfg.yaml").write_text(yaml.safe_dump(dict(cfg.raw), sort_keys=False))
+    return root / "cfg.yaml", root / "data.parquet"
+
+
+def train_cli(cfg: Path, data: Path, run_dir: Path, *flags: str, torchrun: int = 0,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``python -m freshrec train`` on ``data`` (under ``torchrun`` with that many ranks when
+    ``torchrun`` > 0), its output captured."""
+    from tests.conftest import free_ports
+
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}",
+                 "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_ports(1)[0]}"]
+                if torchrun else [sys.executable])
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, "-m", "freshrec", "train", "--config", str(cfg),
+                           "--data", str(data), "--format", "parquet", "--run-dir",
+                           str(run_dir), "--no-progress", *flags],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_state(run_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any], int]:
+    """The newest distributed checkpoint of ``run_dir``: each shard's rows (as
+    :func:`table_state`), rank 0's dense parameters, and its world size."""
+    from freshrec.dist.checkpoint import latest_manifest
+    from freshrec.train.checkpoint import load_checkpoint
+
+    manifest = latest_manifest(run_dir / "checkpoints")
+    assert manifest is not None
+    parts = [table_state({name: EmbeddingTable.from_snapshot(s / "tables" / name)
+                          for name in ("user", "item")}) for s in manifest.shards]
+    dense, _, state = load_checkpoint(manifest.shards[0], {})
+    return parts, {k: v.numpy() for k, v in dense.items()}, manifest.world_size
+
+
+def assert_same_model(parts: list[dict[str, np.ndarray]], dense: dict[str, Any],
+                      single: Any) -> None:
+    """Shards ``parts`` together and ``dense`` equal the single-process ``single`` trainer."""
+    want = table_state(single.tables)
+    for name in ("user", "item"):
+        got = merged(parts, name)
+        np.testing.assert_array_equal(got["fids"], want[f"{name}.fids"])
+        np.testing.assert_array_equal(got["last_seen"], want[f"{name}.last_seen"])
+        np.testing.assert_allclose(got["values"], want[f"{name}.values"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got["states"], want[f"{name}.states"], atol=1e-5, rtol=1e-6)
+    for k, v in single.model.state_dict().items():
+        np.testing.assert_allclose(dense[k], v.numpy(), atol=1e-5, rtol=0)
+
+
 def run_ranks(n: int, scenario: str, out: Path, *args: str, timeout: float = 120) -> list[str]:
     """Run ``scenario`` on ``n`` real processes joined by gloo; their outputs (stderr)."""
     from tests.conftest import free_ports
@@ -106,7 +161,24 @@ def _equivalence(out: Path, rank: int) -> None:
         (out / f"{opt}-rank{rank}.json").write_text(json.dumps(summary))
 
 
-SCENARIOS = {"equivalence": _equivalence}
+def _stall(out: Path, rank: int) -> None:
+    """Rank 1 never joins the collective: rank 0's times out (DIST_TIMEOUT_S) and says so."""
+    import time
+
+    from freshrec.dist import SparseExchange
+
+    if rank == 1:
+        time.sleep(float(os.environ["DIST_TIMEOUT_S"]) * 4)
+        return
+    start = time.monotonic()
+    try:
+        SparseExchange().max(1.0)
+    except RuntimeError as e:
+        (out / "stall.json").write_text(json.dumps({"waited_s": time.monotonic() - start,
+                                                    "error": str(e)}))
+
+
+SCENARIOS = {"equivalence": _equivalence, "stall": _stall}
 
 
 def main() -> None:
@@ -115,10 +187,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    try:
-        SCENARIOS[scenario](out, dist.get_rank())
-    finally:
+    dist.init_process_group("gloo", timeout=datetime.timedelta(
+        seconds=float(os.environ.get("DIST_TIMEOUT_S", "60"))))
+    SCENARIOS[scenario](out, dist.get_rank())
+    if scenario != "stall":  # a group that timed out cannot be torn down cleanly
         dist.destroy_process_group()
 
 

@@ -50,6 +50,8 @@ SHORTHANDS = [
               "online: publish updates to this registry directory"),
     Shorthand("--idle-timeout", "online.idle_timeout_s",
               "online: stop after this many seconds without examples (0: never)", float),
+    Shorthand("--nproc", "dist.nproc",
+              "train on N ranks of this machine (torchrun; see docs/distributed.md)", int),
 ]
 
 
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("freshrec train needs --config (the model's document, see configs/)")
     cfg = config(args)
     configure_training(cfg.train)
+    if cfg.dist.nproc > 1 or _under_torchrun():
+        return _run_distributed(cfg, args)
     if args.online:
         return _run_online(cfg, run_dir_of(cfg, online=True))
     make_reader = open_data(cfg)
@@ -107,6 +111,34 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
                       for k, v in summary.items()}))
     print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
+    return 0
+
+
+def _under_torchrun() -> bool:
+    from freshrec.dist.launch import under_torchrun
+
+    return under_torchrun()
+
+
+def _run_distributed(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
+    """``--nproc N``: torchrun N ranks of this command; under torchrun: train one rank."""
+    from freshrec.dist.launch import launch_local
+    from freshrec.dist.run import train_rank, write_run_config
+
+    if args.online:
+        raise ConfigError("freshrec train --online runs in one process (distributed online "
+                          "training is not supported yet); drop --nproc")
+    run_dir = run_dir_of(cfg, online=False)
+    if not _under_torchrun():
+        flags = [f for f, on in (("--resume", args.resume), ("--no-progress", True)) if on]
+        return launch_local(cfg.dist.nproc, ["train", "--config",
+                                             str(write_run_config(cfg, run_dir)), *flags],
+                            max_restarts=cfg.dist.max_restarts)
+    trainer, summary = train_rank(cfg, run_dir, open_data(cfg), resume=args.resume)
+    if trainer.rank == 0:
+        print(json.dumps({"ranks": trainer.world, **{
+            k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}}))
+        print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
     return 0
 
 

@@ -39,9 +39,12 @@ class DistConfig:
         ``rows``: owners return the distinct rows a rank asked for, and the rank pools them
         (the only mode: each distinct fid crosses the wire once per step and rank).
     slicing : str
-        Batch input: ``rows`` (every rank reads the input and keeps its slice of each global
-        batch of ``train.batch_size`` rows, so N ranks train exactly as one process) or
-        ``files`` (rank r reads files r, r + N, ... of a directory of files).
+        Batch input: ``rows`` (every rank reads the input and encodes and trains on its
+        disjoint slice of each global batch of ``train.batch_size`` rows, so N ranks train
+        exactly as one process; the only mode).
+    max_restarts : int
+        ``freshrec train --nproc N``: torchrun restarts every rank this many times after a
+        rank fails; restarted ranks resume from the newest checkpoint.
     timeout_s : float
         Timeout of every collective: a rank that stops answering fails the job after this
         long instead of hanging it.
@@ -52,6 +55,7 @@ class DistConfig:
     sharding: str = "row_hash"
     exchange: str = "rows"
     slicing: str = "rows"
+    max_restarts: int = 0
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -61,7 +65,8 @@ class DistConfig:
                 "'auto', 'gloo' or 'nccl'", self.backend)
         require(self.sharding == "row_hash", o, "sharding", "'row_hash'", self.sharding)
         require(self.exchange == "rows", o, "exchange", "'rows'", self.exchange)
-        require(self.slicing in ("rows", "files"), o, "slicing", "'rows' or 'files'",
-                self.slicing)
+        require(self.slicing == "rows", o, "slicing", "'rows'", self.slicing)
+        require(is_int(self.max_restarts) and self.max_restarts >= 0, o, "max_restarts",
+                "an int >= 0", self.max_restarts)
         require(is_number(self.timeout_s) and self.timeout_s > 0, o, "timeout_s",
                 "a number > 0", self.timeout_s)

@@ -40,6 +40,9 @@ class DenseGradientSync:
         self.params = [p for p in params if p.requires_grad]
         #: Bytes of gradients this rank all-reduces per step.
         self.bytes_per_step = sum(p.numel() * p.element_size() for p in self.params)
+        self.world = dist.get_world_size(group) if dist.is_initialized() else 1
+        if self.world == 1:
+            return
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._reduce)
         optimizer.register_step_pre_hook(self._wait)
@@ -55,6 +58,8 @@ class DenseGradientSync:
 
     def broadcast(self) -> None:
         """Make every rank's parameters rank 0's (at the start, and after a restore)."""
+        if self.world == 1:
+            return
         with torch.no_grad():
             for p in self.params:
                 dist.broadcast(p.data, src=0, group=self.group)

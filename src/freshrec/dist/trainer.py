@@ -30,7 +30,7 @@ from freshrec.dist.checkpoint import latest_manifest, reshard_table, write_manif
 from freshrec.dist.dense import DenseGradientSync
 from freshrec.dist.embedding import ShardedPooledEmbedding
 from freshrec.dist.exchange import SparseExchange
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, InputError
 from freshrec.features.schema import EncodedBatch
 from freshrec.train.metrics import Metric, MetricSet
 from freshrec.train.trainer import Trainer, rebatch
@@ -96,6 +96,8 @@ class DistTrainer(Trainer):
         self.exchange = exchange
         self.rank, self.world = exchange.rank, exchange.world
         self._keep_manifests = tc.keep_checkpoints
+        #: Named in the error when this rank's input cannot be read (the CLI sets the path).
+        self.input_name = "<input>"
         self.embedding = ShardedPooledEmbedding(self.tables, self.embedding.slots, exchange)
         self.model.embedding = self.embedding
         # online feature importance reads one process's concat; not sampled across ranks
@@ -120,16 +122,20 @@ class DistTrainer(Trainer):
         """Global batches of ``train.batch_size`` rows, negatives sampled as one process
         would, and this rank's slice of each encoded (an empty slice is still a step: the
         step is a collective); ``None`` where sampling left the global batch empty."""
-        rows_before = 0
-        for i, rb in enumerate(rebatch(source, self.config.train.batch_size)):
-            first_row = epoch * 10**12 + rows_before
-            rows_before += rb.num_rows
-            if i < skip:
-                continue
-            sampled = self.sample_negatives(rb, first_row)
-            n = sampled.num_rows
-            lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
-            yield i, (self.schema.encode(sampled.slice(lo, hi - lo)) if n else None)
+        rows_before, i, first_row = 0, 0, epoch * 10**12
+        try:
+            for i, rb in enumerate(rebatch(source, self.config.train.batch_size)):
+                first_row = epoch * 10**12 + rows_before
+                rows_before += rb.num_rows
+                if i < skip:
+                    continue
+                sampled = self.sample_negatives(rb, first_row)
+                n = sampled.num_rows
+                lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+                yield i, (self.schema.encode(sampled.slice(lo, hi - lo)) if n else None)
+        except (InputError, OSError) as e:
+            raise InputError(f"rank {self.rank}: input {self.input_name!r}: global batch "
+                             f"{i} (rows from {first_row}): {e}") from e
 
     def _checkpoint_due(self, step: int) -> bool:
         due = super()._checkpoint_due(step)

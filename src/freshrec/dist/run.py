@@ -1,0 +1,62 @@
+"""One rank of ``freshrec train`` under torchrun, and the ``--nproc`` shorthand's launch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import torch.distributed as dist
+import yaml
+
+from freshrec.dist.launch import init_ranks
+from freshrec.dist.trainer import DistTrainer
+from freshrec.errors import InputError
+
+if TYPE_CHECKING:
+    from freshrec.config import FreshrecConfig
+
+__all__ = ["train_rank", "write_run_config"]
+
+log = logging.getLogger(__name__)
+
+
+def write_run_config(config: FreshrecConfig, run_dir: str | Path) -> Path:
+    """Write the run's whole config document (overrides applied) to ``run_dir/config.yaml``:
+    what every rank started by ``--nproc`` reads."""
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config.raw), sort_keys=False))
+    return path
+
+
+def train_rank(config: FreshrecConfig, run_dir: str | Path,
+               make_reader: Callable[[], Iterable[pa.RecordBatch]], *,
+               resume: bool) -> tuple[DistTrainer, dict[str, Any]]:
+    """Join the process group, train this rank's slices and return the trainer and summary.
+
+    The run resumes from its newest checkpoint when ``resume`` is set or when torchrun
+    restarted the ranks (``TORCHELASTIC_RESTART_COUNT`` > 0). An input that cannot be
+    opened or read fails with an :class:`InputError` naming the rank and the input.
+    """
+    init_ranks(config.dist)
+    rank = dist.get_rank()
+    try:
+        trainer = DistTrainer(config, run_dir)
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if (resume or restarted) and trainer.resume():
+            log.info("rank=%d resumed step=%d restarted=%s", rank, trainer.step, restarted)
+        trainer.input_name = config.data.path or trainer.input_name
+
+        def reader() -> Iterable[pa.RecordBatch]:
+            try:
+                return make_reader()
+            except (OSError, InputError) as e:
+                raise InputError(f"rank {rank}: input {trainer.input_name!r}: {e}") from e
+
+        return trainer, trainer.fit(reader)
+    finally:
+        dist.destroy_process_group()
