@@ -16,7 +16,7 @@ import pytest
 from freshrec.serve import ServeConfig
 from freshrec.serve.workers import WorkerPool
 from freshrec.stream import FileLog
-from freshrec.sync import Registry
+from freshrec.sync import Registry, Subscriber
 from tests.serve._helpers import (
     make_config,
     reference_scores,
@@ -91,9 +91,12 @@ def test_the_rows_are_one_shared_copy_mapped_by_every_worker(pool):
         maps = Path(f"/proc/{pid}/maps").read_text()
         mapped = {seg for seg in segments if f"/dev/shm/{seg}" in maps}
         assert mapped == segments, (pid, segments, mapped)
-    # the parent holds one copy of each table in shared memory whatever the worker count
-    table_rows = {n: len(t) for n, t in pool_.updater.current.tables.items()}
-    assert {n: len(t) for n, t in pool_.updater.shared.items()} == table_rows
+    # the rows are in shared memory only: the updater's own tables are empty, the shared
+    # ones hold the registry's rows
+    assert all(len(t) == 0 for t in pool_.updater.current.tables.values())
+    want = Subscriber(pool_.registry).materialize().tables
+    assert {n: len(t) for n, t in pool_.updater.shared.items()} == \
+        {n: len(t) for n, t in want.items()}
 
 
 def test_impressions_of_every_worker_reach_the_log(pool):
@@ -121,3 +124,43 @@ def test_a_killed_worker_is_restarted_and_serves_the_current_version(pool):
     assert pool_.worker_pids()[0] != victim and pool_.restarts >= 1
     _wait_served(pool_, pool_.registry.head())
     assert len(_by_worker(pool_, request(np.random.default_rng(5), n=2))) == 2
+
+
+def test_a_delta_too_big_for_the_spare_rows_moves_every_table_to_a_new_generation(tmp_path):
+    from freshrec.serve.workers import _Control, _SharedUpdater
+    from freshrec.table import TableDelta
+
+    cfg = make_config()
+    reg = Registry(tmp_path / "reg")
+    train_and_publish(reg, cfg)
+    ctl = _Control.create(f"frtest_{os.getpid()}_ctl", 1)
+    up = _SharedUpdater(reg, None, ServeConfig(), ctl, f"frtest_{os.getpid()}", tmp_path)
+    try:
+        up.load(warm=False)
+        gen, version, _, _ = ctl.read()
+        old = {n: t.segment for n, t in up.shared.items()}
+        item = up.current.tables["item"]
+        n = 5000  # far more new rows than the segment's spare ones
+        fids = np.arange(10**9, 10**9 + n, dtype=np.uint64)
+        vals = np.random.default_rng(0).standard_normal((n, item.dim)).astype(np.float32)
+        delta = TableDelta(table="item", fingerprint=item.config.fingerprint(),
+                           from_version=item.applied_version,
+                           to_version=item.applied_version + 1, fids=fids, values=vals,
+                           last_seen=np.zeros(n, np.uint32), states=None,
+                           expired=np.empty(0, np.uint64))
+        before = {name: len(t) for name, t in up.shared.items()}
+        up.write_rows("item", delta)
+        assert up.generation == gen + 1 and up.rebuild
+        assert {n: t.segment for n, t in up.shared.items()}.keys() == old.keys()
+        assert all(up.shared[name].segment != seg for name, seg in old.items())
+        assert len(up.shared["item"]) == before["item"] + n
+        assert len(up.shared["user"]) == before["user"]
+        rows = up.shared["item"].find(fids[[0, -1]])
+        got = up.shared["item"].pool(rows, np.array([0, 1, 2]), np.ones(2, np.float32))
+        np.testing.assert_array_equal(got, vals[[0, -1]])
+        for seg in old.values():  # the old generation's names are gone
+            assert not Path(f"/dev/shm/{seg}").exists()
+    finally:
+        up.close()
+        ctl.shm.close()
+        ctl.shm.unlink()

@@ -163,6 +163,12 @@ class SharedTable:
         K.pool(self._emb, rows, offsets, scale, self._default, out)
         return out
 
+    def rows(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32],
+                            npt.NDArray[np.float32]]:
+        """Copies of ``(fids, values, default row)`` of the rows present."""
+        live = self._index[self._index >= 0]
+        return self._keys[live].copy(), self._emb[live].copy(), self._default.copy()
+
     # ------------------------------------------------------------------ writes
     def apply_delta(self, fids: npt.NDArray[np.uint64], values: npt.NDArray[np.float32],
                     expired: npt.NDArray[np.uint64], *, chunk_rows: int = 2048) -> bool:

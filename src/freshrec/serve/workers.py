@@ -4,11 +4,13 @@ One Python process saturates one core. With ``workers > 1`` the parent process
 
 * binds and listens on ``host:port`` once; every worker accepts on that one socket (a
   pre-forked accept socket: the kernel hands each connection to one waiting worker);
-* follows the registry with the ordinary :class:`~freshrec.serve.ModelUpdater` (its own
-  copy of the tables, never used to score) and mirrors every change into shared memory
-  (:class:`~freshrec.serve.shared.SharedTable`, one segment per table): a sparse delta is
-  written once, in place, into the shared rows, which every worker reads; dense weights and
-  full snapshots are published as a new *control record*;
+* follows the registry with the ordinary :class:`~freshrec.serve.ModelUpdater` and keeps
+  the rows only in shared memory (:class:`~freshrec.serve.shared.SharedTable`, one segment
+  per table): a full snapshot is copied into new segments and the updater's own tables are
+  emptied (they keep only the version bookkeeping the registry's delta chain needs); a sparse
+  delta is written once, in place, into the shared rows, which every worker reads; when its
+  new rows do not fit the segments' spare rows, larger segments are built (a new
+  generation). Dense weights and new generations are announced in a *control record*;
 * restarts a worker that dies, and forwards the workers' impression events to the log (the
   file log has one writer per partition: the parent).
 
@@ -60,6 +62,7 @@ from freshrec.stream.base import Log, Record
 from freshrec.stream.open import open_log
 from freshrec.sync import Registry
 from freshrec.table import EmbeddingTable
+from freshrec.table.delta import TableDelta
 
 __all__ = ["WorkerPool", "run_workers"]
 
@@ -120,19 +123,32 @@ def _default_row(table: EmbeddingTable) -> np.ndarray:
     return table.lookup(fid)[0]
 
 
+def _all_rows(table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+    rows = table.read_rows(with_state=False)
+    return rows.fids, rows.values
+
+
+def _emptied(table: EmbeddingTable) -> EmbeddingTable:
+    """An empty table of ``table``'s config at its applied version (what the registry's
+    delta chain checks)."""
+    t = EmbeddingTable(table.config)
+    t.apply_delta(TableDelta.empty(table.name, table.config.fingerprint(), dim=table.dim,
+                                   from_version=0, to_version=table.applied_version),
+                  check_version=False)
+    return t
+
+
 class _Mirrored:
-    """A table whose applied deltas are also written into its shared copy."""
+    """An emptied table (version bookkeeping only) whose deltas' rows go to its shared copy."""
 
-    def __init__(self, table: EmbeddingTable, shared: SharedTable, owner: _SharedUpdater
-                 ) -> None:
-        self._table, self._shared, self._owner = table, shared, owner
+    def __init__(self, table: EmbeddingTable, owner: _SharedUpdater) -> None:
+        self._table, self._owner = table, owner
 
-    def apply_delta(self, delta: Any, **kw: Any) -> None:
-        self._table.apply_delta(delta, **kw)
-        if not self._owner.rebuild and not self._shared.apply_delta(
-                delta.fids, delta.values, delta.expired,
-                chunk_rows=self._owner.serve_config.chunk_rows):
-            self._owner.rebuild = True  # no spare rows left: a new, larger generation
+    def apply_delta(self, delta: TableDelta, **kw: Any) -> None:
+        self._owner.write_rows(self._table.name, delta)
+        self._table.apply_delta(TableDelta.empty(
+            delta.table, delta.fingerprint, dim=self._table.dim,
+            from_version=delta.from_version, to_version=delta.to_version), **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
@@ -152,14 +168,32 @@ class _SharedUpdater(ModelUpdater):
         self.rebuild = False
 
     def _update_target(self, pred: Predictor) -> Mapping[str, Any]:
-        return {n: _Mirrored(t, self.shared[n], self) for n, t in pred.tables.items()}
+        return {n: _Mirrored(t, self) for n, t in pred.tables.items()}
+
+    def write_rows(self, name: str, delta: TableDelta) -> None:
+        """Write a delta's rows into the shared table ``name`` (in place, or into a new,
+        larger generation of every table when its new rows do not fit)."""
+        chunk = self.serve_config.chunk_rows
+        if self.shared[name].apply_delta(delta.fids, delta.values, delta.expired,
+                                         chunk_rows=chunk):
+            return
+        self._new_generation({n: t.rows() for n, t in self.shared.items()},
+                             spare=delta.num_rows)
+        if not self.shared[name].apply_delta(delta.fids, delta.values, delta.expired,
+                                             chunk_rows=chunk):
+            raise RuntimeError(f"shared table {name!r}: a new generation has no room for a "
+                               f"delta of {delta.num_rows} rows")
+        self.rebuild = True
 
     def _publish(self, pred: Predictor, kind: str) -> None:
         super()._publish(pred, kind)
         version = pred.version if pred.version is not None else 0
         event = pred.event_time if pred.event_time is not None else -1
-        if kind == "full" or self.rebuild:
-            self._new_generation(pred)
+        if kind == "full":
+            self._new_generation({n: (*_all_rows(t), _default_row(t))
+                                  for n, t in pred.tables.items()})
+            for n, t in pred.tables.items():  # the rows now live in shared memory only
+                pred.tables[n] = _emptied(t)
         if kind in ("full", "dense") or self.rebuild:
             self._save_dense(pred, version)
             self.control.write(generation=self.generation, version=version,
@@ -168,14 +202,15 @@ class _SharedUpdater(ModelUpdater):
             self.control.write(version=version, event_time=event)
         self.rebuild = False
 
-    def _new_generation(self, pred: Predictor) -> None:
+    def _new_generation(self, rows: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                        spare: int = 0) -> None:
         old = self.shared
         gen = self.generation + 1
         new = {}
-        for name, table in pred.tables.items():
-            rows = table.read_rows(with_state=False)
-            new[name] = SharedTable.create(name, rows.fids, rows.values, _default_row(table),
-                                           segment=_segment(self.prefix, gen, name))
+        for name, (fids, values, default) in rows.items():
+            new[name] = SharedTable.create(name, fids, values, default,
+                                           segment=_segment(self.prefix, gen, name),
+                                           min_spare=max(1024, spare))
         self.shared, self.generation = new, gen
         for t in old.values():  # workers keep their mappings; new ones attach to `new`
             t.unlink()
