@@ -169,9 +169,18 @@ _PLAIN = (b'{"v":1,"type":"impression","event_id":"e1","request_id":"r1","user_i
 ])
 def test_decode_events_parses_plain_candidates_into_arrays(payload):
     got = ev.decode_events([payload])[0]
+    kernel = got[0]["candidates"] == []  # the kernel took the candidates out
     _assert_same(got, _general(payload))
-    if b'"item_id"' in payload:  # the kernel took it (numpy columns)
-        assert isinstance(got[2].items, np.ndarray)
+    assert kernel
+    # columns are tuples up to 8 candidates, numpy arrays above
+    if b'"item_id"' in payload:
+        cands = orjson.loads(payload)["candidates"]
+        big = orjson.loads(payload)
+        big["candidates"] = cands * 5
+        big_got = ev.decode_events([ev.encode(big)])[0]
+        _assert_same(big_got, _general(ev.encode(big)))
+        assert isinstance(big_got[2].items, np.ndarray) == (len(cands) * 5 > 8)
+        assert isinstance(got[2].items, tuple)
 
 
 @pytest.mark.parametrize("change", [

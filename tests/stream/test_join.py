@@ -150,6 +150,26 @@ def test_spill_to_disk_gives_the_same_examples(tmp_path):
     assert m["pending_in_memory"] <= 3
 
 
+def test_dedupe_keys_beyond_memory_are_found_in_lmdb(tmp_path):
+    """Dedupe keys over ``max_dedupe_keys_in_memory`` are looked up in LMDB: the same
+    examples and duplicate counts as with every key in memory, across a restart."""
+    src, _ = _source(tmp_path, n_requests=300)
+    full, m_full, _ = _run(src, tmp_path, CFG, name="a")
+    cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
+                       max_dedupe_keys_in_memory=4, checkpoint_every_s=0.0)
+    out = FileLog(tmp_path / "b", _fl())
+    for last in (False, True):  # a restart halfway: the keys are read back from LMDB
+        j = Joiner(src, out, tmp_path / "b-state", cfg)
+        j.run(idle_timeout_s=0.0, flush_at_end=last,
+              max_events=None if last else m_full["events_in"] // 2)
+        m = j.metrics()
+        j.close()
+    assert m["restarts"] == 1
+    assert _read_examples(out) == full
+    assert m["duplicates"] == m_full["duplicates"] > 0
+    assert m["events_in"] == m_full["events_in"]
+
+
 def _imp(rid, ts, items=(1, 2)):
     return {"type": "impression", "event_id": f"i-{rid}", "request_id": rid, "user_id": 1,
             "timestamp": ts, "user": {}, "candidates": [

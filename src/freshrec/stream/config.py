@@ -189,6 +189,10 @@ class JoinerConfig:
         Pending impressions (requests) held in memory; older ones spill to LMDB.
     dedupe_horizon_s
         Event ids are remembered this long (event time) behind the watermark.
+    max_dedupe_keys_in_memory
+        Dedupe keys (event ids, emitted request ids; each kind) held in memory, the newest
+        minute buckets; all are in LMDB after each checkpoint, and a lookup older than the
+        buckets in memory reads LMDB.
     emit_corrections
         Emit an example with ``correction=1`` when an action arrives after its impression was
         emitted as a negative (always counted).
@@ -223,6 +227,7 @@ class JoinerConfig:
     negative_rate: float = 1.0
     max_pending_in_memory: int = 100_000
     dedupe_horizon_s: int = 3600
+    max_dedupe_keys_in_memory: int = 4_000_000
     emit_corrections: bool = False
     max_event_bytes: int = 1 << 20
     checkpoint_every_s: float = 0.2
@@ -250,6 +255,8 @@ class JoinerConfig:
                 "max_pending_in_memory", "an int >= 0", self.max_pending_in_memory)
         require(is_int(self.dedupe_horizon_s) and self.dedupe_horizon_s >= 0, o,
                 "dedupe_horizon_s", "an int >= 0", self.dedupe_horizon_s)
+        require(is_int(self.max_dedupe_keys_in_memory) and self.max_dedupe_keys_in_memory >= 0,
+                o, "max_dedupe_keys_in_memory", "an int >= 0", self.max_dedupe_keys_in_memory)
         require(is_int(self.max_event_bytes) and self.max_event_bytes >= 64, o,
                 "max_event_bytes", "an int >= 64", self.max_event_bytes)
         require(is_number(self.checkpoint_every_s) and self.checkpoint_every_s >= 0, o,

@@ -162,6 +162,25 @@ def validate_event(ev: Mapping[str, Any], *, candidates: bool = True) -> str:
     return str(kind)
 
 
+#: exact types per field of each event type (what orjson produces; bool is not an int here)
+_EXACT = {kind: tuple((name, frozenset(types)) for name, types in fields.items())
+          for kind, fields in _REQUIRED.items()}
+
+
+def _event_kind(ev: Mapping[str, Any]) -> str:
+    """:func:`validate_event` with ``candidates=False``, a fast path for the usual event
+    (its message when anything is off)."""
+    kind = ev.get("type")
+    fields = _EXACT.get(kind) if type(kind) is str else None
+    if fields is not None and ev.get("v", SCHEMA_VERSION) == SCHEMA_VERSION:
+        for name, types in fields:
+            if type(ev.get(name)) not in types:
+                break
+        else:
+            return kind  # type: ignore[return-value]
+    return validate_event(ev, candidates=False)
+
+
 def partition_for(request_id: str | int, partitions: int) -> int:
     """Partition of a request: CRC-32 of its id (stable across processes and runs).
 
@@ -237,8 +256,8 @@ _ITEM_ID = operator.itemgetter("item_id")
 _POSITION = operator.itemgetter("position")
 _FEATURES = operator.itemgetter("features")
 _TRUE_P = operator.itemgetter("true_p")
-#: One value per candidate: a list, or a numpy array when decoded by the kernel.
-Column = list[Any] | np.ndarray
+#: One value per candidate: a list, or a tuple or a numpy array when decoded by the kernel.
+Column = list[Any] | tuple[Any, ...] | np.ndarray
 _INT_TYPE = frozenset((int,))
 _DICT_TYPE = frozenset((dict,))
 
@@ -249,7 +268,8 @@ class CompactImpression:
     ``features`` is ``(keys, columns)``: one list of values per feature key, ``None`` where a
     candidate lacks the key. Built by :func:`compact_impression`, or by
     :func:`decode_events`, whose plain impressions hold ``items``, ``positions``, ``true_p``
-    and the feature columns as numpy arrays (int64, float64) instead of lists.
+    and the feature columns as numpy arrays (int64, float64) above 8 candidates and as
+    tuples up to 8, instead of lists.
     """
 
     __slots__ = ("request_id", "user_id", "timestamp", "user", "items", "positions",
@@ -321,6 +341,8 @@ def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
 
 
 _FLOAT_OFF, _KEY_OFF = _kernels.FLOAT_OFF, _kernels.KEY_OFF
+#: impressions with at most this many candidates hold lists, larger ones numpy columns
+_SMALL_IMPRESSION = 8
 
 
 def _decode_one(payload: bytes) -> tuple[dict[str, Any], str, CompactImpression | None]:
@@ -337,8 +359,9 @@ def decode_events(payloads: Sequence[bytes]
     that :func:`decode` / :func:`validate_event` / :func:`compact_impression` raise for it.
     The candidates of plain impressions (:mod:`freshrec.stream._kernels`: integer ids and
     positions, decimal ``true_p``, number features, the same fields in every candidate) are
-    parsed straight into numpy columns by one kernel call for the batch, and only the rest
-    of the record by orjson; the event dict's ``"candidates"`` is then ``[]`` (they are in
+    parsed straight into columns by one kernel call for the batch (numpy arrays, tuples for
+    impressions of at most 8 candidates), and only the rest of the record by orjson (its
+    top-level fields checked by exact type); the event dict's ``"candidates"`` is then ``[]`` (they are in
     the CompactImpression). Every other record takes the general path, so results and error
     messages are those of the general path.
 
@@ -347,9 +370,9 @@ def decode_events(payloads: Sequence[bytes]
     >>> imp = encode({"type": "impression", "event_id": "e1", "request_id": "r1",
     ...               "user_id": 4, "timestamp": 10.5, "user": {},
     ...               "candidates": [{"item_id": 9, "position": 0, "features": {"c": 1}}]})
-    >>> [(e["event_id"], kind, c.items.tolist(), c.feature_keys, c.feature_cols[0].tolist())
+    >>> [(e["event_id"], kind, c.items, c.feature_keys, c.feature_cols)
     ...  for e, kind, c in decode_events([imp])]
-    [('e1', 'impression', [9], ('c',), [1])]
+    [('e1', 'impression', (9,), ('c',), ((1,),))]
     """
     buf = b"".join(payloads)
     offsets = np.zeros(len(payloads) + 1, np.int64)
@@ -374,7 +397,7 @@ def decode_events(payloads: Sequence[bytes]
             except InputError:  # the general path words the error for the whole record
                 out.append(_decode_one(payload))
                 continue
-            kind = validate_event(e, candidates=False)
+            kind = _event_kind(e)
             out.append((e, kind, _plain_impression(e, row, buf, ints, floats, keys, ktype)
                         if kind == "impression" else None))
         except InputError as err:
@@ -390,14 +413,29 @@ def _plain_impression(e: Mapping[str, Any], row: list[int], buf: bytes, ints: np
     """The CompactImpression of a record the kernel parsed (``row``: its ``info`` row)."""
     n, k = row[_kernels.N], row[_kernels.K]
     io, fo, ko = row[_kernels.INT_OFF], row[_FLOAT_OFF], row[_KEY_OFF]
-    # one copy per impression, column-major: the batch's buffers are not kept alive
-    block = ints[io:io + n * (2 + k)].reshape(n, 2 + k).T.copy()
     names = tuple(buf[a + 1:b - 1].decode("ascii") for a, b in keys[ko:ko + k].tolist())
-    cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
-            for q, t in enumerate(ktype[ko:ko + k].tolist())]
+    types = ktype[ko:ko + k].tolist()
+    w = 2 + k
+    true_p: Column | None
+    cols: Sequence[Column]
+    if n <= _SMALL_IMPRESSION:
+        # tuples: a few numpy arrays cost more than they save here, and tuples of numbers
+        # are left alone by the garbage collector (lists are traversed at every collection)
+        flat = ints[io:io + n * w]
+        vals = tuple(flat.tolist())
+        fvals = tuple(flat.view(np.float64).tolist()) if any(types) else vals
+        items, positions = vals[0::w], vals[1::w]
+        cols = tuple((fvals if t else vals)[2 + q::w] for q, t in enumerate(types))
+        true_p = tuple(floats[fo:fo + n].tolist()) if fo >= 0 else None
+    else:
+        # one copy per impression, column-major: the batch's buffers are not kept alive
+        block = ints[io:io + n * w].reshape(n, w).T.copy()
+        items, positions = block[0], block[1]
+        cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
+                for q, t in enumerate(types)]
+        true_p = floats[fo:fo + n].copy() if fo >= 0 else None
     imp = CompactImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
-                            block[0], block[1], floats[fo:fo + n].copy() if fo >= 0 else None,
-                            names, cols)
+                            items, positions, true_p, names, cols)
     if n:
         imp.item_type = int
     return imp
@@ -428,11 +466,13 @@ class EmittedImpression:
         return len(self.imp) if self.keep is None else len(self.keep)
 
 
-def _as_list(values: list[Any] | np.ndarray) -> list[Any]:
-    return values.tolist() if isinstance(values, np.ndarray) else values
+def _as_list(values: Column) -> list[Any]:
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return values if isinstance(values, list) else list(values)
 
 
-def _kept(values: list[Any] | np.ndarray, keep: list[int] | None) -> list[Any] | np.ndarray:
+def _kept(values: Column, keep: list[int] | None) -> Column:
     if keep is None:
         return values
     if isinstance(values, np.ndarray):
@@ -440,13 +480,13 @@ def _kept(values: list[Any] | np.ndarray, keep: list[int] | None) -> list[Any] |
     return [values[j] for j in keep]
 
 
-def _concat(parts: list[list[Any] | np.ndarray], dtype: pa.DataType | None = None
-            ) -> pa.Array:
+def _concat(parts: Sequence[Column], dtype: pa.DataType | None = None) -> pa.Array:
     """One Arrow array of the parts: numpy concatenation when every part is an array,
-    Python lists otherwise (the same values and types either way)."""
+    Python values otherwise (the same values and types either way)."""
     if parts and all(isinstance(p, np.ndarray) for p in parts):
         return pa.array(np.concatenate(parts), dtype)
-    return pa.array(list(itertools.chain.from_iterable(map(_as_list, parts))), dtype)
+    return pa.array(list(itertools.chain.from_iterable(
+        p.tolist() if isinstance(p, np.ndarray) else p for p in parts)), dtype)
 
 
 def emitted_to_rows(emitted: Sequence[EmittedImpression],

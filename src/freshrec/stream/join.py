@@ -101,6 +101,7 @@ from freshrec.errors import InputError, brief
 from freshrec.stream import events as ev
 from freshrec.stream.base import Log, mark_committed
 from freshrec.stream.config import JoinerConfig
+from freshrec.stream.dedupe import KeyIndex, bucket_key
 
 __all__ = ["Joiner", "LATENESS_BUCKETS_S", "MAX_KEY_BYTES", "MAX_TIMESTAMP_S"]
 
@@ -120,10 +121,7 @@ _READ_AHEAD = 256
 _SOURCE_CACHE_MAX = 4096
 _DECODE_CHUNK = 64  # records decoded at once; a due checkpoint is checked between chunks
 _INT64_BOUND = 1 << 63
-
-
-def _be(x: int) -> bytes:
-    return max(x, 0).to_bytes(8, "big")  # event times are bounded (MAX_TIMESTAMP_S)
+_NO_LABELS: dict[str, list[str]] = {}  # the labels of every unlabelled impression (read only)
 
 
 def _key(s: str) -> str:
@@ -146,11 +144,15 @@ class _Pending:
         self.imp, self.labels, self.deadline_ms = imp, labels, deadline_ms
         self.dirty, self.persisted, self.src = dirty, persisted, src
         self.index: dict[str, list[int]] | None = None  # str(item id) -> candidate indices
-        self.found: dict[str, list[int]] = {}  # positions of the labelled items
+        # positions of the labelled items (made on first use: most impressions get no label,
+        # and every container a pending impression holds is work for the garbage collector)
+        self.found: dict[str, list[int]] | None = None
 
     def find(self, item: Any) -> list[int] | None:
         """Candidate indices whose item id reads as ``str(item)`` (None: not a candidate)."""
         key = str(item)
+        if self.found is None:
+            self.found = {}
         got = self.found.get(key)
         if got is not None:
             return got
@@ -234,7 +236,12 @@ class Joiner:
         self._db = {n: self._env.open_db(n.encode()) for n in
                     ("pending", "due", "seen", "emitted", "emitted_t")}
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
+        # (deadline, request id) of every pending impression, in memory or spilled
         self._due_heap: list[tuple[int, str]] = []
+        cap = self.config.max_dedupe_keys_in_memory
+        self._seen = KeyIndex(self._env, self._db["seen"], None, max_in_memory=cap)
+        self._emitted = KeyIndex(self._env, self._db["emitted"], self._db["emitted_t"],
+                                 max_in_memory=cap)
         self._out: dict[str, list[tuple[int, bytes]]] = {"dead_letter": [], "quarantine": []}
         # examples per output partition, in emission order: EmittedImpression or a row dict
         self._out_examples: dict[int, list[ev.EmittedImpression | dict[str, Any]]] = {}
@@ -253,8 +260,18 @@ class Joiner:
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self) -> None:
-        with self._env.begin() as txn:
+        with self._env.begin(write=True) as txn:
             blob = txn.get(_STATE_KEY)
+            self._seen.load(txn)
+            self._emitted.load(txn)
+            # spilled impressions are found by their deadline in the heap (state version 3
+            # also kept a "due" index in LMDB: the heap replaces it)
+            for key, raw in txn.cursor(db=self._db["pending"]):
+                self._due_heap.append((orjson.loads(raw)["d"], key.decode()))
+            heapq.heapify(self._due_heap)
+            #: pending impressions in LMDB and not in memory (none: lookups skip LMDB)
+            self._on_disk_only = len(self._due_heap)
+            txn.drop(self._db["due"], delete=False)
         s: dict[str, Any] = orjson.loads(blob) if blob else {}
         if blob and s.get("version", 1) == 2 and s.get("max_ts") is not None:
             # one watermark for all partitions: it becomes every partition's
@@ -346,8 +363,9 @@ class Joiner:
             return -math.inf
         return math.floor(ts * 1000) - self.config.allowed_lateness_s * 1000
 
-    def _advance_watermark(self) -> None:
-        """Recompute the joiner's watermark from the partitions' and emit what is due."""
+    def _advance_watermark(self, emit: bool = True) -> None:
+        """Recompute the joiner's watermark from the partitions' and (``emit``) emit what is
+        due."""
         now = time.monotonic()
         idle = self.config.idle_partition_s
         marks = [self._partition_wm_ms(p) for p in self.owned
@@ -356,8 +374,16 @@ class Joiner:
         low = min(marks, default=-math.inf)
         if low > self._wm_ms:
             self._wm_ms = low
-            if self._wm_ms >= self._next_due:
-                self._emit_due(self._wm_ms)
+        if emit and self._wm_ms >= self._next_due:
+            self._emit_due(self._wm_ms)
+
+    def _horizon(self, wm_ms: float) -> int:
+        """The oldest time bucket of dedupe keys kept at watermark ``wm_ms``: a duplicate
+        older than the horizon is a late impression (dead-lettered), so the horizon is never
+        shorter than the label window."""
+        keep_s = max(self.config.dedupe_horizon_s,
+                     self.config.window_s + self.config.allowed_lateness_s + _BUCKET_S)
+        return int(wm_ms / 1000.0 - keep_s) // _BUCKET_S
 
     def _example_records(self, items: list[ev.EmittedImpression | dict[str, Any]]
                          ) -> list[bytes]:
@@ -421,9 +447,10 @@ class Joiner:
             ends[name] = {str(p): log.end_offset(p) for p in self._written(log)}
             if hasattr(log, "flush"):
                 log.flush()
-        for rid, pend in self._mem.items():
-            if pend.dirty:
-                self._persist(rid, pend)
+        self._txn.cursor(db=self._db["pending"]).putmulti(
+            self._pending_record(rid, pend) for rid, pend in self._mem.items() if pend.dirty)
+        self._seen.flush(self._txn)
+        self._emitted.flush(self._txn)
         state = {"version": _STATE_VERSION, "owned": list(self.owned), "offsets": self.offsets,
                  "partition_max_ts": self.partition_max_ts,
                  "held": {p: [h[0] for h in held] for p, held in self._held.items() if held},
@@ -438,13 +465,12 @@ class Joiner:
         self._mark_output(ends["output"])
         self._last_ckpt = time.monotonic()
 
-    def _persist(self, rid: str, pend: _Pending) -> None:
-        key = rid.encode()
-        self._txn.put(key, orjson.dumps({"src": pend.src, "lab": pend.labels,
-                                         "d": pend.deadline_ms}), db=self._db["pending"])
-        if not pend.persisted:
-            self._txn.put(_be(pend.deadline_ms) + key, b"", db=self._db["due"])
+    @staticmethod
+    def _pending_record(rid: str, pend: _Pending) -> tuple[bytes, bytes]:
+        """The LMDB item of a pending impression (packed: its source, labels and deadline)."""
         pend.dirty, pend.persisted = False, True
+        return rid.encode(), orjson.dumps({"src": pend.src, "lab": pend.labels,
+                                           "d": pend.deadline_ms})
 
     def _cache(self, rid: str, pend: _Pending) -> None:
         self._next_due = min(self._next_due, pend.deadline_ms)
@@ -453,7 +479,8 @@ class Joiner:
         while len(self._mem) > self.config.max_pending_in_memory:
             old_rid, old = self._mem.popitem(last=False)
             if old.dirty or not old.persisted:
-                self._persist(old_rid, old)
+                self._txn.put(*self._pending_record(old_rid, old), db=self._db["pending"])
+            self._on_disk_only += 1
             self._count("spilled")
 
     def _source_record(self, partition: int, offset: int) -> bytes | None:
@@ -473,6 +500,7 @@ class Joiner:
 
     def _load(self, rid: str, raw: bytes) -> _Pending | None:
         """A persisted pending impression: its state from LMDB, the event from the input."""
+        self._on_disk_only -= 1  # read back into memory, emitted or dropped
         d = orjson.loads(raw)
         p, o = d["src"]
         payload = self._source_record(p, o)
@@ -485,13 +513,12 @@ class Joiner:
                          "log at partition=%d offset=%d; dropped", rid, p, o)
             self._count("pending_lost")
             self._txn.delete(rid.encode(), db=self._db["pending"])
-            self._txn.delete(_be(d["d"]) + rid.encode(), db=self._db["due"])
             return None
         return _Pending(imp, d["lab"], d["d"], dirty=False, persisted=True, src=(p, o))
 
     def _get_pending(self, rid: str) -> _Pending | None:
         pend = self._mem.get(rid)
-        if pend is not None:
+        if pend is not None or not self._on_disk_only:
             return pend
         raw = self._txn.get(rid.encode(), db=self._db["pending"])
         if raw is None:
@@ -534,6 +561,8 @@ class Joiner:
                 for r, got in zip(chunk, decoded, strict=True):
                     self._process(r.value, p, r.offset, got)
                 self.offsets[p] = chunk[-1].offset + 1
+                if self._next_due <= self._wm_ms > -math.inf:  # emission the chunk put off
+                    self._emit_due(self._wm_ms)
             k += _DECODE_CHUNK
             # a checkpoint is due in the middle of a large read: stop here (the rest is
             # read again), so output is not held back by the read size
@@ -674,15 +703,24 @@ class Joiner:
         prev = self.partition_max_ts.get(partition)
         if prev is not None:
             self.lateness[bisect.bisect_left(LATENESS_BUCKETS_S, prev - ts)] += 1
-        seen_key = _be(int(ts) // _BUCKET_S) + _key(str(e["event_id"])).encode()
-        if not self._txn.put(seen_key, b"", db=self._db["seen"], overwrite=False):
+        bucket = int(ts) // _BUCKET_S
+        if not self._seen.add(self._txn, bucket_key(bucket, _key(str(e["event_id"])).encode()),
+                              bucket):
             self._count("duplicates")
             return
         if prev is None or ts > prev:
             old_wm = self._partition_wm_ms(partition)
             self.partition_max_ts[partition] = ts
             if old_wm <= self._wm_ms:  # it may have held the joiner's watermark back
-                self._advance_watermark()
+                self._advance_watermark(emit=False)
+        # Emission waits for the end of the chunk (one call for many impressions) unless
+        # this record could observe it: an action (it labels or finds emitted impressions,
+        # in emission order with corrections), or the dedupe horizon moving (expiry). An
+        # impression cannot: duplicates are found pending or emitted alike, and one whose
+        # deadline the watermark passed is late either way.
+        if self._next_due <= self._wm_ms > -math.inf and (
+                imp is None or self._horizon(self._wm_ms) > self._expired_bucket):
+            self._emit_due(self._wm_ms)
         wm_ms = self._partition_wm_ms(partition)
         if imp is not None:
             self._impression(imp, ts, (partition, offset), wm_ms)
@@ -702,7 +740,7 @@ class Joiner:
         rid = _key(str(imp.request_id))
         self._count("impressions")
         if (rid in self._mem or self._get_pending(rid) is not None
-                or self._txn.get(rid.encode(), db=self._db["emitted"]) is not None):
+                or self._emitted.contains(self._txn, rid.encode())):
             self._count("duplicates")
             return
         deadline = int(round((ts + self.config.window_s) * 1000))
@@ -712,7 +750,7 @@ class Joiner:
                        src[0], src[1], f"late impression: partition {src[0]}'s watermark "
                        f"{wm_ms / 1000:.3f} passed its deadline {deadline / 1000:.3f}")
             return
-        pend = _Pending(imp, {}, deadline, dirty=True, persisted=False, src=src)
+        pend = _Pending(imp, _NO_LABELS, deadline, dirty=True, persisted=False, src=src)
         self._cache(rid, pend)
         for a in self._orphans.pop(rid, []):
             self._label(pend, a, float(a["timestamp"]), a.pop("_wm"))
@@ -730,7 +768,7 @@ class Joiner:
         if pend is not None:
             self._label(pend, e, ts, wm_ms)
             return
-        if self._txn.get(rid.encode(), db=self._db["emitted"]) is not None:
+        if self._emitted.contains(self._txn, rid.encode()):
             self._count("late_after_emit")
             if self.config.emit_corrections:
                 ex = {"request_id": e["request_id"], "item_id": e["item_id"],
@@ -759,6 +797,8 @@ class Joiner:
         if pend.find(e["item_id"]) is None:
             self._count("unknown_item")
             return
+        if pend.labels is _NO_LABELS:
+            pend.labels = {}
         acts = pend.labels.setdefault(item, [])
         if e["action"] not in acts:
             acts.append(e["action"])
@@ -777,50 +817,32 @@ class Joiner:
 
     def _due(self, wm_ms: float) -> list[tuple[int, str]]:
         lim = math.inf if wm_ms == math.inf else int(wm_ms)
-        due: dict[str, int] = {}
-        heap, mem = self._due_heap, self._mem
+        due: dict[str, int] = {}  # an impression read back after a spill has two entries
+        heap = self._due_heap
         while heap and heap[0][0] <= lim:
             d, rid = heapq.heappop(heap)
-            p = mem.get(rid)
-            if p is not None and p.deadline_ms == d:
-                due[rid] = d
-        cur = self._txn.cursor(db=self._db["due"])
-        if cur.first():
-            for key in cur.iternext(values=False):
-                d = int.from_bytes(key[:8], "big")
-                if d > lim:
-                    break
-                due[key[8:].decode()] = d
+            due[rid] = d
         return sorted((d, rid) for rid, d in due.items())
 
     def _refresh_next_due(self) -> None:
-        nxt = self._due_heap[0][0] if self._due_heap else math.inf
-        cur = self._txn.cursor(db=self._db["due"])
-        if cur.first():
-            nxt = min(nxt, int.from_bytes(cur.key()[:8], "big"))
-        self._next_due = nxt
+        self._next_due = self._due_heap[0][0] if self._due_heap else math.inf
 
     def _emit_due(self, wm_ms: float) -> None:
         """Emit the impressions whose deadline the watermark ``wm_ms`` passed."""
         if wm_ms == -math.inf:
             return
         txn, dbs = self._txn, self._db
-        for d, rid in self._due(wm_ms):
+        for _d, rid in self._due(wm_ms):
             key = rid.encode()
             pend = self._mem.pop(rid, None)
             if pend is None:
-                raw = txn.get(key, db=dbs["pending"])
-                if raw is None:
-                    continue
-                pend = self._load(rid, raw)
+                raw = txn.get(key, db=dbs["pending"]) if self._on_disk_only else None
+                pend = None if raw is None else self._load(rid, raw)
                 if pend is None:
                     continue
             if pend.persisted:
                 txn.delete(key, db=dbs["pending"])
-                txn.delete(_be(d) + key, db=dbs["due"])
-            imp_ts = int(float(pend.imp.timestamp))
-            txn.put(key, _be(imp_ts), db=dbs["emitted"])
-            txn.put(_be(imp_ts // _BUCKET_S) + key, b"", db=dbs["emitted_t"])
+            self._emitted.add(txn, key, int(float(pend.imp.timestamp)) // _BUCKET_S)
             self._emit(pend)
         self._refresh_next_due()
         self._expire(wm_ms)
@@ -869,20 +891,12 @@ class Joiner:
             for rid in [r for r, acts in self._orphans.items()
                         if max(float(a["timestamp"]) for a in acts) + reach < watermark]:
                 self._count("unjoined_actions", len(self._orphans.pop(rid)))
-        # a duplicate older than the horizon is a late impression (dead-lettered), so the
-        # horizon is never shorter than the label window
-        keep_s = max(self.config.dedupe_horizon_s,
-                     self.config.window_s + self.config.allowed_lateness_s + _BUCKET_S)
-        horizon = int(watermark - keep_s) // _BUCKET_S
+        horizon = self._horizon(wm_ms)
         if horizon <= 0 or horizon <= self._expired_bucket:
             return
         self._expired_bucket = horizon
-        for name in ("seen", "emitted_t"):
-            cur = self._txn.cursor(db=self._db[name])
-            while cur.first() and int.from_bytes(cur.key()[:8], "big") < horizon:
-                if name == "emitted_t":
-                    self._txn.delete(cur.key()[8:], db=self._db["emitted"])
-                cur.delete()
+        self._seen.expire(self._txn, horizon)
+        self._emitted.expire(self._txn, horizon)
 
     def _close_windows(self, watermark: float) -> None:
         v = self.config.validation
