@@ -105,6 +105,16 @@ class SimulatorConfig:
         Event time of the first request (Unix seconds).
     true_probabilities
         Write each candidate's true click probability as ``true_p``.
+    context_effects
+        Known feature effects, for checking feature importance: one context feature
+        ``ctx<k>`` per entry, drawn per request uniformly from ``context_values`` values and
+        written with the user's features (a joined example's ``u_ctx<k>``). Value ``v`` adds
+        ``context_effects[k] * w_k[v]`` to every candidate's click logit, with ``w_k`` fixed
+        values of mean 0 and standard deviation 1 (so the entry is the effect's standard
+        deviation; 0 makes an irrelevant feature). Drawn from a stream of their own: the
+        rest of the stream is the same with or without them.
+    context_values
+        Values of each context feature.
     """
 
     seed: int = 0
@@ -130,9 +140,16 @@ class SimulatorConfig:
     session_continue: float = 0.7
     start_time: int = 1_700_000_000
     true_probabilities: bool = True
+    context_effects: tuple[float, ...] = ()
+    context_values: int = 10
 
     def __post_init__(self) -> None:
         o = "SimulatorConfig"
+        object.__setattr__(self, "context_effects", tuple(self.context_effects))
+        require(all(is_number(e) for e in self.context_effects), o, "context_effects",
+                "a list of numbers", self.context_effects)
+        require(is_int(self.context_values) and self.context_values >= 2, o, "context_values",
+                "an int >= 2", self.context_values)
         for f in ("seed", "start_time"):
             require(
                 is_int(getattr(self, f)) and getattr(self, f) >= 0,
@@ -353,6 +370,11 @@ class ClickStreamSimulator:
         encoding go request by request."""
         c = self.config
         rng = np.random.default_rng(c.seed)
+        ctx_rng = np.random.default_rng([c.seed, 1])  # context features: a stream of their own
+        n_ctx = len(c.context_effects)
+        ctx_w = ctx_rng.normal(0, 1, (n_ctx, c.context_values))
+        ctx_w = ((ctx_w - ctx_w.mean(axis=1, keepdims=True)) / ctx_w.std(axis=1, keepdims=True)
+                 * np.asarray(c.context_effects, np.float64).reshape(n_ctx, 1))
         centres = rng.normal(0, 1.2 / math.sqrt(c.dim), (50, c.dim))
         users = _Population(rng, c.n_users, c.dim, c.zipf_s)
         items = _Population(rng, c.n_items, c.dim, c.zipf_s)
@@ -415,6 +437,10 @@ class ClickStreamSimulator:
             logit = (np.einsum("bcd,bd->bc", items.vec[cand], uvec)
                      + users.bias[block_users][:, None] + items.bias[cand]
                      + c.bias - c.position_decay * pos)
+            ctx = ctx_rng.integers(0, c.context_values, (size, n_ctx))
+            if n_ctx:
+                logit += ctx_w[np.arange(n_ctx), ctx].sum(axis=1)[:, None]
+            ctx_l = ctx.tolist()
             p = 1.0 / (1.0 + np.exp(-logit))
             clicked = rng.random(p.shape) < p
             # per click: delay, purchase, deliveries and duplicates, all at once
@@ -462,7 +488,8 @@ class ClickStreamSimulator:
                     "v": SCHEMA_VERSION, "type": "impression", "event_id": f"e{n_event}",
                     "request_id": rid, "user_id": user, "timestamp": round(tl[i], 3),
                     "user": {"gender": u[1], "age": u[2], "region": u[0] % 20,
-                             "recent_clicks": list(recent.get(user, []))}})
+                             "recent_clicks": list(recent.get(user, [])),
+                             **{f"ctx{j}": v for j, v in enumerate(ctx_l[i])}}})
                 body = text[i].tobytes()
                 imp_payload = b"".join((head[:-1], b',"candidates":[', body, b"]}"))
                 n_event += 1
