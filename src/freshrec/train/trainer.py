@@ -46,6 +46,7 @@ from freshrec.errors import ConfigError
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
+from freshrec.store.rules import prepare_new_rows
 from freshrec.store.table import flush_tables, open_table
 from freshrec.train._kernels import row_coins
 from freshrec.train.checkpoint import (
@@ -183,6 +184,7 @@ class Trainer:
         self.model.train()
         now = self._step_now(enc)
         y = enc.labels[:, 0]
+        prepare_new_rows(self.tables, self.config.features, enc.sparse)  # new-user init
         with _drawing_from(self.generator):
             logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
         probs = self._probabilities(logits)
@@ -198,6 +200,7 @@ class Trainer:
             logits, torch.from_numpy(y), weight=torch.from_numpy(weight), reduction="sum"
         ) / max(self._loss_weight(weight), 1e-12)
         if ahead is not None and ahead.size and not self._expire_due(now):
+            prepare_new_rows(self.tables, self.config.features, ahead.sparse)
             self.embedding.prefetch(ahead.sparse, _batch_now(ahead))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
