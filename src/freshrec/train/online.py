@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
+from freshrec.ops.gate import GateDecision, PublishGate, holdout_mask
 from freshrec.ops.stats import SlotStats, window_record
 from freshrec.stream.base import Log, committed_end
 from freshrec.stream.events import decode_examples
@@ -110,6 +111,12 @@ class OnlineTrainer:
         #: Times a checkpoint or publish could not be written; each is retried with back-off.
         self.write_errors = 0
         self.newest_event_time: int | None = None
+        #: Rows read from the log (the position that decides which rows are held back).
+        self.rows_read = 0
+        #: The publish gate (``ops.gate``); its newest decision in :attr:`last_gate`.
+        self.gate = PublishGate(config.ops.gate) if config.ops.gate.enabled else None
+        self.last_gate: GateDecision | None = None
+        self._gate_at = -math.inf
         self._resume()
         self.publisher = (Publisher(registry, self.trainer.tables, self._dense_state,
                                     config.sync) if registry is not None else None)
@@ -128,6 +135,7 @@ class OnlineTrainer:
             self.offsets = {int(p): int(o) for p, o in t.resumed_state["offsets"].items()}
             self.rejected = int(t.resumed_state.get("rejected", 0))
             self.newest_event_time = t.resumed_state.get("newest_event_time")
+            self.rows_read = int(t.resumed_state.get("rows_read", 0))
             log.info("online resumed step=%d offsets=%s", t.step, self.offsets)
         elif self.config.online.init_from:
             if not t.resume(self.config.online.init_from):
@@ -175,6 +183,8 @@ class OnlineTrainer:
         oc = self.config.online
         n = 0
         for chunk in rebatch([rb], self.config.train.batch_size):
+            if self.gate is not None:
+                chunk = self._hold_back(chunk)
             try:
                 enc = t.schema.encode(chunk)
             except InputError as e:
@@ -193,6 +203,21 @@ class OnlineTrainer:
         if t.importance is not None and t.run_dir is not None:
             t.importance.write(t.run_dir)
         return n
+
+    def _hold_back(self, chunk: pa.RecordBatch) -> pa.RecordBatch:
+        """Keep the gate's share of ``chunk`` for the publish gate; return the rest."""
+        assert self.gate is not None
+        mask = holdout_mask(self.rows_read, chunk.num_rows, self.config.ops.gate.holdout_fraction,
+                            seed=self.config.train.seed)
+        self.rows_read += chunk.num_rows
+        if mask.any():
+            try:
+                enc = self.trainer.schema.encode(chunk.filter(pa.array(mask)))
+                self.gate.hold(enc, enc.labels[:, 0])
+            except InputError as e:
+                self.rejected += int(mask.sum())
+                log.warning("online: rejected %d held-back examples: %s", int(mask.sum()), e)
+        return chunk.filter(pa.array(~mask))
 
     def _report(self) -> None:
         """Log admitted/expired counts and windowed metrics once per event-time window, and
@@ -241,10 +266,33 @@ class OnlineTrainer:
         self._last_ckpt = time.monotonic()
         return self.trainer.save(extra={"offsets": {str(p): o for p, o in self.offsets.items()},
                                         "rejected": self.rejected,
-                                        "newest_event_time": self.newest_event_time})
+                                        "newest_event_time": self.newest_event_time,
+                                        "rows_read": self.rows_read})
+
+    def _gate_allows(self, *, final: bool = False) -> bool:
+        """Whether the publish gate lets the model out now (checked at most once per
+        ``sync.sparse_interval_s`` unless ``final``); a refusal is logged and recorded in the
+        registry's events with its reason."""
+        if self.gate is None or self.publisher is None:
+            return True
+        now = time.monotonic()
+        if not final and self.last_gate is not None and \
+                now - self._gate_at < self.config.sync.sparse_interval_s:
+            return self.last_gate.accepted
+        self._gate_at = now
+        ref = self.publisher.registry.published_meta("gate")
+        ref_auc = ref.get("auc") if isinstance(ref, dict) else None
+        d = self.gate.check(self.trainer.predict_batch, reference_auc=ref_auc)
+        self.last_gate = d
+        if not d.accepted:
+            log.warning("online: publish refused by the gate at step %d: %s", self.trainer.step,
+                        d.reason)
+            self.publisher.registry.record({"kind": "gate_refused", "step": self.trainer.step,
+                                            "event_time": self.newest_event_time, **d.meta()})
+        return d.accepted
 
     def _maybe_publish(self) -> None:
-        if self.publisher is None:
+        if self.publisher is None or not self._gate_allows():
             return
         self._published(self.publisher.maybe_publish(
             time.monotonic(), event_time=self.newest_event_time, meta=self._publish_meta()))
@@ -253,7 +301,7 @@ class OnlineTrainer:
         """Publish everything trained now: the rows written since the last publish (when
         any), and the dense parameters unless already published at this step. :meth:`run`
         calls it when it stops."""
-        if self.publisher is None:
+        if self.publisher is None or not self._gate_allows(final=True):
             return
         meta = self._publish_meta()
         self._published(self.publisher.publish_sparse(event_time=self.newest_event_time,
@@ -272,9 +320,10 @@ class OnlineTrainer:
         model config (serving builds its model from it)."""
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                    for k, v in self.trainer.metrics.get().items()}
+        gate = {"gate": self.last_gate.meta()} if self.last_gate is not None else {}
         return {"offsets": self.offsets, "step": self.trainer.step,
                 "examples": self.trainer.examples, "metrics": metrics,
-                "config": dict(self.config.raw)}
+                "config": dict(self.config.raw), **gate}
 
     def lag(self) -> int:
         """Records in the log not yet trained on (one record may hold many examples)."""
