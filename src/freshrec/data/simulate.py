@@ -30,14 +30,18 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from freshrec._validate import is_int, is_number, require
+from freshrec.errors import InputError
 from freshrec.stream.base import Log
-from freshrec.stream.events import SCHEMA_VERSION, encode, partition_for
+from freshrec.stream.events import SCHEMA_VERSION, decode, encode, partition_for
 
-__all__ = ["SimulatorConfig", "SimulateJobConfig", "ClickStreamSimulator", "write_to_log"]
+__all__ = ["SimulatorConfig", "SimulateJobConfig", "ClickStreamSimulator", "write_to_log",
+           "simulated_examples"]
 
 logger = logging.getLogger(__name__)
 
@@ -602,3 +606,56 @@ def write_to_log(
     if progress is not None:
         progress(written)
     return written
+
+
+def simulated_examples(config: SimulatorConfig, n_requests: int) -> pa.Table:
+    """The stream of ``n_requests`` requests as flat examples, in event-time order: one row
+    per shown candidate with ``user_id``, ``item_id``, ``position``, ``event_time``,
+    ``click`` (clicked within the stream), the user's and the item's features and
+    ``true_p`` (the simulator's click probability, when it writes it). Duplicate and
+    malformed deliveries are not in it; a batch stand-in for ``simulate | join``.
+
+    Examples
+    --------
+    >>> t = simulated_examples(SimulatorConfig(seed=1, n_users=50, n_items=40, candidates=5,
+    ...                                        malformed_rate=0.0), n_requests=20)
+    >>> t.num_rows, t.column_names[:5]
+    (100, ['user_id', 'item_id', 'position', 'event_time', 'click'])
+    >>> bool((np.diff(t.column("event_time").to_numpy()) >= 0).all())
+    True
+    """
+    names = ["user_id", "item_id", "position", "event_time", "click", "u_gender", "u_age",
+             "u_region", "u_recent_clicks", "i_category", "i_brand", "i_price", "true_p"]
+    cols: dict[str, list[object]] = {n: [] for n in names}
+    imps: list[dict[str, Any]] = []
+    clicks: set[tuple[object, object]] = set()
+    seen: set[object] = set()
+    for _, payload in ClickStreamSimulator(config).records(n_requests=n_requests):
+        try:
+            ev = decode(payload)
+        except InputError:  # a malformed delivery is not an example
+            continue
+        if ev.get("event_id") in seen:
+            continue
+        seen.add(ev.get("event_id"))
+        if ev.get("type") == "impression":
+            imps.append(ev)
+        elif ev.get("type") == "action" and ev.get("action") == "click":
+            clicks.add((ev["request_id"], ev["item_id"]))
+    for ev in imps:
+        u = ev["user"]
+        for c in ev["candidates"]:
+            f = c["features"]
+            for name, value in (
+                ("user_id", ev["user_id"]), ("item_id", c["item_id"]),
+                ("position", c["position"]), ("event_time", int(ev["timestamp"])),
+                ("click", float((ev["request_id"], c["item_id"]) in clicks)),
+                ("u_gender", u["gender"]), ("u_age", u["age"]), ("u_region", u["region"]),
+                ("u_recent_clicks", u["recent_clicks"]), ("i_category", f["category"]),
+                ("i_brand", f["brand"]), ("i_price", float(f["price"])),
+                ("true_p", float(c.get("true_p", float("nan")))),
+            ):
+                cols[name].append(value)
+    table = pa.table(cols)
+    order = np.argsort(table.column("event_time").to_numpy(), kind="stable")
+    return table.take(pa.array(order))
