@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,8 @@ class OnlineImportance:
         self.pending: list[dict[str, Any]] = []
         self._emb: torch.Tensor | None = None
         self._changed = False
+        #: Wall seconds spent scoring sampled batches (the cost of the estimates).
+        self.seconds = 0.0
 
     @classmethod
     def for_trainer(cls, trainer: Trainer) -> OnlineImportance | None:
@@ -117,6 +120,7 @@ class OnlineImportance:
         """
         if not self.due(step) or self._emb is None:
             return
+        t0 = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
@@ -124,6 +128,7 @@ class OnlineImportance:
         finally:
             model.train(was_training)
         self.add(x, grad, now=now, step=step)
+        self.seconds += time.perf_counter() - t0
 
     def add(self, x: torch.Tensor, grad: torch.Tensor, *, now: int, step: int) -> None:
         """Add a scored batch at event time ``now``; a later window closes the open one."""
