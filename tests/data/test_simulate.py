@@ -150,3 +150,24 @@ def test_open_bandit_replay_in_time_order(shared_data):
     assert ts == sorted(ts)
     for e in recs:
         ev.validate_event(e)
+
+
+def test_simulated_examples_flatten_the_stream_with_its_clicks():
+    from freshrec.data.simulate import simulated_examples
+    from freshrec.stream.events import decode
+
+    cfg = SimulatorConfig(seed=4, n_users=100, n_items=80, candidates=6, bias=-1.0,
+                          duplicate_rate=0.05, malformed_rate=0.01, context_effects=(1.0,))
+    table = simulated_examples(cfg, n_requests=200)
+    assert table.num_rows == 200 * 6  # duplicates and malformed deliveries are not examples
+    clicked = set()
+    for _, payload in ClickStreamSimulator(cfg).records(n_requests=200):
+        try:
+            ev = decode(payload)
+        except InputError:
+            continue
+        if ev.get("type") == "action" and ev.get("action") == "click":
+            clicked.add((ev["request_id"], ev["item_id"]))
+    assert table.column("click").to_numpy().sum() == len(clicked) > 0
+    assert (np.diff(table.column("event_time").to_numpy()) >= 0).all()
+    assert "u_ctx0" in table.column_names and "true_p" in table.column_names

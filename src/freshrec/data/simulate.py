@@ -611,8 +611,8 @@ def write_to_log(
 def simulated_examples(config: SimulatorConfig, n_requests: int) -> pa.Table:
     """The stream of ``n_requests`` requests as flat examples, in event-time order: one row
     per shown candidate with ``user_id``, ``item_id``, ``position``, ``event_time``,
-    ``click`` (clicked within the stream), the user's and the item's features and
-    ``true_p`` (the simulator's click probability, when it writes it). Duplicate and
+    ``click`` (clicked within the stream), the user's features (``u_gender``, ...,
+    ``u_recent_clicks``, the context ``u_ctx<k>``), the item's and ``true_p`` (the simulator's click probability, when it writes it). Duplicate and
     malformed deliveries are not in it; a batch stand-in for ``simulate | join``.
 
     Examples
@@ -624,9 +624,6 @@ def simulated_examples(config: SimulatorConfig, n_requests: int) -> pa.Table:
     >>> bool((np.diff(t.column("event_time").to_numpy()) >= 0).all())
     True
     """
-    names = ["user_id", "item_id", "position", "event_time", "click", "u_gender", "u_age",
-             "u_region", "u_recent_clicks", "i_category", "i_brand", "i_price", "true_p"]
-    cols: dict[str, list[object]] = {n: [] for n in names}
     imps: list[dict[str, Any]] = []
     clicks: set[tuple[object, object]] = set()
     seen: set[object] = set()
@@ -642,20 +639,25 @@ def simulated_examples(config: SimulatorConfig, n_requests: int) -> pa.Table:
             imps.append(ev)
         elif ev.get("type") == "action" and ev.get("action") == "click":
             clicks.add((ev["request_id"], ev["item_id"]))
+    user_keys = list(imps[0]["user"]) if imps else []  # gender, age, ..., ctx<k>
+    cols: dict[str, list[object]] = {n: [] for n in (
+        "user_id", "item_id", "position", "event_time", "click",
+        *(f"u_{k}" for k in user_keys), "i_category", "i_brand", "i_price", "true_p")}
     for ev in imps:
         u = ev["user"]
         for c in ev["candidates"]:
             f = c["features"]
-            for name, value in (
-                ("user_id", ev["user_id"]), ("item_id", c["item_id"]),
-                ("position", c["position"]), ("event_time", int(ev["timestamp"])),
-                ("click", float((ev["request_id"], c["item_id"]) in clicks)),
-                ("u_gender", u["gender"]), ("u_age", u["age"]), ("u_region", u["region"]),
-                ("u_recent_clicks", u["recent_clicks"]), ("i_category", f["category"]),
-                ("i_brand", f["brand"]), ("i_price", float(f["price"])),
-                ("true_p", float(c.get("true_p", float("nan")))),
-            ):
-                cols[name].append(value)
+            cols["user_id"].append(ev["user_id"])
+            cols["item_id"].append(c["item_id"])
+            cols["position"].append(c["position"])
+            cols["event_time"].append(int(ev["timestamp"]))
+            cols["click"].append(float((ev["request_id"], c["item_id"]) in clicks))
+            for k in user_keys:
+                cols[f"u_{k}"].append(u[k])
+            cols["i_category"].append(f["category"])
+            cols["i_brand"].append(f["brand"])
+            cols["i_price"].append(float(f["price"]))
+            cols["true_p"].append(float(c.get("true_p", float("nan"))))
     table = pa.table(cols)
     order = np.argsort(table.column("event_time").to_numpy(), kind="stable")
     return table.take(pa.array(order))
