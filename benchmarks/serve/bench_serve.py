@@ -19,7 +19,16 @@ Tables hold ``--users`` and ``--items`` rows. Steps:
    ``--update-mode naive`` (reload on the request path, no warm-up); continuous 10 k-row
    sparse deltas (server RSS before/after: ``delta_memory_growth_ratio`` = after / before);
 4. stall: in this process, the longest single-row lookup while 10 k-row deltas are applied
-   (chunks of 2,048 rows) vs without deltas.
+   (chunks of 2,048 rows) vs without deltas;
+5. overload (issue 12): the server's capacity C estimated from its CPU time per request at a
+   light load, then open-loop loads of 2 C and 4 C with admission control (the default
+   ``queue_budget_s``) and without it (a budget of 1,000 s) in the same run: p99 of the
+   accepted (200) requests and the fraction shed (503);
+6. workers (issue 12): the QPS sweep against ``serve --workers 2`` and against one process;
+   the shared-table memory (the PSS of the shared segments summed over every process of the
+   server) of a 2-worker and a 1-worker pool, and every process's total PSS.
+
+``--only model,e2e,updates,stall,overload,workers`` runs a subset (same keys for those).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -154,21 +164,31 @@ def model_time(reg: Registry, bodies: list[dict], iters: int, threads: int,
     return out
 
 
+#: Runs a worker pool (``WorkerPool``, as ``serve --workers N``) of any size, 1 included.
+POOL = ("import sys; from freshrec.serve import ServeConfig; "
+        "from freshrec.serve.workers import run_workers; a = sys.argv[1:]; "
+        "run_workers(a[0], config=ServeConfig(port=int(a[1]), workers=int(a[2]), threads=1, "
+        "max_in_flight=256, poll_interval_s=0.2, items_path=a[4] or None), log=a[3])")
+
+
 class ServerProc:
     def __init__(self, reg: Path, log: Path, mode: str = "background",
-                 items: Path | None = None) -> None:
+                 items: Path | None = None, extra: tuple[str, ...] = (),
+                 pool: int = 0) -> None:
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freshrec.cli", "serve", "--registry", str(reg), "--port",
-             str(self.port), "--log", str(log), "--threads", "1", "--poll-interval", "0.2",
-             "--update-mode", mode, "--max-in-flight", "256",
-             *(["--items", str(items)] if items is not None else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = [sys.executable, "-m", "freshrec.cli", "serve", "--registry", str(reg), "--port",
+               str(self.port), "--log", str(log), "--threads", "1", "--poll-interval", "0.2",
+               "--update-mode", mode, "--max-in-flight", "256",
+               *(["--items", str(items)] if items is not None else []), *extra]
+        if pool:
+            cmd = [sys.executable, "-c", POOL, str(reg), str(self.port), str(pool), str(log),
+                   str(items or "")]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -191,9 +211,35 @@ class ServerProc:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def pids(self) -> list[int]:
+        """The server process and its children (worker processes)."""
+        out = [self.proc.pid]
+        for pid in list(out):
+            kids = Path(f"/proc/{pid}/task/{pid}/children")
+            if kids.exists():
+                out += [int(x) for x in kids.read_text().split()]
+        return out
+
+    def pss_bytes(self, shared_only: bool = False) -> int:
+        """PSS summed over :meth:`pids`: all memory, or only the shared-table segments'."""
+        total = 0
+        for pid in self.pids():
+            if not shared_only:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                continue
+            inside = False
+            for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+                if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line
+                    inside = "/dev/shm/fr" in line
+                elif inside and line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
     def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=60)
 
 
 def load(url: str, bodies_path: Path, qps: float, seconds: float) -> dict:
@@ -202,6 +248,8 @@ def load(url: str, bodies_path: Path, qps: float, seconds: float) -> dict:
                     str(seconds), str(out)], check=True)
     res = json.loads(out.read_text())
     p = percentiles_ms(res["latencies_s"])
+    p["ok"] = percentiles_ms(res["ok_latencies_s"]) if res["ok_latencies_s"] else None
+    p["codes"] = res["codes"]
     p["errors"] = sum(v for k, v in res["codes"].items() if k != "200")
     p["achieved_qps"] = res["achieved_qps"]
     p["sent"] = res["sent"]
@@ -273,7 +321,10 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
     ap.add_argument("--update-qps", type=float, default=100.0,
                     help="offered QPS of the hot-update runs (below saturation, so that a "
                          "spike is the update's and not the queue's)")
+    ap.add_argument("--only", default="model,e2e,updates,stall,overload,workers",
+                    help="comma-separated sections to run")
     a = ap.parse_args(argv)
+    only = set(a.only.split(","))
     q = a.quick
     seconds = a.seconds or (4.0 if q else 20.0)
     levels = [float(x) for x in (a.qps or ("250,500,1000" if q else
@@ -300,7 +351,7 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
                  "loadavg_start": os.getloadavg()[0]}
     iters = 500 if q else 5000
     # the default engine (ONNX Runtime when installed), torch, and candidates by id
-    for th in (1, 2):
+    for th in ((1, 2) if "model" in only else ()):
         sfx = "" if th == 1 else "_threads2"
         for name, m in model_time(reg, bodies, iters, th).items():
             pre = "" if name == "auto" else f"{name}_"
@@ -310,11 +361,32 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
                         f"{pre}model_p99_9_ms{sfx}": m["p99_9"]})
             say(f"model time {name} threads={th}: {m}")
     torch.set_num_threads(1)
+    if only & {"e2e", "updates"}:
+        round1(a, res, reg, tmp, bodies_path, items_path, levels, seconds, update_seconds,
+               swap_every, items, only, say)
+    if "stall" in only:
+        s = stall(reg, 10_000, 5 if q else 20)
+        res["delta_max_stall_ms"] = s["delta"]
+        res["steady_max_stall_ms"] = s["steady"]
+    if "overload" in only:
+        overload(res, tmp, bodies_path, items_path, 4.0 if q else 10.0, say)
+    if "workers" in only:
+        workers(res, tmp, bodies_path, items_path, levels, seconds, say)
+    res["loadavg_end"] = os.getloadavg()[0]
+    res["machine"] = machine_info()
+    res["threads"] = 1
+    return res
+
+
+def round1(a, res: dict, reg: Registry, tmp: Path, bodies_path: Path, items_path: Path | None,
+           levels: list[float], seconds: float, update_seconds: float, swap_every: float,
+           items: int, only: set[str], say) -> None:
+    """End-to-end latency per QPS level and hot updates (steps 2 and 3)."""
     server = ServerProc(tmp / "registry", tmp / "log", items=items_path)
     try:
         load(server.url, bodies_path, 200, 1.0)  # warm connections and caches
         best = 0.0
-        for qps in levels:
+        for qps in (levels if "e2e" in only else ()):
             c0 = server.cpu_s()
             p = load(server.url, bodies_path, qps, seconds)
             p["server_cpu_ms_per_request"] = (server.cpu_s() - c0) * 1e3 / max(1, p["sent"])
@@ -326,7 +398,10 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
                         f"e2e_p99_9_ms_{k}": p["p99_9"], f"e2e_errors_{k}": p["errors"]})
             if p["p99_9"] <= 10.0 and p["errors"] == 0 and p["achieved_qps"] >= 0.95 * qps:
                 best = max(best, qps)
-        res["max_qps_p99_9_under_10ms"] = best
+        if "e2e" in only:
+            res["max_qps_p99_9_under_10ms"] = best
+        if "updates" not in only:
+            return
         # steady vs full-model swaps
         uq = a.update_qps
         k = f"qps{int(uq)}"
@@ -385,13 +460,73 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
         say(f"naive steady {nsteady} swap {nsw}")
     finally:
         naive.close()
-    s = stall(reg, 10_000, 5 if q else 20)
-    res["delta_max_stall_ms"] = s["delta"]
-    res["steady_max_stall_ms"] = s["steady"]
-    res["loadavg_end"] = os.getloadavg()[0]
-    res["machine"] = machine_info()
-    res["threads"] = 1
-    return res
+
+
+def overload(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None, seconds: float,
+             say) -> None:
+    """Step 5: 2x and 4x the capacity, with and without admission control."""
+    for mode, extra in (("shed", ()), ("noshed", ("--queue-budget", "1000"))):
+        server = ServerProc(tmp / "registry", tmp / f"log-{mode}", items=items_path,
+                            extra=extra)
+        try:
+            load(server.url, bodies_path, 200, 1.0)
+            if mode == "shed":  # capacity from the CPU time per request at a light load
+                c0 = server.cpu_s()
+                light = load(server.url, bodies_path, 100, 3.0)
+                cpu_ms = (server.cpu_s() - c0) * 1e3 / light["sent"]
+                capacity = 1e3 / cpu_ms
+                res["overload_capacity_qps"] = capacity
+                res["overload_cpu_ms_per_request"] = cpu_ms
+            for x in (2, 4):
+                p = load(server.url, bodies_path, x * capacity, seconds)
+                codes = p["codes"]
+                pre = "" if mode == "shed" else "noshed_"
+                ok = p["ok"] or {"p50": float("nan"), "p99": float("nan")}
+                res[f"{pre}overload_{x}x_p99_ms"] = ok["p99"]
+                res[f"{pre}overload_{x}x_p50_ms"] = ok["p50"]
+                res[f"{pre}overload_{x}x_shed_fraction"] = codes.get("503", 0) / p["sent"]
+                res[f"{pre}overload_{x}x_timeouts"] = codes.get("0", 0)
+                res[f"{pre}overload_{x}x_ok_qps"] = codes.get("200", 0) / seconds
+                res[f"{pre}overload_{x}x_offered_qps"] = x * capacity
+                res[f"{pre}overload_{x}x_achieved_qps"] = p["achieved_qps"]
+                say(f"overload {mode} {x}x ({x * capacity:.0f} qps): codes {codes} ok {ok}")
+        finally:
+            server.close()
+
+
+def workers(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None,
+            levels: list[float], seconds: float, say) -> None:
+    """Step 6: QPS sweep with 1 process and 2 workers; shared-table memory per pool size."""
+    for n in (1, 2):
+        server = ServerProc(tmp / "registry", tmp / f"log-w{n}", items=items_path,
+                            pool=0 if n == 1 else 2)
+        try:
+            load(server.url, bodies_path, 200, 1.0)
+            res[f"pss_mib_workers{n}"] = server.pss_bytes() / 2**20
+            best = 0.0
+            for qps in levels:
+                p = load(server.url, bodies_path, qps, seconds)
+                say(f"workers={n} qps={qps:g}: {p}")
+                res[f"e2e_p99_9_ms_qps{int(qps)}_workers{n}"] = p["p99_9"]
+                res[f"e2e_errors_qps{int(qps)}_workers{n}"] = p["errors"]
+                if p["p99_9"] <= 10.0 and p["errors"] == 0 and p["achieved_qps"] >= 0.95 * qps:
+                    best = max(best, qps)
+            res[f"max_qps_p99_9_under_10ms_workers{n}"] = best
+        finally:
+            server.close()
+    shared = {}
+    for n in (1, 2):
+        pool = ServerProc(tmp / "registry", tmp / f"log-p{n}", items=items_path, pool=n)
+        try:
+            load(pool.url, bodies_path, 200, 1.0)  # every worker has read rows
+            shared[n] = pool.pss_bytes(shared_only=True)
+            res[f"pool_pss_mib_workers{n}"] = pool.pss_bytes() / 2**20
+        finally:
+            pool.close()
+    res["table_bytes_workers1"] = shared[1]
+    res["table_bytes_workers2"] = shared[2]
+    res["table_bytes_per_worker_ratio"] = shared[2] / shared[1]
+    say(f"shared-table PSS: {shared}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The Open Inference Protocol's binary tensor data extension (request side).
+"""The Open Inference Protocol's binary tensor data extension.
 
 A body whose request carries the ``Inference-Header-Content-Length: N`` header is N bytes of
 JSON inference request followed by raw tensor data: each input whose ``parameters`` hold
 ``binary_data_size`` takes that many bytes, in the order of ``inputs``, little-endian and
 row-major; a ``BYTES`` element is a 4-byte little-endian length and its UTF-8 bytes.
 :func:`inline_binary` turns such a body into the plain JSON request (each binary input gets
-its ``data`` list), so one parser serves both.
+its ``data`` list), so one parser serves both. A reply asks for it the same way
+(``binary_data_output`` in the request's ``parameters``, or ``binary_data`` in an output's):
+:func:`binary_reply` writes the JSON header, then the outputs' raw data.
 
 Examples
 --------
@@ -28,10 +30,28 @@ import orjson
 from freshrec.errors import brief
 from freshrec.serve.request import RequestError
 
-__all__ = ["HEADER", "inline_binary"]
+__all__ = ["HEADER", "binary_reply", "inline_binary"]
 
 #: The request header that gives the JSON part's length.
 HEADER = "Inference-Header-Content-Length"
+
+def binary_reply(head: dict[str, Any], data: list[np.ndarray]) -> tuple[bytes, int]:
+    """A binary-extension reply body and its JSON part's length: ``head["outputs"][i]`` gets
+    ``parameters.binary_data_size`` and loses ``data``; ``data[i]`` follows the JSON,
+    little-endian row-major.
+
+    >>> body, n = binary_reply({"outputs": [{"name": "scores", "datatype": "FP32",
+    ...                                      "shape": [2]}]}, [np.array([0.5, 1.0], "<f4")])
+    >>> orjson.loads(body[:n])["outputs"][0]["parameters"], np.frombuffer(body[n:], "<f4")
+    ({'binary_data_size': 8}, array([0.5, 1. ], dtype=float32))
+    """
+    raw = [np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes() for a in data]
+    outputs = [{**{k: v for k, v in o.items() if k != "data"},
+                "parameters": {**o.get("parameters", {}), "binary_data_size": len(r)}}
+               for o, r in zip(head["outputs"], raw, strict=True)]
+    js = orjson.dumps({**head, "outputs": outputs})
+    return js + b"".join(raw), len(js)
+
 
 _NUMPY = {"BOOL": "?", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
           "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2",

@@ -8,9 +8,10 @@ Routes
     the candidates, calibrated click probabilities).
 ``POST /v2/models/{name}/infer``
     The same through the KServe v2 inference protocol (see
-    :func:`~freshrec.serve.request.parse_v2_request`); the output tensor is ``scores``
-    (always JSON). A request with ``Inference-Header-Content-Length`` uses the binary data
-    extension for its inputs (:mod:`freshrec.serve._binary`).
+    :func:`~freshrec.serve.request.parse_v2_request`); the output tensor is ``scores``. A
+    request with ``Inference-Header-Content-Length`` uses the binary data extension for its
+    inputs, and one asking for binary outputs (``binary_data_output``) gets the scores as
+    binary data (:mod:`freshrec.serve._binary`).
 ``GET /v2``, ``/v2/models/{name}``, ``/v2/models/{name}/ready``, ``/v2/health/live``,
 ``/v2/health/ready``
     KServe v2 server and model metadata (:mod:`freshrec.serve.v2`) and health; every model
@@ -28,7 +29,8 @@ Errors are JSON ``{"error": message, "field": name}`` (a path no route serves: a
 method it does not take: a JSON 405): 400 for bad input (the message names
 the field), 413 for an oversized body, 415 when a scoring request's ``Content-Type`` is not
 JSON (``application/json`` or ``application/<x>+json``; a browser page's cross-site
-``text/plain`` or typeless POST never reaches the model), 408 (connection closed) when a body
+``text/plain`` or form POST never reaches the model; ``/score`` also refuses a typeless one,
+v2 ``infer`` takes it as JSON, as the protocol's clients send none), 408 (connection closed) when a body
 takes longer than ``body_timeout_s``, 503 with ``Retry-After`` when admission control sheds
 the request (``max_in_flight`` requests are being handled, or it waited longer than
 ``queue_budget_s`` to be scored: see :mod:`freshrec.serve._protocol`) or no model is loaded
@@ -48,6 +50,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -58,7 +61,7 @@ from starlette.types import Receive, Scope, Send
 
 from freshrec.errors import brief
 from freshrec.serve._binary import HEADER as BINARY_HEADER
-from freshrec.serve._binary import inline_binary
+from freshrec.serve._binary import binary_reply, inline_binary
 from freshrec.serve._protocol import ARRIVED
 from freshrec.serve.config import ServeConfig
 from freshrec.serve.impressions import ImpressionWriter
@@ -77,6 +80,7 @@ __all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "ServeApp", "is_json"]
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+OCTETS = "application/octet-stream"
 
 #: The message of every 500: the exception is logged, never sent to the client.
 INTERNAL_ERROR = "internal error (details are in the server log)"
@@ -86,7 +90,7 @@ Reply = tuple[int, bytes, dict[str, str] | None]
 #: Parses a body (with ``max_candidates``) into a request; raises ``RequestError``.
 RequestParser = Callable[[bytes, int], ScoreRequest]
 #: Writes the reply body of a scored request: ``(request, scores, model version) -> bytes``.
-ReplyWriter = Callable[[ScoreRequest, Any, int | None], bytes]
+ReplyWriter = Callable[[ScoreRequest, Any, int | None], tuple[bytes, dict[str, str] | None]]
 
 
 class _TooLarge(Exception):
@@ -161,8 +165,10 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, timeout_s: floa
         raise _TooSlow from None
 
 
-def _score_json(req: ScoreRequest, scores: Any, version: int | None) -> bytes:
-    return _dumps({"request_id": req.request_id, "model_version": version, "scores": scores})
+def _score_json(req: ScoreRequest, scores: Any, version: int | None
+                ) -> tuple[bytes, dict[str, str] | None]:
+    return _dumps({"request_id": req.request_id, "model_version": version,
+                   "scores": scores}), None
 
 
 class HttpApi:
@@ -234,7 +240,9 @@ class HttpApi:
         if unknown is not None:
             return unknown
         parse: RequestParser = parse_v2_request
-        content_type = request.headers.get("content-type")
+        # the protocol's reference client (tritonclient) sends JSON requests with no
+        # Content-Type: a missing one is taken as JSON here, a non-JSON one is refused
+        content_type = request.headers.get("content-type", JSON)
         json_length = request.headers.get(BINARY_HEADER)
         if json_length is not None:  # binary data extension: a custom header, never cross-site
             if not json_length.isdigit():
@@ -370,10 +378,10 @@ class HttpApi:
             return e.status, _error(str(e), e.field), None
         version = pred.version
         self._record(req, version)
-        payload = respond(req, scores, version)
+        payload, headers = respond(req, scores, version)
         metrics.candidates.inc(len(req.candidates))
         metrics.requests.inc(route=route, code="200")
-        return 200, payload, None
+        return 200, payload, headers
 
     def _record(self, req: ScoreRequest, version: int | None) -> None:
         """Keep the request for warm-up (the first ones, then 1 in 64) and log its impression."""
@@ -384,11 +392,17 @@ class HttpApi:
             ts = req.now if req.now is not None else time.time()
             self.impressions.submit(req, version=version, timestamp=ts)
 
-    def _v2_json(self, req: ScoreRequest, scores: Any, version: int | None) -> bytes:
-        return _dumps({"model_name": self.config.model_name, "model_version": str(version),
-                       "id": str(req.request_id),
-                       "outputs": [{"name": "scores", "shape": [len(scores)],
-                                    "datatype": "FP32", "data": scores}]})
+    def _v2_json(self, req: ScoreRequest, scores: Any, version: int | None
+                 ) -> tuple[bytes, dict[str, str] | None]:
+        """The v2 reply: JSON, or with the binary data extension when the request asked."""
+        output = {"name": "scores", "shape": [len(scores)], "datatype": "FP32"}
+        head = {"model_name": self.config.model_name, "model_version": str(version),
+                "id": str(req.request_id), "outputs": [output]}
+        if not req.binary_output:
+            output["data"] = scores
+            return _dumps(head), None
+        body, json_length = binary_reply(head, [np.asarray(scores, np.float32)])
+        return body, {BINARY_HEADER: str(json_length), "Content-Type": OCTETS}
 
     def _shed(self, route: str, reason: str, why: str) -> Reply:
         """A 503 with ``Retry-After`` for a request turned away by admission control."""

@@ -86,6 +86,9 @@ class ScoreRequest:
     #: the predictor from its feature index (see :func:`~freshrec.serve.impressions.
     #: impression_record`); ``None``: the impression is built from the candidates.
     fragments: list[tuple[bytes, bytes] | None] | None = None
+    #: KServe v2: the client asked for the scores as binary data (``binary_data_output``
+    #: in the request's ``parameters``, or ``binary_data`` in the ``scores`` output's).
+    binary_output: bool = False
 
 
 def new_request_id() -> str:
@@ -244,7 +247,7 @@ def build_v2_request(obj: Any, max_candidates: int) -> ScoreRequest:
     params = obj.get("parameters") or {}
     if type(params) is not dict:
         raise RequestError("parameters", "must be an object")
-    _check_outputs(obj.get("outputs"))
+    binary = _check_outputs(obj.get("outputs"), params.get("binary_data_output") is True)
     user: dict[str, Any] = {}
     cand_cols: dict[str, list[Any]] = {}
     user_id = None
@@ -287,7 +290,9 @@ def build_v2_request(obj: Any, max_candidates: int) -> ScoreRequest:
                "candidates": cands, "now": params.get("now")}
     if user_id is not None:
         req_obj["user_id"] = user_id
-    return build_request(req_obj, max_candidates)
+    req = build_request(req_obj, max_candidates)
+    req.binary_output = binary
+    return req
 
 
 #: The one output of a model (``outputs`` of a request may name only it).
@@ -318,10 +323,11 @@ def _check_datatype(datatype: Any, data: list[Any], name: str, where: str) -> No
                                    f"{datatype} needs {what}, got {brief(x)}")
 
 
-def _check_outputs(outputs: Any) -> None:
-    """Refuse requested ``outputs`` other than :data:`V2_OUTPUT`."""
+def _check_outputs(outputs: Any, binary: bool) -> bool:
+    """Refuse requested ``outputs`` other than :data:`V2_OUTPUT`; returns whether the scores
+    go out as binary data (an output's ``binary_data`` overrides the request's ``binary``)."""
     if outputs is None:
-        return
+        return binary
     if type(outputs) is not list:
         raise RequestError("outputs", f"must be a list of {{\"name\": ...}}, got "
                                       f"{brief(outputs)}")
@@ -330,6 +336,10 @@ def _check_outputs(outputs: Any) -> None:
         if name != V2_OUTPUT:
             raise RequestError(f"outputs[{i}].name", f"unknown output {brief(name)} (this "
                                f"model has one output, {V2_OUTPUT!r})")
+        p = o.get("parameters")
+        if type(p) is dict and type(p.get("binary_data")) is bool:
+            binary = p["binary_data"]
+    return binary
 
 
 def _unflatten(data: list[Any], shape: list[int], where: str) -> list[Any]:
