@@ -32,7 +32,7 @@ from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.train.trainer import Trainer, rebatch
 
-ARMS = {"random": {"source": "none"},
+ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
         "history_mean": {"source": "history_mean", "history_slot": "u_recent_clicks"},
         "zeros": {"source": "fixed", "value": [0.0] * 16}}
 

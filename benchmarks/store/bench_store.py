@@ -1,0 +1,198 @@
+"""Store benchmark: Redis as the embedding store against the in-process table, same run.
+
+``freshrec bench store --json [--quick] [--redis URL] [--requests N] [--examples N]``
+
+- **Serving** (``store_added_p99_ms``): one request's lookup of a user's row (the user table,
+  dim 16, 10,000 users written by a trainer), timed per request for the in-process table
+  (``EmbeddingTable.lookup``) and for a :class:`~freshrec.store.served.ServedRedisTable` that
+  reads Redis on every request (``serve_cache_ms: 0``, the worst case) and one with the
+  default 200 ms local copy; p50/p99 of each and the added p50/p99 (Redis minus in-process).
+- **Training** (``store_train_ratio``): examples/s of the simulator's DeepFM
+  (configs/simulator.yaml) on one simulated stream, user table in the process vs in Redis
+  (write-back cache, flushed after each checkpoint; both arms checkpoint every 20 steps).
+  The two trainers take turns batch by batch, so both see the same machine load.
+- **Freshness** (``store_write_to_read_p99_s``): a trainer's flush of a changed row to the
+  moment a server polling every 5 ms (default 200 ms local copy) reads the new value, 40
+  times. Rows reach Redis when the trainer checkpoints, so end-to-end freshness adds the
+  checkpoint interval (``online.checkpoint_every_s``).
+
+Redis is a private ``redis-server`` on loopback unless ``--redis`` names one. The machine
+is shared: compare the same-run ratios, and read absolute figures with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freshrec.benchinfo import machine_info
+from freshrec.config import config_from_dict
+from freshrec.data.simulate import SimulatorConfig, simulated_examples
+from freshrec.store import RedisTable, StoreConfig, TableBackend
+from freshrec.store.served import ServedRedisTable
+from freshrec.table import EmbeddingTable, OptimizerConfig, OptimizerKind, TableConfig
+from freshrec.train.trainer import Trainer, rebatch
+
+
+def _load(rel: str, name: str) -> Any:
+    path = Path(__file__).resolve().parents[1] / rel
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ms(a: np.ndarray, q: float) -> float:
+    return round(float(np.quantile(a, q)) * 1000.0, 4)
+
+
+def user_config(url: str, prefix: str, **store: Any) -> TableConfig:
+    return TableConfig(name="user", dim=16, backend=TableBackend.REDIS,
+                       optimizer=OptimizerConfig(kind=OptimizerKind.ROWWISE_ADAGRAD, lr=0.05),
+                       store=StoreConfig(url=url, prefix=prefix, **store))
+
+
+def bench_serving(url: str, requests: int, rng: np.random.Generator) -> dict[str, float]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    cfg = user_config(url, prefix)
+    users = np.arange(1, 10_001, dtype=np.uint64)
+    writer = RedisTable(cfg)
+    writer.lookup(users, now=0, train=True)
+    writer.flush()
+    memory = EmbeddingTable(TableConfig(name="user", dim=16))
+    memory.lookup(users, now=0, train=True)
+    uncached = ServedRedisTable(user_config(url, prefix, serve_cache_ms=0.0))
+    cached = ServedRedisTable(user_config(url, prefix))
+    asks = rng.choice(users, size=requests)
+    times: dict[str, list[float]] = {"memory": [], "redis": [], "redis_cached": []}
+    tables = {"memory": memory, "redis": uncached, "redis_cached": cached}
+    for fid in asks:  # interleaved, so load changes hit every arm alike
+        f = np.array([fid], np.uint64)
+        for arm, t in tables.items():
+            t0 = time.perf_counter()
+            t.find(f)
+            t.lookup(f)
+            times[arm].append(time.perf_counter() - t0)
+    a = {k: np.array(v) for k, v in times.items()}
+    out = {f"serve_{k}_p50_ms": _ms(v, 0.5) for k, v in a.items()}
+    out |= {f"serve_{k}_p99_ms": _ms(v, 0.99) for k, v in a.items()}
+    out["store_added_p50_ms"] = round(out["serve_redis_p50_ms"] - out["serve_memory_p50_ms"], 4)
+    out["store_added_p99_ms"] = round(out["serve_redis_p99_ms"] - out["serve_memory_p99_ms"], 4)
+    out["store_added_p99_ms_cached"] = round(
+        out["serve_redis_cached_p99_ms"] - out["serve_memory_p99_ms"], 4)
+    for t in (writer, uncached, cached):
+        t.close()
+    return out
+
+
+def train_config(url: str | None) -> dict[str, Any]:
+    mod = _load("store/bench_store_init.py", "bench_store_init")
+    raw: dict[str, Any] = mod.model_config(url or "redis://127.0.0.1:1/0",
+                                           f"bench-{uuid.uuid4().hex[:8]}", {"source": "none"})
+    if url is None:
+        user = raw["features"]["tables"]["user"]
+        user.pop("backend")
+        user.pop("store")
+    raw["train"]["checkpoint_every_steps"] = 20
+    raw["train"]["threads"] = 1
+    return raw
+
+
+def bench_training(url: str, examples: int) -> dict[str, float]:
+    table = simulated_examples(SimulatorConfig(
+        seed=0, n_users=20_000, n_items=2000, candidates=20, bias=-2.0, malformed_rate=0.0,
+        duplicate_rate=0.0), n_requests=max(1, examples // 20))
+    arms = {"memory": None, "redis": url}
+    spent = dict.fromkeys(arms, 0.0)
+    with tempfile.TemporaryDirectory() as run:
+        trainers = {arm: Trainer(config_from_dict(train_config(u)), run_dir=f"{run}/{arm}")
+                    for arm, u in arms.items()}
+        size = trainers["memory"].config.train.batch_size
+        encoded = [trainers["memory"].schema.encode(rb)
+                   for rb in rebatch(table.to_batches(), size)]
+        for i, enc in enumerate(encoded):  # interleaved: both arms see the same load
+            for arm, trainer in trainers.items():
+                t0 = time.perf_counter()
+                trainer.learn_batch(enc)
+                if trainer.step % 20 == 0 or i == len(encoded) - 1:
+                    trainer.save()
+                spent[arm] += time.perf_counter() - t0
+        user = trainers["redis"].tables["user"]
+        if isinstance(user, RedisTable):
+            out_counters = user.store_stats()
+            user.close()
+    out: dict[str, float] = {f"train_{arm}_ex_per_s": round(table.num_rows / t, 1)
+                             for arm, t in spent.items()}
+    out["store_train_ratio"] = round(out["train_redis_ex_per_s"]
+                                     / out["train_memory_ex_per_s"], 3)
+    out["train_redis_rows_flushed"] = out_counters["flushed"]
+    out["train_redis_rows_read"] = out_counters["read"]
+    out["train_examples"] = table.num_rows
+    return out
+
+
+def bench_freshness(url: str, trials: int) -> dict[str, float]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    writer = RedisTable(user_config(url, prefix))
+    reader = ServedRedisTable(user_config(url, prefix))
+    fid = np.array([42], np.uint64)
+    writer.lookup(fid, now=0, train=True)
+    writer.flush()
+    lags = []
+    for i in range(trials):
+        old = reader.lookup(fid)
+        writer.apply_gradients(fid, np.ones((1, 16), np.float32) * (1 + i % 3))
+        t0 = time.perf_counter()
+        writer.flush()
+        while np.array_equal(reader.lookup(fid), old):
+            time.sleep(0.005)
+        lags.append(time.perf_counter() - t0)
+    writer.close()
+    reader.close()
+    a = np.array(lags)
+    return {"store_write_to_read_p50_s": round(float(np.quantile(a, 0.5)), 4),
+            "store_write_to_read_p99_s": round(float(np.quantile(a, 0.99)), 4)}
+
+
+def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
+    ap = argparse.ArgumentParser(prog="freshrec bench store")
+    ap.add_argument("--quick", action="store_true", help="fewer requests and examples")
+    ap.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")
+    ap.add_argument("--requests", type=int, default=None)
+    ap.add_argument("--examples", type=int, default=None)
+    ap.add_argument("--json", action="store_true")
+    opts = ap.parse_args(argv)
+    say = print if verbose else (lambda *a, **k: None)
+    requests = opts.requests or (2000 if opts.quick else 10_000)
+    examples = opts.examples or (30_000 if opts.quick else 100_000)
+    out: dict[str, object] = {"requests": requests,
+                              "loadavg_start": os.getloadavg()[0]}
+    with _load("stream/bench_log.py", "bench_log").redis_server(opts.redis) as url:
+        if url is None:
+            raise SystemExit("bench store needs redis-server (scripts/ensure-redis)")
+        out |= bench_serving(url, requests, np.random.default_rng(0))
+        say(f"serving: added p99 {out['store_added_p99_ms']} ms")
+        out |= bench_freshness(url, 20 if opts.quick else 40)
+        say(f"freshness: p99 {out['store_write_to_read_p99_s']} s")
+        out |= bench_training(url, examples)
+        say(f"training: redis / in-process {out['store_train_ratio']}")
+    out["loadavg_end"] = os.getloadavg()[0]
+    out["machine"] = machine_info()
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(main(sys.argv[1:], verbose=False)))
