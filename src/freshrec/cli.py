@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
     "dashboard": ("freshrec._cli.dashboard", "serve or export the operations dashboard of a config"),
     "watch": ("freshrec._cli.watch", "evaluate the alert rules of a config and send the alerts"),
+    "report": ("freshrec._cli.report", "write the operations report of a period (HTML, Markdown)"),
     "init": ("freshrec._cli.init", "write a starter config for a CSV/Parquet/JSON-lines file"),
 }
 

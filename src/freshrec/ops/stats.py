@@ -43,12 +43,15 @@ class SlotStats:
     def reset(self) -> None:
         """Start a new window."""
         self.examples = 0
+        self.positives = 0.0
         self._with = dict.fromkeys(self.slots, 0)
         self._ids: dict[str, list[np.ndarray]] = {s: [] for s in self.slots}
 
-    def update(self, batch: JaggedBatch) -> None:
-        """Count one batch of ids."""
+    def update(self, batch: JaggedBatch, labels: np.ndarray | None = None) -> None:
+        """Count one batch of ids (and, given, the sum of its labels)."""
         self.examples += batch.batch_size
+        if labels is not None:
+            self.positives += float(np.sum(labels))
         for s in self.slots:
             if s not in batch.keys:
                 continue
@@ -56,6 +59,11 @@ class SlotStats:
             self._with[s] += int(np.count_nonzero(np.diff(offsets)))
             if values.size:
                 self._ids[s].append(np.unique(values))
+
+    @property
+    def positive_ratio(self) -> float | None:
+        """Mean label of the window's examples (``None`` before any)."""
+        return round(self.positives / self.examples, 6) if self.examples else None
 
     def get(self) -> dict[str, dict[str, Any]]:
         """``{slot: {"coverage": share of examples with an id, "distinct": ids}}``."""
@@ -70,7 +78,8 @@ class SlotStats:
 
 def window_record(*, event_time: int, wall_s: float, step: int, examples: int,
                   examples_per_s: float | None, metrics: Mapping[str, float],
-                  slots: Mapping[str, Any], tables: Mapping[str, Any]) -> dict[str, Any]:
+                  slots: Mapping[str, Any], tables: Mapping[str, Any],
+                  positive_ratio: float | None = None) -> dict[str, Any]:
     """The ``metrics.jsonl`` line of one reporting window (NaN metrics as ``None``).
 
     >>> window_record(event_time=60, wall_s=1.5, step=3, examples=30, examples_per_s=None,
@@ -80,5 +89,6 @@ def window_record(*, event_time: int, wall_s: float, step: int, examples: int,
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in metrics.items()}
     return {"kind": "window", "event_time": int(event_time), "wall_unix_s": round(wall_s, 3),
-            "step": step, "examples": examples, "examples_per_s": examples_per_s, **clean,
+            "step": step, "examples": examples, "examples_per_s": examples_per_s,
+            "positive_ratio": positive_ratio, **clean,
             "slots": dict(slots), "tables": dict(tables)}

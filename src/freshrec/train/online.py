@@ -195,7 +195,7 @@ class OnlineTrainer:
             for name, table in t.tables.items():
                 table.frozen = warm or name in oc.frozen_tables
             t.learn_batch(enc)
-            self._slot_stats.update(enc.sparse)
+            self._slot_stats.update(enc.sparse, enc.labels[:, 0])
             n += enc.size
             newest = int(enc.event_time.max())
             self.newest_event_time = max(newest, self.newest_event_time or newest)
@@ -250,7 +250,8 @@ class OnlineTrainer:
                       for n, s in stats.items()}
             line = window_record(event_time=key * w, wall_s=time.time(), step=self.trainer.step,
                                  examples=examples, examples_per_s=rate, metrics=m,
-                                 slots=self._slot_stats.get(), tables=tables)
+                                 slots=self._slot_stats.get(), tables=tables,
+                                 positive_ratio=self._slot_stats.positive_ratio)
             self.trainer.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.trainer.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")

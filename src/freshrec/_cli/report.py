@@ -1,0 +1,43 @@
+"""``freshrec report --config CFG --since 24h [--run-dir DIR ...] [--registry DIR] [--out DIR]``.
+
+Writes the operations report of the period (:mod:`freshrec.ops.report`) as JSON, Markdown and
+HTML into ``--out`` (default ``reports/``) and prints their paths; importance changes are
+against ``--previous`` (default: ``latest.json`` of ``--out``, the last report written there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from freshrec._cli.options import add_config_arguments, config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, [])
+    p.add_argument("--since", default="24h", help="the period: 24h, 90m, 2d, or seconds")
+    p.add_argument("--run-dir", action="append", default=[], metavar="DIR",
+                   help="a run directory whose metrics.jsonl is read (repeatable; default: "
+                        "train.run_dir of the config when set)")
+    p.add_argument("--registry", metavar="DIR", default=None,
+                   help="the registry (default: online.registry or serve.registry)")
+    p.add_argument("--out", default="reports", metavar="DIR", help="where the report goes")
+    p.add_argument("--previous", default=None, metavar="JSON",
+                   help="the previous report's JSON (default: OUT/latest.json when present)")
+    p.add_argument("--title", default="freshrec operations report")
+
+
+def run(args: argparse.Namespace) -> int:
+    from freshrec.ops.report import build_report, parse_since, write_report
+
+    cfg = config(args)
+    prev_path = Path(args.previous) if args.previous else Path(args.out) / "latest.json"
+    previous = json.loads(prev_path.read_text()) if prev_path.is_file() else None
+    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
+    registry = args.registry or cfg.online.registry or cfg.serve.registry or None
+    report = build_report(cfg, run_dirs=run_dirs, registry=registry,
+                          since_s=parse_since(args.since), previous=previous)
+    for kind, path in write_report(report, args.out, title=args.title).items():
+        print(f"{kind}: {path}")
+    return 0
