@@ -32,6 +32,9 @@ SHORTHANDS = [
               "seconds between the trainer's sparse deltas", float),
     Shorthand("--redis", "demo.redis",
               "redis://HOST:PORT/DB: Redis Streams for the logs (null: file logs)"),
+    Shorthand("--user-store", "demo.user_store",
+              "memory or redis: the user table in Redis, shared by trainer and server "
+              "(a private redis-server unless --redis)"),
     Shorthand("--seed", "simulate.seed", "seed of the simulator and of the drawn clicks", int),
     Shorthand("--no-live", "demo.live",
               "print a progress line every 5 s instead of the live table", value=False),

@@ -44,6 +44,10 @@ class DemoConfig:
         ``redis://HOST:PORT/DB``: Redis Streams for the logs instead of file logs.
     startup_timeout_s
         Longest wait for each stage to come up (generous: a loaded 2-core machine).
+    user_store
+        Where the ``user`` table lives: ``memory`` (in each process, served from the
+        registry) or ``redis`` (shared by the trainer and the server through Redis:
+        ``demo.redis``, or a private redis-server; see :mod:`freshrec.store.demo`).
     live
         Draw the live table (``None``: when stdout is a terminal; ``False``: a progress line
         every 5 s).
@@ -55,6 +59,7 @@ class DemoConfig:
     startup_timeout_s: float = 240.0
     live: bool | None = None
     until_examples_trained: int | None = None
+    user_store: str = "memory"
 
     def __post_init__(self) -> None:
         o = "DemoConfig"
@@ -71,3 +76,5 @@ class DemoConfig:
                 "until_examples_trained", "None or an integer > 0", u)
         require(self.live is None or isinstance(self.live, bool), o, "live",
                 "None, true or false", self.live)
+        require(self.user_store in ("memory", "redis"), o, "user_store",
+                "memory or redis", self.user_store)

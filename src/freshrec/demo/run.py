@@ -130,6 +130,8 @@ def run_demo(config: FreshrecConfig, *,
     from rich.console import Console
     from rich.live import Live
 
+    from freshrec.config import apply_overrides
+    from freshrec.store.demo import start_store, stop_store, store_overrides
     from freshrec.stream.open import open_log
     from freshrec.sync.registry import Registry
 
@@ -145,7 +147,11 @@ def run_demo(config: FreshrecConfig, *,
     paths["proc"].mkdir(exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    store_url, store_proc = (start_store(demo.redis, workdir) if demo.user_store == "redis"
+                             else (None, None))
     document = _document(config, paths, port)
+    if store_url is not None:  # --user-store redis: the user table lives in Redis
+        document = apply_overrides(document, store_overrides(store_url, f"demo-{workdir.name}"))
     paths["config"].write_text(yaml.safe_dump(document, sort_keys=False))
     doc = str(paths["config"])
     # the event log: impressions (server) in partition 0, actions (driver) in the last one
@@ -231,6 +237,7 @@ def run_demo(config: FreshrecConfig, *,
             with contextlib.suppress(Exception):
                 mon.tick()
         stop_all(children)
+        stop_store(store_proc)
         events.close()
         if mon is not None:
             mon.close()
