@@ -15,6 +15,8 @@
   moment a server polling every 5 ms (default 200 ms local copy) reads the new value, 40
   times. Rows reach Redis when the trainer checkpoints, so end-to-end freshness adds the
   checkpoint interval (``online.checkpoint_every_s``).
+- **Optimizer state** (``state_*_read_ms`` / ``_write_ms``): 512 rows of dim 16 read and
+  written with no state, row-wise Adagrad's, Adagrad's and Adam's beside the row.
 
 Redis is a private ``redis-server`` on loopback unless ``--redis`` names one. The machine
 is shared: compare the same-run ratios, and read absolute figures with the load average.
@@ -165,6 +167,36 @@ def bench_freshness(url: str, trials: int) -> dict[str, float]:
             "store_write_to_read_p99_s": round(float(np.quantile(a, 0.99)), 4)}
 
 
+def bench_state(url: str, reps: int) -> dict[str, float]:
+    """Where the optimizer state lives: the cost of carrying it in Redis with the row.
+
+    Reads (MGET) and writes (pipelined SET) of 512 rows (a batch's users) of dim 16 with no
+    state (SGD, or state kept trainer-side), row-wise Adagrad (+1 float), Adagrad (+16)
+    and Adam (+33); median ms per 512 rows.
+    """
+    from freshrec.store.client import RowKeys, RowStore, open_client
+
+    client = open_client(url, "bench")
+    fids = np.arange(512, dtype=np.uint64)
+    out: dict[str, float] = {}
+    for name, width in (("none", 16), ("rowwise_adagrad", 17), ("adagrad", 32),
+                        ("adam", 49)):
+        rows = RowStore(client, RowKeys(f"bench-{uuid.uuid4().hex[:8]}", "state"), width)
+        values = np.ones((512, width), np.float32)
+        w, r = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            rows.put(fids, values)
+            w.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            rows.get(fids)
+            r.append(time.perf_counter() - t0)
+        out[f"state_{name}_write_ms"] = round(float(np.median(w)) * 1000, 3)
+        out[f"state_{name}_read_ms"] = round(float(np.median(r)) * 1000, 3)
+    client.close()
+    return out
+
+
 def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap = argparse.ArgumentParser(prog="freshrec bench store")
     ap.add_argument("--quick", action="store_true", help="fewer requests and examples")
@@ -183,6 +215,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
             raise SystemExit("bench store needs redis-server (scripts/ensure-redis)")
         out |= bench_serving(url, requests, np.random.default_rng(0))
         say(f"serving: added p99 {out['store_added_p99_ms']} ms")
+        out |= bench_state(url, 10 if opts.quick else 30)
         out |= bench_freshness(url, 20 if opts.quick else 40)
         say(f"freshness: p99 {out['store_write_to_read_p99_s']} s")
         out |= bench_training(url, examples)
