@@ -12,7 +12,7 @@ import pytest
 
 from freshrec.store import RedisTable, StoreConfig
 from freshrec.store.served import ServedRedisTable, render_metrics, serving_tables
-from freshrec.table import EmbeddingTable, TableConfig
+from freshrec.table import EmbeddingTable, TableConfig, TableDelta
 from tests.conftest import DURABLE, start_redis, stop_process
 
 pytestmark = pytest.mark.redis
@@ -97,7 +97,10 @@ def test_serving_survives_redis_stopping_and_restarting(tmp_path: Path, prefix: 
 def test_serving_tables_wraps_only_redis_tables(closing: list[Any]) -> None:
     tables = {"user": EmbeddingTable(config("redis://127.0.0.1:1/0", "p")),
               "item": EmbeddingTable(TableConfig(name="item", dim=4))}
+    tables["user"].apply_delta(TableDelta.empty("user", tables["user"].config.fingerprint(),
+                                                dim=4, from_version=0, to_version=7))
     served = serving_tables(tables)
     closing.append(served["user"])
     assert isinstance(served["user"], ServedRedisTable) and served["item"] is tables["item"]
+    assert served["user"].applied_version == 7  # the registry's next delta applies
     assert serving_tables(served)["user"] is served["user"]
