@@ -73,6 +73,8 @@ def test_importance_is_averaged_over_the_last_windows(tmp_path):
     path.write_text('{"step": 1}\n')
     with pytest.raises(InputError, match="no importance records"):
         averaged_importance(path)
+    with pytest.raises(InputError, match="nope.jsonl: no such file"):
+        averaged_importance(tmp_path / "nope.jsonl")
     path.write_text("{oops\n")
     with pytest.raises(InputError, match=r"metrics.jsonl:1: not a JSON line"):
         averaged_importance(path)

@@ -70,11 +70,13 @@ def averaged_importance(metrics_jsonl: str | Path, windows: int | None = None
     Raises
     ------
     InputError
-        The file has no importance record, or ``windows`` < 1.
+        The file is missing or has no importance record, or ``windows`` < 1.
     """
     if windows is not None and windows < 1:
         raise InputError(f"averaged_importance: windows must be >= 1, got {windows}")
     latest: dict[tuple[int, str], float] = {}
+    if not Path(metrics_jsonl).is_file():
+        raise InputError(f"{metrics_jsonl}: no such file (a run's metrics.jsonl)")
     with open(metrics_jsonl) as fh:
         for i, line in enumerate(fh, 1):
             try:
