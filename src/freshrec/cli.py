@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "join": ("freshrec._cli.join", "join impressions and actions into training examples"),
     "train": ("freshrec._cli.train", "train a model on a data set (batch, one pass or epochs)"),
     "evaluate": ("freshrec._cli.evaluate", "evaluate a checkpoint on a data set"),
-    "analyze": ("freshrec._cli.analyze", "analyze a checkpoint: feature importance on data"),
+    "analyze": ("freshrec._cli.analyze", "feature importance and selection by cost of a checkpoint"),
     "serve": ("freshrec._cli.serve", "serve the newest registry model over HTTP"),
     "registry": ("freshrec._cli.registry", "list, verify, repair, roll back or clean a registry"),
     "demo": ("freshrec._cli.demo", "run the whole loop (serve, join, online train) for a while"),
