@@ -15,6 +15,7 @@ import contextlib
 import copy
 import http.client
 import json
+import logging
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from freshrec.errors import ConfigError
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
+    from freshrec.ops.server import DashboardServer
 
 __all__ = ["run_demo", "run_paths"]
 
@@ -87,6 +89,29 @@ def _server_ready(port: int) -> bool:
         return False
     finally:
         conn.close()
+
+
+def _start_dashboard(document: dict[str, Any], paths: dict[str, Any], url: str
+                     ) -> DashboardServer | None:
+    """The operations dashboard of this run (:mod:`freshrec.ops`) on a free loopback port:
+    the trainer's metrics.jsonl, the registry, the joiner's logs and the server's /metrics.
+    ``None`` (and a warning) when the ``ops`` extra is not installed."""
+    from freshrec.config import config_from_dict
+
+    try:
+        from freshrec.ops.collect import Collector
+        from freshrec.ops.server import DashboardServer
+
+        cfg = config_from_dict(document)
+        collector = Collector(cfg, run_dirs=[paths["train"]], registry=paths["registry"],
+                              metrics_urls=[f"{url}/metrics"])
+        srv = DashboardServer(cfg, collector, interval_s=2.0,
+                              title=f"freshrec demo {paths['workdir']}")
+    except (ModuleNotFoundError, FileNotFoundError) as e:  # plotly (its script) missing
+        logging.getLogger(__name__).warning("no dashboard: %s (pip install 'freshrec[ops]')", e)
+        return None
+    srv.start()
+    return srv
 
 
 def _until_reached(sample: dict[str, Any], examples: int) -> bool:
@@ -167,6 +192,7 @@ def run_demo(config: FreshrecConfig, *,
     registry = Registry(paths["registry"])
     driver = TrafficDriver(url, events, config.simulate, config.join.window_s)
     mon: Monitor | None = None
+    dashboard: DashboardServer | None = None
     interrupted = False
     until_reached = False
     t_traffic = time.monotonic()
@@ -191,6 +217,9 @@ def run_demo(config: FreshrecConfig, *,
                       markup=False)
         wait_for(f"the server being ready on {url}", lambda: _server_ready(port), children,
                  demo.startup_timeout_s)
+        dashboard = _start_dashboard(document, paths, url)
+        if dashboard is not None:
+            console.print(f"dashboard: {dashboard.url}", markup=False, highlight=False)
         # 3. traffic, 4. live display
         sim = config.simulate
         console.print(f"the loop is up; sending {sim.requests_per_s:g} requests/s with "
@@ -238,6 +267,8 @@ def run_demo(config: FreshrecConfig, *,
                 mon.tick()
         stop_all(children)
         stop_store(store_proc)
+        if dashboard is not None:
+            dashboard.close()
         events.close()
         if mon is not None:
             mon.close()
@@ -250,6 +281,7 @@ def run_demo(config: FreshrecConfig, *,
            "children": {c.name: c.pid for c in children}, "interrupted": interrupted,
            "until_examples_trained": demo.until_examples_trained,
            "until_reached": until_reached,
+           "dashboard_url": dashboard.url if dashboard is not None else None,
            "samples": mon.samples if mon is not None else [],
            "last_driver_error": mon.last_error if mon is not None else ""}
     out["plot"] = str(paths["plot"]) if mon is not None and mon.samples and \
