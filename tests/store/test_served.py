@@ -19,6 +19,8 @@ pytestmark = pytest.mark.redis
 
 
 def config(url: str, prefix: str, name: str = "user", **store: Any) -> TableConfig:
+    """A generous time budget (the machine may be loaded) unless the test sets one."""
+    store.setdefault("serve_timeout_ms", 5000.0)
     return TableConfig(name=name, dim=4, backend="redis",
                        store=StoreConfig(url=url, prefix=prefix, **store))
 
@@ -63,7 +65,7 @@ def test_serving_survives_redis_stopping_and_restarting(tmp_path: Path, prefix: 
     try:
         trainer = RedisTable(config(url, prefix, name="outage"))
         served = ServedRedisTable(config(url, prefix, name="outage", serve_cache_ms=0.0,
-                                         serve_timeout_ms=50.0, retry_backoff_s=0.0,
+                                         serve_timeout_ms=2000.0, retry_backoff_s=0.0,
                                          serve_fallback="init"))
         closing += [trainer, served]
         known, new = np.array([1, 2], np.uint64), np.array([7], np.uint64)
