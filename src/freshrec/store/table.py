@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -51,7 +52,7 @@ from freshrec.store.rules import limit_rows, row_initializer
 from freshrec.stream._redis import is_lost
 from freshrec.table.config import TableConfig
 from freshrec.table.delta import TableDelta
-from freshrec.table.table import EmbeddingTable, as_fids
+from freshrec.table.table import EmbeddingTable, TableStats, as_fids
 
 if TYPE_CHECKING:
     from freshrec.stream._redis import Client
@@ -324,6 +325,11 @@ class RedisTable(EmbeddingTable):
             self._events = {int(f): int(c) for f, c in pairs.tolist()}
         n = self.flush()
         log.info("store table=%s: restored flush position, rewrote %d rows", self.name, n)
+
+    def stats(self) -> TableStats:
+        """:meth:`EmbeddingTable.stats` of the cache, with ``expired`` the rows Redis expired
+        (counted by :meth:`expire`) rather than the rows evicted from the cache."""
+        return dataclasses.replace(super().stats(), expired=self.rows_store.expired)
 
     def close(self) -> None:
         """Close the Redis client (when this table opened it)."""
