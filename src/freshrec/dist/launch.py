@@ -51,8 +51,19 @@ def init_ranks(config: DistConfig) -> None:
     """
     if dist.is_initialized():
         return
-    dist.init_process_group(backend_of(config),
-                            timeout=datetime.timedelta(seconds=config.timeout_s))
+    timeout = datetime.timedelta(seconds=config.timeout_s)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # ranks restarted by torchrun meet in its store, which still holds the addresses the
+        # ranks of the previous attempt published: each attempt takes keys of its own
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=False, timeout=timeout)
+        dist.init_process_group(backend_of(config), timeout=timeout, rank=rank,
+                                world_size=world,
+                                store=dist.PrefixStore(f"freshrec/attempt-{attempt}", store))
+    else:
+        dist.init_process_group(backend_of(config), timeout=timeout)
     log.info("rank=%d world=%d backend=%s", dist.get_rank(), dist.get_world_size(),
              dist.get_backend())
 

@@ -1,0 +1,81 @@
+"""Distributed checkpoints: a rank killed with SIGKILL under torchrun's restarts resumes
+every rank exactly (re-sharding across world sizes is in test_run.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from freshrec.train.trainer import Trainer
+from tests.dist.ranks import (
+    ROOT,
+    assert_same_model,
+    batches,
+    checkpoint_state,
+    config,
+    write_inputs,
+)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _rank_process(launcher: int, rank: int) -> int | None:
+    for pid in _descendants(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+def test_sigkill_of_a_rank_resumes_exactly_under_torchrun(tmp_path: Path) -> None:
+    cfg = config("rowwise_adagrad", checkpoint_every_steps=5)
+    doc, data = write_inputs(tmp_path, cfg, 3000)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "freshrec", "train", "--config", str(doc), "--data", str(data),
+         "--format", "parquet", "--run-dir", str(run), "--no-progress", "--nproc", "2",
+         "--set", "dist.max_restarts=1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and launcher.poll() is None:
+        if (run / "checkpoints" / "LATEST").is_file():
+            killed = _rank_process(launcher.pid, 1)
+            if killed is not None:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = launcher.communicate(timeout=300)
+    assert killed is not None, f"no rank 1 to kill mid-run: {err[-2000:]}"
+    assert launcher.returncode == 0, err[-3000:]
+    summary = json.loads(out.splitlines()[-2])
+    assert summary["steps"] == 50 and summary["count"] == 3000  # every example once
+    parts, dense, world = checkpoint_state(run)
+    single = Trainer(cfg)
+    single.fit(batches(3000))
+    assert world == 2
+    assert_same_model(parts, dense, single)
