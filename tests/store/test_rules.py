@@ -45,21 +45,34 @@ def grads(seed: int, n: int) -> np.ndarray:
 
 def test_min_events(redis_server: str, prefix: str, closing: list[Any]) -> None:
     t = table(redis_server, prefix, closing, update_rules={"min_events": 3})
-    t.lookup(np.array([1, 1, 2], np.uint64), now=0, train=True)
+    t.lookup(np.array([1, 2], np.uint64), now=0, train=True)
     start = t.read_rows([1, 2])
-    t.apply_gradients(np.array([1, 2], np.uint64), grads(0, 2))
-    after = t.read_rows([1, 2])  # 1 seen twice, 2 once: neither row nor state moves
+    t.apply_gradients(np.array([1, 1, 2], np.uint64), grads(0, 3))
+    after = t.read_rows([1, 2])  # 1 in two examples, 2 in one: neither row nor state moves
     np.testing.assert_array_equal(after.values, start.values)
     assert start.states is not None and after.states is not None
     np.testing.assert_array_equal(after.states, start.states)
-    t.lookup(np.array([1, 2], np.uint64), now=1, train=True)  # 1: 3 events, 2: 2
     ref = plain()
     copy_into(t, ref, np.array([1, 2], np.uint64))
     g = grads(1, 2)
-    t.apply_gradients(np.array([1, 2], np.uint64), g)
+    t.apply_gradients(np.array([1, 2], np.uint64), g)  # 1: 3 examples, 2: 2
     ref.apply_gradients(np.array([1, 2], np.uint64), g)
     np.testing.assert_array_equal(t.lookup([1]), ref.lookup([1]))  # a plain step
     np.testing.assert_array_equal(t.lookup([2]), start.values[1:])  # still held
+
+
+def test_min_events_through_the_model_path(redis_server: str, prefix: str,
+                                           closing: list[Any]) -> None:
+    """resolve + apply_bag_gradients (what the model uses) counts examples the same way."""
+    t = table(redis_server, prefix, closing, update_rules={"min_events": 2})
+    fids = np.array([5, 6, 5], np.uint64)  # three examples' bags of one fid each
+    offsets, scale = np.arange(4, dtype=np.int64), np.ones(3, np.float32)
+    rows = t.resolve(fids, now=0, train=True)
+    start = t.lookup([5, 6])
+    t.apply_bag_gradients(rows, offsets, scale, grads(2, 3))
+    got = t.lookup([5, 6])
+    assert not np.array_equal(got[0], start[0])          # 5: two examples, updated
+    np.testing.assert_array_equal(got[1], start[1])      # 6: one, held
 
 
 def test_dims_change_only_those_columns(store_url: str, prefix: str, closing: list[Any]

@@ -9,8 +9,8 @@ keeps the initializer). :func:`prepare_new_rows` reads the histories of a batch 
 forward pass.
 
 **Conditional updates** (SmartNews' limited embedding updates), applied to a step's result
-before it is kept: ``min_events`` (a row changes only once its fid was looked up in that
-many training examples; until then its value and optimizer state stay), ``dims`` (only these
+before it is kept: ``min_events`` (a row changes only once its fid was in that many
+training examples, counted at the steps; until then its value and optimizer state stay), ``dims`` (only these
 columns change) and ``max_update_norm`` (a step's change of a row is scaled down to at most
 this L2 norm). :func:`limit_rows` is the rule, as a pure function of the rows before and
 after the step.

@@ -109,7 +109,7 @@ class RedisTable(EmbeddingTable):
             self.row_initializer = self._new_rows
         self._rules = sc.update_rules
         self._row_fids = np.zeros(0, np.uint64)   # fid of each row id resolved for training
-        self._events: dict[int, int] = {}         # training lookups per fid, up to min_events
+        self._events: dict[int, int] = {}         # training examples per fid, up to min_events
 
     def __repr__(self) -> str:
         return (f"RedisTable(name={self.name!r}, dim={self.dim}, cached={len(self)}, "
@@ -180,7 +180,7 @@ class RedisTable(EmbeddingTable):
         return out, mask
 
     def _note(self, f: np.ndarray, rows: np.ndarray) -> None:
-        """Remember each resolved row's fid, and count training lookups for ``min_events``."""
+        """Remember the fid of each row resolved for training (the backward pass gets rows)."""
         ok = rows >= 0
         if ok.any():
             top = int(rows[ok].max()) + 1
@@ -189,21 +189,20 @@ class RedisTable(EmbeddingTable):
                 grown[: self._row_fids.shape[0]] = self._row_fids
                 self._row_fids = grown
             self._row_fids[rows[ok]] = f[ok]
-        k = self._rules.min_events
-        if k:
-            uniq, counts = np.unique(f[ok], return_counts=True)
-            ev = self._events
-            for fid, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-                ev[fid] = min(ev.get(fid, 0) + c, k)
 
-    def _limited(self, fids: np.ndarray, step: Any) -> int:
-        """Run ``step()`` (an optimizer step on rows of ``fids``) and keep of it only what the
-        update rules allow."""
-        fids = np.unique(fids[self.find(fids) >= 0])
+    def _limited(self, occurrences: np.ndarray, step: Any) -> int:
+        """Run ``step()`` (an optimizer step on the rows of ``occurrences``, a fid per
+        training example using it) and keep of it only what the update rules allow."""
+        occurrences = occurrences[self.find(occurrences) >= 0]
+        fids, counts = np.unique(occurrences, return_counts=True)
+        k = self._rules.min_events
+        if k:  # events counted at the step (not at lookup: a prefetch looks up ahead)
+            ev = self._events
+            for fid, c in zip(fids.tolist(), counts.tolist(), strict=True):
+                ev[fid] = min(ev.get(fid, 0) + c, k)
         before = self.read_rows(fids, with_state=True)
         n = int(step())
         after = self.read_rows(fids, with_state=True)
-        k = self._rules.min_events
         allowed = np.array([self._events.get(f, 0) >= k for f in fids.tolist()], bool) \
             if k else np.ones(fids.shape[0], bool)
         values = limit_rows(before.values, after.values, self._rules, allowed)
@@ -233,7 +232,7 @@ class RedisTable(EmbeddingTable):
         if not self._rules.active or self.frozen:
             return super().apply_bag_gradients(rows, offsets, scale, grad_out, unique)
         u = self.unique_rows(rows) if unique is None else unique
-        return self._limited(self._row_fids[u[0]], lambda: super(
+        return self._limited(self._row_fids[rows[rows >= 0]], lambda: super(
             RedisTable, self).apply_bag_gradients(rows, offsets, scale, grad_out, u))
 
     def lookup(self, fids: Any, *, now: int | None = None, train: bool = False) -> np.ndarray:
