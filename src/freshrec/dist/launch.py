@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from torch._C._distributed_c10d import PrefixStore, TCPStore  # what torch.distributed re-exports
 
 from freshrec.dist.config import DistConfig
 
@@ -57,11 +58,11 @@ def init_ranks(config: DistConfig) -> None:
         # ranks restarted by torchrun meet in its store, which still holds the addresses the
         # ranks of the previous attempt published: each attempt takes keys of its own
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+        store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               is_master=False, timeout=timeout)
         dist.init_process_group(backend_of(config), timeout=timeout, rank=rank,
                                 world_size=world,
-                                store=dist.PrefixStore(f"freshrec/attempt-{attempt}", store))
+                                store=PrefixStore(f"freshrec/attempt-{attempt}", store))
     else:
         dist.init_process_group(backend_of(config), timeout=timeout)
     log.info("rank=%d world=%d backend=%s", dist.get_rank(), dist.get_world_size(),
