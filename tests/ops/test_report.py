@@ -32,7 +32,7 @@ def _generated_run(run: Path, now: float) -> None:
                       "tables": {}})
     lines.append({**lines[0], "wall_unix_s": now - 86400 * 3})  # outside the period
     for slot, v in (("user_id", 2.0), ("item_id", 0.5)):
-        lines.append({"kind": "importance", "window": int(now // 600), "window_s": 600,
+        lines.append({"kind": "importance", "window": int(now // 600 * 600), "window_s": 600,
                       "slot": slot, "importance": v})
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))

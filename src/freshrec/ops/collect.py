@@ -154,7 +154,7 @@ class Collector:
             for rec in records:
                 kind = rec.get("kind")
                 if kind == "importance":
-                    x = rec.get("window", 0) * rec.get("window_s", 1)
+                    x = rec.get("window", 0)  # the window's event-time start
                     if _finite(rec.get("importance")) and isinstance(rec.get("slot"), str):
                         series.setdefault(f"slot.{rec['slot']}.importance", []).append(
                             [x, rec["importance"]])

@@ -67,7 +67,7 @@ def build_report(config: FreshrecConfig, *, run_dirs: Sequence[str | Path],
         for rec in records:
             t = _time(rec)
             if rec.get("kind") == "importance":
-                wall = rec.get("window", 0) * rec.get("window_s", 1)
+                wall = rec.get("window", 0)  # the window's event-time start
                 if isinstance(rec.get("slot"), str) and wall >= start - 10 * since_s:
                     importance[rec["slot"]] = float(rec["importance"])
             elif rec.get("kind") == "window" and t is not None and start <= t <= now:
