@@ -24,6 +24,12 @@
    by one process over every partition, then by two worker processes over two partitions
    each, started together (wall time of the slower one); ``redis_over_file_cost_ratio``: the
    joiner process's CPU seconds per event on Redis Streams over the file log's, same records.
+   The 1- and 35-candidate runs alternate with the joiner before its batched per-event path
+   (``join.py`` and ``events.py`` as of git e750a70, read from the history at run time) as
+   the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
+   the 35-candidate pair). ``file_cpu_us_per_event_1cand`` (the Redis comparison's file
+   side) is the joiner's CPU time per 1-candidate event, where the capacity model in
+   docs/freshness.md starts.
 """
 
 from __future__ import annotations
@@ -55,6 +61,41 @@ LAT_WINDOW_S = 1  # label window of the latency run (its stream lasts a few seco
 
 
 ROWS_JOINER_COMMIT = "38699102f2699a720de1f389ecb9bffb116a1c40"
+
+
+PREV_JOINER_COMMIT = "e750a70"
+
+
+def _git_source(commit: str, path: str) -> tuple[str | None, str]:
+    """``(text of path at commit, "")`` or ``(None, why not)``."""
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:{path}"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"git not available ({e})"
+    if out.returncode != 0:
+        return None, f"git history lacks {commit[:7]}: {out.stderr.strip()}"
+    return out.stdout, ""
+
+
+def _prev_joiner() -> tuple[Any, str]:
+    """The joiner before the batched per-event path (in-memory dedupe keys, emission per
+    chunk, tuples for small impressions): ``join.py`` with its ``events.py`` as of git
+    e750a70, run against today's package. Returns ``(Joiner class or None, reason)``."""
+    mods = {}
+    for name in ("events", "join"):
+        text, why = _git_source(PREV_JOINER_COMMIT, f"src/freshrec/stream/{name}.py")
+        if text is None:
+            return None, why
+        module = types.ModuleType(f"freshrec_prev_{name}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        if name == "join":
+            text = text.replace("from freshrec.stream import events as ev\n", "")
+            module.__dict__["ev"] = mods["events"]
+        exec(compile(text, f"git {PREV_JOINER_COMMIT}:{name}.py", "exec"), module.__dict__)
+        mods[name] = module
+    return mods["join"].Joiner, ""
 
 
 def _rows_joiner() -> tuple[Any, str]:
@@ -328,14 +369,29 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
             say(f"redis join: {res['redis_join_events_per_s']:,.0f} events/s; per-event CPU "
                 f"{res['redis_over_file_cost_ratio']:.2f}x the file log's")
     one = _records(1, n_req * 20, opts.seed + 2)
-    res["join_events_per_s_1cand"] = max(_file_throughput(Joiner, _values(one))[0]
-                                         for _ in range(repeats))
-    res["join_examples_per_s_35cand"] = max(
-        _file_throughput(Joiner, _values(_records(35, n_req * 2, opts.seed + 3)))[1]
-        for _ in range(repeats))
+    many = _values(_records(35, n_req * 2, opts.seed + 3))
+    prev_join, why = _prev_joiner()
+    cur1, prev1, cur35, prev35 = [], [], [], []
+    for _ in range(max(repeats, 2)):  # alternating, so both see the same machine load
+        cur1.append(_file_throughput(Joiner, _values(one))[0])
+        cur35.append(_file_throughput(Joiner, many)[1])
+        if prev_join is not None:
+            prev1.append(_file_throughput(prev_join, _values(one))[0])
+            prev35.append(_file_throughput(prev_join, many)[1])
+    res["join_events_per_s_1cand"] = max(cur1)
+    res["join_examples_per_s_35cand"] = max(cur35)
+    if prev_join is not None:
+        res.update(join_events_per_s_1cand_prev=max(prev1),
+                   join_1cand_speedup=max(cur1) / max(prev1),
+                   join_examples_per_s_35cand_prev=max(prev35),
+                   join_35cand_speedup=max(cur35) / max(prev35))
+    else:
+        res["join_prev_skipped"] = why
     res.update(_workers_speedup(one))
-    say(f"round 2: 1-cand {res['join_events_per_s_1cand']:,.0f} events/s, 35-cand "
-        f"{res['join_examples_per_s_35cand']:,.0f} examples/s, 2 workers "
+    say(f"round 2: 1-cand {res['join_events_per_s_1cand']:,.0f} events/s "
+        f"({res.get('join_1cand_speedup', 0):.2f}x e750a70), 35-cand "
+        f"{res['join_examples_per_s_35cand']:,.0f} examples/s "
+        f"({res.get('join_35cand_speedup', 0):.2f}x), 2 workers "
         f"{res['join_workers_speedup_2']:.2f}x one")
     lat = _latency(opts.rate, seconds, opts.candidates, len(thr) / n_req, opts.seed + 1)
     res.update(event_to_example_p50_s=lat["p50"], event_to_example_p99_s=lat["p99"],

@@ -576,9 +576,12 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     if any(i.true_p is not None for i in imps):
         cols["true_p"] = _concat([_kept(e.imp.true_p, e.keep) if e.imp.true_p is not None
                                   else [None] * len(e) for e in emitted], pa.float64())
-    ukeys = dict.fromkeys(itertools.chain.from_iterable(i.user for i in imps))
-    for key in ukeys:
-        cols[f"u_{key}"] = per_example([i.user.get(key) for i in imps])
+    # the user features as one struct array (one conversion for every key; its fields are
+    # the keys in first-seen order, null where an impression lacks one)
+    users = pa.array([i.user for i in imps])
+    if isinstance(users, pa.StructArray):
+        for f, col in zip(users.type, users.flatten(), strict=True):
+            cols[f"u_{f.name}"] = col.take(parent)
     fkeys = dict.fromkeys(itertools.chain.from_iterable(i.feature_keys for i in imps))
     for key in fkeys:
         cols[f"i_{key}"] = _concat([_kept(e.imp.feature_cols[e.imp.feature_keys.index(key)],

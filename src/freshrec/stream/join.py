@@ -236,6 +236,7 @@ class Joiner:
         self._db = {n: self._env.open_db(n.encode()) for n in
                     ("pending", "due", "seen", "emitted", "emitted_t")}
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
+        self._dirty: dict[str, _Pending] = {}  # pending impressions changed since the commit
         # (deadline, request id) of every pending impression, in memory or spilled
         self._due_heap: list[tuple[int, str]] = []
         cap = self.config.max_dedupe_keys_in_memory
@@ -447,8 +448,11 @@ class Joiner:
             ends[name] = {str(p): log.end_offset(p) for p in self._written(log)}
             if hasattr(log, "flush"):
                 log.flush()
+        mem = self._mem
         self._txn.cursor(db=self._db["pending"]).putmulti(
-            self._pending_record(rid, pend) for rid, pend in self._mem.items() if pend.dirty)
+            self._pending_record(rid, pend) for rid, pend in self._dirty.items()
+            if pend.dirty and mem.get(rid) is pend)  # not emitted or spilled since
+        self._dirty.clear()
         self._seen.flush(self._txn)
         self._emitted.flush(self._txn)
         state = {"version": _STATE_VERSION, "owned": list(self.owned), "offsets": self.offsets,
@@ -751,6 +755,7 @@ class Joiner:
                        f"{wm_ms / 1000:.3f} passed its deadline {deadline / 1000:.3f}")
             return
         pend = _Pending(imp, _NO_LABELS, deadline, dirty=True, persisted=False, src=src)
+        self._dirty[rid] = pend
         self._cache(rid, pend)
         for a in self._orphans.pop(rid, []):
             self._label(pend, a, float(a["timestamp"]), a.pop("_wm"))
@@ -803,6 +808,7 @@ class Joiner:
         if e["action"] not in acts:
             acts.append(e["action"])
         pend.dirty = True
+        self._dirty[_key(str(pend.imp.request_id))] = pend
         self._count("joined")
         win = self._window(ts)
         if win is not None:
