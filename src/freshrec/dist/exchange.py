@@ -9,6 +9,7 @@ can be measured (``freshrec bench dist``). With one rank every call is a local c
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ class SparseExchange:
         self.world = dist.get_world_size(group) if self._on else 1
         #: Bytes this rank sent to other ranks (ids, rows, gradients, gathers).
         self.bytes_sent = 0
+        #: Wall seconds this rank spent in the exchange's collectives (waits included).
+        self.seconds = 0.0
 
     def all_to_all(self, send: np.ndarray, send_counts: np.ndarray,
                    recv_counts: np.ndarray) -> np.ndarray:
@@ -64,8 +67,10 @@ class SparseExchange:
             send, out_t = send.view(np.int64), out.view(np.int64)
         else:
             out_t = out
+        start = time.perf_counter()
         dist.all_to_all_single(torch.from_numpy(out_t), torch.from_numpy(send),
                                output_split_sizes=rc, input_split_sizes=sc, group=self.group)
+        self.seconds += time.perf_counter() - start
         return out
 
     def counts(self, send_counts: np.ndarray) -> np.ndarray:
@@ -83,6 +88,7 @@ class SparseExchange:
         values = np.ascontiguousarray(values)
         if self.world == 1:
             return values.copy()
+        start = time.perf_counter()
         n = torch.tensor([values.shape[0]], dtype=torch.int64)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(sizes, n, group=self.group)
@@ -94,6 +100,7 @@ class SparseExchange:
                  for _ in range(self.world)]
         dist.all_gather(parts, torch.from_numpy(padded), group=self.group)
         self.bytes_sent += padded.nbytes * (self.world - 1)
+        self.seconds += time.perf_counter() - start
         return np.concatenate([p.numpy()[:k] for p, k in zip(parts, ns, strict=True)])
 
     def max(self, value: float) -> float:
