@@ -1,17 +1,23 @@
 """Table benchmark: lookup / insert / update throughput and memory per entry.
 
-``freshrec bench table --json [--quick] [--entries N] [--batch B]``
+``freshrec bench table --json [--quick] [--entries N] [--batch B] [--rounds R]``
 
 Fills a dim-16 row-wise-Adagrad table with N random fids (10 M; ``--quick``: 1 M), then looks
 up batches of 65,536 fids drawn Zipf(s=1.05) and uniformly over the table, and compares in the
 same run with a Python dict (fid -> row, then a row gather) and with ``torch.index_select`` on
 a preallocated tensor with pre-mapped int64 positions. Single-threaded kernels: figures are
 per core.
+
+The Zipf lookups, ``index_select`` and the same lookups on a second table built without huge
+pages (``EmbeddingTable(..., huge_pages=False)``) run in ``--rounds`` interleaved rounds (3);
+rates are medians over the rounds, and ``lookup_over_index_select`` and
+``huge_pages_speedup`` are medians of the per-round ratios (also listed per round).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -39,6 +45,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap.add_argument("--batch", type=int, default=65536)
     ap.add_argument("--batches", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3)
     opts = ap.parse_args(argv)
     n = opts.entries or (1_000_000 if opts.quick else 10_000_000)
     n_batches = opts.batches or (30 if opts.quick else 100)
@@ -67,25 +74,46 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     grown_stats = grown.stats()
     del grown
 
-    say("filling again with capacity_hint = entries...")
-    table = EmbeddingTable(TableConfig(name="bench", dim=16, capacity_hint=n,
-                                       optimizer=cfg.optimizer))
+    say("filling again with capacity_hint = entries, with and without huge pages...")
+    sized = TableConfig(name="bench", dim=16, capacity_hint=n, optimizer=cfg.optimizer)
+    table = EmbeddingTable(sized)
+    small_pages = EmbeddingTable(sized, huge_pages=False)
     for s in range(0, n, bs):
         table.lookup(keys[s:s + bs], now=1, train=True)
+        small_pages.lookup(keys[s:s + bs], now=1, train=True)
     stats = table.stats()
 
     zipf = keys[zipf_ranks(rng, n, n_batches * bs, 1.05)].reshape(n_batches, bs)
     unif = keys[rng.integers(0, n, size=(n_batches, bs))]
 
-    def lookups(batches: np.ndarray) -> float:
+    def lookups(batches: np.ndarray, on: EmbeddingTable) -> float:
         t = time.perf_counter()
         for b in batches:
-            table.lookup(b)
+            on.lookup(b)
         return _rate(batches.size, time.perf_counter() - t)
 
-    say("lookups...")
-    zipf_rate = lookups(zipf)
-    unif_rate = lookups(unif)
+    weight = torch.zeros(n, 16)
+    pos = torch.from_numpy(zipf_ranks(rng, n, n_batches * bs, 1.05).reshape(n_batches, bs))
+
+    def index_select() -> float:
+        t = time.perf_counter()
+        for p in pos:
+            torch.index_select(weight, 0, p)
+        return _rate(pos.numel(), time.perf_counter() - t)
+
+    say("lookups, index_select and small-page lookups in interleaved rounds...")
+    rounds: dict[str, list[float]] = {"zipf": [], "index_select": [], "small_pages": []}
+    for _ in range(opts.rounds):
+        rounds["zipf"].append(lookups(zipf, table))
+        rounds["index_select"].append(index_select())
+        rounds["small_pages"].append(lookups(zipf, small_pages))
+    del small_pages
+    zipf_rate = float(np.median(rounds["zipf"]))
+    index_select_rate = float(np.median(rounds["index_select"]))
+    vs_index_select = [a / b for a, b in zip(rounds["zipf"], rounds["index_select"],
+                                             strict=True)]
+    huge_speedup = [a / b for a, b in zip(rounds["zipf"], rounds["small_pages"], strict=True)]
+    unif_rate = lookups(unif, table)
 
     say("python dict baseline...")
     d_batches = max(3, n_batches // 10)
@@ -97,15 +125,6 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         emb[pos]
     dict_rate = _rate(d_batches * bs, time.perf_counter() - t)
     del pydict, emb
-
-    say("torch.index_select baseline...")
-    weight = torch.zeros(n, 16)
-    pos = torch.from_numpy(zipf_ranks(rng, n, n_batches * bs, 1.05).reshape(n_batches, bs))
-    t = time.perf_counter()
-    for p in pos:
-        torch.index_select(weight, 0, p)
-    index_select_rate = _rate(pos.numel(), time.perf_counter() - t)
-    del weight
 
     say("gradient updates...")
     grads = rng.standard_normal((bs, 16)).astype(np.float32)
@@ -132,6 +151,13 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         "load_factor": stats.load_factor,
         "lookup_vs_dict_ratio": zipf_rate / dict_rate,
         "lookup_vs_index_select_ratio": zipf_rate / index_select_rate,
+        "lookup_over_index_select": float(np.median(vs_index_select)),
+        "lookup_over_index_select_rounds": vs_index_select,
+        "lookup_fids_per_s_zipf_small_pages": float(np.median(rounds["small_pages"])),
+        "huge_pages_speedup": float(np.median(huge_speedup)),
+        "huge_pages_speedup_rounds": huge_speedup,
+        "rounds": opts.rounds,
+        "loadavg_1min": os.getloadavg()[0],
         "gib_for_100m_entries": stats.bytes_per_entry * 1e8 / 2**30,
         "gib_for_100m_entries_grown": grown_stats.bytes_per_entry * 1e8 / 2**30,
         **machine_info(),

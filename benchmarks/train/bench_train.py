@@ -1,6 +1,6 @@
 """Training-throughput benchmark: DeepFM on freshrec tables vs static tables vs no tables.
 
-``freshrec bench train --json [--quick] [--threads 1,2] [--steps N] [--warmup N]``
+``freshrec bench train --json [--quick] [--threads 1,2] [--steps N] [--warmup N] [--rounds R]``
 
 A synthetic Criteo-like stream: 26 single-valued categorical slots whose ids are drawn
 Zipf(s=1.05) over ``--vocab`` values per slot (1 M; ``--quick``: 100 k), each slot's ranks
@@ -29,10 +29,19 @@ scratch on the same batches, with
 Throughput is the batch size over the median step time of the timed steps (a step is
 forward, loss, backward with the sparse update, dense optimizer step). The runs are
 interleaved step by step (each run trains batch i before any trains batch i+1), so that all
-see the same machine conditions. This is done at each thread count
+see the same machine conditions, and the whole interleaved run is repeated ``--rounds`` times
+from scratch (2; ``--quick``: 1); examples/s and ratios are medians over the rounds (the
+per-round ratios are in ``*_rounds`` keys). This is done at each thread count
 of ``--threads`` (``torch.set_num_threads``). Keys without a suffix are from the largest
 thread count that does not exceed the machine's cores. AUC is progressive (each batch scored
 before it is trained on) over the last 40% of the steps of that run.
+
+``freshrec_over_torchrec_fused`` and ``freshrec_over_dense_only`` are the ratios of the path
+the trainer takes by default (``train.pipeline_lookup``: ``freshrec_prefetch``). After the
+timed runs, one freshrec and one TorchRec model are profiled step by step (``profile_*`` and
+``torchrec_profile_*`` keys, ms per step): resolve (fid -> row, admission), pool, dense
+forward, dense backward, embedding backward (routing bag gradients, summing duplicates) and
+the sparse optimizer step; TorchRec's fused kernel does the last two in one call.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -53,6 +63,7 @@ from freshrec.benchinfo import machine_info
 from freshrec.features import JaggedBatch
 from freshrec.models import DeepFM
 from freshrec.nn import PooledEmbedding, SlotSpec
+from freshrec.nn.pooled import _Prefetch, _Resolved
 from freshrec.table import EmbeddingTable, InitializerConfig, OptimizerConfig, TableConfig
 
 N_SLOTS = 26
@@ -268,19 +279,66 @@ def _auc(stream: Stream, preds: list[np.ndarray], tail: float = 0.4) -> float:
     return float(roc_auc_score(y, np.concatenate(preds[start:])))
 
 
-def _profile_freshrec(stream: Stream, mlp: list[int], sparse_opt: str, sparse_lr: float,
-                      dense_lr: float, n_steps: int, warmup: int, seed: int) -> dict[str, float]:
-    """ms per step in each phase of a freshrec step (simple wall-clock timers)."""
+def _timed_steps(tables: dict[str, EmbeddingTable], acc: list[float]) -> None:
+    """Wrap each table's optimizer step (``EmbeddingTable._step``) to add its time to
+    ``acc[0]`` (a benchmark instrument: the step itself is unchanged)."""
+    for t in tables.values():
+        inner = t._step
+
+        def timed(rows: np.ndarray, grads: np.ndarray, inner: Callable[..., int] = inner) -> int:
+            t0 = time.perf_counter()
+            try:
+                return inner(rows, grads)
+            finally:
+                acc[0] += time.perf_counter() - t0
+
+        t._step = timed  # type: ignore[method-assign]
+
+
+PHASES = ["resolve", "pool", "dense_fwd", "dense_bwd", "emb_bwd", "sparse_opt", "dense_opt"]
+
+
+def _profile(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt: str,
+             sparse_lr: float, dense_lr: float, n_steps: int, warmup: int,
+             seed: int) -> dict[str, float]:
+    """ms per step in each phase of a ``freshrec`` or ``torchrec_fused`` step (wall clock).
+
+    The dense-backward / embedding-backward boundary is a hook on the (B, 26, 16) embedding
+    output, which fires when the dense backward has produced its gradient. freshrec's resolve
+    and pool are timed apart (its plain path does both inside the forward); the sparse
+    optimizer time is summed over the tables' steps (at 2 threads they overlap). TorchRec's
+    resolve is 0 (ids are pre-mapped), its ``pool`` is the fused collection's forward and its
+    ``emb_bwd`` includes the fused optimizer (``sparse_opt`` is reported as 0).
+    """
     torch.manual_seed(seed)
-    tables = freshrec_tables(sparse_opt, sparse_lr)
-    emb_mod = PooledEmbedding(tables, {s: SlotSpec(table=s) for s in SLOT_NAMES})
-    model = DeepFM(emb_mod, N_DENSE, mlp=mlp)
-    dense_opt = torch.optim.Adam(model.parameters(), lr=dense_lr)
-    phases = ["lookup_pool_fwd", "dense_fwd", "dense_bwd", "sparse_update_bwd", "dense_opt"]
-    acc = {p: [] for p in phases}
+    opt_time = [0.0]
+    if kind == "freshrec":
+        tables = freshrec_tables(sparse_opt, sparse_lr)
+        emb_mod = PooledEmbedding(tables, {s: SlotSpec(table=s) for s in SLOT_NAMES})
+        model = DeepFM(emb_mod, N_DENSE, mlp=mlp)
+        _timed_steps(tables, opt_time)
+
+        def embed(i: int) -> tuple[torch.Tensor, float]:
+            t0 = time.perf_counter()
+            # the rows of the next forward, resolved up front (what prefetch does): private
+            # API, so that resolve and pool are timed apart
+            emb_mod._pending = _resolved_now(emb_mod, stream.fids[i], i)
+            t1 = time.perf_counter()
+            return emb_mod(stream.fids[i], now=i), t1 - t0
+    else:
+        ebc = _torchrec_fused_ebc(vocab, sparse_opt, sparse_lr)
+        model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
+        slot_major = [torch.from_numpy(np.ascontiguousarray(v.T)) for v in stream.values]
+
+        def embed(i: int) -> tuple[torch.Tensor, float]:
+            return ebc(slot_major[i]), 0.0
+    dense_params = [p for n, p in model.named_parameters() if not n.startswith("embedding")]
+    dense_opt = torch.optim.Adam(dense_params, lr=dense_lr)
+    acc: dict[str, list[float]] = {p: [] for p in PHASES}
     for i in range(n_steps):
+        opt_time[0] = 0.0
         t0 = time.perf_counter()
-        emb = emb_mod(stream.fids[i], now=i)
+        emb, resolve_s = embed(i)
         t1 = time.perf_counter()
         logits = model.interact(emb, stream.dense[i])
         loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
@@ -294,9 +352,25 @@ def _profile_freshrec(stream: Stream, mlp: list[int], sparse_opt: str, sparse_lr
         t5 = time.perf_counter()
         if i >= warmup:
             t3 = mark[0] if mark else t2
-            for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            values = (resolve_s, t1 - t0 - resolve_s, t2 - t1, t3 - t2,
+                      t4 - t3 - opt_time[0], opt_time[0], t5 - t4)
+            for p, v in zip(PHASES, values, strict=True):
                 acc[p].append(v * 1e3)
-    return {f"profile_{p}_ms": float(np.median(v)) for p, v in acc.items()}
+    prefix = "profile" if kind == "freshrec" else "torchrec_profile"
+    out = {f"{prefix}_{p}_ms": float(np.median(v)) for p, v in acc.items()}
+    out[f"{prefix}_total_ms"] = float(sum(out.values()))
+    return out
+
+
+def _resolved_now(module: PooledEmbedding, batch: JaggedBatch, now: int) -> _Prefetch:
+    """A finished prefetch of ``batch``: the resolve done here, on the calling thread."""
+    done: Future[dict[str, tuple[_Resolved, int]]] = Future()
+    resolved = {}
+    for item in module._plan:
+        res = module._resolve(item, batch, now, True, dedup=True)
+        resolved[item[0]] = (res, res.table.version)
+    done.set_result(resolved)
+    return _Prefetch(batch, now, done)
 
 
 def _torchrec_reason() -> str | None:
@@ -320,6 +394,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     ap.add_argument("--mlp", default="400,400,400")
     ap.add_argument("--sparse-opt", default="adagrad", choices=["adagrad", "rowwise_adagrad"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved runs from scratch; medians over them (2; --quick: 1)")
     opts = ap.parse_args(argv)
     torch.sparse.check_sparse_tensor_invariants.disable()  # explicit: silences a warning
     say = print if verbose else (lambda *a, **k: None)
@@ -329,6 +405,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     threads = [int(t) for t in opts.threads.split(",")]
     mlp = [int(w) for w in opts.mlp.split(",")]
     n = warmup + steps
+    rounds = opts.rounds or (1 if opts.quick else 2)
     sparse_lr, dense_lr = 0.05, 1e-3
 
     say(f"generating {n} batches of {opts.batch} (vocab {vocab:,} per slot)...")
@@ -343,7 +420,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
         "zipf_s": 1.05, "warmup_steps": warmup, "timed_steps": steps,
         "sparse_optimizer": opts.sparse_opt, "dense_optimizer": "adam",
         "static_sparse_optimizer": "adagrad", "threads": main_t, "thread_counts": threads,
-        "oracle_auc": oracle,
+        "oracle_auc": oracle, "rounds": rounds,
     }
     reason = _torchrec_reason()
     if reason is not None:
@@ -356,29 +433,45 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     kinds += ["torchrec_fused"] if reason is None else []
     for t in threads:
         torch.set_num_threads(t)
-        runs = {k: _make_run(k, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
-                             opts.seed)[0] for k in kinds}
-        times, preds = _time_interleaved(runs, n, warmup)
+        per_round: dict[str, list[float]] = {k: [] for k in kinds}
+        for _ in range(rounds):
+            load = os.getloadavg()[0]
+            runs = {k: _make_run(k, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
+                                 opts.seed)[0] for k in kinds}
+            times, preds = _time_interleaved(runs, n, warmup)
+            del runs
+            result.setdefault(f"loadavg_1min_t{t}_rounds", []).append(load)
+            for kind in kinds:
+                rate = opts.batch / float(np.median(times[kind]))
+                per_round[kind].append(rate)
+                result.setdefault(f"{kind}_examples_per_s_t{t}_rounds", []).append(rate)
+                result[f"{kind}_step_ms_mean_t{t}"] = float(times[kind].mean() * 1e3)
+                if kind != "dense_only":
+                    result[f"{kind}_auc_t{t}"] = _auc(stream, preds[kind])
+                say(f"threads={t} {kind:>17}: {rate:,.0f} examples/s "
+                    f"(median step {np.median(times[kind]) * 1e3:.1f} ms, load {load:.1f})")
         for kind in kinds:
-            rate = opts.batch / float(np.median(times[kind]))
-            result[f"{kind}_examples_per_s_t{t}"] = rate
-            result[f"{kind}_step_ms_mean_t{t}"] = float(times[kind].mean() * 1e3)
-            if kind != "dense_only":
-                result[f"{kind}_auc_t{t}"] = _auc(stream, preds[kind])
-            say(f"threads={t} {kind:>17}: {rate:,.0f} examples/s "
-                f"(median step {np.median(times[kind]) * 1e3:.1f} ms)")
-        del runs
+            result[f"{kind}_examples_per_s_t{t}"] = float(np.median(per_round[kind]))
         for a, b in RATIOS:
             if a in kinds and b in kinds:
-                result[f"{a}_vs_{b}_ratio_t{t}"] = (result[f"{a}_examples_per_s_t{t}"]
-                                                    / result[f"{b}_examples_per_s_t{t}"])
-        prof = _profile_freshrec(stream, mlp, opts.sparse_opt, sparse_lr, dense_lr,
-                                 min(n, warmup + 10), warmup, opts.seed)
-        result.update({f"{k}_t{t}": v for k, v in prof.items()})
-        say(f"threads={t} freshrec profile (ms/step): "
-            + ", ".join(f"{k[8:-3]}={v:.1f}" for k, v in prof.items()))
+                ratios = [x / y for x, y in zip(per_round[a], per_round[b], strict=True)]
+                result[f"{a}_vs_{b}_ratio_t{t}"] = float(np.median(ratios))
+                result[f"{a}_vs_{b}_ratio_t{t}_rounds"] = ratios
+        for b, key in (("torchrec_fused", "freshrec_over_torchrec_fused"),
+                       ("dense_only", "freshrec_over_dense_only")):
+            if b in kinds:
+                result[f"{key}_t{t}"] = result[f"freshrec_prefetch_vs_{b}_ratio_t{t}"]
+        prof_kinds = ["freshrec"] + (["torchrec_fused"] if "torchrec_fused" in kinds else [])
+        for kind in prof_kinds:
+            prof = _profile(kind, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
+                            min(n, warmup + 10), warmup, opts.seed)
+            result.update({f"{k}_t{t}": v for k, v in prof.items()})
+            say(f"threads={t} {kind} profile (ms/step): "
+                + ", ".join(f"{k.split('profile_')[1][:-3]}={v:.1f}" for k, v in prof.items()))
     main_keys = [f"{k}_examples_per_s" for k in kinds] + [f"{k}_auc" for k in kinds[1:]]
     main_keys += [f"{a}_vs_{b}_ratio" for a, b in RATIOS if a in kinds and b in kinds]
+    main_keys += [k for k in ("freshrec_over_torchrec_fused", "freshrec_over_dense_only")
+                  if f"{k}_t{main_t}" in result]
     for key in main_keys:
         result[key] = result[f"{key}_t{main_t}"]
     result.update(machine_info())

@@ -16,7 +16,7 @@ class IndexModel:
     """The kernels' index, rows and free stack driven like the table does, next to a dict."""
 
     def __init__(self, slots: int, rows: int) -> None:
-        self.index = np.full(slots, K.EMPTY, np.int32)
+        self.index = np.full(slots, K.EMPTY, np.int64)
         self.keys = np.zeros(rows, np.uint64)
         self.touched = np.zeros(rows, np.uint32)
         self.last_seen = np.zeros(rows, np.uint32)
@@ -54,7 +54,7 @@ class IndexModel:
         assert (self.index == K.TOMBSTONE).sum() == self.tombstones
         assert self.n_used - self.n_free == len(self.ref)
         # A rebuild from the rows alone gives an index that finds the same rows.
-        fresh = np.full(self.index.shape[0], K.EMPTY, np.int32)
+        fresh = np.full(self.index.shape[0], K.EMPTY, np.int64)
         assert K.build_index(self.keys, self.touched, self.n_used, fresh) == len(self.ref)
         K.find_rows(fresh, self.keys, fids, out)
         assert out.tolist() == want
@@ -155,7 +155,7 @@ def test_pool_and_bag_gradients_match_python(bags):
 
 
 def test_lookup_copy_and_gather():
-    index = np.full(32, K.EMPTY, np.int32)
+    index = np.full(32, K.EMPTY, np.int64)
     keys = np.zeros(4, np.uint64)
     touched = np.zeros(4, np.uint32)
     out_rows = np.empty(3, np.int32)

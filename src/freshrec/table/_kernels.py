@@ -5,19 +5,32 @@ Pure functions over arrays and scalars: no classes, config or logging. The Pytho
 
 Layout shared by the kernels
 ----------------------------
-``index``     int32[capacity]  open-addressing slots (capacity a power of two, linear probing);
-                               ``EMPTY`` (-1), ``TOMBSTONE`` (-2) or a row id.
+``index``     int64[capacity]  open-addressing slots (capacity a power of two, linear probing):
+                               ``EMPTY`` (-1), ``TOMBSTONE`` (-2), or a live entry
+                               ``row << 32 | tag`` where ``tag`` is the high half of the fid's
+                               hash (the low bits chose the slot). A probe compares the tag in
+                               the slot it already holds and reads a row's key only when the
+                               tags agree, so slots of other fids cost no extra cache miss.
 ``keys``      uint64[rows]     the fid stored in each row (compared exactly: collisionless).
 ``emb``       float32[rows, dim]
 ``state``     float32[rows, state_dim]   optimizer state beside the row.
 ``last_seen`` uint32[rows]     event time (s) of the last training lookup.
 ``touched``   uint32[rows]     table version of the last write; 0 marks a free row.
+
+``keys``, ``touched`` and ``last_seen`` may be strided views of one 16-byte record per row
+(the table keeps them so: a training lookup then touches one cache line per row, not three).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
-from numba import njit
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 EMPTY = -1
 TOMBSTONE = -2
@@ -44,16 +57,99 @@ def unit_float(seed: np.uint64, fid: np.uint64, j: int | np.uint64) -> float:
     return float(h >> np.uint64(11)) * _INV_2_53
 
 
+_LOW32 = np.int64(0xFFFFFFFF)
+#: How many fids ahead a probe loop prefetches the index slot (half as far: the row's key).
+PREFETCH_DISTANCE = 16
+
+
+@intrinsic
+def prefetch(typingctx: Any, arr: Any, i: Any) -> Any:
+    """``prefetch(arr, i)``: hint the CPU to load the cache line of ``arr[i]`` (1-d arrays).
+
+    LLVM's ``llvm.prefetch`` (x86 ``prefetcht0``): no fault, no effect on results, so a probe
+    loop can start the misses of later fids while it works on the current one.
+    """
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(i, types.Integer):
+        return None
+    sig = types.void(arr, i)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aty, ary, [i], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_prefetch: Callable[[np.ndarray, Any], None] = prefetch  # type: ignore[assignment]
+"""``prefetch`` as the kernels call it (typed for mypy; numba resolves the intrinsic)."""
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(first_col: np.ndarray, rows: np.ndarray, i: int) -> None:
+    """Start the load of row ``rows[i + PREFETCH_DISTANCE]`` (``first_col`` is ``a[:, 0]``)."""
+    j = i + PREFETCH_DISTANCE
+    if j < rows.shape[0] and rows[j] >= 0:
+        _prefetch(first_col, rows[j])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def slot_of(fid: np.uint64, mask: np.int64) -> tuple[np.int64, np.int64]:
+    """``(first slot, tag)`` of ``fid`` in an index of ``mask + 1`` slots."""
+    hv = mix64(fid)
+    return np.int64(hv & np.uint64(mask)), np.int64(hv >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def slot_entry(row: int, tag: np.int64) -> np.int64:
+    """The index value of a live entry: row in the high half, tag in the low half."""
+    return (np.int64(row) << np.int64(32)) | tag
+
+
+@njit(cache=True, nogil=True, inline="always")
+def entry_row(s: np.int64) -> np.int64:
+    """The row of a slot value (negative for ``EMPTY`` and ``TOMBSTONE``)."""
+    return s >> np.int64(32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_ahead(index: np.ndarray, keys: np.ndarray, fids: np.ndarray, i: int) -> None:
+    """Start the misses of fid ``i + PREFETCH_DISTANCE`` (its slot) and of fid
+    ``i + PREFETCH_DISTANCE // 2`` (the key of the row its slot, prefetched earlier, names)."""
+    n = fids.shape[0]
+    mask = np.int64(index.shape[0] - 1)
+    j = i + PREFETCH_DISTANCE
+    if j < n:
+        h, _ = slot_of(fids[j], mask)
+        _prefetch(index, h)
+    j = i + PREFETCH_DISTANCE // 2
+    if j < n:
+        h, _ = slot_of(fids[j], mask)
+        s = index[h]
+        if s >= 0:
+            _prefetch(keys, entry_row(s))
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _probe_find(index: np.ndarray, keys: np.ndarray, fid: np.uint64) -> int:
     mask = np.int64(index.shape[0] - 1)
-    h = np.int64(mix64(fid) & np.uint64(mask))
+    h, tag = slot_of(fid, mask)
     while True:
-        r = index[h]
-        if r == EMPTY:
+        s = index[h]
+        if s == EMPTY:
             return -1
-        if r >= 0 and keys[r] == fid:
-            return r
+        if s >= 0 and (s & _LOW32) == tag:
+            r = int(entry_row(s))
+            if keys[r] == fid:
+                return r
         h = (h + 1) & mask
 
 
@@ -62,11 +158,38 @@ def find_rows(index: np.ndarray, keys: np.ndarray, fids: np.ndarray, out: np.nda
     """Write the row of each fid (or -1) into ``out``; return how many were missing."""
     missing = 0
     for i in range(fids.shape[0]):
+        _prefetch_ahead(index, keys, fids, i)
         r = _probe_find(index, keys, fids[i])
         out[i] = r
         if r < 0:
             missing += 1
     return missing
+
+
+@njit(cache=True, nogil=True)
+def count_absent(index: np.ndarray, keys: np.ndarray, fids: np.ndarray) -> int:
+    """How many distinct fids of ``fids`` have no row (the room an insert of them needs)."""
+    n = fids.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    seen = np.empty(size, np.uint64)
+    used = np.zeros(size, np.bool_)
+    smask = np.int64(size - 1)
+    count = 0
+    for i in range(n):
+        _prefetch_ahead(index, keys, fids, i)
+        fid = fids[i]
+        if _probe_find(index, keys, fid) >= 0:
+            continue
+        h = np.int64(mix64(fid) >> np.uint64(20)) & smask
+        while used[h] and seen[h] != fid:
+            h = (h + 1) & smask
+        if not used[h]:
+            used[h] = True
+            seen[h] = fid
+            count += 1
+    return count
 
 
 @njit(cache=True, nogil=True)
@@ -84,23 +207,29 @@ def lookup_copy(
     mask = np.int64(index.shape[0] - 1)
     block = 32
     slots = np.empty(block, np.int64)
+    tags = np.empty(block, np.int64)
     rows = np.empty(block, np.int64)
+    first_col = emb[:, 0]  # prefetch(first_col, r) starts the load of row r
     missing = 0
     n = fids.shape[0]
     for base in range(0, n, block):
         m = min(block, n - base)
         for k in range(m):
-            h = np.int64(mix64(fids[base + k]) & np.uint64(mask))
+            h, tag = slot_of(fids[base + k], mask)
             slots[k] = h
+            tags[k] = tag
             rows[k] = index[h]
         for k in range(m):
-            r = rows[k]
+            s = rows[k]
             h = slots[k]
             fid = fids[base + k]
-            while r != EMPTY and (r < 0 or keys[r] != fid):
+            while s != EMPTY and (s < 0 or (s & _LOW32) != tags[k]
+                                  or keys[entry_row(s)] != fid):
                 h = (h + 1) & mask
-                r = index[h]
-            rows[k] = r
+                s = index[h]
+            rows[k] = entry_row(s)
+            if s >= 0:
+                _prefetch(first_col, entry_row(s))
         for k in range(m):
             r = rows[k]
             i = base + k
@@ -149,10 +278,10 @@ def touch_last_seen(
 def _index_put(index: np.ndarray, fid: np.uint64, row: int) -> None:
     """Put ``row`` for an absent ``fid`` into the first free or tombstoned slot."""
     mask = np.int64(index.shape[0] - 1)
-    h = np.int64(mix64(fid) & np.uint64(mask))
+    h, tag = slot_of(fid, mask)
     while index[h] >= 0:
         h = (h + 1) & mask
-    index[h] = row
+    index[h] = slot_entry(row, tag)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -184,12 +313,12 @@ def insert_new(
         keys[r] = fid
         touched[r] = version
         last_seen[r] = now
-        h = np.int64(mix64(fid) & np.uint64(mask))
+        h, tag = slot_of(fid, mask)
         while index[h] >= 0:
             h = (h + 1) & mask
         if index[h] == TOMBSTONE:
             reused += 1
-        index[h] = r
+        index[h] = slot_entry(r, tag)
         out_rows[i] = r
     return n_free, n_used, reused
 
@@ -203,9 +332,8 @@ def remove_rows(
     mask = np.int64(index.shape[0] - 1)
     for i in range(rows.shape[0]):
         r = rows[i]
-        fid = keys[r]
-        h = np.int64(mix64(fid) & np.uint64(mask))
-        while index[h] != r:
+        h, _ = slot_of(keys[r], mask)
+        while entry_row(index[h]) != r:
             h = (h + 1) & mask
         index[h] = TOMBSTONE
         touched[r] = 0
@@ -377,10 +505,12 @@ def pool(
 ) -> None:
     """``out[b] = scale[b] * sum(row(v) for v in bag b)``; absent rows read as ``default``."""
     dim = emb.shape[1]
+    first_col = emb[:, 0]
     for b in range(offsets.shape[0] - 1):
         for j in range(dim):
             out[b, j] = 0.0
         for k in range(offsets[b], offsets[b + 1]):
+            _prefetch_row(first_col, rows, k)
             r = rows[k]
             if r >= 0:
                 for j in range(dim):
@@ -573,8 +703,9 @@ def find_or_insert(
     reused = 0
     inserted = 0
     for i in range(start, fids.shape[0]):
+        _prefetch_ahead(index, keys, fids, i)
         fid = fids[i]
-        h = np.int64(mix64(fid) & np.uint64(mask))
+        h, tag = slot_of(fid, mask)
         tomb = np.int64(-1)
         r = -1
         while True:
@@ -584,8 +715,8 @@ def find_or_insert(
             if s == TOMBSTONE:
                 if tomb < 0:
                     tomb = h
-            elif keys[s] == fid:
-                r = s
+            elif (s & _LOW32) == tag and keys[entry_row(s)] == fid:
+                r = int(entry_row(s))
                 break
             h = (h + 1) & mask
         if r >= 0:
@@ -602,7 +733,7 @@ def find_or_insert(
             reused += 1
         else:
             slot_budget -= 1
-        index[h] = r
+        index[h] = slot_entry(r, tag)
         keys[r] = fid
         touched[r] = version
         last_seen[r] = now

@@ -2,9 +2,10 @@
 
 Design
 ------
-Open addressing with linear probing over an ``int32`` slot array that points at rows; each
-row stores its full 64-bit fid, and a probe compares fids exactly, so two distinct fids never
-share a row at any fill. Slots are hashed with splitmix64's finaliser, so adversarial keys
+Open addressing with linear probing over an ``int64`` slot array; a slot holds a row id and
+a 32-bit tag from the fid's hash, so a probe skips other fids' slots without reading their
+rows. Each row stores its full 64-bit fid, and a probe compares fids exactly, so two
+distinct fids never share a row at any fill. Slots are hashed with splitmix64's finaliser, so adversarial keys
 (same low bits, 0, 2**64-1) spread like random ones. The index is kept at most ``max_load``
 full (entries + tombstones, default 0.7); when a batch would pass it, the index is rebuilt,
 doubled if live entries alone would fill more than half of ``max_load``. Linear probing was
@@ -12,11 +13,15 @@ chosen over cuckoo hashing because a hit costs one slot read plus one key compar
 same neighbourhood (mostly one cache line), and inserts never relocate entries, so a row id
 never moves while it is referenced between a forward and a backward pass.
 
-Rows live in separate arrays (``keys``, ``emb``, ``state``, ``last_seen``, ``touched``) that
-grow by 1.5x; rows freed by expiry go on a free stack and are reused by the next inserts, so
-the table does not grow under churn. Per entry at dim 16 with row-wise Adagrad:
-64 (row) + 4 (state) + 8 (fid) + 4 (last seen) + 4 (version) = 84 bytes plus 4 bytes per
-index slot (about 6-11 bytes per entry at load 0.35-0.7).
+Rows live in three arrays that grow by 1.5x: ``emb`` (float32 rows), ``state`` (optimizer
+state) and ``meta``, one 16-byte record per row holding the fid, the version of its last
+write and its last-seen time (``_keys``, ``_touched`` and ``_last_seen`` are views of it), so
+a training lookup reads and stamps one cache line per row. The arrays start on cache-line
+(large ones: page) boundaries and ask for transparent huge pages
+(:func:`freshrec.table.memory.aligned_zeros`). Rows freed by expiry go on a free stack and
+are reused by the next inserts, so the table does not grow under churn. Per entry at dim 16
+with row-wise Adagrad: 64 (row) + 4 (state) + 8 (fid) + 4 (last seen) + 4 (version) = 84
+bytes plus 8 bytes per index slot (about 11-23 bytes per entry at load 0.35-0.7).
 
 Peak memory: while growing, the old and new row arrays coexist for the time of one copy, a
 transient peak of 2.5x the old row bytes (1.67x the new); an index rebuild briefly holds two
@@ -54,6 +59,7 @@ from freshrec.errors import (
 from freshrec.table import _kernels as K
 from freshrec.table.config import InitKind, OptimizerKind, TableConfig, table_config_from_dict
 from freshrec.table.delta import TableDelta
+from freshrec.table.memory import aligned_zeros
 from freshrec.table.rows import TableRows
 
 __all__ = ["EmbeddingTable", "TableStats", "RowInitializer", "as_fids", "rows_from_table"]
@@ -186,6 +192,9 @@ class EmbeddingTable:
     ----------
     config : TableConfig
         Dim, initializer, optimizer, admission and TTL.
+    huge_pages : bool
+        Ask for transparent huge pages for the row and index arrays (see
+        :mod:`freshrec.table.memory`).
 
     Examples
     --------
@@ -202,8 +211,9 @@ class EmbeddingTable:
     [[0.0, 0.0, 0.0, 0.0]]
     """
 
-    def __init__(self, config: TableConfig) -> None:
+    def __init__(self, config: TableConfig, *, huge_pages: bool = True) -> None:
         self.config = config
+        self._huge_pages = huge_pages
         self._mutex = threading.Lock()
         self._writer = threading.RLock()
         self._alloc(config.capacity_hint)
@@ -230,16 +240,29 @@ class EmbeddingTable:
     def _alloc(self, rows: int) -> None:
         cfg = self.config
         rows = max(int(rows), 16)
-        self._keys = np.zeros(rows, np.uint64)
-        self._emb = np.zeros((rows, cfg.dim), np.float32)
-        self._state = np.zeros((rows, cfg.state_dim), np.float32)
-        self._last_seen = np.zeros(rows, np.uint32)
-        self._touched = np.zeros(rows, np.uint32)
+        self._set_rows(self._zeros((rows, 2), np.uint64), self._zeros((rows, cfg.dim)),
+                       self._zeros((rows, cfg.state_dim)))
         self._free = np.zeros(0, np.int32)
         self._n_free = 0
         self._n_used = 0
-        self._index = np.full(_next_pow2(int(rows / cfg.max_load) + 1), K.EMPTY, np.int32)
+        self._index = self._empty_index(_next_pow2(int(rows / cfg.max_load) + 1))
         self._tombstones = 0
+
+    def _zeros(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        return aligned_zeros(shape, dtype, huge_pages=self._huge_pages)
+
+    def _empty_index(self, slots: int) -> npt.NDArray[np.int64]:
+        index = self._zeros((slots,), np.int64)
+        index.fill(K.EMPTY)
+        return index
+
+    def _set_rows(self, meta: np.ndarray, emb: np.ndarray, state: np.ndarray) -> None:
+        """Install row arrays; ``meta`` is (rows, 2) uint64: fid, then version | last_seen."""
+        self._meta, self._emb, self._state = meta, emb, state
+        halves = meta.view(np.uint32)  # (rows, 4): fid low, fid high, touched, last_seen
+        self._keys = meta[:, 0]
+        self._touched = halves[:, 2]
+        self._last_seen = halves[:, 3]
 
     @property
     def name(self) -> str:
@@ -278,15 +301,13 @@ class EmbeddingTable:
         need_rows = self._n_used + max(0, extra - self._n_free)
         if need_rows > self._keys.shape[0]:
             new_cap = max(need_rows, int(self._keys.shape[0] * 1.5) + 16)
-            arrays = {}
-            for attr in ("_keys", "_emb", "_state", "_last_seen", "_touched"):
-                old = getattr(self, attr)
-                new = np.zeros((new_cap, *old.shape[1:]), old.dtype)
+            grown = []
+            for old in (self._meta, self._emb, self._state):
+                new = self._zeros((new_cap, *old.shape[1:]), old.dtype)
                 new[: self._n_used] = old[: self._n_used]
-                arrays[attr] = new
+                grown.append(new)
             with self._mutex:
-                for attr, arr in arrays.items():
-                    setattr(self, attr, arr)
+                self._set_rows(*grown)
             log.debug("table=%s grew rows=%d", self.name, new_cap)
         slots = self._index.shape[0]
         max_fill = self.config.max_load * slots
@@ -294,7 +315,7 @@ class EmbeddingTable:
             new_slots = slots
             while entries + extra > 0.5 * self.config.max_load * new_slots:
                 new_slots *= 2
-            index = np.full(new_slots, K.EMPTY, np.int32)
+            index = self._empty_index(new_slots)
             K.build_index(self._keys, self._touched, self._n_used, index)
             with self._mutex:
                 self._index = index
@@ -454,11 +475,9 @@ class EmbeddingTable:
                 self._counters["admitted"] += added
                 if pos == f.shape[0]:
                     return rows
-                rest = f[pos:]
-                found = np.empty(rest.shape[0], np.int32)
                 with self._mutex:
-                    K.find_rows(self._index, self._keys, rest, found)
-                self._reserve(int(np.unique(rest[found < 0]).shape[0]))
+                    absent = K.count_absent(self._index, self._keys, f[pos:])
+                self._reserve(int(absent))
 
     def _admit(self, f: np.ndarray, rows: np.ndarray, now: np.uint32) -> None:
         miss = rows < 0
@@ -900,8 +919,8 @@ class EmbeddingTable:
     # ------------------------------------------------------------------ stats
     def stats(self) -> TableStats:
         """Counters and memory of the table."""
-        arrays: list[np.ndarray] = [self._index, self._keys, self._emb, self._state,
-                                    self._last_seen, self._touched, self._free]
+        arrays: list[np.ndarray] = [self._index, self._meta, self._emb, self._state,
+                                    self._free]
         if self._sketch is not None:
             arrays.append(self._sketch)
         entries = len(self)
