@@ -379,7 +379,7 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
              f"Time-ordered split: {res['train_rows']:,} training rows, {res['test_rows']:,} "
              f"test rows ({res['test_rows_warm']:,} from warm users seen in training; "
              f"{res['test_users_cold']} of {res['test_users']} test users are cold). "
-             f"{res['epochs']} epochs; collisionless over {res['seeds']} seeds, each hashed "
+             f"{res['epochs']} epoch(s); collisionless over {res['seeds']} seeds, each hashed "
              f"variant over {res['seeds']} seeds x {res['salts']} hash salts "
              f"({res['seeds'] * res['salts']} runs). Mean ± std (ddof 1) after the last epoch. "
              f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(res['loadavg'] or [])}).", "",
@@ -399,21 +399,21 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
     if plots:
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, metric in zip(axes, ("auc_all", "gauc_all"), strict=True):
-            for n in names:
-                per = np.array([[r["epochs"][e][metric] for e in range(res["epochs"])]
-                                for r in runs if r["variant"] == n])
-                ax.errorbar(np.arange(1, res["epochs"] + 1), per.mean(0),
-                            yerr=per.std(0, ddof=1) if len(per) > 1 else None, label=n,
-                            capsize=3)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(f"test {metric.split('_')[0].upper()}")
-            ax.legend(fontsize=8)
+        fig, ax = plt.subplots(figsize=(9, 4))
+        xs = np.arange(len(metrics))
+        for k, n in enumerate(names):
+            per = np.array([[vals(n, m)[i] for m in metrics]
+                            for i in range(len(vals(n, metrics[0])))])
+            ax.errorbar(xs + 0.12 * (k - (len(names) - 1) / 2), per.mean(0),
+                        yerr=per.std(0, ddof=1) if len(per) > 1 else None, label=n,
+                        capsize=3, marker="o", ls="none")
+        ax.set_xticks(xs, metrics)
+        ax.set_ylabel(f"test metric after epoch {res['epochs']} (mean ± std)")
+        ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "collision.png", dpi=100)
         plt.close(fig)
-        lines += ["", "![test AUC and GAUC per epoch](collision.png)"]
+        lines += ["", "![test AUC and GAUC, all, warm and cold users](collision.png)"]
     return lines
 
 
