@@ -147,13 +147,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _when(t: Any) -> Any:
+    """Event times that are unix seconds as UTC date and time; others (steps) as they are."""
+    if isinstance(t, int | float) and t > 1e9:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    return t
+
+
 def _tables(r: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
     imp = list(r["importance"].values())
     reg = r["registry"]
     return [
         ("Quality per window", ["event time", "AUC", "calibration", "log loss", "examples",
                                 "positive ratio"],
-         [[q["event_time"], q["auc"], q["calibration"], q["logloss"], q["examples"],
+         [[_when(q["event_time"]), q["auc"], q["calibration"], q["logloss"], q["examples"],
            q["positive_ratio"]] for q in r["windows"]]),
         ("Feature importance", ["slot", "importance", "previous report", "change"],
          [[i["slot"], i["importance"], i["previous"],
