@@ -70,6 +70,9 @@ def compare(doc: dict[str, Any], table: pa.Table, split: float,
         "examples_train": n, "examples_test": test.num_rows, "auc_test": perm.base_auc,
         "gradient_s": grad_s, "permutation_s": perm.seconds,
         "rho_gradient_permutation": rank_correlation(grad, perm.drops),
+        "rho_gradient_permutation_slots": rank_correlation(
+            *({s.name: d[s.name] for s in trainer.config.features.slots}
+              for d in (grad, perm.drops))),
         "gradient": grad, "permutation": perm.drops, "online": online,
     }
     if truth is not None:
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     rows = ["| data | seed | test AUC | rho(gradient, truth) | rho(online, truth) | "
             "rho(permutation, truth) | strong > irrelevant (grad / online / perm) | "
-            "rho(gradient, permutation) | gradient s | permutation s |",
+            "rho(gradient, permutation): all / slots | gradient s | permutation s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["simulator"]:
         rows.append(
@@ -127,12 +130,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['rho_online_truth']:.3f} | {r['rho_permutation_truth']:.3f} | "
             f"{r['gradient_strong_above_irrelevant']} / {r['online_strong_above_irrelevant']} / "
             f"{r['permutation_strong_above_irrelevant']} | "
-            f"{r['rho_gradient_permutation']:.3f} | {r['gradient_s']:.2f} | "
-            f"{r['permutation_s']:.2f} |")
+            f"{r['rho_gradient_permutation']:.3f} / {r['rho_gradient_permutation_slots']:.3f} | "
+            f"{r['gradient_s']:.2f} | {r['permutation_s']:.2f} |")
     if "movielens" in result:
         m = result["movielens"]
         rows.append(f"| MovieLens 100K | - | {m['auc_test']:.4f} | - | - | - | - | "
-                    f"{m['rho_gradient_permutation']:.3f} | {m['gradient_s']:.2f} | "
+                    f"{m['rho_gradient_permutation']:.3f} / "
+                    f"{m['rho_gradient_permutation_slots']:.3f} | {m['gradient_s']:.2f} | "
                     f"{m['permutation_s']:.2f} |")
     return "\n".join(rows)
 
