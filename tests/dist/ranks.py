@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from freshrec.config import FreshrecConfig, config_from_dict
 from freshrec.table.table import EmbeddingTable
+from freshrec.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,7 +179,29 @@ def _stall(out: Path, rank: int) -> None:
                                                     "error": str(e)}))
 
 
-SCENARIOS = {"equivalence": _equivalence, "stall": _stall}
+def _publish(out: Path, rank: int) -> None:
+    """Train 2 ranks, publishing a delta every 3 steps and everything at the end."""
+    from freshrec.dist import DistTrainer, ShardedPublisher
+    from freshrec.sync import Registry
+
+    trainer = DistTrainer(config("rowwise_adagrad"))
+    trainer.keep_expired_log = True
+    pub = ShardedPublisher(Registry(out / "registry"), trainer.tables,
+                           trainer.model.state_dict, trainer.exchange)
+    pub.publish_full()
+
+    def every_3(t: Trainer, _: dict[str, float]) -> None:
+        if t.step % 3 == 0:
+            pub.publish_sparse()
+
+    trainer.fit(batches(600), on_step=every_3)
+    pub.publish_sparse()
+    pub.publish_dense()
+    np.savez(out / f"publish-rank{rank}.npz", **table_state(trainer.tables),
+             **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
+
+
+SCENARIOS = {"equivalence": _equivalence, "stall": _stall, "publish": _publish}
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from freshrec.dist.config import DistConfig
 from freshrec.dist.dense import DenseGradientSync
 from freshrec.dist.embedding import ShardedPooledEmbedding
 from freshrec.dist.exchange import SparseExchange
+from freshrec.dist.publish import ShardedPublisher
 from freshrec.dist.sharding import SHARD_SALT, owner_ranks
 from freshrec.dist.trainer import DistTrainer, GlobalMetricSet
 
@@ -27,6 +28,7 @@ __all__ = [
     "GlobalMetricSet",
     "SHARD_SALT",
     "ShardedPooledEmbedding",
+    "ShardedPublisher",
     "SparseExchange",
     "latest_manifest",
     "owner_ranks",

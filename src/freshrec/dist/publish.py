@@ -1,0 +1,90 @@
+"""Publishing a sharded model: every shard exports its delta, one rank publishes the version.
+
+A registry subscriber (serving) must see one model, whatever the number of ranks that
+trained it. :class:`ShardedPublisher` is called by every rank at the same step: each rank
+cuts its own delta (:meth:`~freshrec.table.EmbeddingTable.export_delta`: the rows it wrote and
+the fids it expired since its last publish) and sends it to rank 0 (a gather, which is also
+the barrier: rank 0 publishes only once every shard's delta is in). Rank 0 applies the
+shards' deltas to its publishing copy of the tables and publishes through the unchanged
+:class:`~freshrec.sync.Publisher`, so the registry format, its delta chain and full snapshots
+stay as they are. The copy holds the whole model on rank 0 (publishing only; training reads
+and writes the shards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from freshrec.dist.exchange import SparseExchange
+from freshrec.sync.config import PublisherConfig
+from freshrec.sync.publisher import Publisher
+from freshrec.sync.registry import Registry, VersionManifest
+from freshrec.table.delta import TableDelta
+from freshrec.table.table import EmbeddingTable
+
+__all__ = ["ShardedPublisher"]
+
+
+class ShardedPublisher:
+    """Publishes the model whose tables are sharded over the ranks of ``exchange``.
+
+    Parameters
+    ----------
+    registry : Registry
+        Written by rank 0 only.
+    tables : mapping of name to EmbeddingTable
+        This rank's shards (their expired-fid logs must be kept:
+        ``Trainer.keep_expired_log = True``).
+    dense_state_fn : callable
+        The dense state dict (rank 0's; every rank holds the same).
+    exchange : SparseExchange
+    config : PublisherConfig, optional
+    """
+
+    def __init__(self, registry: Registry, tables: Mapping[str, EmbeddingTable],
+                 dense_state_fn: Callable[[], Mapping[str, torch.Tensor]],
+                 exchange: SparseExchange, config: PublisherConfig | None = None) -> None:
+        self.tables = dict(tables)
+        self.exchange = exchange
+        self._cut = {name: 0 for name in self.tables}
+        self.mirror = {name: EmbeddingTable(t.config) for name, t in self.tables.items()} \
+            if exchange.rank == 0 else {}
+        self.publisher = Publisher(registry, self.mirror, dense_state_fn, config) \
+            if exchange.rank == 0 else None
+
+    def _gather_deltas(self) -> None:
+        """Every shard's delta since the last publish, applied to rank 0's copy."""
+        ex = self.exchange
+        for name, table in self.tables.items():
+            d = table.export_delta(self._cut[name], with_state=False)
+            self._cut[name] = d.to_version
+            table.forget_expired_before(d.to_version)
+            fids = ex.gather(d.fids.view(np.int64)).view(np.uint64)
+            values = ex.gather(d.values)
+            seen = ex.gather(d.last_seen.view(np.int32)).view(np.uint32)
+            expired = ex.gather(d.expired.view(np.int64)).view(np.uint64)
+            if ex.rank == 0:
+                self.mirror[name].apply_delta(TableDelta(
+                    table=name, fingerprint=d.fingerprint, from_version=0, to_version=0,
+                    fids=fids, values=values, last_seen=seen, states=None, expired=expired),
+                    check_version=False)
+
+    def publish_full(self, **kwargs: Any) -> VersionManifest | None:
+        """Gather every shard's changes, then rank 0 publishes a full snapshot (a collective;
+        rank 0 returns the manifest, the others None)."""
+        self._gather_deltas()
+        return self.publisher.publish_full(**kwargs) if self.publisher is not None else None
+
+    def publish_sparse(self, **kwargs: Any) -> VersionManifest | None:
+        """Gather every shard's changes, then rank 0 publishes them as one delta."""
+        self._gather_deltas()
+        return self.publisher.publish_sparse(**kwargs) if self.publisher is not None else None
+
+    def publish_dense(self, **kwargs: Any) -> VersionManifest | None:
+        """Rank 0 publishes the dense parameters (with the rows gathered so far)."""
+        self._gather_deltas()
+        return self.publisher.publish_dense(**kwargs) if self.publisher is not None else None
