@@ -156,7 +156,8 @@ def _hostile_bodies(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
 @given(body=_hostile_bodies())
 def test_fuzzed_hostile_bodies_never_cost_a_500_or_a_non_finite_score(served, body):
     _, client, _, _, _ = served
@@ -193,7 +194,8 @@ def _hostile_v2_bodies(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
 @given(body=_hostile_v2_bodies())
 def test_fuzzed_v2_bodies_never_cost_a_500_or_a_non_finite_score(served, body):
     _, client, _, _, _ = served

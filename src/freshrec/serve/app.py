@@ -195,6 +195,7 @@ class HttpApi:
         self.impressions = impressions
         self.naive_reload = naive_reload
         self._in_flight = 0
+        self._last_done = 0.0  # perf_counter time the last scoring request was answered
         #: Set when the server is shutting down: ``/readyz`` answers 503 ``draining``.
         self.draining = False
 
@@ -312,7 +313,8 @@ class HttpApi:
                                    f"{brief(content_type)}", "Content-Type"), None
             return await self._score_limited(scope, receive, route, parse, respond)
         finally:
-            self.updater.metrics.latency.observe(time.perf_counter() - t0)
+            self._last_done = time.perf_counter()
+            self.updater.metrics.latency.observe(self._last_done - t0)
 
     async def _score_limited(self, scope: Scope, receive: Receive, route: str,
                              parse: RequestParser, respond: ReplyWriter) -> Reply:
@@ -358,7 +360,9 @@ class HttpApi:
         if arrived is not None:
             waited = time.perf_counter() - arrived
             metrics.queue_wait.observe(waited)
-            if waited > sc.queue_budget_s:
+            # shed only a request that waited behind other requests (one answered since it
+            # arrived): a lone request the OS delayed is no queue, shedding it helps no one
+            if waited > sc.queue_budget_s and self._last_done > arrived:
                 return self._shed(route, "queue", f"waited {waited * 1e3:.0f} ms to be scored "
                                                   f"(queue_budget_s={sc.queue_budget_s:g})")
         if self.naive_reload is not None:

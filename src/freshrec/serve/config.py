@@ -41,9 +41,9 @@ class ServeConfig:
         get 503 with ``Retry-After``, and ``/readyz`` says not ready while all are taken.
     queue_budget_s : float
         Admission control: a request that waited longer than this between arriving (its body
-        read by the server) and being scored is answered 503 with ``Retry-After`` at once,
-        so under overload the accepted requests' latency stays near this budget instead of
-        growing with the queue (measured in docs/serving.md).
+        read by the server) and being scored, behind other requests, is answered 503 with
+        ``Retry-After`` at once, so under overload the accepted requests' latency stays near
+        this budget instead of growing with the queue (measured in docs/serving.md).
     retry_after_s : int
         Value of the ``Retry-After`` header of a 503.
     header_timeout_s : float
