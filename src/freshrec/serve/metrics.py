@@ -238,4 +238,6 @@ class ServeMetrics:
             self.update_errors, self.damaged_versions, self.impressions,
             self.impressions_dropped, self.in_flight, self.shed, self.queue_wait,
             self.slow_clients, self.process]
-        return "\n".join(p.render() for p in parts) + "\n"
+        from freshrec.store.served import render_metrics  # tables served from Redis
+
+        return "\n".join(p.render() for p in parts) + "\n" + render_metrics()

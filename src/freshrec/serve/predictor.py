@@ -78,6 +78,7 @@ from freshrec.models.base import CTRModel
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
 from freshrec.serve.engine import OnnxDense, TorchDense, dense_engine
 from freshrec.serve.request import RequestError, ScoreRequest
+from freshrec.store.served import serving_tables
 from freshrec.table import EmbeddingTable
 
 __all__ = ["FeatureIndex", "FeatureLayout", "Predictor", "candidate_fragment", "column_side"]
@@ -499,6 +500,7 @@ class Predictor:
         fc = config.features
         if tables is None:
             tables = {t.name: EmbeddingTable(t) for t in fc.tables}
+        tables = serving_tables(tables)  # backend: redis tables read rows from Redis
         missing = sorted({s.table for s in fc.slots} - set(tables))
         if missing:
             raise IncompatibleFormatError(f"Predictor: tables {missing} are not among the "
