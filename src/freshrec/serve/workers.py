@@ -528,10 +528,10 @@ def run_workers(registry: str | os.PathLike[str], *, config: ServeConfig,
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    pool.start()
-    if on_started is not None:
-        on_started(pool.url, pool.updater.current is not None)
     try:
+        pool.start()
+        if on_started is not None:
+            on_started(pool.url, pool.updater.current is not None)
         done.wait()
     finally:
         pool.stop()
