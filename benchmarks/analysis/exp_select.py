@@ -31,18 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from exp_importance import EFFECTS, ONLINE_RATE  # beside this script (its folder is on sys.path)
+from exp_importance import simulator  # beside this script (its folder is on sys.path)
 
 from freshrec.analysis.cost import FeatureCost, feature_costs
-from freshrec.analysis.groundtruth import context_document, joined_examples
 from freshrec.analysis.permutation import score_auc
 from freshrec.analysis.select import averaged_importance, proposed_document, select_features
-from freshrec.config import config_from_dict, read_document
-from freshrec.data.simulate import SimulatorConfig
+from freshrec.config import config_from_dict
 from freshrec.train.trainer import Trainer
 from freshrec.train.warm import warm_start
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _remove_in_order(order: list[str], costs: dict[str, FeatureCost],
@@ -60,12 +56,7 @@ def _remove_in_order(order: list[str], costs: dict[str, FeatureCost],
 
 
 def one_seed(seed: int, requests: int, fraction: float) -> list[dict[str, Any]]:
-    sim = SimulatorConfig(seed=seed, n_users=5000, n_items=2000, candidates=20, bias=-2.5,
-                          context_effects=EFFECTS)
-    doc = context_document(read_document(ROOT / "configs" / "simulator.yaml"), sim)
-    doc["train"]["importance_window_s"] = 60
-    doc["train"]["importance_rate"] = ONLINE_RATE
-    table = joined_examples(sim, requests)
+    doc, table, _ = simulator(seed, requests)
     n = table.num_rows
     a, b, test = table.slice(0, n // 2), table.slice(n // 2, n // 4), table.slice(n * 3 // 4)
     rows: list[dict[str, Any]] = []

@@ -27,12 +27,10 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from exp_importance import EFFECTS  # beside this script (its folder is on sys.path)
+from exp_importance import simulator  # beside this script (its folder is on sys.path)
 
-from freshrec.analysis.groundtruth import context_document, joined_examples
 from freshrec.analysis.permutation import score_auc
 from freshrec.config import config_from_dict, read_document
-from freshrec.data.simulate import SimulatorConfig
 from freshrec.train.trainer import Trainer
 from freshrec.train.warm import warm_start
 
@@ -94,10 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             table = table.slice(0, 20_000)
         result["movielens"] = {"added": "genres", **curve(
             doc, _without(doc, "genres"), table, 2 if opts.quick else opts.chunks)}
-    sim = SimulatorConfig(seed=0, n_users=5000, n_items=2000, candidates=20, bias=-2.5,
-                          context_effects=EFFECTS)
-    doc = context_document(read_document(ROOT / "configs" / "simulator.yaml"), sim)
-    table = joined_examples(sim, 600 if opts.quick else opts.requests)
+    doc, table, _ = simulator(0, 600 if opts.quick else opts.requests)
     result["simulator"] = {"added": "u_ctx6", **curve(
         doc, _without(doc, "u_ctx6"), table, 2 if opts.quick else opts.chunks)}
     result["loadavg"] = os.getloadavg()[0]
