@@ -141,3 +141,28 @@ def test_rows_reach_redis_only_by_flush(redis_server: str, prefix: str,
     assert client.get(RowKeys(prefix, "user").row(5)) is None
     table.flush()
     assert len(client.get(RowKeys(prefix, "user").row(5)) or b"") == 4 * 16  # row + adagrad
+
+
+def test_a_read_from_redis_never_overwrites_a_row_trained_meanwhile(
+        redis_server: str, prefix: str, closing: list[Any]) -> None:
+    """A prefetch thread's read of a row that the training thread brought in and trained
+    while the read was in flight must not put the old row back."""
+    _, cfg = configs(redis_server, prefix, OPTIMIZERS[0])
+    writer, t = RedisTable(cfg), RedisTable(cfg)
+    closing += [writer, t]
+    x = np.array([9], np.uint64)
+    writer.lookup(x, now=0, train=True)
+    writer.flush()
+    read = t.rows_store.get
+
+    def read_while_training(fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = read(fids)
+        t.rows_store.get = read  # type: ignore[method-assign]
+        t.lookup(x, now=0, train=True)                       # the other thread ...
+        t.apply_gradients(x, np.ones((1, 8), np.float32))   # ... trains the row
+        return out
+
+    t.rows_store.get = read_while_training  # type: ignore[method-assign]
+    t.lookup(x, now=0, train=True)
+    trained = t.lookup(x)
+    assert not np.array_equal(trained, writer.lookup(x))  # the step stayed

@@ -143,15 +143,18 @@ class RedisTable(EmbeddingTable):
         if not found.any():
             return
         dim = self.dim
-        got = values[found]
-        self.apply_delta(TableDelta(
-            table=self.name, fingerprint=self.config.fingerprint(),
-            from_version=self.applied_version, to_version=self.applied_version,
-            fids=miss[found], values=np.ascontiguousarray(got[:, :dim]),
-            last_seen=np.zeros(got.shape[0], np.uint32),
-            states=np.ascontiguousarray(got[:, dim:]), expired=np.empty(0, np.uint64),
-        ), check_version=False)
-        self.store_counters["faulted"] += int(found.sum())
+        with self._writer:  # a row another thread brought in meanwhile (and maybe trained) stays
+            fids, got = miss[found], values[found]
+            still = self.find(fids) < 0
+            fids, got = fids[still], got[still]
+            self.apply_delta(TableDelta(
+                table=self.name, fingerprint=self.config.fingerprint(),
+                from_version=self.applied_version, to_version=self.applied_version,
+                fids=fids, values=np.ascontiguousarray(got[:, :dim]),
+                last_seen=np.zeros(got.shape[0], np.uint32),
+                states=np.ascontiguousarray(got[:, dim:]), expired=np.empty(0, np.uint64),
+            ), check_version=False)
+        self.store_counters["faulted"] += int(fids.shape[0])
 
     def resolve(self, fids: Any, *, now: int | None = None, train: bool = False) -> np.ndarray:
         """:meth:`EmbeddingTable.resolve` after reading the rows the cache lacks from Redis."""
