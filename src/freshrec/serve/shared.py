@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from freshrec.errors import InputError
 from freshrec.serve import _kernels as K
+from freshrec.table import TableConfig
 
 __all__ = ["SharedTable"]
 
@@ -65,10 +66,15 @@ class SharedTable:
         The segment.
     name : str
         The table's name (``Predictor`` tables are keyed by it).
+    config : TableConfig, optional
+        The table's config (what code that sees a predictor's tables may read, e.g. its
+        ``backend``).
     """
 
-    def __init__(self, shm: shared_memory.SharedMemory, name: str) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory, name: str,
+                 config: TableConfig | None = None) -> None:
         self.name = name
+        self.config = config
         self._shm = shm
         head = np.ndarray((_HEADER,), np.int64, buffer=shm.buf)
         max_used, slots, dim = int(head[_MAX]), int(head[_SLOTS]), int(head[_DIM])
@@ -86,7 +92,8 @@ class SharedTable:
     @classmethod
     def create(cls, name: str, fids: npt.NDArray[np.uint64], values: npt.NDArray[np.float32],
                default: npt.NDArray[np.float32], *, segment: str | None = None,
-               headroom: float = 0.25, min_spare: int = 1024) -> SharedTable:
+               headroom: float = 0.25, min_spare: int = 1024,
+               config: TableConfig | None = None) -> SharedTable:
         """A new segment (named ``segment``, else a random name) holding ``fids`` ->
         ``values`` with room for ``headroom * len(fids) + min_spare`` more rows."""
         n, dim = values.shape
@@ -100,7 +107,7 @@ class SharedTable:
         head = np.ndarray((_HEADER,), np.int64, buffer=shm.buf)
         head[:] = 0
         head[_MAX], head[_SLOTS], head[_DIM] = max_used, slots, dim
-        t = cls(shm, name)
+        t = cls(shm, name, config)
         t._index[:] = K.EMPTY
         t._default[:] = default
         used = K.upsert(t._index, t._keys, t._emb, 0, np.ascontiguousarray(fids, np.uint64),
@@ -109,7 +116,8 @@ class SharedTable:
         return t
 
     @classmethod
-    def attach(cls, segment: str, name: str) -> SharedTable:
+    def attach(cls, segment: str, name: str, config: TableConfig | None = None
+               ) -> SharedTable:
         """Attach to the segment ``segment`` created by another process (read only)."""
         try:
             shm = shared_memory.SharedMemory(name=segment)
@@ -118,7 +126,7 @@ class SharedTable:
         # (Python < 3.13 registers an attached segment with the resource tracker too; worker
         # processes started by multiprocessing share their parent's tracker, which removes
         # segments only when every process has exited)
-        return cls(shm, name)
+        return cls(shm, name, config)
 
     @property
     def segment(self) -> str:

@@ -61,7 +61,7 @@ from freshrec.serve.updater import ModelUpdater
 from freshrec.stream.base import Log, Record
 from freshrec.stream.open import open_log
 from freshrec.sync import Registry
-from freshrec.table import EmbeddingTable
+from freshrec.table import EmbeddingTable, TableConfig
 from freshrec.table.delta import TableDelta
 
 __all__ = ["WorkerPool", "run_workers"]
@@ -164,6 +164,7 @@ class _SharedUpdater(ModelUpdater):
             serve_config, warmup_requests=0, items_path=None))
         self.control, self.prefix, self.dense_dir = control, prefix, dense_dir
         self.shared: dict[str, SharedTable] = {}
+        self._table_configs: dict[str, TableConfig] = {}
         self.generation = 0
         self.rebuild = False
 
@@ -190,6 +191,7 @@ class _SharedUpdater(ModelUpdater):
         version = pred.version if pred.version is not None else 0
         event = pred.event_time if pred.event_time is not None else -1
         if kind == "full":
+            self._table_configs = {n: t.config for n, t in pred.tables.items()}
             self._new_generation({n: (*_all_rows(t), _default_row(t))
                                   for n, t in pred.tables.items()})
             for n, t in pred.tables.items():  # the rows now live in shared memory only
@@ -210,7 +212,8 @@ class _SharedUpdater(ModelUpdater):
         for name, (fids, values, default) in rows.items():
             new[name] = SharedTable.create(name, fids, values, default,
                                            segment=_segment(self.prefix, gen, name),
-                                           min_spare=max(1024, spare))
+                                           min_spare=max(1024, spare),
+                                           config=self._table_configs.get(name))
         self.shared, self.generation = new, gen
         for t in old.values():  # workers keep their mappings; new ones attach to `new`
             t.unlink()
@@ -250,7 +253,7 @@ class _SharedFollower(ModelUpdater):
         if cur is not None and gen == self._seen[0]:
             tables: Mapping[str, Any] = cur.tables
         else:
-            tables = {t.name: SharedTable.attach(_segment(self.prefix, gen, t.name), t.name)
+            tables = {t.name: SharedTable.attach(_segment(self.prefix, gen, t.name), t.name, t)
                       for t in self._model_config(version).features.tables}
         with np.load(self.dense_dir / f"dense-{dense_v}.npz") as z:
             dense = {k: torch.from_numpy(z[k]) for k in z.files}
