@@ -116,8 +116,11 @@ class GateConfig:
     min_examples : int
         Fewer held-back examples than this: publish without a check.
     max_auc_drop : float
-        Refuse when the candidate's AUC on the held-back slice is lower than the serving
-        version's by more than this.
+        Refuse when the candidate's AUC on the held-back slice is lower than the reference
+        (the serving version's, or the median of the last ``reference_publishes`` accepted
+        checks, the higher) by more than this.
+    reference_publishes : int
+        Accepted checks whose median AUC is part of the reference.
     calibration_low, calibration_high : float
         Refuse when the candidate's calibration (mean prediction / mean label) on the slice
         leaves this range.
@@ -128,6 +131,7 @@ class GateConfig:
     holdout_examples: int = 2000
     min_examples: int = 200
     max_auc_drop: float = 0.02
+    reference_publishes: int = 20
     calibration_low: float = 0.7
     calibration_high: float = 1.4
 
@@ -136,7 +140,7 @@ class GateConfig:
         require(isinstance(self.enabled, bool), o, "enabled", "true or false", self.enabled)
         require(is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1, o,
                 "holdout_fraction", "a number in (0, 1)", self.holdout_fraction)
-        for f in ("holdout_examples", "min_examples"):
+        for f in ("holdout_examples", "min_examples", "reference_publishes"):
             require(is_int(getattr(self, f)) and getattr(self, f) >= 1, o, f, "an int >= 1",
                     getattr(self, f))
         for f in ("max_auc_drop", "calibration_low", "calibration_high"):

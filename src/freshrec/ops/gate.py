@@ -5,9 +5,11 @@ version's or its calibration left the allowed range.
 The online trainer holds back ``holdout_fraction`` of the examples it reads (a fixed hash of
 each row's position in the stream picks them; they are never trained on) and keeps the newest
 ``holdout_examples`` of them. Before a publish, :meth:`PublishGate.check` scores them with the
-candidate. The serving version's AUC is the one its own gate check measured when it was
-published (``meta["gate"]["auc"]`` in the registry; after a rollback, the restored
-version's), so no second model is kept in memory. A refusal is recorded in the registry's
+candidate. The reference is the higher of the serving version's AUC, as its own gate check
+measured it when it was published (``meta["gate"]["auc"]`` in the registry; after a
+rollback, the restored version's), and the median AUC of the last ``reference_publishes``
+accepted checks (so that a slow slide of small steps, each within ``max_auc_drop`` of the
+version before, is still refused). No second model is kept in memory. A refusal is recorded in the registry's
 events with its reason, and the candidate keeps training; the rows it touched are published
 with the next accepted version.
 
@@ -22,8 +24,8 @@ Examples
 True
 >>> def broken(rows): return np.array([0.8, 0.2, 0.7, 0.1])[rows]
 >>> d = gate.check(broken, reference_auc=0.9)
->>> d.accepted, d.reason
-(False, 'holdout AUC 0.0000 < serving 0.9000 - 0.02')
+>>> d.accepted, d.reason  # the reference: max(0.9, median of accepted checks: 1.0)
+(False, 'holdout AUC 0.0000 < serving 1.0000 - 0.02')
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PublishGate:
     def __init__(self, config: GateConfig) -> None:
         self.config = config
         self._held: deque[tuple[Any, np.ndarray]] = deque()
+        self._accepted: deque[float] = deque(maxlen=config.reference_publishes)
         self._n = 0
         #: checks made, and refused
         self.checks = 0
@@ -107,8 +110,9 @@ class PublishGate:
               reference_auc: float | None) -> GateDecision:
         """Score the held-back examples with ``predict`` (one call per kept batch) and decide.
 
-        ``reference_auc``: the serving version's holdout AUC (``None``: none known, only the
-        calibration range applies)."""
+        ``reference_auc``: the serving version's holdout AUC (``None``: none known); the
+        median of the recent accepted checks also counts (see the module docstring). With
+        neither, only the calibration range applies."""
         from freshrec.train.metrics import AUC
 
         c = self.config
@@ -126,6 +130,9 @@ class PublishGate:
             label_sum += float(labels.sum())
         a = float(auc.get())
         cal = pred_sum / label_sum if label_sum > 0 else math.nan
+        refs = [r for r in (reference_auc, float(np.median(self._accepted))
+                            if self._accepted else None) if r is not None and math.isfinite(r)]
+        reference_auc = max(refs) if refs else None
         problems = []
         if reference_auc is not None and math.isfinite(a) and a < reference_auc - c.max_auc_drop:
             problems.append(f"holdout AUC {a:.4f} < serving {reference_auc:.4f} - "
@@ -136,4 +143,6 @@ class PublishGate:
         if problems:
             self.refusals += 1
             return GateDecision(False, "; ".join(problems), a, cal, reference_auc, n)
+        if math.isfinite(a):
+            self._accepted.append(a)
         return GateDecision(True, "ok", a, cal, reference_auc, n)
