@@ -20,7 +20,7 @@ Examples
 --------
 >>> from freshrec.table import TableConfig
 >>> from freshrec.store.config import StoreConfig
->>> cfg = TableConfig(name="user", dim=2, backend="redis",
+>>> cfg = TableConfig(name="doc_user", dim=2, backend="redis",
 ...                   store=StoreConfig(url="redis://127.0.0.1:1/0", serve_timeout_ms=50))
 >>> t = ServedRedisTable(cfg)            # nothing listens on port 1: every read falls back
 >>> t.lookup([7]).tolist(), t.counters["fallback_rows"]
