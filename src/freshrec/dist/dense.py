@@ -1,10 +1,12 @@
 """Data-parallel dense parameters: their gradients summed over ranks, overlapped with the
 sparse exchange.
 
-Each parameter's gradient is all-reduced asynchronously as soon as autograd has
-accumulated it (``register_post_accumulate_grad_hook``), on a process group of its own, so
-the reduction runs while the backward goes on to the embedding layer and its all-to-all of
-row gradients; the optimizer's step waits for them. Gradients are summed, not averaged: the
+The gradients are all-reduced as one flat bucket (one collective per step, whatever the
+number of parameters), launched asynchronously as soon as autograd has accumulated the last
+of them (``register_post_accumulate_grad_hook``), on a process group of its own: the dense
+layers' gradients are all ready before the backward reaches the embedding layer, so the
+reduction runs while the backward goes on to the all-to-all of row gradients; the
+optimizer's step waits for it. Gradients are summed, not averaged: the
 trainer divides the loss by the weight of the whole global batch.
 """
 
@@ -36,7 +38,8 @@ class DenseGradientSync:
     def __init__(self, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                  group: Any = None) -> None:
         self.group = group
-        self._pending: list[Any] = []
+        self._ready = 0
+        self._pending: tuple[Any, torch.Tensor] | None = None
         self.params = [p for p in params if p.requires_grad]
         #: Bytes of gradients this rank all-reduces per step.
         self.bytes_per_step = sum(p.numel() * p.element_size() for p in self.params)
@@ -48,13 +51,30 @@ class DenseGradientSync:
         optimizer.register_step_pre_hook(self._wait)
 
     def _reduce(self, p: torch.Tensor) -> None:
-        if p.grad is not None:
-            self._pending.append(dist.all_reduce(p.grad, group=self.group, async_op=True))
+        self._ready += 1
+        if self._ready == len(self.params):
+            self._launch()
+
+    def _launch(self) -> None:
+        """All-reduce every gradient as one flat buffer (a parameter without one adds zeros)."""
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self.params])
+        self._pending = (dist.all_reduce(flat, group=self.group, async_op=True), flat)
 
     def _wait(self, *_: Any) -> None:
-        pending, self._pending = self._pending, []
-        for work in pending:
-            work.wait()
+        if self.world == 1:
+            return
+        if self._pending is None:  # some parameter got no gradient this step
+            self._launch()
+        assert self._pending is not None
+        work, flat = self._pending
+        self._pending, self._ready = None, 0
+        work.wait()
+        start = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[start : start + n].view_as(p)
+            start += n
 
     def broadcast(self) -> None:
         """Make every rank's parameters rank 0's (at the start, and after a restore)."""
