@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from freshrec.store import RedisTable, StoreConfig
+from freshrec.store import NewUserInitConfig, RedisTable, StoreConfig
 from freshrec.store.served import ServedRedisTable, render_metrics, serving_tables
 from freshrec.table import EmbeddingTable, TableConfig, TableDelta
 from tests.conftest import DURABLE, start_redis, stop_process
@@ -106,3 +106,13 @@ def test_serving_tables_wraps_only_redis_tables(closing: list[Any]) -> None:
     assert isinstance(served["user"], ServedRedisTable) and served["item"] is tables["item"]
     assert served["user"].applied_version == 7  # the registry's next delta applies
     assert serving_tables(served)["user"] is served["user"]
+
+
+def test_init_fallback_uses_the_new_user_source(prefix: str, closing: list[Any]) -> None:
+    """While Redis is out of reach, ``init`` serves the row a new user starts from."""
+    served = ServedRedisTable(config("redis://127.0.0.1:1/0", prefix, name="fallback_fixed",
+                                     serve_fallback="init", new_user=NewUserInitConfig(
+                                         source="fixed", value=(1.0, 2.0, 3.0, 4.0))))
+    closing.append(served)
+    assert served.lookup(np.array([5], np.uint64)).tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert served.counters["fallback_rows"] >= 1

@@ -69,7 +69,9 @@ class ServeFallback(StrEnum):
     ZEROS = "zeros"
     """The table's default row (zeros), or the last copy read if the local cache has one."""
     INIT = "init"
-    """The row the configured initializer gives the fid (what training starts it from)."""
+    """The row training would start the fid from: the ``fixed`` or ``table`` new-user source's
+    when configured, else the initializer's (a ``history_mean`` start needs the trainer's
+    batch: serving uses the initializer's row then)."""
 
 
 @unique

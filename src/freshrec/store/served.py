@@ -41,6 +41,7 @@ import numpy as np
 
 from freshrec.store.client import RowKeys, RowStore, open_client
 from freshrec.store.config import ServeFallback, TableBackend
+from freshrec.store.rules import row_initializer
 from freshrec.stream._redis import is_lost
 from freshrec.table.config import AdmissionConfig, TableConfig
 from freshrec.table.delta import TableDelta
@@ -174,12 +175,14 @@ class ServedRedisTable(EmbeddingTable):
             self._install(fids[~have], self._init_rows(fids[~have]), np.empty(0, np.uint64))
 
     def _init_rows(self, fids: np.ndarray) -> np.ndarray:
-        """The rows the table's initializer gives ``fids`` (deterministic per seed and fid)."""
+        """The rows training would start ``fids`` from: the new-user source when it is
+        ``fixed`` or ``table``, else the initializer's (deterministic per seed and fid)."""
         if self._init is None:
             cfg = self.config
             self._init = EmbeddingTable(TableConfig(
                 name=cfg.name, dim=cfg.dim, initializer=cfg.initializer,
                 admission=AdmissionConfig()))
+            self._init.row_initializer = row_initializer(cfg.store.new_user, cfg.dim)
         rows = self._init.lookup(fids, now=0, train=True)
         self._init.apply_delta(TableDelta(  # forget them: the scratch table stays small
             table=self.name, fingerprint=self._init.config.fingerprint(), from_version=0,
