@@ -18,6 +18,7 @@ import redis
 
 from freshrec.config import config_from_dict
 from freshrec.store import RedisTable
+from freshrec.store.client import open_client
 from freshrec.stream.open import open_log
 from freshrec.train.online import OnlineTrainer
 
@@ -119,18 +120,18 @@ def test_kill_9_mid_flush_then_restart_gives_each_update_once(redis_server: str,
         np.testing.assert_allclose(b, a, atol=1e-6, err_msg=key.decode())
 
 
-def test_a_checkpoint_flushes_and_a_load_rewrites_the_pending_rows(redis_server: str,
+def test_a_checkpoint_flushes_and_a_load_rewrites_the_pending_rows(store_url: str,
                                                                    tmp_path: Path,
                                                                    prefix: str) -> None:
     """What the restart relies on: the flush position travels in the checkpoint, and loading
     writes the rows changed after it again (a flush the crash cut short)."""
-    cfg = config_from_dict(config(redis_server, prefix)).features.table("user")
+    cfg = config_from_dict(config(store_url, prefix)).features.table("user")
     table = RedisTable(cfg)
     table.lookup(np.arange(10, dtype=np.uint64), now=0, train=True)
     table.flush()
     table.apply_gradients(np.array([3], np.uint64), np.ones((1, 4), np.float32))
     table.save(tmp_path / "snap")          # the checkpoint holds row 3's new value ...
-    client = redis.Redis.from_url(redis_server)
+    client = open_client(store_url, "test")
     key = f"{prefix}:user:3".encode()
     before = client.get(key)               # ... Redis still the old one (the crash)
     restarted = RedisTable(cfg)
