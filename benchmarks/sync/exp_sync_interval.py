@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from freshrec.benchinfo import machine_info
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.sync import PublisherConfig, Registry, Subscriber
@@ -139,9 +139,8 @@ def _name(interval: float) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]
-            if Path("/proc/loadavg").exists() else None}
+    """The machine and versions (freshrec.benchinfo) with the load average of the run."""
+    return {**machine_info(), "loadavg": os.getloadavg()}
 
 
 def run_simulator(opts: argparse.Namespace, intervals: list[float]) -> dict[str, Any]:
@@ -210,7 +209,7 @@ def _simulator_page(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
              + "; ".join(f"`{d}`: {json.dumps(v)}" for d, v in res["drifts"].items())
              + f". Mean ± std over {res['seeds']} seeds; gain = AUC minus the batch-only "
              "(`never`) AUC of the same seed, with its 95 % paired-t interval. "
-             f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(res['loadavg'] or [])}).", "",
+             f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(f'{float(x):.2f}' for x in res['loadavg'])}).", "",
              "| drift | interval | syncs per run | pooled AUC | gain over never (95 % CI) "
              "| mean window AUC |", "|---|---|---|---|---|---|"]
     summary: dict[str, dict[str, tuple[float, float]]] = {}
@@ -274,7 +273,7 @@ def _obd_page(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
         se = auc_standard_error(float(np.mean(aucs)), res["replay_clicks"],
                                 res["replay_rows"] - res["replay_clicks"])
         lines.append(f"| {n} | {syncs:.0f} | {np.mean(aucs):.4f} | ± {1.96 * se:.3f} |")
-    lines += ["", f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(res['loadavg'] or [])})."]
+    lines += ["", f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(f'{float(x):.2f}' for x in res['loadavg'])})."]
     if plots:
         import matplotlib.pyplot as plt
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from freshrec.benchinfo import machine_info
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.data.movielens import MovieLensReader
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
@@ -363,12 +365,8 @@ def _command() -> str:
 
 
 def _machine() -> dict[str, Any]:
-    import os
-    import platform
-
-    return {"machine": platform.machine(), "cpus": os.cpu_count(),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]
-            if Path("/proc/loadavg").exists() else None}
+    """The machine and versions (freshrec.benchinfo) with the load average of the run."""
+    return {**machine_info(), "loadavg": os.getloadavg()}
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -392,7 +390,7 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
              f"{res['epochs']} epoch(s); collisionless over {res['seeds']} seeds, each hashed "
              f"variant over {res['seeds']} seeds x {res['salts']} hash salts "
              f"({res['seeds'] * res['salts']} runs). Mean ± std (ddof 1) after the last epoch. "
-             f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(res['loadavg'] or [])}).", "",
+             f"Ran in {res['elapsed_s']:.0f} s (load {' '.join(f'{float(x):.2f}' for x in res['loadavg'])}).", "",
              "| variant | runs | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for n in names:
@@ -451,7 +449,7 @@ def _scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
              f"Prequential metrics (each batch scored before it is learned) on the second "
              f"half of the stream, mean ± std over {res['seeds']} runs (seed and hash salt "
              f"both change per run). Ran in {res['elapsed_s']:.0f} s (load "
-             f"{' '.join(res['loadavg'] or [])}).", "",
+             f"{' '.join(f'{float(x):.2f}' for x in res['loadavg'])}).", "",
              "| variant | user/item rows | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for n in names:

@@ -113,6 +113,19 @@ class ReadReport:
             if len(self.examples) == self.max_reported:
                 log.warning("%s: further malformed lines are counted but not logged", self.path)
 
+    def merge(self, other: ReadReport) -> None:
+        """Add the bad lines of ``other`` (another file of the same read) to this report,
+        keeping at most ``max_reported`` examples.
+
+        >>> a, b = ReadReport(path="a.csv", max_reported=2), ReadReport(path="b.csv")
+        >>> a.add_bad(2, "empty line"); b.add_bad(3, "empty line"); b.add_bad(4, "empty line")
+        >>> a.merge(b)
+        >>> a.bad_lines, [str(x) for x in a.examples]
+        (3, ['a.csv:2: empty line', 'b.csv:3: empty line'])
+        """
+        self.bad_lines += other.bad_lines
+        self.examples.extend(other.examples[: max(0, self.max_reported - len(self.examples))])
+
     def __repr__(self) -> str:
         first = [str(b) for b in self.examples]
         return (

@@ -158,8 +158,7 @@ class MovieLensReader(Reader):
             ["int", "str", "str", "str", "str", *["int"] * len(genre_names)], sub["u.item"],
         )  # fmt: skip
         for r in sub.values():
-            report.bad_lines += r.bad_lines
-            report.examples.extend(r.examples[: max(0, self.max_reported - len(report.examples))])
+            report.merge(r)
 
         order = np.argsort(ratings.column("event_time").to_numpy(), kind="stable")
         ratings = ratings.take(pa.array(order))

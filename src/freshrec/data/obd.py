@@ -158,9 +158,7 @@ class OpenBanditReader(Reader):
     def _batches(self, report: ReadReport) -> Iterator[pa.RecordBatch]:
         ctx_report = ReadReport(path=str(self.context_path), max_reported=self.max_reported)
         context = self.read_item_context(ctx_report)
-        if ctx_report.bad_lines:
-            report.bad_lines += ctx_report.bad_lines
-            report.examples.extend(ctx_report.examples[: self.max_reported])
+        report.merge(ctx_report)
         with open_text(self.path) as fh:
             names = _read_header(fh, self.path, _REQUIRED)
             kinds = [_kind(n) for n in names]

@@ -655,9 +655,7 @@ history, max_sort_bytes, delimiter
                     continue
                 last = self._check_order(batch, lines, path, last, size)
                 yield self._with_history(batch, history)
-            report.bad_lines += sub.bad_lines
-            report.examples.extend(sub.examples[: max(0, self.max_reported
-                                                      - len(report.examples))])
+            report.merge(sub)
         if not in_memory or not batches:
             return
         table = pa.Table.from_batches(batches).combine_chunks()
