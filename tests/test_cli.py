@@ -124,7 +124,8 @@ TRAIN_RUN_FLAGS = [("--run-dir", "somewhere", "train.run_dir", "somewhere"),
                    ("--source", "file:log", "online.source", "file:log"),
                    ("--partitions", "3", "online.partitions", 3),
                    ("--registry", "reg", "online.registry", "reg"),
-                   ("--idle-timeout", "2.5", "online.idle_timeout_s", 2.5)]
+                   ("--idle-timeout", "2.5", "online.idle_timeout_s", 2.5),
+                   ("--nproc", "2", "dist.nproc", 2)]
 
 
 def test_train_run_flags_are_shorthands_of_their_keys():
