@@ -13,20 +13,46 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from freshrec._cli.options import add_config_arguments, config
 
+if TYPE_CHECKING:
+    from freshrec.config import FreshrecConfig
+    from freshrec.ops.collect import Collector
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, [])
+
+def add_source_arguments(p: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """``--run-dir``, ``--registry`` (and ``--metrics-url``): what the ops commands read."""
     p.add_argument("--run-dir", action="append", default=[], metavar="DIR",
                    help="a run directory whose metrics.jsonl is read (repeatable; default: "
                         "train.run_dir of the config when set)")
     p.add_argument("--registry", metavar="DIR", default=None,
                    help="the registry (default: online.registry or serve.registry)")
-    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
-                   help="a Prometheus endpoint to scrape, e.g. http://127.0.0.1:8000/metrics "
-                        "(repeatable)")
+    if metrics:
+        p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                       help="a Prometheus endpoint to scrape, e.g. "
+                            "http://127.0.0.1:8000/metrics (repeatable)")
+
+
+def sources(args: argparse.Namespace, cfg: FreshrecConfig) -> tuple[list[str], str | None]:
+    """The run directories and the registry the command reads (flags, else the config)."""
+    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
+    return run_dirs, args.registry or cfg.online.registry or cfg.serve.registry or None
+
+
+def collector(args: argparse.Namespace, cfg: FreshrecConfig) -> Collector:
+    """The :class:`~freshrec.ops.collect.Collector` of the command's sources."""
+    from freshrec.ops.collect import Collector
+
+    run_dirs, registry = sources(args, cfg)
+    return Collector(cfg, run_dirs=run_dirs, registry=registry,
+                     metrics_urls=getattr(args, "metrics_url", []))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, [])
+    add_source_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     p.add_argument("--port", type=int, default=0, help="port (0: a free one)")
     p.add_argument("--interval", type=float, default=5.0, metavar="S",
@@ -40,7 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freshrec.ops.collect import Collector
     from freshrec.ops.grafana import grafana_dashboard
     from freshrec.ops.page import export_page
     from freshrec.ops.rules import prometheus_rules
@@ -48,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config(args)
     title = args.title or f"freshrec: {Path(args.config).name if args.config else 'model'}"
-    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
-    registry = args.registry or cfg.online.registry or cfg.serve.registry or None
-    collector = Collector(cfg, run_dirs=run_dirs, registry=registry,
-                          metrics_urls=args.metrics_url)
+    data = collector(args, cfg)
     files_only = bool(args.export or args.grafana or args.rules)
     if args.grafana:
         Path(args.grafana).write_text(grafana_dashboard(cfg, title=title))
@@ -60,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
         Path(args.rules).write_text(prometheus_rules(cfg))
         print(f"prometheus rules: {args.rules}")
     if args.export:
-        collector.scrape()
-        index = export_page(cfg, collector.collect(), args.export, title=title)
+        data.scrape()
+        index = export_page(cfg, data.collect(), args.export, title=title)
         print(f"dashboard page: {index}")
     if files_only:
         return 0
-    server = DashboardServer(cfg, collector, host=args.host, port=args.port,
+    server = DashboardServer(cfg, data, host=args.host, port=args.port,
                              interval_s=args.interval, title=title)
     server.start()
     print(f"dashboard: {server.url}", flush=True)

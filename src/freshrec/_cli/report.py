@@ -11,17 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
+from freshrec._cli.dashboard import add_source_arguments, sources
 from freshrec._cli.options import add_config_arguments, config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, [])
     p.add_argument("--since", default="24h", help="the period: 24h, 90m, 2d, or seconds")
-    p.add_argument("--run-dir", action="append", default=[], metavar="DIR",
-                   help="a run directory whose metrics.jsonl is read (repeatable; default: "
-                        "train.run_dir of the config when set)")
-    p.add_argument("--registry", metavar="DIR", default=None,
-                   help="the registry (default: online.registry or serve.registry)")
+    add_source_arguments(p, metrics=False)
     p.add_argument("--out", default="reports", metavar="DIR", help="where the report goes")
     p.add_argument("--previous", default=None, metavar="JSON",
                    help="the previous report's JSON (default: OUT/latest.json when present)")
@@ -34,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config(args)
     prev_path = Path(args.previous) if args.previous else Path(args.out) / "latest.json"
     previous = json.loads(prev_path.read_text()) if prev_path.is_file() else None
-    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
-    registry = args.registry or cfg.online.registry or cfg.serve.registry or None
+    run_dirs, registry = sources(args, cfg)
     report = build_report(cfg, run_dirs=run_dirs, registry=registry,
                           since_s=parse_since(args.since), previous=previous)
     for kind, path in write_report(report, args.out, title=args.title).items():

@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 
+from freshrec._cli.dashboard import add_source_arguments, collector
 from freshrec._cli.options import Shorthand, add_config_arguments, config
 
 
@@ -20,13 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         Shorthand("--webhook", "ops.webhook", "URL each alert is POSTed to"),
         Shorthand("--interval", "ops.watch_interval_s", "seconds between evaluations", float),
     ])
-    p.add_argument("--run-dir", action="append", default=[], metavar="DIR",
-                   help="a run directory whose metrics.jsonl is read (repeatable; default: "
-                        "train.run_dir of the config when set)")
-    p.add_argument("--registry", metavar="DIR", default=None,
-                   help="the registry (default: online.registry or serve.registry)")
-    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
-                   help="a Prometheus endpoint to scrape (repeatable)")
+    add_source_arguments(p)
     p.add_argument("--once", action="store_true", help="evaluate once, print, exit")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: until interrupted)")
@@ -34,13 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from freshrec.ops.alerts import Watcher
-    from freshrec.ops.collect import Collector
 
     cfg = config(args)
-    run_dirs = args.run_dir or ([cfg.train.run_dir] if cfg.train.run_dir else [])
-    registry = args.registry or cfg.online.registry or cfg.serve.registry or None
-    watcher = Watcher(cfg, Collector(cfg, run_dirs=run_dirs, registry=registry,
-                                     metrics_urls=args.metrics_url))
+    watcher = Watcher(cfg, collector(args, cfg))
     if args.once:
         watcher.check()
         print(json.dumps(watcher.status()))
