@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +51,9 @@ def train_rank(config: FreshrecConfig, run_dir: str | Path,
             log.info("rank=%d resumed step=%d restarted=%s", rank, trainer.step, restarted)
         trainer.input_name = config.data.path or trainer.input_name
 
-        def reader() -> Iterable[pa.RecordBatch]:
+        def reader() -> Iterator[pa.RecordBatch]:
             try:
-                return make_reader()
+                yield from make_reader()
             except (OSError, InputError) as e:
                 raise InputError(f"rank {rank}: input {trainer.input_name!r}: {e}") from e
 

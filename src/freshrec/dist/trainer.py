@@ -17,7 +17,6 @@ run restores from a checkpoint written by any number of ranks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from freshrec.dist.exchange import SparseExchange
 from freshrec.errors import ConfigError, InputError
 from freshrec.features.schema import EncodedBatch
 from freshrec.train.metrics import Metric, MetricSet
-from freshrec.train.trainer import Trainer, rebatch
+from freshrec.train.trainer import Trainer
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
@@ -117,25 +116,19 @@ class DistTrainer(Trainer):
     def _loss_weight(self, weight: np.ndarray) -> float:
         return self.exchange.sum(float(weight.sum()))
 
-    def _prepare(self, source: Iterable[pa.RecordBatch], epoch: int, skip: int
-                 ) -> Iterator[tuple[int, EncodedBatch | None]]:
-        """Global batches of ``train.batch_size`` rows, negatives sampled as one process
-        would, and this rank's slice of each encoded (an empty slice is still a step: the
-        step is a collective); ``None`` where sampling left the global batch empty."""
-        rows_before, i, first_row = 0, 0, epoch * 10**12
+    def _encode(self, sampled: pa.RecordBatch) -> EncodedBatch | None:
+        """This rank's slice (rows ``[n r / N, n (r + 1) / N)``) of the global batch after
+        negative sampling, which every rank draws with the same coins, encoded; an empty
+        slice is still a step (the step is a collective); None when sampling left the whole
+        global batch empty (every rank skips it)."""
+        n = sampled.num_rows
+        if not n:
+            return None
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
         try:
-            for i, rb in enumerate(rebatch(source, self.config.train.batch_size)):
-                first_row = epoch * 10**12 + rows_before
-                rows_before += rb.num_rows
-                if i < skip:
-                    continue
-                sampled = self.sample_negatives(rb, first_row)
-                n = sampled.num_rows
-                lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
-                yield i, (self.schema.encode(sampled.slice(lo, hi - lo)) if n else None)
-        except (InputError, OSError) as e:
-            raise InputError(f"rank {self.rank}: input {self.input_name!r}: global batch "
-                             f"{i} (rows from {first_row}): {e}") from e
+            return self.schema.encode(sampled.slice(lo, hi - lo))
+        except InputError as e:
+            raise InputError(f"rank {self.rank}: input {self.input_name!r}: {e}") from e
 
     def _checkpoint_due(self, step: int) -> bool:
         due = super()._checkpoint_due(step)

@@ -318,8 +318,12 @@ class Trainer:
             rows_before += rb.num_rows
             if i < skip:
                 continue
-            sampled = self.sample_negatives(rb, first_row)
-            yield i, (self.schema.encode(sampled) if sampled.num_rows else None)
+            yield i, self._encode(self.sample_negatives(rb, first_row))
+
+    def _encode(self, sampled: pa.RecordBatch) -> EncodedBatch | None:
+        """The step's batch after negative sampling, encoded (None: nothing to train on; a
+        distributed trainer encodes its rank's slice)."""
+        return self.schema.encode(sampled) if sampled.num_rows else None
 
     def _checkpoint_due(self, step: int) -> bool:
         """Whether a checkpoint is written after the step that makes the count ``step``."""
