@@ -106,7 +106,9 @@ def producer(spec: str, rate: float, seconds: float, candidates: int, out: str,
         if not ts0:
             ts0, w0 = ts, time.time()
         impression = not payload.startswith(b'{"v":1,"type":"action"')
-        if impression and (t_open or zlib.crc32(rid.encode()) % WARMUP_KEEP == 0):
+        # adler32, not crc32: partition_for is crc32 % partitions, so crc32 % 10 == 0 would
+        # send every warm-up request to even partitions (and hold the watermark back)
+        if impression and (t_open or zlib.adler32(rid.encode()) % WARMUP_KEEP == 0):
             kept.add(rid)
             if t_open:
                 measured.add(rid)
