@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import machine_info, paired_interval
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.sync import PublisherConfig, Registry, Subscriber
@@ -64,7 +64,6 @@ DRIFTS = {
     "fast": {"drift_per_s": 0.03, "new_items_per_s": 3.0, "item_churn_per_s": 3.0,
              "new_users_per_s": 2.0},
 }
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def auc_standard_error(a: float, n_pos: int, n_neg: int) -> float:
@@ -76,15 +75,6 @@ def auc_standard_error(a: float, n_pos: int, n_neg: int) -> float:
     var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) \
         / (n_pos * n_neg)
     return float(np.sqrt(var))
-
-
-def paired_interval(diffs: list[float]) -> tuple[float, float]:
-    """Mean of paired differences and the half-width of its 95 % t interval."""
-    d = np.asarray(diffs, float)
-    if len(d) < 2:
-        return float(d.mean()), float("nan")
-    t = _T95.get(len(d) - 1, 1.96)
-    return float(d.mean()), float(t * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def replay(cfg: FreshrecConfig, table: pa.Table, intervals: list[float], batch_frac: float,

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import machine_info, paired_interval, t95
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.data.movielens import MovieLensReader
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
@@ -61,9 +61,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "runs" / "experiments" / "collision"
 log = logging.getLogger("exp_collision")
 
-#: two-sided 95 % t quantiles by degrees of freedom (larger: 1.96)
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-        10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
 
 
 # --- hashing ----------------------------------------------------------------------------------
@@ -174,18 +171,12 @@ def interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     if len(a_) < 2 or len(b_) < 2:
         return float(a_.mean() - b_.mean()), float("nan")
     se = np.sqrt(a_.var(ddof=1) / len(a_) + b_.var(ddof=1) / len(b_))
-    df = min(len(a_), len(b_)) - 1
-    t = next((v for k, v in sorted(_T95.items()) if k >= df), 1.96)
-    return float(a_.mean() - b_.mean()), float(t * se)
+    return float(a_.mean() - b_.mean()), float(t95(min(len(a_), len(b_)) - 1) * se)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """Mean of the paired differences ``a - b`` and the half-width of its 95 % t interval."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) < 2:
-        return float(d.mean()), float("nan")
-    t = next((v for k, v in sorted(_T95.items()) if k >= len(d) - 1), 1.96)
-    return float(d.mean()), float(t * d.std(ddof=1) / np.sqrt(len(d)))
+    return paired_interval(np.asarray(a, float) - np.asarray(b, float))
 
 
 def verdict(diff: float, half: float) -> str:

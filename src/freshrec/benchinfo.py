@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "timed", "percentiles_ms"]
+__all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval"]
 
 
 def _cpu_model() -> str:
@@ -37,6 +37,35 @@ def _git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+#: two-sided 95 % t quantiles by degrees of freedom (between two keys: the next one up)
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+        10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def t95(df: int) -> float:
+    """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (1.96 past 30).
+
+    >>> t95(2), t95(11), t95(100)
+    (4.3, 2.18, 1.96)
+    """
+    return next((v for k, v in sorted(_T95.items()) if k >= df), 1.96)
+
+
+def paired_interval(diffs: Any) -> tuple[float, float]:
+    """Mean of paired differences and the half-width of its 95 % t interval (nan under 2).
+
+    >>> mean, half = paired_interval([0.1, 0.2, 0.3])
+    >>> round(mean, 3), round(half, 3)
+    (0.2, 0.248)
+    """
+    import numpy as np
+
+    d = np.asarray(diffs, float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan")
+    return float(d.mean()), float(t95(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def machine_info() -> dict[str, Any]:
