@@ -75,11 +75,11 @@ def start_redis(workdir: Path, port: int | None = None, *extra: str):
             time.sleep(0.05)
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM ``proc`` and wait; SIGKILL it if it is still there 10 s later."""
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it is still there ``timeout_s`` later."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

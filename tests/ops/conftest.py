@@ -144,15 +144,6 @@ def start_dashboard(args: list[str], log_path: Path) -> tuple[subprocess.Popen[b
     raise AssertionError(f"freshrec dashboard printed no URL: {log_path.read_text()}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def chromium(url: str, *extra: str, budget_ms: int = 3000) -> subprocess.CompletedProcess[str]:
     """Run headless Chromium on ``url`` (``--dump-dom`` or ``--screenshot=...`` in ``extra``),
     its console messages on stderr."""

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import stop_process
 from tests.ops.conftest import (
     chromium,
     console_messages,
     online_run,
     start_dashboard,
-    stop,
 )
 
 SLOTS = ["user_id", "item_id", "hour"]
@@ -55,7 +55,7 @@ def test_dashboard_page_in_chromium(run: dict[str, object], serve_metrics, tmp_p
         shot = tmp_path / "dashboard.png"
         chromium(url, f"--screenshot={shot}")
     finally:
-        stop(proc)
+        stop_process(proc, timeout_s=20)
     dom = out.stdout
     assert 'data-rendered="1"' in dom
     assert console_messages(out.stderr) == []
