@@ -3,7 +3,9 @@
 Every scored request becomes one ``impression`` event (schema v1,
 :mod:`freshrec.stream.events`) with the request id, the user and its features, each
 candidate with its features and position, the model version and the timestamp, so that the
-joiner can join clicks to it by ``(request_id, item_id)``. The request thread only appends a
+joiner can join clicks to it by ``(request_id, item_id)``. The event also carries the scores
+the server gave, ``"scores": [...]`` in candidate order (6 decimals; optional, older logs
+lack it): :mod:`freshrec.ops.serving` joins them with the clicks to measure the serving AUC. The request thread only appends a
 tuple to a bounded deque (no lock, no thread wake-up); a writer thread wakes every
 ``interval_s`` (or when a batch is waiting), builds, encodes and appends the events in
 batches. An event is spliced from pre-encoded pieces where the predictor's feature index
@@ -19,12 +21,12 @@ Examples
 >>> log = FileLog(tempfile.mkdtemp())
 >>> w = ImpressionWriter(log); w.start()
 >>> w.submit(ScoreRequest(request_id="r1", user={"age": 3}, candidates=[{"item_id": 7,
-...          "cat": 2}], user_id=5), version=4, timestamp=100.0)
+...          "cat": 2}], user_id=5), version=4, timestamp=100.0, scores=[0.25])
 True
 >>> w.close()
 >>> ev = decode(log.read(0, 0)[0].value)
->>> ev["request_id"], ev["candidates"], ev["model_version"]
-('r1', [{'item_id': 7, 'position': 0, 'features': {'cat': 2}}], 4)
+>>> ev["request_id"], ev["candidates"], ev["model_version"], ev["scores"]
+('r1', [{'item_id': 7, 'position': 0, 'features': {'cat': 2}}], 4, [0.25])
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 from freshrec.serve.metrics import ServeMetrics
@@ -46,36 +50,9 @@ __all__ = ["ImpressionWriter", "impression_event", "impression_record"]
 log = logging.getLogger(__name__)
 
 
-def impression_event(req: ScoreRequest, version: int | None, timestamp: float) -> dict[str, Any]:
-    """The impression event of a served request."""
-    cands = []
-    for j, c in enumerate(req.candidates):
-        feats = {k: v for k, v in c.items() if k != "item_id" and k != "position"}
-        cands.append({"item_id": c["item_id"], "position": j, "features": feats})
-    ev: dict[str, Any] = {
-        "v": SCHEMA_VERSION, "type": "impression", "event_id": f"imp-{req.request_id}",
-        "request_id": req.request_id,
-        "user_id": req.user_id if req.user_id is not None else "",
-        "timestamp": timestamp, "user": req.user, "candidates": cands,
-    }
-    if version is not None:
-        ev["model_version"] = version
-    return ev
-
-
-def impression_record(req: ScoreRequest, version: int | None, timestamp: float) -> bytes:
-    """The encoded impression event of a served request: ``encode(impression_event(...))``,
-    spliced from ``req.fragments`` when the predictor set them (the same JSON object).
-
-    >>> from freshrec.stream.events import decode
-    >>> r = ScoreRequest(request_id="r", user={"a": 1}, candidates=[{"item_id": 3, "c": 1}])
-    >>> r.fragments = [(b'{"item_id":3,"position":', b',"features":{"c":1}}')]
-    >>> decode(impression_record(r, 2, 5.0)) == impression_event(r, 2, 5.0)
-    True
-    """
-    frags = req.fragments
-    if frags is None or len(frags) != len(req.candidates) or None in frags:
-        return encode(impression_event(req, version, timestamp))
+def _head(req: ScoreRequest, version: int | None, timestamp: float,
+          scores: Sequence[float] | None) -> dict[str, Any]:
+    """The impression event's fields but the candidates."""
     ev: dict[str, Any] = {
         "v": SCHEMA_VERSION, "type": "impression", "event_id": f"imp-{req.request_id}",
         "request_id": req.request_id,
@@ -84,7 +61,38 @@ def impression_record(req: ScoreRequest, version: int | None, timestamp: float) 
     }
     if version is not None:
         ev["model_version"] = version
-    head = orjson.dumps(ev)
+    if scores is not None:
+        ev["scores"] = np.round(np.asarray(scores, np.float64), 6).tolist()
+    return ev
+
+
+def impression_event(req: ScoreRequest, version: int | None, timestamp: float,
+                     scores: Sequence[float] | None = None) -> dict[str, Any]:
+    """The impression event of a served request (``scores``: what the server answered)."""
+    cands = []
+    for j, c in enumerate(req.candidates):
+        feats = {k: v for k, v in c.items() if k != "item_id" and k != "position"}
+        cands.append({"item_id": c["item_id"], "position": j, "features": feats})
+    ev = _head(req, version, timestamp, scores)
+    ev["candidates"] = cands
+    return ev
+
+
+def impression_record(req: ScoreRequest, version: int | None, timestamp: float,
+                      scores: Sequence[float] | None = None) -> bytes:
+    """The encoded impression event of a served request: ``encode(impression_event(...))``,
+    spliced from ``req.fragments`` when the predictor set them (the same JSON object).
+
+    >>> from freshrec.stream.events import decode
+    >>> r = ScoreRequest(request_id="r", user={"a": 1}, candidates=[{"item_id": 3, "c": 1}])
+    >>> r.fragments = [(b'{"item_id":3,"position":', b',"features":{"c":1}}')]
+    >>> decode(impression_record(r, 2, 5.0, [0.5])) == impression_event(r, 2, 5.0, [0.5])
+    True
+    """
+    frags = req.fragments
+    if frags is None or len(frags) != len(req.candidates) or None in frags:
+        return encode(impression_event(req, version, timestamp, scores))
+    head = orjson.dumps(_head(req, version, timestamp, scores))
     cands = b",".join([h + b"%d" % j + t for j, (h, t) in enumerate(frags)])  # type: ignore[misc]
     return b"".join((head[:-1], b',"candidates":[', cands, b"]}"))
 
@@ -113,7 +121,7 @@ class ImpressionWriter:
         self.batch = batch
         self.max_queue = max_queue
         self.interval_s = interval_s
-        self._pending: deque[tuple[ScoreRequest, int | None, float]] = deque()
+        self._pending: deque[tuple[ScoreRequest, int | None, float, Any]] = deque()
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -128,15 +136,17 @@ class ImpressionWriter:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, req: ScoreRequest, *, version: int | None, timestamp: float) -> bool:
-        """Queue the impression of ``req``; ``False`` (and counted) when the queue is full."""
+    def submit(self, req: ScoreRequest, *, version: int | None, timestamp: float,
+               scores: Sequence[float] | None = None) -> bool:
+        """Queue the impression of ``req`` (with the ``scores`` it was answered);
+        ``False`` (and counted) when the queue is full."""
         pending = self._pending
         if len(pending) >= self.max_queue:
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.impressions_dropped.inc()
             return False
-        pending.append((req, version, timestamp))
+        pending.append((req, version, timestamp, scores))
         if len(pending) == self.batch:
             self._wake.set()
         return True
@@ -148,20 +158,20 @@ class ImpressionWriter:
             self._wake.clear()
             stop = self._stop
             while pending:
-                items: list[tuple[ScoreRequest, int | None, float]] = []
+                items: list[tuple[ScoreRequest, int | None, float, Any]] = []
                 while pending and len(items) < self.batch:
                     items.append(pending.popleft())
                 self._write(items)
             if stop:
                 return
 
-    def _write(self, items: list[tuple[ScoreRequest, int | None, float]]) -> None:
+    def _write(self, items: list[tuple[ScoreRequest, int | None, float, Any]]) -> None:
         parts: dict[int, list[bytes]] = {}
         n = self.log.partitions
-        for req, version, ts in items:
+        for req, version, ts, scores in items:
             p = partition_for(req.request_id, n) if n > 1 else 0
             try:
-                rec = impression_record(req, version, ts)
+                rec = impression_record(req, version, ts, scores)
             except Exception:  # noqa: BLE001 - one bad event must not stop the writer
                 self.failed += 1
                 log.exception("impression event of request %r not encodable", req.request_id)
