@@ -47,8 +47,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,7 +73,7 @@ from freshrec.serve.request import (
     parse_v2_request,
 )
 from freshrec.serve.updater import ModelUpdater
-from freshrec.serve.v2 import SERVER_METADATA, input_datatypes, model_metadata
+from freshrec.serve.v2 import SERVER_METADATA, model_metadata
 
 __all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "ServeApp", "is_json"]
 
@@ -241,9 +240,7 @@ class HttpApi:
         unknown = self._unknown_model(request)
         if unknown is not None:
             return unknown
-        cur = self.updater.current  # inputs are checked against this model's metadata
-        types = None if cur is None else input_datatypes(cur.layout)
-        parse: RequestParser = partial(parse_v2_request, datatypes=types)
+        parse: RequestParser = parse_v2_request
         # the protocol's reference client (tritonclient) sends JSON requests with no
         # Content-Type: a missing one is taken as JSON here, a non-JSON one is refused
         content_type = request.headers.get("content-type", JSON)
@@ -252,7 +249,7 @@ class HttpApi:
             if not json_length.isdigit():
                 return _json({"error": f"{BINARY_HEADER}: must be a byte count, got "
                                        f"{brief(json_length)}", "field": BINARY_HEADER}, 400)
-            content_type, parse = JSON, _binary_parser(int(json_length), types)
+            content_type, parse = JSON, _binary_parser(int(json_length))
         return _response(await self._score(request.scope, request.receive, "v2_infer", parse,
                                            self._v2_json, content_type))
 
@@ -448,10 +445,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                     status_code=status, media_type=JSON, headers=headers)
 
 
-def _binary_parser(json_length: int, datatypes: Mapping[str, str] | None) -> RequestParser:
+def _binary_parser(json_length: int) -> RequestParser:
     """The parser of a binary-extension body whose JSON part is ``json_length`` bytes."""
-    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit,
-                                                datatypes)
+    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit)
 
 
 def _response(reply: Reply) -> Response:
