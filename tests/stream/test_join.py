@@ -139,15 +139,19 @@ def test_negative_downsampling_keeps_positives_and_records_rate(tmp_path):
     assert m["negatives_dropped"] == len(ref) - len(pos) - len(negs)
 
 
-def test_spill_to_disk_gives_the_same_examples(tmp_path):
+@pytest.mark.parametrize("cap", [0, 3])
+def test_spill_to_disk_gives_the_same_examples(tmp_path, cap):
+    """Spilled impressions keep their labels, also those spilled as soon as they are read
+    (``max_pending_in_memory=0``: every label is given to an impression read back)."""
     src, _ = _source(tmp_path, n_requests=200)
     full, _, _ = _run(src, tmp_path, CFG, name="a")
     cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
-                       max_pending_in_memory=3, checkpoint_every_s=0.0)
+                       max_pending_in_memory=cap, checkpoint_every_s=0.0)
     spilled, m, _ = _run(src, tmp_path, cfg, name="b")
+    assert sum(e["click"] for e in full) > 50  # labels to lose
     assert spilled == full
     assert m["spilled"] > 100 and m["unspilled"] > 0
-    assert m["pending_in_memory"] <= 3
+    assert m["pending_in_memory"] <= cap
 
 
 def test_dedupe_keys_beyond_memory_are_found_in_lmdb(tmp_path):

@@ -808,7 +808,11 @@ class Joiner:
         if e["action"] not in acts:
             acts.append(e["action"])
         pend.dirty = True
-        self._dirty[_key(str(pend.imp.request_id))] = pend
+        rid = _key(str(pend.imp.request_id))
+        if self._mem.get(rid) is pend:  # written at the next checkpoint
+            self._dirty[rid] = pend
+        else:  # spilled already (max_pending_in_memory reached as it was read): write now
+            self._txn.put(*self._pending_record(rid, pend), db=self._db["pending"])
         self._count("joined")
         win = self._window(ts)
         if win is not None:
