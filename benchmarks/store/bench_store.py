@@ -1,12 +1,18 @@
 """Store benchmark: Redis as the embedding store against the in-process table, same run.
 
-``freshrec bench store --json [--quick] [--redis URL] [--requests N] [--examples N]``
+``freshrec bench store --json [--quick] [--redis URL] [--requests N] [--examples N]
+[--rounds N]``
 
 - **Serving** (``store_added_p99_ms``): one request's lookup of a user's row (the user table,
-  dim 16, 10,000 users written by a trainer), timed per request for the in-process table
-  (``EmbeddingTable.lookup``) and for a :class:`~freshrec.store.served.ServedRedisTable` that
-  reads Redis on every request (``serve_cache_ms: 0``, the worst case) and one with the
-  default 200 ms local copy; p50/p99 of each and the added p50/p99 (Redis minus in-process).
+  dim 16, 10,000 users written by a trainer) as the predictor does it (``find`` then
+  ``pool``), timed per request for the in-process table, a
+  :class:`~freshrec.store.served.ServedRedisTable` that reads Redis on every request
+  (``serve_cache_ms: 0``, the worst case: one ``MGET`` per request), one with the default
+  200 ms local copy, and the bare round trip (a redis-py ``GET`` on its own connection: what
+  any Redis read costs on this machine). p50/p99/p99.9 of each, the added latency (Redis
+  minus in-process) and what the table adds over the bare round trip
+  (``store_over_roundtrip_*``), per round (``serve_rounds``, 3 by default) and their medians;
+  ``serve_timeouts``/``serve_fallback_rows`` count requests cut by the 5 ms budget.
 - **Training** (``store_train_ratio``): examples/s of the simulator's DeepFM
   (configs/simulator.yaml) on one simulated stream, user table in the process vs in Redis
   (write-back cache, flushed after each checkpoint; both arms checkpoint every 20 steps).
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from freshrec.benchinfo import machine_info
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.store import RedisTable, StoreConfig, TableBackend
+from freshrec.store.client import RowKeys, open_client
 from freshrec.store.served import ServedRedisTable
 from freshrec.table import EmbeddingTable, OptimizerConfig, OptimizerKind, TableConfig
 from freshrec.train.trainer import Trainer, rebatch
@@ -65,36 +73,84 @@ def user_config(url: str, prefix: str, **store: Any) -> TableConfig:
                        store=StoreConfig(url=url, prefix=prefix, **store))
 
 
-def bench_serving(url: str, requests: int, rng: np.random.Generator) -> dict[str, float]:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    cfg = user_config(url, prefix)
-    users = np.arange(1, 10_001, dtype=np.uint64)
-    writer = RedisTable(cfg)
-    writer.lookup(users, now=0, train=True)
-    writer.flush()
+def _pool_one(table: EmbeddingTable, f: np.ndarray) -> None:
+    """What the predictor does per table and request: ``find`` then ``pool``."""
+    table.pool(table.find(f), _ONE_BAG, _ONE_SCALE)
+
+
+_ONE_BAG = np.array([0, 1], np.int64)
+_ONE_SCALE = np.ones(1, np.float32)
+_QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
+
+
+def serving_round(url: str, prefix: str, users: np.ndarray, requests: int,
+                  rng: np.random.Generator) -> dict[str, float]:
+    """One round of the serving arms, interleaved request by request (load changes hit every
+    arm alike): the in-process table, Redis read on every request (``serve_cache_ms: 0``),
+    Redis behind the default 200 ms local copy, and the bare round trip (one redis-py
+    ``GET`` of a row-sized value on a connection of its own: the floor any Redis read sees
+    on this machine). Each arm makes 200 untimed requests first (connections opened)."""
     memory = EmbeddingTable(TableConfig(name="user", dim=16))
     memory.lookup(users, now=0, train=True)
     uncached = ServedRedisTable(user_config(url, prefix, serve_cache_ms=0.0))
     cached = ServedRedisTable(user_config(url, prefix))
-    asks = rng.choice(users, size=requests)
-    times: dict[str, list[float]] = {"memory": [], "redis": [], "redis_cached": []}
-    tables = {"memory": memory, "redis": uncached, "redis_cached": cached}
-    for fid in asks:  # interleaved, so load changes hit every arm alike
+    bare = open_client(url, "bench-bare")
+    key = RowKeys(prefix, "user").row(int(users[0]))
+
+    def roundtrip(_: np.ndarray) -> None:
+        bare.get(key)
+
+    arms = {"memory": partial(_pool_one, memory), "redis": partial(_pool_one, uncached),
+            "redis_cached": partial(_pool_one, cached), "roundtrip": roundtrip}
+    for fid in rng.choice(users, size=200):
+        for call in arms.values():
+            call(np.array([fid], np.uint64))
+    errors0, fallback0 = uncached.counters["redis_errors"], uncached.counters["fallback_rows"]
+    times = np.zeros((len(arms), requests))
+    clock = time.perf_counter
+    for i, fid in enumerate(rng.choice(users, size=requests)):
         f = np.array([fid], np.uint64)
-        for arm, t in tables.items():
-            t0 = time.perf_counter()
-            t.find(f)
-            t.lookup(f)
-            times[arm].append(time.perf_counter() - t0)
-    a = {k: np.array(v) for k, v in times.items()}
-    out = {f"serve_{k}_p50_ms": _ms(v, 0.5) for k, v in a.items()}
-    out |= {f"serve_{k}_p99_ms": _ms(v, 0.99) for k, v in a.items()}
-    out["store_added_p50_ms"] = round(out["serve_redis_p50_ms"] - out["serve_memory_p50_ms"], 4)
-    out["store_added_p99_ms"] = round(out["serve_redis_p99_ms"] - out["serve_memory_p99_ms"], 4)
-    out["store_added_p99_ms_cached"] = round(
-        out["serve_redis_cached_p99_ms"] - out["serve_memory_p99_ms"], 4)
-    for t in (writer, uncached, cached):
-        t.close()
+        for j, call in enumerate(arms.values()):
+            t0 = clock()
+            call(f)
+            times[j, i] = clock() - t0
+    out: dict[str, float] = {}
+    for j, arm in enumerate(arms):
+        for q, p in _QUANTILES.items():
+            out[f"serve_{arm}_{q}_ms"] = _ms(times[j], p)
+    for q in _QUANTILES:
+        out[f"store_added_{q}_ms"] = round(out[f"serve_redis_{q}_ms"]
+                                           - out[f"serve_memory_{q}_ms"], 4)
+        out[f"store_added_{q}_ms_cached"] = round(out[f"serve_redis_cached_{q}_ms"]
+                                                  - out[f"serve_memory_{q}_ms"], 4)
+        out[f"store_over_roundtrip_{q}_ms"] = round(out[f"serve_redis_{q}_ms"]
+                                                    - out[f"serve_roundtrip_{q}_ms"], 4)
+    # The served table's counters are per table name in the process: both served arms add.
+    out["serve_timeouts"] = uncached.counters["redis_errors"] - errors0
+    out["serve_fallback_rows"] = uncached.counters["fallback_rows"] - fallback0
+    for c in (uncached, cached, bare):
+        c.close()
+    return out
+
+
+def bench_serving(url: str, requests: int, rounds: int,
+                  rng: np.random.Generator) -> dict[str, Any]:
+    """Serving arms (:func:`serving_round`) over ``rounds`` rounds of ``requests`` requests
+    for 10,000 users a trainer wrote. Headline figures are the medians over rounds; each
+    round's p50/p99/p99.9 are kept under ``serve_rounds``."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    users = np.arange(1, 10_001, dtype=np.uint64)
+    writer = RedisTable(user_config(url, prefix))
+    writer.lookup(users, now=0, train=True)
+    writer.flush()
+    writer.close()
+    per = []
+    for _ in range(rounds):
+        per.append(serving_round(url, prefix, users, requests, rng))
+        per[-1]["loadavg"] = os.getloadavg()[0]
+    out: dict[str, Any] = {k: round(float(np.median([r[k] for r in per])), 4)
+                           for k in per[0] if k != "loadavg"}
+    out["serve_rounds"] = per
     return out
 
 
@@ -174,7 +230,7 @@ def bench_state(url: str, reps: int) -> dict[str, float]:
     state (SGD, or state kept trainer-side), row-wise Adagrad (+1 float), Adagrad (+16)
     and Adam (+33); median ms per 512 rows.
     """
-    from freshrec.store.client import RowKeys, RowStore, open_client
+    from freshrec.store.client import RowStore
 
     client = open_client(url, "bench")
     fids = np.arange(512, dtype=np.uint64)
@@ -203,6 +259,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--examples", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="serving rounds (default 3)")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args(argv)
     say = print if verbose else (lambda *a, **k: None)
@@ -213,8 +270,10 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     with _load("stream/bench_log.py", "bench_log").redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("bench store needs redis-server (scripts/ensure-redis)")
-        out |= bench_serving(url, requests, np.random.default_rng(0))
-        say(f"serving: added p99 {out['store_added_p99_ms']} ms")
+        out |= bench_serving(url, requests, opts.rounds, np.random.default_rng(0))
+        say(f"serving: added p99 {out['store_added_p99_ms']} ms (rounds: "
+            f"{[r['store_added_p99_ms'] for r in out['serve_rounds']]}), bare round trip "
+            f"p99 {out['serve_roundtrip_p99_ms']} ms")
         out |= bench_state(url, 10 if opts.quick else 30)
         out |= bench_freshness(url, 20 if opts.quick else 40)
         say(f"freshness: p99 {out['store_write_to_read_p99_s']} s")
