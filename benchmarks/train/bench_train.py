@@ -367,7 +367,7 @@ def _resolved_now(module: PooledEmbedding, batch: JaggedBatch, now: int) -> _Pre
     done: Future[dict[str, tuple[_Resolved, int]]] = Future()
     resolved = {}
     for item in module._plan:
-        res = module._resolve(item, batch, now, True, dedup=True)
+        res = module._resolve(item, batch, now, True)
         resolved[item[0]] = (res, res.table.version)
     done.set_result(resolved)
     return _Prefetch(batch, now, done)

@@ -86,3 +86,43 @@ def test_version_stamp_only_when_last_seen_changes():
     assert t.read_rows(f).versions.tolist() == [1, 1]
     t.resolve(f, now=4, train=True)
     assert t.read_rows(f).versions.tolist() == [2, 2]
+
+
+def test_resolve_unique_equals_a_probe_per_occurrence_and_unique_rows():
+    """Deduplicating the batch first changes nothing: the same rows (numbers included),
+    contents, stamps and counters as probing every occurrence, through growth and expiry."""
+    rng = np.random.default_rng(5)
+    dedup, every = EmbeddingTable(_cfg()), EmbeddingTable(_cfg())
+    for now in range(30):
+        fids = rng.zipf(1.3, size=int(rng.integers(1, 700))).astype(np.uint64)
+        rows, (urows, inverse) = dedup.resolve_unique(fids, now=now)
+        want = every._find_or_insert(fids, np.uint32(now))  # the kernel on every occurrence
+        want_u, want_inv = EmbeddingTable.unique_rows(want)
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(urows, want_u)
+        np.testing.assert_array_equal(inverse, want_inv)
+        assert (urows[inverse] == rows).all()
+        if now % 9 == 8:
+            assert dedup.expire(now) == every.expire(now)
+        if now % 5 == 4:
+            assert dedup.seal_version() == every.seal_version()
+    a, b = dedup.read_rows(), every.read_rows()
+    for field in ("fids", "values", "states", "last_seen", "versions"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert dedup.stats().tombstones == every.stats().tombstones
+    assert dedup.stats().capacity == every.stats().capacity
+    assert dedup.stats().index_slots == every.stats().index_slots
+
+
+def test_resolve_unique_of_an_admission_table_is_resolve_and_unique_rows():
+    cfg = _cfg(admission=AdmissionConfig(min_count=2))
+    t, ref = EmbeddingTable(cfg), EmbeddingTable(cfg)
+    fids = np.array([4, 4, 9, 4, 9, 1], np.uint64)
+    for now in range(3):
+        rows, (urows, inverse) = t.resolve_unique(fids, now=now)
+        want = ref.resolve(fids, now=now, train=True)
+        np.testing.assert_array_equal(rows, want)
+        for got, exp in zip((urows, inverse), EmbeddingTable.unique_rows(want), strict=True):
+            np.testing.assert_array_equal(got, exp)
+        if now == 0:  # fid 1 seen once so far: not admitted, no row and no unique entry
+            assert (rows[:5] >= 0).all() and rows[5] == -1 and inverse[5] == -1

@@ -191,3 +191,12 @@ def test_touch_last_seen_marks_changed_rows_only():
     assert touched.tolist() == [1, 1, 1]
     K.touch_last_seen(last_seen, touched, np.array([1], np.int32), np.uint32(6), np.uint32(9))
     assert last_seen.tolist() == [5, 6, 0] and touched.tolist() == [1, 9, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(ADVERSARIAL_FIDS + list(range(4, 12))), max_size=60))
+def test_unique_fids_is_first_appearance_order_with_inverse(fids):
+    unique, inverse = K.unique_fids(u64(fids))
+    assert unique.dtype == np.uint64 and inverse.dtype == np.int32
+    assert unique.tolist() == list(dict.fromkeys(fids))
+    assert unique[inverse].tolist() == fids

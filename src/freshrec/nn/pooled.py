@@ -257,7 +257,7 @@ class PooledEmbedding(nn.Module):
 
         Call it after the forward of the current batch (e.g. before ``loss.backward()``):
         the fid -> row resolve of ``batch`` (admitting new fids, stamping ``last_seen``)
-        and the dedup of its rows for the backward (:meth:`EmbeddingTable.unique_rows`)
+        and the dedup of its rows for the backward (:meth:`EmbeddingTable.resolve_unique`)
         then overlap this batch's dense compute, and the next ``forward(batch, now)`` only
         pools, after this batch's backward has updated the rows, so the results are those
         of the plain path. Resolving does not depend on row values, and the backward of
@@ -281,7 +281,7 @@ class PooledEmbedding(nn.Module):
         def work() -> dict[str, tuple[_Resolved, int]]:
             out = {}
             for item in items:
-                res = self._resolve(item, batch, now, True, dedup=True)
+                res = self._resolve(item, batch, now, True)
                 out[item[0]] = (res, res.table.version)
             return out
 
@@ -318,13 +318,17 @@ class PooledEmbedding(nn.Module):
         return {name: res for name, (res, _) in resolved.items()}
 
     def _resolve(self, item: tuple[str, list[str], list[int]], batch: JaggedBatch,
-                 now: int | None, train: bool, dedup: bool = False) -> _Resolved:
-        """Rows of one table group; ``dedup`` also finds the distinct rows for backward."""
+                 now: int | None, train: bool) -> _Resolved:
+        """Rows of one table group; in training also the distinct rows for backward (one
+        pass, :meth:`EmbeddingTable.resolve_unique`)."""
         table_name, slots, cols = item
         table = self.tables[table_name]
         fids, offsets, scale = self._gather(batch, slots)
-        rows = table.resolve(fids, now=now, train=train)
-        unique = table.unique_rows(rows) if dedup else None
+        unique: tuple[np.ndarray, np.ndarray] | None = None
+        if train and now is not None:
+            rows, unique = table.resolve_unique(fids, now=now)
+        else:
+            rows = table.resolve(fids, now=now, train=train)
         return _Resolved(table, cols, rows, offsets, scale, fids, table.epoch, unique)
 
     def _gather(

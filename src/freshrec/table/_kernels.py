@@ -459,6 +459,42 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, nogil=True)
+def unique_fids(fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct fids in order of first appearance, and each entry's index among them.
+
+    Returns ``(unique, inverse)`` with ``unique[inverse[k]] == fids[k]``. The map (an int32
+    position per slot, keys read from ``unique``) is 12 bytes per fid, so for a batch it stays
+    in cache: deduplicating a batch before probing the table costs far less than the table
+    probes of the repeats it saves.
+    """
+    n = fids.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    pos = np.full(size, -1, np.int32)
+    mask = np.uint64(size - 1)
+    unique = np.empty(n, np.uint64)
+    inverse = np.empty(n, np.int32)
+    m = 0
+    for k in range(n):
+        fid = fids[k]
+        h = mix64(fid) & mask
+        while True:
+            p = pos[h]
+            if p < 0:
+                pos[h] = m
+                unique[m] = fid
+                inverse[k] = m
+                m += 1
+                break
+            if unique[p] == fid:
+                inverse[k] = p
+                break
+            h = (h + np.uint64(1)) & mask
+    return unique[:m], inverse
+
+
+@njit(cache=True, nogil=True)
 def sum_by_row(rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sum gradient rows that target the same table row; rows < 0 are dropped.
 

@@ -434,7 +434,7 @@ class EmbeddingTable:
             return self.find(f)
         t = _check_now(now, f"EmbeddingTable {self.name!r}.lookup(train=True)")
         if self._sketch is None and self.row_initializer is None:
-            return self._resolve_admit_all(f, t)
+            return self._resolve_admit_all(f, t)[0]
         with self._writer:
             rows = np.empty(f.shape[0], np.int32)
             with self._mutex:
@@ -446,14 +446,47 @@ class EmbeddingTable:
                                   np.uint32(self._version))
         return rows
 
-    def _resolve_admit_all(self, f: np.ndarray, now: np.uint32) -> np.ndarray:
-        """:meth:`resolve` with ``train`` for a table admitting every fid: one fused pass.
+    def resolve_unique(self, fids: Any, *, now: int) -> tuple[
+            np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """``resolve(fids, now=now, train=True)`` and :meth:`unique_rows` of its result.
 
-        Same result as find + insert of the distinct new fids + stamping ``last_seen``
-        (:func:`~freshrec.table._kernels.find_or_insert`); new rows are numbered in order of
-        first appearance. When rows or index slots run out the kernel stops, room is made
-        for the distinct absent fids left, and it goes on from there.
+        For a table admitting every fid both come out of one pass that probes the table once
+        per distinct fid (the batch is deduplicated first, in cache); otherwise, and in
+        subclasses that override :meth:`resolve`, it is exactly those two calls.
+
+        >>> t = EmbeddingTable(TableConfig(name="t", dim=2))
+        >>> rows, (urows, inverse) = t.resolve_unique([5, 9, 5], now=0)
+        >>> rows.tolist(), urows.tolist(), inverse.tolist()
+        ([0, 1, 0], [0, 1], [0, 1, 0])
         """
+        if (type(self).resolve is not EmbeddingTable.resolve or self._sketch is not None
+                or self.row_initializer is not None):
+            rows = self.resolve(fids, now=now, train=True)
+            return rows, self.unique_rows(rows)
+        f = as_fids(fids, f"EmbeddingTable {self.name!r}: fids")
+        t = _check_now(now, f"EmbeddingTable {self.name!r}.lookup(train=True)")
+        rows, urows, inverse = self._resolve_admit_all(f, t)
+        return rows, (urows, inverse)
+
+    def _resolve_admit_all(self, f: np.ndarray, now: np.uint32) -> tuple[
+            np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`resolve` with ``train`` for a table admitting every fid: one probe per
+        distinct fid. Returns ``(rows, unique rows, inverse)`` (see :meth:`unique_rows`).
+
+        Same result as find + insert of the distinct new fids + stamping ``last_seen``: the
+        batch is deduplicated in order of first appearance
+        (:func:`~freshrec.table._kernels.unique_fids`), and each distinct fid is found or
+        inserted (:func:`~freshrec.table._kernels.find_or_insert`), so new rows are numbered
+        in order of first appearance. When rows or index slots run out the kernel stops,
+        room is made for the distinct absent fids left, and it goes on from there. Distinct
+        fids have distinct rows, so the rows of the distinct fids are the distinct rows.
+        """
+        ufids, inverse = K.unique_fids(f)
+        urows = self._find_or_insert(ufids, now)
+        return urows[inverse], urows, inverse
+
+    def _find_or_insert(self, f: np.ndarray, now: np.uint32) -> np.ndarray:
+        """Rows of the fids ``f``, inserting the absent ones (admit-all tables)."""
         cfg = self.config
         init = cfg.initializer
         kind = _INIT_CODE[InitKind(init.kind)]
