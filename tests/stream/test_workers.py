@@ -125,3 +125,4 @@ def test_cli_workers_restart_a_killed_worker_and_lose_nothing(tmp_path):
     m = json.loads(stdout.strip().splitlines()[-1])
     assert m["worker_restarts"] >= 1 and m["failed_workers"] == []
     assert _per_partition(FileLog(tmp_path / "out")) == _per_partition(one)
+

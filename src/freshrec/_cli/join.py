@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ import yaml
 from freshrec._cli.options import Shorthand, add_config_arguments, document, section
 from freshrec.errors import ConfigError
 from freshrec.stream.config import JoinJobConfig
-from freshrec.stream.join import Joiner
+from freshrec.stream.job import run_job, worker_command
 from freshrec.stream.open import open_log
 from freshrec.stream.workers import (
     Supervisor,
@@ -99,98 +96,37 @@ def _job(args: argparse.Namespace) -> JoinJobConfig:
     return job
 
 
-#: Python's cyclic collector thresholds for a joiner process (the defaults are 700, 10, 10).
-#: A joiner holds its pending impressions for minutes: with the defaults the collector keeps
-#: traversing them and took a third of a 1-candidate event's CPU time
-#: (``benchmarks/stream/exp_join_costs.py``: 57-76 us per event, 43 us with these, 36-42 us
-#: with the collector off; quiet machine). Reference cycles are still collected.
-JOINER_GC_THRESHOLDS = (200_000, 50, 50)
-
-
-def _tune_gc() -> None:
-    """Freeze the objects made at start-up (config, imports) and collect cycles less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*JOINER_GC_THRESHOLDS)
-
-
 def run(args: argparse.Namespace) -> int:
     job = _job(args)
-    source = open_log(job.source, partitions=job.source_partitions)
-    n = source.partitions
-    owned = parse_partitions(job.partitions, n) if job.partitions else tuple(range(n))
-    # logs written by several workers need one partition per source partition
-    each = n if job.workers > 1 or len(owned) < n else None
     if job.workers > 1:
+        source = open_log(job.source, partitions=job.source_partitions)
+        n = source.partitions
         source.close()
+        owned = parse_partitions(job.partitions, n) if job.partitions else tuple(range(n))
         for spec in (job.output, job.dead_letter, job.quarantine):
             if spec:
-                open_log(spec, partitions=each).close()  # created before the workers race
+                open_log(spec, partitions=n).close()  # created before the workers race
         return _supervise(args, job, split_partitions(owned, job.workers))
-    output = open_log(job.output, partitions=each)
-    side = {}
-    if job.dead_letter:
-        side["dead_letter"] = open_log(job.dead_letter, partitions=each)
-    if job.quarantine:
-        side["quarantine"] = open_log(job.quarantine, partitions=each)
-    joiner = Joiner(source, output, job.state, job, side_logs=side, partitions=owned)
-    _tune_gc()
-    try:
-        if args.release is not None:
-            print(json.dumps({"released_examples": joiner.release(args.release)}))
-            return 0
-        _drive(joiner, job)
-        m = joiner.metrics()
-        print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)},
-                         sort_keys=True))
-    finally:
-        joiner.close()
-        for log in (source, output, *side.values()):
-            log.close()
+    m = run_job(job, release=args.release)
+    print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, sort_keys=True))
     return 0
-
-
-def _drive(joiner: Joiner, job: JoinJobConfig) -> None:
-    """Step until the source was idle ``idle_timeout_s``; then flush when ``flush``."""
-    from rich.progress import Progress, TextColumn
-
-    with Progress(TextColumn("{task.description}"), transient=True,
-                  disable=not job.progress) as bar:
-        task = bar.add_task("join")
-        last = time.monotonic()
-        before = -1
-        while time.monotonic() - last < job.idle_timeout_s:
-            joiner.step(timeout_s=0.05)
-            m = joiner.counters
-            if m.get("events_in", 0) != before:
-                before = m.get("events_in", 0)
-                last = time.monotonic()
-                bar.update(task, description=(
-                    f"join: events {m.get('events_in', 0):,} examples "
-                    f"{m.get('examples_out', 0):,} dead {m.get('dead_letters', 0):,}"))
-    if job.flush:
-        joiner.flush()
-    joiner.checkpoint()
 
 
 def _supervise(args: argparse.Namespace, job: JoinJobConfig,
                groups: list[tuple[int, ...]]) -> int:
     """Run one ``freshrec join`` process per group of partitions; sum their metrics.
 
-    The workers read the document resolved here (``STATE/join.yaml``: the file, the command
-    line's overrides and the source read from stdin), each with its partitions and state.
+    The workers (:func:`~freshrec.stream.job.main`, which imports no torch) read the ``join``
+    section of the document resolved here (``STATE/join.yaml``: the file, the command line's
+    overrides and the source read from stdin), each with its partitions and state.
     """
     doc = document(args)
     doc["join"] = json.loads(json.dumps(dataclasses.asdict(job)))  # tuples as lists
     resolved = Path(job.state) / "join.yaml"
     resolved.parent.mkdir(parents=True, exist_ok=True)
     resolved.write_text(yaml.safe_dump(doc, sort_keys=False))
-    exe = os.path.join(os.path.dirname(sys.executable), "freshrec")
-    cmds = {}
-    for g in groups:
-        name = format_partitions(g)
-        cmds[g] = [exe, "join", "--config", str(resolved), "--partitions", name, "--state",
-                   str(Path(job.state) / f"p{name}"), "--workers", "1", "--no-progress"]
+    cmds = {g: worker_command(resolved, g, Path(job.state) / f"p{format_partitions(g)}")
+            for g in groups}
     exits = Supervisor(cmds).run()
     total: dict[str, Any] = {"workers": len(groups)}
     for w in exits:
