@@ -1,16 +1,16 @@
-"""Collisionless vs hashed (colliding) embeddings (Monolith, Fig. 7 and Fig. 8).
+"""Collisionless vs hashed (colliding) embeddings on MovieLens (Monolith, Fig. 7).
 
     pip install -e '.[experiments]'      # once: matplotlib, for the plots only
     python benchmarks/train/exp_collision.py movielens --data ../shared/data/ml-100k \
         --seeds 3 --salts 3 --epochs 2
-    python benchmarks/train/exp_collision.py scale --users 1000000 --items 1000000 \
-        --requests 30000 --seeds 3
     python benchmarks/train/exp_collision.py page       # the page from the JSON in --out
 
-Each experiment writes its results JSON into ``--out`` (default
-``runs/experiments/collision``; ``--out docs`` publishes) *before* anything is plotted, then
-rewrites ``collision.md`` there from every result JSON present (the plots need matplotlib,
-from the ``experiments`` extra; without it the page is written without them).
+The experiment at 10^6-10^7 ids under drift (Fig. 7 and Fig. 8) is
+``exp_collision_scale.py`` beside this script; both write their result JSON into ``--out``
+(default ``runs/experiments/collision``; ``--out docs`` publishes) *before* anything is
+plotted, then :func:`write_page` rewrites ``collision.md`` there from every result JSON
+present (the plots need matplotlib, from the ``experiments`` extra; without it the page is
+written without them).
 
 **movielens**: DeepFM with configs/movielens.yaml, time-ordered split (first 80 % of ratings
 train, last 20 % test), ``--epochs`` passes. A hashed variant maps every fid of an id space
@@ -20,17 +20,8 @@ run, so the spread covers which ids happen to collide as well as the initialisat
 AUC pooled and per user (GAUC: per-user AUC weighted by the user's test rows, over users with
 both labels), for all test rows and split into warm users (seen in training) and cold users.
 
-**scale**: the click-stream simulator with a population of ``--users`` users and ``--items``
-items (Zipf popularity, drifting tastes, items appearing and retired), trained online in one
-pass: every batch is scored before it is learned (prequential). The hashed tables have 1/2,
-1/4 and 1/16 as many rows as the distinct ids the run meets; collisionless holds one row per
-id, and a collisionless variant with an admission filter (``min_count`` 2) holds fewer rows.
-Curves: cumulative AUC over examples trained (Fig. 7), and AUC per event-time window
-(Fig. 8); the simulator's true click probability gives the ceiling.
-
-Differences are reported with 95 % intervals (MovieLens: Welch, t with the smaller sample's
-degrees of freedom; scale: paired by seed, as every variant of a seed sees the same stream);
-the page states a difference only where the interval excludes 0.
+Differences are reported with 95 % intervals (Welch, t with the smaller sample's degrees of
+freedom); the page states a difference only where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -41,17 +32,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from freshrec.benchinfo import machine_info, paired_interval, t95
+from freshrec.benchinfo import machine_info, t95
 from freshrec.config import FreshrecConfig, load_config
 from freshrec.data.movielens import MovieLensReader
-from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.features.jagged import JaggedBatch
 from freshrec.features.schema import EncodedBatch
 from freshrec.train.metrics import AUC
@@ -174,11 +164,6 @@ def interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(a_.mean() - b_.mean()), float(t95(min(len(a_), len(b_)) - 1) * se)
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Mean of the paired differences ``a - b`` and the half-width of its 95 % t interval."""
-    return paired_interval(np.asarray(a, float) - np.asarray(b, float))
-
-
 def verdict(diff: float, half: float) -> str:
     """What the interval supports, in words."""
     if not np.isfinite(half):
@@ -252,102 +237,6 @@ def run_movielens(opts: argparse.Namespace) -> dict[str, Any]:
             "runs": runs, "elapsed_s": round(time.time() - t0, 1), **_machine()}
 
 
-# --- the simulator at scale -------------------------------------------------------------------
-
-
-def _sim_config(seed: int, overrides: Iterable[str] = ()) -> FreshrecConfig:
-    return load_config(ROOT / "configs" / "simulator.yaml",
-                       [f"train.seed={seed}", "train.negative_sample_rate=1.0",
-                        *[f"features.tables.{t}.initializer.seed={seed}"
-                          for t in ("user", "item", "attr")], *overrides])
-
-
-def run_scale(opts: argparse.Namespace) -> dict[str, Any]:
-    fractions = [float(f) for f in opts.fractions.split(",")]
-    runs: list[dict[str, Any]] = []
-    sizes: list[dict[str, Any]] = []
-    t0 = time.time()
-    for seed in range(opts.seeds):
-        sim = SimulatorConfig(seed=seed, n_users=opts.users, n_items=opts.items, candidates=20,
-                              requests_per_s=opts.rate, bias=-2.5, drift_per_s=opts.drift,
-                              new_items_per_s=2.0, item_churn_per_s=2.0, new_users_per_s=2.0,
-                              duplicate_rate=0.0, malformed_rate=0.0, zipf_s=opts.zipf)
-        table = simulated_examples(sim, opts.requests)
-        base = _sim_config(seed)
-        probe = Trainer(base)
-        by_space: dict[str, list[np.ndarray]] = {}
-        for rb in rebatch(table.to_batches(), 65536):
-            enc = probe.schema.encode(rb)
-            for s in base.features.slots:
-                by_space.setdefault(s.id_space, []).append(np.unique(enc.sparse.slot(s.name)[0]))
-        distinct = {sp: np.unique(np.concatenate(v)) for sp, v in by_space.items()}
-        hashed_spaces = ("user_id", "item_id")
-        users = table.column("user_id").to_numpy()
-        y = table.column("click").to_numpy()
-        first = np.unique(users, return_index=True)[1]
-        seen_before = np.ones(len(users), bool)
-        seen_before[first] = False  # a user's first row is cold, later rows warm
-        times = table.column("event_time").to_numpy()
-        oracle = table.column("true_p").to_numpy()
-        sizes.append({"seed": seed, "examples": table.num_rows, "clicks": int(y.sum()),
-                      "event_time_span_s": int(times[-1] - times[0]),
-                      "distinct": {sp: int(len(distinct[sp])) for sp in hashed_spaces}})
-        variants: list[tuple[str, dict[str, int] | None, list[str]]] = [
-            ("collisionless", None, []),
-            ("collisionless_admit2", None, [f"features.tables.{t}.admission.min_count=2"
-                                            for t in ("user", "item")])]
-        variants += [(f"hashed_1/{round(1 / f)}", {sp: max(1, int(len(distinct[sp]) * f))
-                                                   for sp in hashed_spaces}, [])
-                     for f in fractions]
-        space_of_slot = {s.name: s.id_space for s in base.features.slots}
-        for name, buckets, overrides in variants:
-            trainer = Trainer(_sim_config(seed, overrides))
-            remap = remapper(buckets, space_of_slot, salt=seed)
-            ps = []
-            for rb in rebatch(table.to_batches(), 512):
-                ps.append(trainer.learn_batch(remap(trainer.schema.encode(rb))))
-            p = np.concatenate(ps)
-            half = len(y) // 2
-            run = {"variant": name, "seed": seed, "salt": seed,
-                   "rows": {t: len(tb) for t, tb in trainer.tables.items()},
-                   "buckets": buckets,
-                   "second_half": split_metrics(users[half:], y[half:], p[half:],
-                                                seen_before[half:]),
-                   "oracle_second_half": split_metrics(users[half:], y[half:], oracle[half:],
-                                                       seen_before[half:]),
-                   "curve_examples": _cumulative_auc(y, p, opts.points),
-                   "curve_time": _window_auc(times, y, p, opts.window_s)}
-            runs.append(run)
-            log.warning("scale seed=%d %s rows=%s auc(2nd half)=%.4f gauc=%.4f (%.0f s)", seed,
-                        name, run["rows"], run["second_half"]["auc_all"],
-                        run["second_half"]["gauc_all"], time.time() - t0)
-    return {"experiment": "scale", "command": _command(), "users": opts.users,
-            "items": opts.items, "requests": opts.requests, "seeds": opts.seeds,
-            "drift_per_s": opts.drift, "zipf_s": opts.zipf, "window_s": opts.window_s,
-            "fractions": fractions, "sizes": sizes, "runs": runs,
-            "elapsed_s": round(time.time() - t0, 1), **_machine()}
-
-
-def _cumulative_auc(y: np.ndarray, p: np.ndarray, points: int) -> list[list[float]]:
-    """``[examples, AUC of the predictions so far]`` at ``points`` evenly spaced ends."""
-    ends = np.linspace(len(y) / points, len(y), points).astype(int)
-    m, out, start = AUC(), [], 0
-    for e in ends:
-        m.update(y[start:e], p[start:e])
-        start = e
-        out.append([int(e), round(float(m.get()), 5)])
-    return out
-
-
-def _window_auc(t: np.ndarray, y: np.ndarray, p: np.ndarray, window_s: int
-                ) -> list[list[float]]:
-    """``[window start offset s, AUC in that window]`` per event-time window."""
-    w = (t - t[0]) // window_s
-    bounds = np.r_[0, np.flatnonzero(np.diff(w)) + 1, len(w)]
-    return [[int(w[a] * window_s), round(auc(y[a:b], p[a:b]), 5)]
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
@@ -416,80 +305,6 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
     return lines
 
 
-def _scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
-    runs = res["runs"]
-    names = list(dict.fromkeys(r["variant"] for r in runs))
-    # cold rows (each user's first row) are as few as the distinct users: not reported
-    metrics = ["auc_all", "gauc_all", "auc_warm"]
-
-    def vals(name: str, metric: str) -> list[float]:
-        return [r["second_half"][metric] for r in runs if r["variant"] == name]
-
-    sz = res["sizes"]
-    lines = ["## Simulator at scale (one online pass, Fig. 7 and Fig. 8)", "", "```",
-             res["command"], "```", "",
-             f"Population: {res['users']:,} users and {res['items']:,} items (Zipf "
-             f"s={res['zipf_s']}), drift {res['drift_per_s']} per sqrt(s), items appearing and "
-             f"retired. A run of {res['requests']:,} requests x 20 candidates meets "
-             + ", ".join(f"{s['distinct']['user_id']:,} users / {s['distinct']['item_id']:,} "
-                         f"items ({s['examples']:,} examples, {s['clicks']:,} clicks, "
-                         f"{s['event_time_span_s']:,} s)" for s in sz)
-             + " (per seed): the id space the tables see is those distinct ids, not the "
-             "population. Hashed tables have the stated fraction of the distinct ids of "
-             "user_id and item_id as rows; the other tables are the same in every variant. "
-             f"Prequential metrics (each batch scored before it is learned) on the second "
-             f"half of the stream, mean ± std over {res['seeds']} runs (seed and hash salt "
-             f"both change per run). Ran in {res['elapsed_s']:.0f} s (load "
-             f"{' '.join(f'{float(x):.2f}' for x in res['loadavg'])}).", "",
-             "| variant | user/item rows | " + " | ".join(metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
-    for n in names:
-        rows = [r["rows"] for r in runs if r["variant"] == n]
-        size = f"{np.mean([r['user'] for r in rows]):,.0f} / {np.mean([r['item'] for r in rows]):,.0f}"
-        if n.startswith("hashed"):
-            b = [r["buckets"] for r in runs if r["variant"] == n]
-            size = (f"{np.mean([x['user_id'] for x in b]):,.0f} / "
-                    f"{np.mean([x['item_id'] for x in b]):,.0f} buckets")
-        lines.append(f"| {n} | {size} | " + " | ".join(_fmt(vals(n, m)) for m in metrics)
-                     + " |")
-    oracle = [r["oracle_second_half"] for r in runs if r["variant"] == "collisionless"]
-    lines.append("| true click probability (ceiling) | - | "
-                 + " | ".join(_fmt([o[m] for o in oracle]) for m in metrics) + " |")
-    lines += ["", "Each variant minus collisionless on the same stream (paired by seed, 95 % t "
-              "interval):", "",
-              "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for n in names[1:]:
-        cells = []
-        for m in metrics:
-            d, h = paired(vals(n, m), vals("collisionless", m))
-            cells.append(f"{d:+.4f} ± {h:.4f} ({verdict(d, h).replace('hashed', 'variant')})")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    if plots:
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for n in names:
-            sel = [r for r in runs if r["variant"] == n]
-            c = np.array([[v for _, v in r["curve_examples"]] for r in sel])
-            x = [e for e, _ in sel[0]["curve_examples"]]
-            axes[0].plot(x, c.mean(0), label=n)
-            k = min(len(r["curve_time"]) for r in sel)
-            w = np.array([[v for _, v in r["curve_time"][:k]] for r in sel])
-            axes[1].plot([s / 60 for s, _ in sel[0]["curve_time"][:k]], np.nanmean(w, 0),
-                         label=n)
-        axes[0].set_xlabel("examples trained")
-        axes[0].set_ylabel("cumulative prequential AUC")
-        axes[1].set_xlabel(f"event time (min; windows of {res['window_s']} s)")
-        axes[1].set_ylabel("AUC in window")
-        for ax in axes:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "collision-scale.png", dpi=100)
-        plt.close(fig)
-        lines += ["", "![AUC over training and over event time](collision-scale.png)"]
-    return lines
-
-
 def write_page(out: Path) -> Path:
     """Rewrite ``collision.md`` in ``out`` from the result JSON files there."""
     try:
@@ -504,8 +319,10 @@ def write_page(out: Path) -> Path:
     lines = ["# Collisionless vs hashed embeddings", "",
              "Written by `benchmarks/train/exp_collision.py` from the JSON results beside "
              "this page (`collision-movielens.json`, `collision-scale.json`).", ""]
+    from exp_collision_scale import scale_section  # imports this module
+
     for stem, section in (("collision-movielens", _ml_section),
-                          ("collision-scale", _scale_section)):
+                          ("collision-scale", scale_section)):
         path = out / f"{stem}.json"
         if path.exists():
             lines += section(json.loads(path.read_text()), out, plots) + [""]
@@ -528,23 +345,12 @@ def main() -> None:
     ml.add_argument("--epochs", type=int, default=2)
     ml.add_argument("--rates", default="0.1,0.3,0.5",
                     help="fractions of distinct ids that share a bucket")
-    sc = sub.add_parser("scale", help="the simulator with a large id space, online")
-    sc.add_argument("--users", type=int, default=1_000_000)
-    sc.add_argument("--items", type=int, default=1_000_000)
-    sc.add_argument("--requests", type=int, default=30_000)
-    sc.add_argument("--rate", type=float, default=5.0, help="requests per event-time second")
-    sc.add_argument("--drift", type=float, default=0.01, help="taste drift per sqrt(s)")
-    sc.add_argument("--zipf", type=float, default=1.05)
-    sc.add_argument("--seeds", type=int, default=3)
-    sc.add_argument("--fractions", default="0.5,0.25,0.0625")
-    sc.add_argument("--points", type=int, default=20, help="points of the training curve")
-    sc.add_argument("--window-s", type=int, default=600)
     sub.add_parser("page", help="only rewrite the page from the JSON in --out")
     opts = ap.parse_args()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.experiment != "page":
-        result = run_movielens(opts) if opts.experiment == "movielens" else run_scale(opts)
+        result = run_movielens(opts)
         path = out / f"collision-{opts.experiment}.json"
         path.write_text(json.dumps(result, indent=1))  # saved before any plotting
         print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "sizes")}))
