@@ -15,6 +15,7 @@ from freshrec.features.config import (
     DenseNorm,
     FeatureConfig,
     SlotConfig,
+    SlotDtype,
     SlotKind,
     feature_config_from_dict,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "JaggedBatch",
     "RecordEncoder",
     "SlotConfig",
+    "SlotDtype",
     "SlotKind",
     "dense_values",
     "feature_config_from_dict",

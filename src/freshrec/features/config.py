@@ -14,6 +14,12 @@ Examples
 Traceback (most recent call last):
 ...
 freshrec.errors.ConfigError: m.yaml: slots.x.table: table 'nope' is not defined (tables: [])
+>>> feature_config_from_dict({"tables": {"t": {"dim": 2}},
+...                           "slots": {"genre": {"table": "t", "dtype": "float"}}}, where="m.yaml")
+Traceback (most recent call last):
+...
+freshrec.errors.ConfigError: m.yaml: slots.genre: SlotConfig 'genre': dtype must be 'int64' or \
+'string', got 'float'
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from freshrec.table.config import TableConfig, table_config_from_dict
 
 __all__ = [
     "SlotKind",
+    "SlotDtype",
     "DenseNorm",
     "SlotConfig",
     "DenseConfig",
@@ -46,6 +53,22 @@ class SlotKind(StrEnum):
     """One value per example (a missing value gives an empty bag)."""
     MULTI = "multi"
     """A list of values per example, truncated to ``max_len``."""
+
+
+@unique
+class SlotDtype(StrEnum):
+    """What a categorical slot's raw values are (what serving's metadata advertises).
+
+    Ids hash by one rule whatever their type (:mod:`freshrec.features.hashing`: ``7`` and
+    ``"7"`` are one id), so the value type changes no fid; it tells a client which
+    type to send: the KServe v2 metadata lists an ``int64`` slot as ``INT64`` and a
+    ``string`` slot as ``BYTES``, and a v2 request is checked against it.
+    """
+
+    INT64 = "int64"
+    """Integer ids (``item_id``, a history of item ids, a year)."""
+    STRING = "string"
+    """Strings (a genre name, a hashed Criteo category, ``"M"``/``"F"``)."""
 
 
 @unique
@@ -84,6 +107,8 @@ class SlotConfig:
         Name hashed with the values (defaults to ``name``). Slots holding the same kind of
         id (``item_id`` and the history ``hist_items``) set one id space so that an item
         has one fid, and one row, in both.
+    dtype : SlotDtype
+        ``int64`` (default) or ``string``: what the raw values are (:class:`SlotDtype`).
     """
 
     name: str
@@ -93,9 +118,15 @@ class SlotConfig:
     max_len: int = 50
     pooling: str = "sum"
     id_space: str = ""
+    dtype: SlotDtype = SlotDtype.INT64
 
     def __post_init__(self) -> None:
         owner = f"SlotConfig {self.name!r}"
+        try:
+            object.__setattr__(self, "dtype", SlotDtype(self.dtype))
+        except ValueError as e:
+            raise ConfigError(f"{owner}: dtype must be 'int64' or 'string', "
+                              f"got {self.dtype!r}") from e
         if not self.column:
             object.__setattr__(self, "column", self.name)
         if not self.id_space:

@@ -47,7 +47,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ from freshrec.serve.request import (
     parse_v2_request,
 )
 from freshrec.serve.updater import ModelUpdater
-from freshrec.serve.v2 import SERVER_METADATA, model_metadata
+from freshrec.serve.v2 import SERVER_METADATA, input_datatypes, model_metadata
 
 __all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "ServeApp", "is_json"]
 
@@ -240,7 +241,9 @@ class HttpApi:
         unknown = self._unknown_model(request)
         if unknown is not None:
             return unknown
-        parse: RequestParser = parse_v2_request
+        cur = self.updater.current  # inputs are checked against this model's metadata
+        types = None if cur is None else input_datatypes(cur.layout)
+        parse: RequestParser = partial(parse_v2_request, datatypes=types)
         # the protocol's reference client (tritonclient) sends JSON requests with no
         # Content-Type: a missing one is taken as JSON here, a non-JSON one is refused
         content_type = request.headers.get("content-type", JSON)
@@ -249,7 +252,7 @@ class HttpApi:
             if not json_length.isdigit():
                 return _json({"error": f"{BINARY_HEADER}: must be a byte count, got "
                                        f"{brief(json_length)}", "field": BINARY_HEADER}, 400)
-            content_type, parse = JSON, _binary_parser(int(json_length))
+            content_type, parse = JSON, _binary_parser(int(json_length), types)
         return _response(await self._score(request.scope, request.receive, "v2_infer", parse,
                                            self._v2_json, content_type))
 
@@ -445,9 +448,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                     status_code=status, media_type=JSON, headers=headers)
 
 
-def _binary_parser(json_length: int) -> RequestParser:
+def _binary_parser(json_length: int, datatypes: Mapping[str, str] | None) -> RequestParser:
     """The parser of a binary-extension body whose JSON part is ``json_length`` bytes."""
-    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit)
+    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit,
+                                                datatypes)
 
 
 def _response(reply: Reply) -> Response:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +205,8 @@ def parse_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     return build_request(obj, max_candidates)
 
 
-def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
+def parse_v2_request(body: bytes, max_candidates: int = 1000,
+                     datatypes: Mapping[str, str] | None = None) -> ScoreRequest:
     """Decode a KServe v2 inference request into a :class:`ScoreRequest`.
 
     Inputs are named after the joined-example columns: ``item_id`` and ``i_<feature>`` (and
@@ -215,6 +217,13 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     be a protocol datatype that its data holds (``INT64``: ints, ``BYTES``: strings,
     ``FP32``: numbers, ...; ``null`` stands for a missing value), and the requested
     ``outputs``, when given, must name only ``scores``.
+
+    ``datatypes`` (the model metadata's, :func:`~freshrec.serve.v2.input_datatypes`) names
+    every input the model takes and its advertised datatype; when given, another input is
+    refused and each input's datatype must carry what is advertised: an ``INT64`` id any
+    integer datatype, or ``BYTES`` holding integers in decimal (``"7"``: the id 7, the same
+    fid); a ``BYTES`` (string) id ``BYTES`` or an integer datatype (7 is the id ``"7"``); an
+    ``FP32`` dense value any number datatype.
 
     Examples
     --------
@@ -229,15 +238,22 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000) -> ScoreRequest:
     Traceback (most recent call last):
     ...
     freshrec.serve.request.RequestError: inputs[0].data: input 'item_id': datatype INT64 needs integers, got '7'
+    >>> parse_v2_request(orjson.dumps({"inputs": [
+    ...     {"name": "item_id", "shape": [1], "datatype": "BYTES", "data": ["Comedy"]}]}),
+    ...     datatypes={"item_id": "INT64"})
+    Traceback (most recent call last):
+    ...
+    freshrec.serve.request.RequestError: inputs[0].data: input 'item_id' takes INT64 ids (model metadata); as BYTES only integers in decimal, got 'Comedy'
     """
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise RequestError("body", f"not valid JSON ({e})") from e
-    return build_v2_request(obj, max_candidates)
+    return build_v2_request(obj, max_candidates, datatypes)
 
 
-def build_v2_request(obj: Any, max_candidates: int) -> ScoreRequest:
+def build_v2_request(obj: Any, max_candidates: int,
+                     datatypes: Mapping[str, str] | None = None) -> ScoreRequest:
     """Validate a decoded KServe v2 inference request (see :func:`parse_v2_request`)."""
     if type(obj) is not dict:
         raise RequestError("body", f"must be a JSON object, got {type(obj).__name__}")
@@ -261,6 +277,8 @@ def build_v2_request(obj: Any, max_candidates: int) -> ScoreRequest:
         if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape):
             raise RequestError(f"{where}.shape", f"input {brief(name)}: must be a list of ints")
         _check_datatype(t.get("datatype"), data, name, where)
+        if datatypes is not None and name != "position":
+            _check_advertised(datatypes, t["datatype"], data, name, where)
         rows = _unflatten(data, shape, f"{where}.data")
         if name == "user_id" or name.startswith("u_"):
             if len(rows) != 1:
@@ -321,6 +339,51 @@ def _check_datatype(datatype: Any, data: list[Any], name: str, where: str) -> No
             if x is not None and not ok(x):
                 raise RequestError(f"{where}.data", f"input {brief(name)}: datatype "
                                    f"{datatype} needs {what}, got {brief(x)}")
+
+
+#: Advertised datatype -> the datatypes a request may send for it (ids hash by value,
+#: :mod:`freshrec.features.hashing`: any integer type carries an INT64 id, and an integer n
+#: is the string id ``str(n)``; a dense value is any number).
+_CARRIES: dict[str, frozenset[str]] = {
+    "INT64": frozenset([*_INTS, "BYTES"]),
+    "BYTES": frozenset([*_INTS, "BYTES"]),
+    "FP32": frozenset([*_INTS, "FP16", "FP32", "FP64"]),
+}
+
+
+def _check_advertised(datatypes: Mapping[str, str], datatype: str, data: list[Any], name: str,
+                      where: str) -> None:
+    """Refuse an input the model does not take, or a datatype that does not carry what the
+    metadata advertises for it (a ``BYTES`` string for an ``INT64`` id must be an integer's
+    decimal form: any other string would be an id no integer hashes to)."""
+    want = datatypes.get(name)
+    if want is None:
+        raise RequestError(f"{where}.name", f"unknown input {brief(name)} (the model's inputs: "
+                           f"{', '.join(datatypes)})")
+    if datatype not in _CARRIES.get(want, (want,)):
+        raise RequestError(f"{where}.datatype", f"input {brief(name)} is {want} (model "
+                           f"metadata), got {datatype}")
+    if want == "INT64" and datatype == "BYTES":
+        for v in data:
+            for x in v if type(v) is list else (v,):
+                if x is not None and not _is_decimal_int(x):
+                    raise RequestError(f"{where}.data", f"input {brief(name)} takes INT64 ids "
+                                       f"(model metadata); as BYTES only integers in decimal, "
+                                       f"got {brief(x)}")
+
+
+def _is_decimal_int(s: str) -> bool:
+    """Whether ``s`` is what ``str(n)`` gives for an id ``n`` of 64 bits (the strings the
+    hashing rule reads as that integer).
+
+    >>> [_is_decimal_int(s) for s in ["7", "-7", "007", " 7", "+7", "1_0", "--7", "-0", "x"]]
+    [True, True, False, False, False, False, False, False, False]
+    """
+    digits = s[1:] if s.startswith("-") else s
+    if not (digits.isascii() and digits.isdigit()) or len(s) > 21:
+        return False
+    n = int(s)
+    return str(n) == s and -(1 << 63) <= n < 1 << 64
 
 
 def _check_outputs(outputs: Any, binary: bool) -> bool:

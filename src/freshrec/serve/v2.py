@@ -2,12 +2,14 @@
 
 A client builds its inference request from :func:`model_metadata` alone: each input's
 ``name`` is the one :func:`~freshrec.serve.request.parse_v2_request` reads (``user_id``,
-``u_<key>`` for the user, ``item_id``, ``i_<key>`` per candidate), its ``datatype`` is
-``INT64`` for a categorical id (a string id is accepted as ``BYTES``: ids hash the same
-whatever their type, :mod:`freshrec.features.values`) and ``FP32`` for a dense value, and
-its ``shape`` has ``-1`` for each variable dimension: ``[1]`` for a user value, ``[1, -1]``
-for a user list (a history), ``[-1]`` per candidate and ``[-1, -1]`` for a candidate list.
-The position slot is filled by the server and is not an input.
+``u_<key>`` for the user, ``item_id``, ``i_<key>`` per candidate), its ``datatype`` is the
+slot's value type (:class:`~freshrec.features.config.SlotDtype`: ``INT64`` for an ``int64``
+slot, ``BYTES`` for a ``string`` slot, hashed exactly as training hashes the same strings)
+or ``FP32`` for a dense value, and its ``shape`` has ``-1`` for each variable dimension:
+``[1]`` for a user value, ``[1, -1]`` for a user list (a history), ``[-1]`` per candidate and
+``[-1, -1]`` for a candidate list. The position slot is filled by the server and is not an
+input. :func:`input_datatypes` is what a request's inputs are checked against
+(:func:`~freshrec.serve.request.build_v2_request`).
 
 Examples
 --------
@@ -15,19 +17,23 @@ Examples
 >>> from freshrec.serve.predictor import FeatureLayout
 >>> fc = feature_config_from_dict({"tables": {"t": {"dim": 2}}, "slots": {
 ...     "u_hist": {"table": "t", "kind": "multi"}, "item_id": {"table": "t"},
+...     "i_genre": {"table": "t", "dtype": "string"},
 ...     "position": {"table": "t"}}, "dense": {"i_price": {}}})
 >>> [(t["name"], t["datatype"], t["shape"]) for t in model_inputs(FeatureLayout(fc))]
-[('u_hist', 'INT64', [1, -1]), ('item_id', 'INT64', [-1]), ('i_price', 'FP32', [-1])]
+[('u_hist', 'INT64', [1, -1]), ('item_id', 'INT64', [-1]), ('i_genre', 'BYTES', [-1]), ('i_price', 'FP32', [-1])]
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from freshrec import __version__
+from freshrec.features.config import SlotDtype
 from freshrec.serve.predictor import CAND, USER, FeatureLayout
 
-__all__ = ["OUTPUTS", "SERVER_METADATA", "input_name", "model_inputs", "model_metadata"]
+__all__ = ["OUTPUTS", "SERVER_METADATA", "input_datatypes", "input_name", "model_inputs",
+           "model_metadata"]
 
 #: The outputs of every model: one calibrated click probability per candidate.
 OUTPUTS: list[dict[str, Any]] = [{"name": "scores", "datatype": "FP32", "shape": [-1]}]
@@ -59,13 +65,35 @@ def model_inputs(layout: FeatureLayout) -> list[dict[str, Any]]:
     (one per field, in the model's order; not the position, which the server fills)."""
     out: dict[str, dict[str, Any]] = {}
     for s in layout.user_slots + layout.cand_single + layout.cand_multi:
-        out.setdefault(input_name(s.side, s.key),
-                       {"datatype": "INT64", "shape": _shape(s.side, s.multi)})
+        spec = out.setdefault(input_name(s.side, s.key),
+                              {"datatype": "INT64", "shape": _shape(s.side, s.multi)})
+        if s.config.dtype is SlotDtype.STRING:  # a column two slots read: strings if either
+            spec["datatype"] = "BYTES"
     for d in layout.user_dense + layout.cand_dense:
         if d.side in (USER, CAND) and d.key:
             out.setdefault(input_name(d.side, d.key), {"datatype": "FP32",
                                                        "shape": _shape(d.side, False)})
     return [{"name": name, **spec} for name, spec in out.items()]
+
+
+_DATATYPES: weakref.WeakKeyDictionary[FeatureLayout, dict[str, str]] = \
+    weakref.WeakKeyDictionary()
+
+
+def input_datatypes(layout: FeatureLayout) -> dict[str, str]:
+    """Each input's advertised datatype by name (computed once per layout).
+
+    >>> from freshrec.features import feature_config_from_dict
+    >>> from freshrec.serve.predictor import FeatureLayout
+    >>> fc = feature_config_from_dict({"tables": {"t": {"dim": 2}}, "slots": {
+    ...     "item_id": {"table": "t"}, "u_city": {"table": "t", "dtype": "string"}}})
+    >>> input_datatypes(FeatureLayout(fc))
+    {'u_city': 'BYTES', 'item_id': 'INT64'}
+    """
+    types = _DATATYPES.get(layout)
+    if types is None:
+        types = _DATATYPES[layout] = {t["name"]: t["datatype"] for t in model_inputs(layout)}
+    return types
 
 
 def model_metadata(layout: FeatureLayout | None, name: str, version: int | None
