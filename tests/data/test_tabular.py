@@ -305,3 +305,21 @@ def test_options_are_validated_naming_the_key():
     with pytest.raises(ConfigError, match="data.options.history.length: expected an int"):
         tabular_config_from_options({"history": {"user": "u", "item": "i", "length": 0}})
     assert LabelRule.parse("score < 0.5") == LabelRule(column="score", op="<", threshold=0.5)
+
+
+def test_json_floats_that_are_integers_are_the_same_ids_and_labels(tmp_path):
+    # JSON has one number type: writers that emit 5.0 for 5 (pandas with a NaN in an int
+    # column) must give the same id, list element and label-map key as 5
+    jl = tmp_path / "f.jsonl"
+    jl.write_text('{"user": 5, "item": 7.0, "tags": [1, 2.0], "stars": 5, "t": 1}\n'
+                  '{"user": 5.0, "item": 7, "tags": [1.0, 2], "stars": 5.0, "t": 2.0}\n'
+                  '{"user": 5.5, "item": -3.0, "tags": [], "stars": 1.0, "t": 3}\n')
+    reader = TabularReader(jl, label_column="stars", label_map={5: 1, 1.0: 0},
+                           time_column="t", columns={"tags": {"list": "|"}})
+    out = _table(reader)
+    assert reader.report.bad_lines == 0, reader.report.examples
+    assert out.column("user").to_pylist() == ["5", "5", "5.5"]
+    assert out.column("item").to_pylist() == ["7", "7", "-3"]
+    assert out.column("tags").to_pylist()[:2] == [["1", "2"], ["1", "2"]]
+    assert out.column("label").to_pylist() == [1.0, 1.0, 0.0]
+    assert out.column("event_time").to_pylist() == [1, 2, 3]

@@ -158,6 +158,15 @@ class _List:
         return pc.split_pattern(_strings(values), self.sep)
 
 
+def _integral_text(text: pa.Array) -> pa.Array:
+    """``5.0`` (and ``5.``, ``5.00``) as ``5``, so label-map keys and values match as numbers.
+
+    >>> _integral_text(pa.array(["5.0", "5", "-1.00", "5.5", "a.0"])).to_pylist()
+    ['5', '5', '-1', '5.5', 'a.0']
+    """
+    return pc.replace_substring_regex(text, r"^([+-]?\d+)\.0*$", r"\1")
+
+
 class _Label:
     """``label`` by a :class:`LabelRule`: a click column in [0, 1], a mapping or a threshold."""
 
@@ -165,7 +174,7 @@ class _Label:
         self.rule = rule
         if rule.mapping is not None:
             self.expected = f"one of {sorted(rule.mapping)} (data.options.label_map)"
-            self._keys = pa.array(list(rule.mapping), pa.string())
+            self._keys = _integral_text(pa.array(list(rule.mapping), pa.string()))
             self._labels = pa.array(list(rule.mapping.values()), pa.float32())
         elif rule.op:
             self.expected = f"a number (label rule {rule})"
@@ -175,7 +184,7 @@ class _Label:
 
     def __call__(self, values: pa.Array) -> pa.Array:
         if self.rule.mapping is not None:
-            pos = pc.index_in(_strings(values), value_set=self._keys)
+            pos = pc.index_in(_integral_text(_strings(values)), value_set=self._keys)
             if pos.null_count:
                 raise ValueError("not in label_map")
             return self._labels.take(pos)
@@ -382,10 +391,18 @@ def _columns_of(header: Sequence[str], rows: list[list[str]], lines: list[int]) 
 
 
 def _json_text(v: Any, sep: str) -> str:
+    """A JSON value as the reader's text. JSON has one number type, so a float that is an
+    integer is written as the integer: ``5.0`` is the id ``5``, not another id.
+
+    >>> [_json_text(v, "|") for v in (5.0, 5, -2.0, 5.5, [1.0, 2], True, None)]
+    ['5', '5', '-2', '5.5', '1|2', '1', '']
+    """
     if v is None:
         return ""
     if isinstance(v, bool):
         return "1" if v else "0"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
     if isinstance(v, list):
         return sep.join(_json_text(x, sep) for x in v)
     if isinstance(v, dict):
