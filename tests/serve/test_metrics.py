@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from freshrec.serve.metrics import Counter, Gauge, Histogram, ServeMetrics, sample
+from freshrec.serve.metrics import Counter, Gauge, Histogram, ProcessMetrics, ServeMetrics, sample
 
 
 def _value(text: str, name: str) -> str:
@@ -60,3 +60,32 @@ def test_process_metrics_are_exported():
         assert int(_value(text, "process_resident_memory_bytes")) > 1 << 20
         assert int(_value(text, "process_open_fds")) > 0
     assert "# TYPE process_cpu_seconds_total counter" in text
+
+
+def test_pooled_metrics_add_counters_and_histograms_and_combine_gauges():
+    parent, a, b = ServeMetrics(), ServeMetrics(), ServeMetrics()
+    for m, n in ((a, 1_000_003), (b, 2)):
+        m.requests.inc(n, route="score", code="200")
+        m.latency.observe(0.0004)
+        m.in_flight.set(n)
+        m.model_version.set(n + 10)
+    a.requests.inc(route="score", code="503")
+    b.latency.observe(3.0)
+    a.event_time, b.event_time = 100.0, 50.0
+    parent.impressions.inc(9)
+    parent.updates.inc(kind="delta")
+    a.updates.inc(5, kind="delta")  # a worker's own swaps are not the pool's updates
+    m = ServeMetrics.pooled(parent.snapshot(), [a.snapshot(), b.snapshot()])
+    text = m.render()
+    assert _value(text, 'freshrec_requests_total{code="200",route="score"}') == "1000005"
+    assert _value(text, 'freshrec_requests_total{code="503",route="score"}') == "1"
+    assert _value(text, 'freshrec_request_seconds_bucket{le="0.0005"}') == "2"
+    assert _value(text, 'freshrec_request_seconds_bucket{le="+Inf"}') == "3"
+    assert _value(text, "freshrec_request_seconds_count") == "3"
+    assert _value(text, "freshrec_in_flight") == "1000005"
+    assert _value(text, "freshrec_model_version") == "12"
+    assert _value(text, "freshrec_impressions_total") == "9"
+    assert _value(text, 'freshrec_updates_total{kind="delta"}') == "1"
+    assert m.event_time == 50.0
+    cpu = float(_value(text, "process_cpu_seconds_total"))
+    assert cpu >= 3 * float(_value(ProcessMetrics().render(), "process_cpu_seconds_total")) - 1

@@ -33,8 +33,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerPool,
     cfg = make_config()
     reg = Registry(root / "reg")
     trainer, pub = train_and_publish(reg, cfg)
-    p = WorkerPool(reg.root, ServeConfig(port=0, workers=2, poll_interval_s=0.05),
-                   log=f"file:{root / 'log'}")
+    # a generous queue budget: a request delayed by a busy test machine is not shed (the
+    # tests below count every request; admission control has its own tests)
+    p = WorkerPool(reg.root, ServeConfig(port=0, workers=2, poll_interval_s=0.05,
+                                         queue_budget_s=5.0), log=f"file:{root / 'log'}")
     p.start()
     yield p, cfg, (trainer, pub), root / "log"
     p.stop()
@@ -111,6 +113,94 @@ def test_impressions_of_every_worker_reach_the_log(pool):
     assert pool_.metrics.impressions.get() == before + n
     with FileLog(log_dir) as log:
         assert sum(log.end_offset(p) for p in range(log.partitions)) >= n
+
+
+def _metric(text: str, series: str) -> float:
+    found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith(series + " ")]
+    assert len(found) == 1, (series, text[:2000])
+    return found[0]
+
+
+def _scrape(pool: WorkerPool) -> tuple[int, str]:
+    """``(pid of the worker that answered, /metrics text)``."""
+    with httpx.Client(base_url=pool.url, timeout=30) as c:
+        pid = c.get("/readyz").json()["pid"]
+        return pid, c.get("/metrics").text
+
+
+def test_metrics_add_up_over_every_worker(pool):
+    pool_ = pool[0]
+    series = {"ok": 'freshrec_requests_total{code="200",route="score"}',
+              "cands": "freshrec_candidates_total", "lat": "freshrec_request_seconds_count",
+              "predict": "freshrec_predict_seconds_count",
+              "bucket": 'freshrec_request_seconds_bucket{le="+Inf"}'}
+    _, text = _scrape(pool_)
+    before = {k: _metric(text, s) for k, s in series.items()}
+    imp0 = _metric(text, "freshrec_impressions_total")
+    body = request(np.random.default_rng(6), n=7)
+    answered = _by_worker(pool_, body)
+    assert len(answered) == 2
+    n = sum(len(v) for v in answered.values())
+    deadline = time.monotonic() + 10
+    while pool_.metrics.impressions.get() < imp0 + n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    scraped_by = set()
+    for _ in range(40):  # scrape until both workers answered once: each sums the pool
+        pid, text = _scrape(pool_)
+        if pid in scraped_by:
+            continue
+        scraped_by.add(pid)
+        after = {k: _metric(text, s) for k, s in series.items()}
+        assert {k: after[k] - before[k] for k in series} == \
+            {"ok": n, "cands": 7 * n, "lat": n, "predict": n, "bucket": n}, pid
+        assert _metric(text, "freshrec_impressions_total") == imp0 + n  # the parent's count
+        assert _metric(text, "freshrec_model_version") == pool_.registry.head()
+        assert _metric(text, "freshrec_in_flight") == 0
+        assert _metric(text, "process_resident_memory_bytes") > 0
+        if len(scraped_by) == 2:
+            break
+    assert len(scraped_by) == 2, "one worker answered every scrape"
+
+
+def test_deltas_and_swaps_under_load_fail_no_request(pool):
+    import threading
+
+    pool_, cfg, (trainer, pub), _ = pool
+    reg = pool_.registry
+    body = request(np.random.default_rng(7), n=20)
+    stop = threading.Event()
+    codes: list[int] = []
+    versions: list[int] = []
+
+    def client(fresh: bool) -> None:  # keep-alive, or a new connection (any worker) per request
+        with httpx.Client(base_url=pool_.url, timeout=30) as c:
+            while not stop.is_set():
+                if fresh:
+                    with httpx.Client(base_url=pool_.url, timeout=30) as one:
+                        r = one.post("/score", json=body)
+                else:
+                    r = c.post("/score", json=body)
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=client, args=(f,)) for f in (False, True, True)]
+    for t in threads:
+        t.start()
+    try:
+        for step, kind in enumerate(["sparse", "sparse", "dense", "sparse", "full", "sparse"]):
+            time.sleep(0.3)
+            train_more(trainer, seed=40 + step)
+            getattr(pub, f"publish_{kind}")(event_time=7000 + step)
+            _wait_served(pool_, reg.head())
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(codes) > 50 and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    assert reg.head() in versions and len(set(versions)) >= 4  # served across the updates
 
 
 def test_a_killed_worker_is_restarted_and_serves_the_current_version(pool):

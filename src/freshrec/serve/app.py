@@ -300,7 +300,8 @@ class HttpApi:
 
     async def metrics_text(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text."""
-        return Response(self.updater.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await self.updater.metrics_text(),
+                        media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ scoring
     async def _score(self, scope: Scope, receive: Receive, route: str, parse: RequestParser,

@@ -26,7 +26,8 @@ import bisect
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["Counter", "Gauge", "Histogram", "ProcessMetrics", "ServeMetrics", "sample"]
 
@@ -75,6 +76,16 @@ class Counter:
     def get(self, **labels: str) -> float:
         return self._values.get(tuple(sorted(labels.items())), 0.0)
 
+    def state(self) -> list[Any]:
+        """The values as JSON-able data (for :meth:`merge` in another process)."""
+        return [[[list(kv) for kv in key], v] for key, v in dict(self._values).items()]
+
+    def merge(self, state: list[Any]) -> None:
+        """Add the values of another counter's :meth:`state`."""
+        for key, v in state:
+            k = tuple((str(a), str(b)) for a, b in key)
+            self._values[k] = self._values.get(k, 0.0) + float(v)
+
     def render(self) -> str:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         if not self._values:
@@ -85,14 +96,17 @@ class Counter:
 
 
 class Gauge:
-    """A value that goes up and down (``nan`` until set).
+    """A value that goes up and down (``nan`` until set); ``combine`` says how the values of
+    several processes merge (``"sum"``, ``"min"`` or ``"max"``).
 
-    >>> g = Gauge("model_version", "version"); g.set(3); g.get()
+    >>> g = Gauge("model_version", "version", combine="min"); g.set(3); g.get()
     3.0
+    >>> g.merge(2.0); g.merge(math.nan); g.get()
+    2.0
     """
 
-    def __init__(self, name: str, help_: str) -> None:
-        self.name, self.help = name, help_
+    def __init__(self, name: str, help_: str, combine: str = "sum") -> None:
+        self.name, self.help, self.combine = name, help_, combine
         self._value = math.nan
 
     def set(self, value: float) -> None:
@@ -100,6 +114,20 @@ class Gauge:
 
     def get(self) -> float:
         return self._value
+
+    def state(self) -> float:
+        return self._value
+
+    def merge(self, value: float) -> None:
+        """Combine another process's value (``nan``: not set there) into this one."""
+        if math.isnan(value):
+            return
+        if math.isnan(self._value):
+            self._value = float(value)
+        elif self.combine == "sum":
+            self._value += value
+        else:
+            self._value = (min if self.combine == "min" else max)(self._value, value)
 
     def render(self) -> str:
         return (f"# HELP {self.name} {self.help}\n# TYPE {self.name} gauge\n"
@@ -125,6 +153,21 @@ class Histogram:
     def count(self) -> int:
         return self._count
 
+    def state(self) -> list[Any]:
+        """``[bucket counts, sum]`` (JSON-able, for :meth:`merge` in another process)."""
+        return [list(self._counts), self._sum]
+
+    def merge(self, state: list[Any]) -> None:
+        """Add another histogram's :meth:`state` (same buckets)."""
+        counts, total = state
+        if len(counts) != len(self._counts):
+            raise ValueError(f"histogram {self.name}: {len(counts)} buckets to merge, "
+                             f"expected {len(self._counts)}")
+        for i, c in enumerate(counts):
+            self._counts[i] += int(c)
+        self._sum += float(total)
+        self._count += sum(int(c) for c in counts)
+
     def render(self) -> str:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         acc = 0
@@ -147,29 +190,50 @@ class ProcessMetrics:
     True
     """
 
+    _HELP = {"process_cpu_seconds_total": ("counter", "Total user and system CPU time spent "
+                                           "in seconds."),
+             "process_start_time_seconds": ("gauge", "Start time of the process since unix "
+                                            "epoch in seconds."),
+             "process_virtual_memory_bytes": ("gauge", "Virtual memory size in bytes."),
+             "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
+             "process_open_fds": ("gauge", "Number of open file descriptors.")}
+
     def __init__(self) -> None:
         self._start = _process_start_time()
+        self._merged: dict[str, float] | None = None
 
-    def render(self) -> str:
+    def state(self) -> dict[str, float]:
+        """The current values by metric name (read now)."""
         t = os.times()
-        values: list[tuple[str, str, str, float]] = [
-            ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in "
-             "seconds.", t.user + t.system),
-            ("process_start_time_seconds", "gauge", "Start time of the process since unix "
-             "epoch in seconds.", self._start)]
+        values = {"process_cpu_seconds_total": t.user + t.system,
+                  "process_start_time_seconds": self._start}
         try:
             with open("/proc/self/statm", "rb") as f:
                 vms, rss = (int(x) * os.sysconf("SC_PAGE_SIZE") for x in f.read().split()[:2])
-            values += [
-                ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vms),
-                ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-                 rss),
-                ("process_open_fds", "gauge", "Number of open file descriptors.",
-                 len(os.listdir("/proc/self/fd")))]
+            values.update(process_virtual_memory_bytes=vms, process_resident_memory_bytes=rss,
+                          process_open_fds=len(os.listdir("/proc/self/fd")))
         except OSError:
             pass
-        return "\n".join(f"# HELP {n} {h}\n# TYPE {n} {k}\n{n} {sample(float(v))}"
-                         for n, k, h, v in values)
+        return values
+
+    def merge(self, state: dict[str, float]) -> None:
+        """Make :meth:`render` show a group of processes: this one's values plus
+        ``state``'s (another process's), the earliest start time (memory is each process's
+        resident set, so pages they share count once per process)."""
+        merged = self._merged if self._merged is not None else self.state()
+        for name, v in state.items():
+            if name not in merged:
+                merged[name] = v
+            elif name == "process_start_time_seconds":
+                merged[name] = min(merged[name], v)
+            else:
+                merged[name] += v
+        self._merged = merged
+
+    def render(self) -> str:
+        values = self._merged if self._merged is not None else self.state()
+        return "\n".join(f"# HELP {n} {self._HELP[n][1]}\n# TYPE {n} {self._HELP[n][0]}\n"
+                         f"{n} {sample(float(v))}" for n, v in values.items() if n in self._HELP)
 
 
 def _process_start_time() -> float:
@@ -201,7 +265,8 @@ class ServeMetrics:
         self.requests = Counter("freshrec_requests_total", "requests by route and status code")
         self.errors = Counter("freshrec_errors_total", "failed requests by kind")
         self.candidates = Counter("freshrec_candidates_total", "candidates scored")
-        self.model_version = Gauge("freshrec_model_version", "registry version being served")
+        self.model_version = Gauge("freshrec_model_version", "registry version being served",
+                                   combine="min")
         self.freshness = Gauge("freshrec_freshness_seconds",
                                "now - event time of the newest applied update")
         self.delta_apply = Histogram("freshrec_delta_apply_seconds",
@@ -213,7 +278,8 @@ class ServeMetrics:
         self.updates = Counter("freshrec_updates_total", "model updates by kind")
         self.update_errors = Counter("freshrec_update_errors_total", "failed update attempts")
         self.damaged_versions = Gauge("freshrec_registry_damaged_versions",
-                                      "registry versions found damaged (skipped)")
+                                      "registry versions found damaged (skipped)",
+                                      combine="max")
         self.impressions = Counter("freshrec_impressions_total", "impression events written")
         self.impressions_dropped = Counter("freshrec_impressions_dropped_total",
                                            "impression events dropped (log queue full)")
@@ -229,15 +295,62 @@ class ServeMetrics:
         self.process = ProcessMetrics()
         self.event_time: float | None = None
 
+    #: What the parent of a worker pool counts for the pool (it follows the registry and
+    #: writes the impression log); every other metric is merged over the workers.
+    POOL_PARENT = ("updates", "update_errors", "delta_apply", "damaged_versions", "impressions")
+    _MERGED = ("latency", "predict", "requests", "errors", "candidates", "model_version",
+               "swap", "impressions_dropped", "in_flight", "shed", "queue_wait", "slow_clients")
+
+    def _parts(self) -> list[Counter | Gauge | Histogram]:
+        return [self.latency, self.predict, self.requests, self.errors, self.candidates,
+                self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
+                self.update_errors, self.damaged_versions, self.impressions,
+                self.impressions_dropped, self.in_flight, self.shed, self.queue_wait,
+                self.slow_clients]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every value as JSON-able data (what :meth:`pooled` merges), read now."""
+        snap: dict[str, Any] = {a: getattr(self, a).state()
+                                for a in self._MERGED + self.POOL_PARENT}
+        snap["event_time"] = self.event_time
+        snap["process"] = self.process.state()
+        return snap
+
+    @classmethod
+    def pooled(cls, parent: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]
+               ) -> ServeMetrics:
+        """The metrics of a worker pool (``serve --workers N``) from its processes'
+        :meth:`snapshot`: counters and histograms of the request path added over the workers
+        (exactly), gauges combined (``in_flight`` added, ``model_version`` the lowest a worker
+        serves, freshness the stalest), :data:`POOL_PARENT` metrics the parent's, process
+        metrics added over every process.
+
+        >>> a, b, p = ServeMetrics(), ServeMetrics(), ServeMetrics()
+        >>> a.requests.inc(3, code="200"); b.requests.inc(4, code="200"); p.impressions.inc(7)
+        >>> m = ServeMetrics.pooled(p.snapshot(), [a.snapshot(), b.snapshot()])
+        >>> m.requests.get(code="200"), m.impressions.get()
+        (7.0, 7.0)
+        """
+        out = cls()
+        for attr in cls.POOL_PARENT:
+            getattr(out, attr).merge(parent[attr])
+        times = []
+        for snap in workers:
+            for attr in cls._MERGED:
+                getattr(out, attr).merge(snap[attr])
+            if snap["event_time"] is not None:
+                times.append(float(snap["event_time"]))
+        out.event_time = min(times) if times else None
+        out.process._merged = dict(parent["process"])
+        for snap in workers:
+            out.process.merge(snap["process"])
+        return out
+
     def render(self) -> str:
         if self.event_time is not None:
             self.freshness.set(max(0.0, time.time() - self.event_time))
-        parts: list[Counter | Gauge | Histogram | ProcessMetrics] = [
-            self.latency, self.predict, self.requests, self.errors, self.candidates,
-            self.model_version, self.freshness, self.delta_apply, self.swap, self.updates,
-            self.update_errors, self.damaged_versions, self.impressions,
-            self.impressions_dropped, self.in_flight, self.shed, self.queue_wait,
-            self.slow_clients, self.process]
+        parts: list[Counter | Gauge | Histogram | ProcessMetrics] = [*self._parts(),
+                                                                     self.process]
         from freshrec.store.served import render_metrics  # tables served from Redis
 
         return "\n".join(p.render() for p in parts) + "\n" + render_metrics()

@@ -253,6 +253,11 @@ class ModelUpdater:
             self._thread.join()
             self._thread = None
 
+    async def metrics_text(self) -> str:
+        """``GET /metrics``: the Prometheus text of this process's metrics (a worker of
+        ``serve --workers N`` answers with the whole pool's)."""
+        return self.metrics.render()
+
     def status(self) -> dict[str, Any]:
         """Version, event time and last error (for ``/readyz``)."""
         cur = self.current

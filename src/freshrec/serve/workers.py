@@ -32,6 +32,8 @@ its cores), each following the same registry on shared storage; the balancer hea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing as mp
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import orjson
 import torch
 
 from freshrec.config import FreshrecConfig
@@ -69,22 +72,27 @@ __all__ = ["WorkerPool", "run_workers"]
 log = logging.getLogger(__name__)
 
 #: Control record: seq, generation, version, dense_version, event_time (-1: none), then one
-#: served-version slot per worker.
+#: served-version slot per worker, one metrics-request slot per worker and one metrics-answer
+#: slot per worker and for the parent (the last).
 _SEQ, _GEN, _VERSION, _DENSE, _EVENT, _SLOTS = range(6)
 _FOLLOW_S = 0.02
+_SCRAPE_TIMEOUT_S = 2.0
 
 
 class _Control:
     """The control record in a small shared-memory segment (see the module docstring)."""
 
-    def __init__(self, shm: shared_memory.SharedMemory) -> None:
-        self.shm = shm
-        self.a = np.ndarray((shm.size // 8,), np.int64, buffer=shm.buf)
+    def __init__(self, shm: shared_memory.SharedMemory, workers: int) -> None:
+        self.shm, self.workers = shm, workers
+        self.a = np.ndarray((_SLOTS + 4 * workers + 1,), np.int64, buffer=shm.buf)
+        self._asked = self.a[_SLOTS + workers:_SLOTS + 2 * workers]
+        self._answered = self.a[_SLOTS + 2 * workers:]
 
     @classmethod
     def create(cls, name: str, workers: int) -> _Control:
-        shm = shared_memory.SharedMemory(name=name, create=True, size=8 * (_SLOTS + workers))
-        c = cls(shm)
+        shm = shared_memory.SharedMemory(name=name, create=True,
+                                         size=8 * (_SLOTS + 4 * workers + 1))
+        c = cls(shm, workers)
         c.a[:] = 0
         c.a[_EVENT] = -1
         return c
@@ -108,7 +116,25 @@ class _Control:
             time.sleep(0)
 
     def served(self) -> list[int]:
-        return [int(x) for x in self.a[_SLOTS:]]
+        return [int(x) for x in self.a[_SLOTS:_SLOTS + self.workers]]
+
+    # metrics scrapes: a worker answering ``GET /metrics`` asks every other process (its
+    # slot in ``asked`` := a fresh token); each process's follower writes its snapshot and
+    # sets its slot in ``answered`` to the highest token it saw
+    def ask(self, worker: int) -> int:
+        token = time.monotonic_ns()  # CLOCK_MONOTONIC: one clock for every process
+        self._asked[worker] = token
+        return token
+
+    def wanted(self) -> int:
+        return int(self._asked.max())
+
+    def answer(self, slot: int, token: int) -> None:
+        """``slot``: a worker's index, or ``workers`` for the parent."""
+        self._answered[slot] = token
+
+    def answered(self, slot: int) -> int:
+        return int(self._answered[slot])
 
 
 def _segment(prefix: str, generation: int, table: str) -> str:
@@ -282,6 +308,7 @@ class _SharedFollower(ModelUpdater):
         return self.config
 
     def poll(self) -> bool:
+        _answer_scrape(self.control, self.slot, self.metrics, self.dense_dir)
         state = self.control.read()
         if state == self._seen or state[0] == 0:
             return False
@@ -295,6 +322,41 @@ class _SharedFollower(ModelUpdater):
         self._publish(cur, "delta")
         self.control.a[_SLOTS + self.slot] = version
         return True
+
+
+    async def metrics_text(self) -> str:
+        """The pool's metrics (:meth:`ServeMetrics.pooled`): this worker's, and the snapshots
+        the other workers and the parent write when asked (within ~20 ms, their follower's
+        poll interval; a process that does not answer within 2 s is counted from its last
+        snapshot, or not at all)."""
+        ctl = self.control
+        token = ctl.ask(self.slot)
+        others = [s for s in range(ctl.workers + 1) if s != self.slot]
+        deadline = time.monotonic() + _SCRAPE_TIMEOUT_S
+        while any(ctl.answered(s) < token for s in others) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        snaps: dict[int, Any] = {}
+        for s in others:
+            with contextlib.suppress(FileNotFoundError):
+                snaps[s] = orjson.loads(_snapshot_path(self.dense_dir, s).read_bytes())
+        snaps[self.slot] = self.metrics.snapshot()
+        parent = snaps.pop(ctl.workers, None) or ServeMetrics().snapshot()
+        return ServeMetrics.pooled(parent, [snaps[s] for s in sorted(snaps)]).render()
+
+
+def _snapshot_path(dense_dir: Path, slot: int) -> Path:
+    return dense_dir / f"metrics-{slot}.json"
+
+
+def _answer_scrape(control: _Control, slot: int, metrics: ServeMetrics, dense_dir: Path) -> None:
+    """Write this process's metrics snapshot when a worker asked for one since the last."""
+    want = control.wanted()
+    if want > control.answered(slot):
+        path = _snapshot_path(dense_dir, slot)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(metrics.snapshot()))
+        os.replace(tmp, path)
+        control.answer(slot, want)
 
 
 class _ForwardLog(Log):
@@ -343,7 +405,7 @@ def _worker_main(sock: socket.socket, registry: str, config: ServeConfig,
         torch.set_num_threads(config.threads)
     if config.switch_interval_s:
         sys.setswitchinterval(config.switch_interval_s)
-    ctl = _Control(shared_memory.SharedMemory(name=control))
+    ctl = _Control(shared_memory.SharedMemory(name=control), config.workers)
     reg = Registry(registry)
     follower = _SharedFollower(reg, model_config, config, ctl, prefix, Path(dense_dir), slot)
     log_: Log | bool = False if impressions is None else _ForwardLog(impressions, partitions)
@@ -465,8 +527,9 @@ class WorkerPool:
         return self.control.served()
 
     def _watch(self) -> None:
-        """Restart workers that died."""
-        while not self._stop.wait(0.2):
+        """Restart workers that died; answer metrics scrapes for the parent."""
+        while not self._stop.wait(_FOLLOW_S):
+            _answer_scrape(self.control, self.config.workers, self.metrics, self._dense_dir)
             for i, p in enumerate(self._procs):
                 if not p.is_alive() and not self._stop.is_set():
                     log.warning("worker %d (pid %s) exited with %s: restarting", i, p.pid,
