@@ -1,18 +1,31 @@
-"""New-user init on the simulator: AUC on each user's first K impressions, init vs random.
+"""New-user init on the simulator: AUC on users' first K impressions, init vs random.
 
-``freshrec bench store_init --json [--quick] [--requests N] [--k K] [--seed S]``
+``freshrec bench store_init --json [--quick] [--requests N] [--k K] [--seeds N] [--seed S]
+[--holdout F]``
 
-One simulated stream (:func:`~freshrec.data.simulate.simulated_examples`, 2,000 users, 500
-items, 20 candidates per request; 8,000 requests, ``--quick`` 3,000) is trained on once, in
-event-time order, by the simulator's DeepFM (configs/simulator.yaml) with the user table in
-Redis, once per arm: ``random`` (the table's uniform initializer, the baseline),
+Per seed, one simulated stream (:func:`~freshrec.data.simulate.simulated_examples`, 2,000
+users, 500 items, 20 candidates per request; 8,000 requests, ``--quick`` 3,000) is trained on
+once, in event-time order, by the simulator's DeepFM (configs/simulator.yaml) with the user
+table in Redis, once per arm: ``random`` (the table's uniform initializer, the baseline),
 ``history_mean`` (a user new to the table starts from the mean of the item rows of the
 clicks in their history, ``u_recent_clicks``) and ``zeros`` (a fixed zero vector). Every
-batch is scored before it is trained on (progressive validation), and the AUC is taken over
-the impressions that are among their user's first K (default 20). Same stream, same seed,
-same model: the arms differ only in where new user rows start. The JSON also states how
-many users had a non-empty history at their first impression (the only ones
-``history_mean`` can help).
+batch is scored before it is trained on (progressive validation). Same stream, same seed,
+same model: the arms differ only in where new user rows start.
+
+Two groups of users are scored:
+
+- **Returning users** (``init_returning_*``, the case the init is for): a share
+  ``--holdout`` (0.3) of the users is left out of training for the first half of the
+  stream; their clicks there still enter their history (the site saw them, this model's
+  user table did not: a user whose row expired, or one new to this model). Their first K
+  (20) impressions of the second half are scored: they arrive with a history and a row new
+  to the table. ``*_with_history`` restricts to those whose history was not empty.
+- **New users** (``init_new_*``): every other user's first K impressions in the stream
+  (most have no history at first sight, so ``history_mean`` falls back to the initializer).
+
+Each seed gives each arm's AUC and its difference to ``random``; over the seeds (default 5,
+``--quick`` 2) the JSON has the mean difference and the half-width of its 95 % t interval
+(``*_gain_<arm>`` and ``*_gain_<arm>_ci95``).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import machine_info, paired_interval
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.train.trainer import Trainer, rebatch
@@ -66,7 +79,8 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y > 0].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def model_config(url: str, prefix: str, new_user: dict[str, Any]) -> dict[str, Any]:
+def model_config(url: str, prefix: str, new_user: dict[str, Any],
+                 seed: int = 0) -> dict[str, Any]:
     opt = {"kind": "rowwise_adagrad", "lr": 0.05}
     return {
         "features": {
@@ -84,64 +98,109 @@ def model_config(url: str, prefix: str, new_user: dict[str, Any]) -> dict[str, A
             "dense": {"i_price": {"norm": "none"}},
             "labels": ["click"]},
         "model": {"kind": "deepfm", "mlp": [64, 32]},
-        "train": {"batch_size": 512, "dense_lr": 0.002, "seed": 0},
+        "train": {"batch_size": 512, "dense_lr": 0.002, "seed": seed},
     }
+
+
+def _groups(table: Any, k: int, holdout: float, seed: int) -> dict[str, np.ndarray]:
+    """Masks of the stream's rows: ``train`` (rows trained on), and the scored groups
+    ``returning``, ``returning_with_history`` and ``new`` (see the module docstring)."""
+    users = np.asarray(table.column("user_id").to_pylist(), np.int64)
+    hist = table.column("u_recent_clicks").to_pylist()
+    uniq = np.unique(users)
+    held = set(np.random.default_rng(seed + 1000).choice(
+        uniq, size=int(round(holdout * uniq.shape[0])), replace=False).tolist())
+    half = table.num_rows // 2
+    is_held = np.fromiter((u in held for u in users.tolist()), bool, users.shape[0])
+    train = ~(is_held & (np.arange(users.shape[0]) < half))
+    seen: dict[int, int] = {}
+    first_hist: dict[int, bool] = {}
+    returning = np.zeros(users.shape[0], bool)
+    with_hist = np.zeros(users.shape[0], bool)
+    new = np.zeros(users.shape[0], bool)
+    for i, u in enumerate(users.tolist()):
+        if not train[i]:
+            continue
+        c = seen.get(u, 0)
+        if c == 0:
+            first_hist[u] = bool(hist[i])
+        seen[u] = c + 1
+        if c < k:
+            if u in held:
+                returning[i] = True
+                with_hist[i] = first_hist[u]
+            else:
+                new[i] = True
+    return {"train": train, "returning": returning, "returning_with_history": with_hist,
+            "new": new}
+
+
+def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
+             say: Any) -> dict[str, Any]:
+    """One seed: each arm's AUC on each scored group (see the module docstring)."""
+    t0 = time.perf_counter()
+    table = simulated_examples(SimulatorConfig(
+        seed=seed, n_users=2000, n_items=500, candidates=20, bias=-2.0,
+        malformed_rate=0.0, duplicate_rate=0.0), n_requests=n_req)
+    masks = _groups(table, k, holdout, seed)
+    train = table.filter(masks["train"])
+    y = train.column("click").to_numpy(zero_copy_only=False).astype(np.float64)
+    scored = {g: m[masks["train"]] for g, m in masks.items() if g != "train"}
+    out: dict[str, Any] = {"seed": seed, "impressions": train.num_rows}
+    out |= {f"{g}_impressions": int(m.sum()) for g, m in scored.items()}
+    say(f"seed {seed}: {train.num_rows:,} impressions trained on, scored "
+        f"{ {g: int(m.sum()) for g, m in scored.items()} } ({time.perf_counter() - t0:.1f}s)")
+    for arm, new_user in ARMS.items():
+        t = time.perf_counter()
+        cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}", new_user,
+                                            seed))
+        trainer = Trainer(cfg)
+        p = np.concatenate([trainer.learn_batch(trainer.schema.encode(rb))
+                            for rb in rebatch(train.to_batches(), cfg.train.batch_size)])
+        for g, m in scored.items():
+            out[f"{g}_auc_{arm}"] = auc(y[m], p[m])
+        out[f"all_auc_{arm}"] = auc(y, p)
+        trainer.tables["user"].close()  # type: ignore[attr-defined]
+        say(f"  {arm:>13}: " + ", ".join(f"{g} {out[f'{g}_auc_{arm}']:.4f}" for g in scored)
+            + f" ({time.perf_counter() - t:.1f}s)")
+    return out
 
 
 def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap = argparse.ArgumentParser(prog="freshrec bench store_init")
-    ap.add_argument("--quick", action="store_true", help="3,000 requests")
+    ap.add_argument("--quick", action="store_true", help="3,000 requests, 2 seeds")
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--k", type=int, default=20, help="first K impressions of each user")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=None, help="seeds (default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--holdout", type=float, default=0.3,
+                    help="share of users left out of the first half (returning users)")
     ap.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args(argv)
     say = print if verbose else (lambda *a, **k: None)
     n_req = opts.requests or (3000 if opts.quick else 8000)
-    t0 = time.perf_counter()
-    table = simulated_examples(SimulatorConfig(
-        seed=opts.seed, n_users=2000, n_items=500, candidates=20, bias=-2.0,
-        malformed_rate=0.0, duplicate_rate=0.0), n_requests=n_req)
-    users = table.column("user_id").to_pylist()
-    hist = table.column("u_recent_clicks").to_pylist()
-    seen: dict[Any, int] = {}
-    first_k = np.zeros(len(users), bool)
-    history_at_first = 0
-    for i, u in enumerate(users):
-        c = seen.get(u, 0)
-        if c == 0 and hist[i]:
-            history_at_first += 1
-        first_k[i] = c < opts.k
-        seen[u] = c + 1
-    y = table.column("click").to_numpy(zero_copy_only=False).astype(np.float64)
-    say(f"{table.num_rows:,} impressions, {len(seen):,} users, "
-        f"{int(first_k.sum()):,} among their user's first {opts.k} "
-        f"({time.perf_counter() - t0:.1f}s)")
-    out: dict[str, object] = {"requests": n_req, "impressions": table.num_rows,
-                              "users": len(seen), "k": opts.k,
-                              "first_k_impressions": int(first_k.sum()),
-                              "users_with_history_at_first_sight": history_at_first}
+    n_seeds = opts.seeds or (2 if opts.quick else 5)
+    runs = []
     with _bench_log().redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("bench store_init needs redis-server (scripts/ensure-redis)")
-        for arm, new_user in ARMS.items():
-            t = time.perf_counter()
-            cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}", new_user))
-            trainer = Trainer(cfg)
-            probs = [trainer.learn_batch(trainer.schema.encode(rb))
-                     for rb in rebatch(table.to_batches(), cfg.train.batch_size)]
-            p = np.concatenate(probs)
-            out[f"init_first_k_auc_{arm}"] = round(auc(y[first_k], p[first_k]), 4)
-            out[f"init_auc_all_{arm}"] = round(auc(y, p), 4)
-            trainer.tables["user"].close()  # type: ignore[attr-defined]
-            say(f"{arm:>13}: first-{opts.k} AUC {out[f'init_first_k_auc_{arm}']}, all "
-                f"{out[f'init_auc_all_{arm}']} ({time.perf_counter() - t:.1f}s)")
-    base = float(out["init_first_k_auc_random"])  # type: ignore[arg-type]
-    for arm in ARMS:
-        if arm != "random":
-            out[f"init_first_k_auc_gain_{arm}"] = round(
-                float(out[f"init_first_k_auc_{arm}"]) - base, 4)  # type: ignore[arg-type]
+        for seed in range(opts.seed, opts.seed + n_seeds):
+            runs.append(run_seed(url, n_req, opts.k, opts.holdout, seed, say))
+    out: dict[str, object] = {"requests": n_req, "k": opts.k, "holdout": opts.holdout,
+                              "seeds": n_seeds}
+    for g in ("returning", "returning_with_history", "new", "all"):
+        for arm in ARMS:
+            out[f"init_{g}_auc_{arm}"] = round(float(np.mean(
+                [r[f"{g}_auc_{arm}"] for r in runs])), 4)
+            if arm == "random":
+                continue
+            mean, half = paired_interval([r[f"{g}_auc_{arm}"] - r[f"{g}_auc_random"]
+                                          for r in runs])
+            out[f"init_{g}_gain_{arm}"] = round(mean, 4)
+            out[f"init_{g}_gain_{arm}_ci95"] = round(half, 4)
+    out["runs"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+                   for r in runs]
     out["machine"] = machine_info()
     return out
 
