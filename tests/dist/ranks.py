@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from freshrec.config import FreshrecConfig, config_from_dict
+from freshrec.stream.base import Log
 from freshrec.table.table import EmbeddingTable
 from freshrec.train.trainer import Trainer
 
@@ -88,20 +89,73 @@ def write_inputs(root: Path, cfg: FreshrecConfig, rows: int) -> tuple[Path, Path
     return root / "cfg.yaml", root / "data.parquet"
 
 
-def train_cli(cfg: Path, data: Path, run_dir: Path, *flags: str, torchrun: int = 0,
-              timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """``python -m freshrec train`` on ``data`` (under ``torchrun`` with that many ranks when
-    ``torchrun`` > 0), its output captured."""
+def cli(args: list[str], *, torchrun: int = 0, timeout: float = 240
+        ) -> subprocess.CompletedProcess[str]:
+    """``python -m freshrec ARGS`` (under ``torchrun`` with that many ranks when ``torchrun``
+    > 0), its output captured."""
     from tests.conftest import free_ports
 
     launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}",
                  "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_ports(1)[0]}"]
                 if torchrun else [sys.executable])
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, "-m", "freshrec", "train", "--config", str(cfg),
-                           "--data", str(data), "--format", "parquet", "--run-dir",
-                           str(run_dir), "--no-progress", *flags],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*launcher, "-m", "freshrec", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(cfg: Path, data: Path, run_dir: Path, *flags: str, torchrun: int = 0,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``python -m freshrec train`` on ``data`` (see :func:`cli`)."""
+    return cli(["train", "--config", str(cfg), "--data", str(data), "--format", "parquet",
+                "--run-dir", str(run_dir), "--no-progress", *flags], torchrun=torchrun,
+               timeout=timeout)
+
+
+#: Partition of each record of :func:`write_examples_log`, in turn: partition 0 gets half the
+#: records, 2 three eighths, 1 an eighth and 3 none (rank 0 of 2 reads 7/8 of the examples).
+LOG_PATTERN = (0, 0, 2, 1, 0, 2, 0, 2)
+
+
+def write_examples_log(root: Path, rows: int) -> Log:
+    """A 4-partition file log of joined-example records (10 examples of ``batches(rows)``
+    each), spread over the partitions by :data:`LOG_PATTERN`."""
+    from freshrec.stream.events import encode_examples
+    from freshrec.stream.open import open_log
+
+    table = pa.Table.from_batches(batches(rows)).combine_chunks()
+    log = open_log(f"file:{root}", partitions=4)
+    for i in range(0, rows, 10):
+        log.append([encode_examples(table.slice(i, 10).to_batches()[0])],
+                   partition=LOG_PATTERN[i // 10 % len(LOG_PATTERN)])
+    return log
+
+
+def online_reference(cfg: FreshrecConfig, source: Log, world: int) -> Trainer:
+    """One process trained on the global batches ``world`` online ranks make of ``source``:
+    in each round every rank reads ``online.max_records`` records of each partition it owns
+    (round-robin), in batches of ``batch_size // world`` examples; step ``k`` of a round
+    trains every rank's ``k``-th batch, in rank order."""
+    from freshrec.stream.events import decode_examples
+    from freshrec.train.trainer import rebatch
+
+    single = Trainer(cfg)
+    offsets = [0] * source.partitions
+    while True:
+        per_rank: list[list[pa.RecordBatch]] = []
+        for r in range(world):
+            values = []
+            for p in range(r, source.partitions, world):
+                recs = source.read(p, offsets[p], cfg.online.max_records)
+                offsets[p] += len(recs)
+                values += [rec.value for rec in recs]
+            rb = decode_examples(values)[0] if values else None
+            per_rank.append([] if rb is None else
+                            list(rebatch([rb], cfg.train.batch_size // world)))
+        if not any(per_rank):
+            return single
+        for k in range(max(len(b) for b in per_rank)):
+            parts = [b[k] for b in per_rank if k < len(b)]
+            single.learn_batch(single.schema.encode(pa.Table.from_batches(parts)))
 
 
 def checkpoint_state(run_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any], int]:
@@ -179,29 +233,7 @@ def _stall(out: Path, rank: int) -> None:
                                                     "error": str(e)}))
 
 
-def _publish(out: Path, rank: int) -> None:
-    """Train 2 ranks, publishing a delta every 3 steps and everything at the end."""
-    from freshrec.dist import DistTrainer, ShardedPublisher
-    from freshrec.sync import Registry
-
-    trainer = DistTrainer(config("rowwise_adagrad"))
-    trainer.keep_expired_log = True
-    pub = ShardedPublisher(Registry(out / "registry"), trainer.tables,
-                           trainer.model.state_dict, trainer.exchange)
-    pub.publish_full()
-
-    def every_3(t: Trainer, _: dict[str, float]) -> None:
-        if t.step % 3 == 0:
-            pub.publish_sparse()
-
-    trainer.fit(batches(600), on_step=every_3)
-    pub.publish_sparse()
-    pub.publish_dense()
-    np.savez(out / f"publish-rank{rank}.npz", **table_state(trainer.tables),
-             **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
-
-
-SCENARIOS = {"equivalence": _equivalence, "stall": _stall, "publish": _publish}
+SCENARIOS = {"equivalence": _equivalence, "stall": _stall}
 
 
 def main() -> None:

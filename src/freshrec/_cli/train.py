@@ -121,23 +121,26 @@ def _under_torchrun() -> bool:
 
 
 def _run_distributed(cfg: FreshrecConfig, args: argparse.Namespace) -> int:
-    """``--nproc N``: torchrun N ranks of this command; under torchrun: train one rank."""
+    """``--nproc N``: torchrun N ranks of this command; under torchrun: train one rank
+    (batch, or ``--online`` on its partitions of the examples log)."""
     from freshrec.dist.launch import launch_local
-    from freshrec.dist.run import train_rank, write_run_config
+    from freshrec.dist.run import online_rank, train_rank, write_run_config
 
-    if args.online:
-        raise ConfigError("freshrec train --online runs in one process (distributed online "
-                          "training is not supported yet); drop --nproc")
-    run_dir = run_dir_of(cfg, online=False)
+    run_dir = run_dir_of(cfg, online=args.online)
     if not _under_torchrun():
-        flags = [f for f, on in (("--resume", args.resume), ("--no-progress", True)) if on]
+        flags = [f for f, on in (("--resume", args.resume), ("--online", args.online),
+                                 ("--no-progress", True)) if on]
         return launch_local(cfg.dist.nproc, ["train", "--config",
                                              str(write_run_config(cfg, run_dir)), *flags],
                             max_restarts=cfg.dist.max_restarts)
-    trainer, summary = train_rank(cfg, run_dir, open_data(cfg), resume=args.resume)
+    if args.online:
+        trainer, summary = online_rank(cfg, run_dir)
+    else:
+        trainer, summary = train_rank(cfg, run_dir, open_data(cfg), resume=args.resume)
     if trainer.rank == 0:
         print(json.dumps({"ranks": trainer.world, **{
-            k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}}))
+            k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}},
+            default=str))
         print(f"checkpoint: {Path(run_dir) / 'checkpoints'}")
     return 0
 

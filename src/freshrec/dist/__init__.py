@@ -8,7 +8,8 @@ and run the dense part, and the backward sends row gradients to the owners
 (:class:`ShardedPooledEmbedding`) while dense gradients are all-reduced
 (:class:`DenseGradientSync`). :class:`DistTrainer` is the :class:`~freshrec.train.Trainer`
 of one rank; its checkpoints are per-rank shards under one manifest, restorable on any
-number of ranks. See ``docs/distributed.md``.
+number of ranks. :class:`DistOnlineTrainer` trains online, each rank on its own partitions
+of the examples log. See ``docs/distributed.md``.
 """
 
 from freshrec.dist.checkpoint import DistManifest, latest_manifest, reshard_table
@@ -16,6 +17,7 @@ from freshrec.dist.config import DistConfig
 from freshrec.dist.dense import DenseGradientSync
 from freshrec.dist.embedding import ShardedPooledEmbedding
 from freshrec.dist.exchange import SparseExchange
+from freshrec.dist.online import DistOnlineTrainer, owned_partitions
 from freshrec.dist.publish import ShardedPublisher
 from freshrec.dist.sharding import SHARD_SALT, owner_ranks
 from freshrec.dist.trainer import DistTrainer, GlobalMetricSet
@@ -24,6 +26,7 @@ __all__ = [
     "DenseGradientSync",
     "DistConfig",
     "DistManifest",
+    "DistOnlineTrainer",
     "DistTrainer",
     "GlobalMetricSet",
     "SHARD_SALT",
@@ -31,6 +34,7 @@ __all__ = [
     "ShardedPublisher",
     "SparseExchange",
     "latest_manifest",
+    "owned_partitions",
     "owner_ranks",
     "reshard_table",
 ]

@@ -111,6 +111,10 @@ class SparseExchange:
         """The sum of ``value`` over ranks, added in rank order (the same on every rank)."""
         return float(np.sum(self.gather(np.array([value], np.float64))))
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (the same answer on every rank)."""
+        return self.max(float(flag)) > 0 if self.world > 1 else flag
+
     def barrier(self) -> None:
         """Wait for every rank."""
         if self.world > 1:

@@ -50,11 +50,15 @@ class ShardedPublisher:
                  exchange: SparseExchange, config: PublisherConfig | None = None) -> None:
         self.tables = dict(tables)
         self.exchange = exchange
+        self.registry = registry
         self._cut = {name: 0 for name in self.tables}
         self.mirror = {name: EmbeddingTable(t.config) for name, t in self.tables.items()} \
             if exchange.rank == 0 else {}
         self.publisher = Publisher(registry, self.mirror, dense_state_fn, config) \
             if exchange.rank == 0 else None
+        c = config if config is not None else PublisherConfig()
+        self._every_s = min(c.sparse_interval_s, c.dense_interval_s, c.full_interval_s)
+        self._gathered_at: float | None = None
 
     def _gather_deltas(self) -> None:
         """Every shard's delta since the last publish, applied to rank 0's copy."""
@@ -72,6 +76,24 @@ class ShardedPublisher:
                     table=name, fingerprint=d.fingerprint, from_version=0, to_version=0,
                     fids=fids, values=values, last_seen=seen, states=None, expired=expired),
                     check_version=False)
+
+    def due(self, now: float) -> bool:
+        """Whether :meth:`maybe_publish` has anything to do at rank 0's clock ``now`` (the
+        first call, then every shortest interval of the ``sync`` section); a collective:
+        rank 0 decides for all."""
+        mine = self._gathered_at is None or now - self._gathered_at >= self._every_s
+        return self.exchange.any(mine and self.exchange.rank == 0)
+
+    def maybe_publish(self, now: float, **kwargs: Any) -> VersionManifest | None:
+        """Gather every shard's changes; rank 0 publishes what its
+        :meth:`~freshrec.sync.Publisher.maybe_publish` finds due at ``now`` (a full
+        snapshot, a delta with or without the dense part, or nothing yet: the rows gathered
+        stay in its copy for the next version). A collective: call it on every rank when
+        :meth:`due` says so."""
+        self._gathered_at = now
+        self._gather_deltas()
+        return self.publisher.maybe_publish(now, **kwargs) if self.publisher is not None \
+            else None
 
     def publish_full(self, **kwargs: Any) -> VersionManifest | None:
         """Gather every shard's changes, then rank 0 publishes a full snapshot (a collective;

@@ -1,4 +1,5 @@
-"""One rank of ``freshrec train`` under torchrun, and the ``--nproc`` shorthand's launch."""
+"""One rank of ``freshrec train`` (batch or ``--online``) under torchrun, and the
+``--nproc`` shorthand's launch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import torch.distributed as dist
@@ -14,12 +15,12 @@ import yaml
 
 from freshrec.dist.launch import init_ranks
 from freshrec.dist.trainer import DistTrainer
-from freshrec.errors import InputError
+from freshrec.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
 
-__all__ = ["train_rank", "write_run_config"]
+__all__ = ["train_rank", "online_rank", "write_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -58,5 +59,31 @@ def train_rank(config: FreshrecConfig, run_dir: str | Path,
                 raise InputError(f"rank {rank}: input {trainer.input_name!r}: {e}") from e
 
         return trainer, trainer.fit(reader)
+    finally:
+        dist.destroy_process_group()
+
+
+def online_rank(config: FreshrecConfig, run_dir: str | Path) -> tuple[DistTrainer, dict[str, Any]]:
+    """Join the process group and train this rank's partitions of ``online.source`` until
+    the log is idle for ``online.idle_timeout_s`` (0: forever); returns the rank's trainer
+    and the run's summary. The run resumes from its newest checkpoint, if any (always, as
+    a single-process online run does, so a rank restarted by torchrun resumes too)."""
+    from freshrec.dist.online import DistOnlineTrainer
+    from freshrec.stream.open import open_log
+    from freshrec.sync import Registry
+
+    o = config.online
+    if not o.source:
+        raise ConfigError("--online needs --source (or online.source: the joined-examples log)")
+    init_ranks(config.dist)
+    try:
+        online = DistOnlineTrainer(config, open_log(o.source, partitions=o.partitions),
+                                   run_dir=run_dir,
+                                   registry=Registry(o.registry) if o.registry else None)
+        log.info("rank=%d partitions=%s offsets=%s lag=%d records", online.rank,
+                 sorted(online.offsets), online.offsets, online.lag())
+        summary = online.run(idle_timeout_s=o.idle_timeout_s if o.idle_timeout_s > 0
+                             else float("inf"))
+        return cast(DistTrainer, online.trainer), summary
     finally:
         dist.destroy_process_group()

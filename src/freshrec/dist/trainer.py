@@ -139,20 +139,39 @@ class DistTrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
     def save(self, extra: dict[str, Any] | None = None) -> Path:
         """Write this rank's shard checkpoint; after every rank has, rank 0 writes the
-        manifest naming them all. Returns the manifest's path."""
+        manifest naming them all. Returns the manifest's path. When a rank cannot write its
+        shard, every rank raises :class:`OSError` and the manifest stays the previous one."""
         if self.run_root is None:
             raise ConfigError("DistTrainer.save: run_dir is None; build the trainer with "
                               "DistTrainer(config, run_dir=...) to write checkpoints")
-        shard = super().save(extra)
-        self.exchange.barrier()
+        total = int(self.exchange.sum(float(self.examples)))
+        failed: OSError | None = None
+        try:
+            shard = super().save({**(extra or {}), "examples_all_ranks": total})
+        except OSError as e:
+            failed = e
+        self._raise_on_any(failed, "checkpoint shard")
         name = shard.name
         path = self.run_root / "checkpoints" / f"{name}.json"
         if self.rank == 0:
             shards = [self.run_root / f"rank-{r}" / "checkpoints" / name
                       for r in range(self.world)]
-            path = write_manifest(self.run_root, name, self.step, shards, self._keep_manifests)
-        self.exchange.barrier()
+            try:
+                path = write_manifest(self.run_root, name, self.step, shards,
+                                      self._keep_manifests)
+            except OSError as e:
+                failed = e
+        self._raise_on_any(failed, "checkpoint manifest")
         return path
+
+    def _raise_on_any(self, error: OSError | None, what: str) -> None:
+        """Raise :class:`OSError` on every rank when ``error`` happened on any (a
+        collective), so that every rank takes the same way out: a retry of the whole
+        checkpoint."""
+        if self.exchange.any(error is not None):
+            raise OSError(f"rank {self.rank}: {what} not written: "
+                          f"{error if error is not None else 'another rank failed'}"
+                          ) from error
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Restore the newest manifest of ``run_dir/checkpoints`` (or the manifest or
@@ -168,6 +187,9 @@ class DistTrainer(Trainer):
         else:
             # dense part, position and metrics are the same on every shard: take rank 0's
             done = super().resume(manifest.shards[0])
+            # rank 0 carries the examples of every old rank (the others start from none)
+            self.examples = int(self.resumed_state.get("examples_all_ranks", self.examples)) \
+                if self.rank == 0 else 0
             for name, table in list(self.tables.items()):
                 new = reshard_table(table.config, [s / "tables" / name for s in manifest.shards],
                                     self.rank, self.world)

@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
+from freshrec.features.schema import EncodedBatch
 from freshrec.ops.gate import GateDecision, PublishGate, holdout_mask
 from freshrec.ops.stats import SlotStats, window_record
 from freshrec.stream.base import Log, committed_end
@@ -98,7 +99,7 @@ class OnlineTrainer:
                  registry: Registry | None = None) -> None:
         self.config = config
         self.source = source
-        self.trainer = Trainer(config, run_dir=run_dir)
+        self.trainer = self._new_trainer(config, run_dir)
         oc = config.online
         unknown = set(oc.frozen_tables) - set(self.trainer.tables)
         if unknown:
@@ -118,16 +119,28 @@ class OnlineTrainer:
         self.last_gate: GateDecision | None = None
         self._gate_at = -math.inf
         self._resume()
-        self.publisher = (Publisher(registry, self.trainer.tables, self._dense_state,
-                                    config.sync) if registry is not None else None)
+        self.publisher = self._new_publisher(registry) if registry is not None else None
         self.trainer.keep_expired_log = self.publisher is not None
         self._last_ckpt = time.monotonic()
         self._window: dict[str, Any] = {}
         self._slot_stats = SlotStats(self.trainer.schema.slot_names)
         self._dense_published_step: int | None = None
 
+    def _new_trainer(self, config: FreshrecConfig, run_dir: str | Path) -> Trainer:
+        """The trainer of the model (a distributed run's is a rank's trainer)."""
+        return Trainer(config, run_dir=run_dir)
+
+    def _new_publisher(self, registry: Registry) -> Any:
+        """What publishes to ``registry``: ``maybe_publish``, ``publish_sparse`` and
+        ``publish_dense`` of a :class:`~freshrec.sync.Publisher`."""
+        return Publisher(registry, self.trainer.tables, self._dense_state, self.config.sync)
+
     def _dense_state(self) -> dict[str, Any]:
         return self.trainer.model.state_dict()
+
+    def _agreed(self, flag: bool) -> bool:
+        """A decision to stop (a distributed run takes it when any rank does)."""
+        return flag
 
     def _resume(self) -> None:
         t = self.trainer
@@ -156,10 +169,24 @@ class OnlineTrainer:
 
     def _consume(self, timeout_s: float) -> int:
         """Read what is available (waiting up to ``timeout_s``) and train on it."""
+        values, ends = self._read(timeout_s)
+        rb = None
+        if values:
+            rb, bad = decode_examples(values)
+            if bad:
+                self.rejected += bad
+                log.warning("online: %d records are not examples (skipped)", bad)
+        n = self._train(rb)
+        self.offsets = ends
+        return n
+
+    def _read(self, timeout_s: float) -> tuple[list[bytes], dict[int, int]]:
+        """The records available in the partitions of :attr:`offsets` (waiting up to
+        ``timeout_s`` in each) and the offsets after them."""
         oc = self.config.online
         values: list[bytes] = []
         ends = dict(self.offsets)
-        for p in range(self.source.partitions):
+        for p in self.offsets:
             recs = self.source.read(p, self.offsets[p], oc.max_records, timeout_s)
             end = committed_end(self.source, p) if recs else None
             if end is not None:  # the joiner may still roll back what is past its commit
@@ -167,42 +194,54 @@ class OnlineTrainer:
             values += [r.value for r in recs]
             if recs:
                 ends[p] = recs[-1].offset + 1
-        n = 0
-        if values:
-            rb, bad = decode_examples(values)
-            if bad:
-                self.rejected += bad
-                log.warning("online: %d records are not examples (skipped)", bad)
-            if rb is not None:
-                n = self._train(rb)
-        self.offsets = ends
+        return values, ends
+
+    def _train(self, rb: pa.RecordBatch | None) -> int:
+        """Train on the examples ``rb`` (None: none were read); returns examples."""
+        if rb is None:
+            return 0
+        n = self._learn(self._encoded(rb, self.config.train.batch_size))
+        self._after_round()
         return n
 
-    def _train(self, rb: pa.RecordBatch) -> int:
-        t = self.trainer
-        oc = self.config.online
-        n = 0
-        for chunk in rebatch([rb], self.config.train.batch_size):
+    def _encoded(self, rb: pa.RecordBatch, batch_size: int) -> list[EncodedBatch]:
+        """``rb`` in encoded batches of ``batch_size`` examples (less the examples the gate
+        holds back); a batch that cannot be encoded is rejected (counted, logged)."""
+        out = []
+        for chunk in rebatch([rb], batch_size):
             if self.gate is not None:
                 chunk = self._hold_back(chunk)
             try:
-                enc = t.schema.encode(chunk)
+                out.append(self.trainer.schema.encode(chunk))
             except InputError as e:
                 self.rejected += chunk.num_rows
                 log.warning("online: rejected %d examples: %s", chunk.num_rows, e)
-                continue
-            warm = t.step < oc.embedding_warmup_steps
-            for name, table in t.tables.items():
-                table.frozen = warm or name in oc.frozen_tables
-            t.learn_batch(enc)
+        return out
+
+    def _learn(self, batches: list[EncodedBatch]) -> int:
+        """One training step per batch; returns examples."""
+        for enc in batches:
+            self._learn_one(enc)
+        return sum(enc.size for enc in batches)
+
+    def _learn_one(self, enc: EncodedBatch) -> None:
+        t = self.trainer
+        oc = self.config.online
+        warm = t.step < oc.embedding_warmup_steps
+        for name, table in t.tables.items():
+            table.frozen = warm or name in oc.frozen_tables
+        t.learn_batch(enc)
+        if enc.size:
             self._slot_stats.update(enc.sparse, enc.labels[:, 0])
-            n += enc.size
             newest = int(enc.event_time.max())
             self.newest_event_time = max(newest, self.newest_event_time or newest)
+
+    def _after_round(self) -> None:
+        """After training on what a read returned: the window report, importance."""
+        t = self.trainer
         self._report()
         if t.importance is not None and t.run_dir is not None:
             t.importance.write(t.run_dir)
-        return n
 
     def _hold_back(self, chunk: pa.RecordBatch) -> pa.RecordBatch:
         """Keep the gate's share of ``chunk`` for the publish gate; return the rest."""
@@ -265,10 +304,13 @@ class OnlineTrainer:
     def checkpoint(self) -> Path:
         """Save model, tables, progressive metrics and input offsets together."""
         self._last_ckpt = time.monotonic()
-        return self.trainer.save(extra={"offsets": {str(p): o for p, o in self.offsets.items()},
-                                        "rejected": self.rejected,
-                                        "newest_event_time": self.newest_event_time,
-                                        "rows_read": self.rows_read})
+        return self.trainer.save(extra=self._checkpoint_state())
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the model: input offsets and counters."""
+        return {"offsets": {str(p): o for p, o in self.offsets.items()},
+                "rejected": self.rejected, "newest_event_time": self.newest_event_time,
+                "rows_read": self.rows_read}
 
     def _gate_allows(self, *, final: bool = False) -> bool:
         """Whether the publish gate lets the model out now (checked at most once per
@@ -352,7 +394,7 @@ class OnlineTrainer:
         done = 0
         read_backoff, write_backoff = Backoff(), Backoff()
         while True:
-            if stop is not None and stop():
+            if self._agreed(stop is not None and stop()):
                 break
             try:
                 n = self._consume(self.config.online.poll_timeout_s if idle_timeout_s else 0.0)
@@ -376,7 +418,7 @@ class OnlineTrainer:
             done += n
             if n:
                 idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= idle_timeout_s:
+            elif self._agreed(time.monotonic() - idle_since >= idle_timeout_s):
                 break
             if max_examples is not None and done >= max_examples:
                 break

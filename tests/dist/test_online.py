@@ -1,0 +1,116 @@
+"""Distributed online training: each rank trains its partitions of the examples log; the
+ranks together train every example once, as one process on the same global batches, and
+a SIGKILL of a rank under torchrun's restarts loses and doubles nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from freshrec.sync import Registry, Subscriber
+from tests.dist.ranks import (
+    ROOT,
+    assert_same_model,
+    checkpoint_state,
+    cli,
+    config,
+    merged,
+    online_reference,
+    table_state,
+    write_examples_log,
+)
+from tests.dist.test_checkpoint import _rank_process
+
+ROWS = 1200
+
+
+def _setup(tmp_path: Path, sync: dict[str, float] | None = None, **online: object
+           ) -> tuple[Path, Path]:
+    """The config document (online section ``online``, sync section ``sync``) and the
+    4-partition examples log."""
+    cfg = config("rowwise_adagrad")
+    raw = {**cfg.raw, "online": {"max_records": 8, **online}, "sync": sync or {}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_examples_log(tmp_path / "log", ROWS)
+    return tmp_path / "cfg.yaml", tmp_path / "log"
+
+
+def _reference(doc: Path, log: Path, world: int) -> object:
+    from freshrec.config import config_from_dict
+    from freshrec.stream.open import open_log
+
+    cfg = config_from_dict(yaml.safe_load(doc.read_text()), where=str(doc))
+    return online_reference(cfg, open_log(f"file:{log}"), world)
+
+
+def _ends(log: Path) -> dict[str, int]:
+    from freshrec.stream.open import open_log
+
+    source = open_log(f"file:{log}")
+    return {str(p): source.end_offset(p) for p in range(source.partitions)}
+
+
+def test_two_ranks_under_torchrun_train_each_example_once_and_publish_one_model(
+        tmp_path: Path) -> None:
+    doc, log = _setup(tmp_path, sync={"sparse_interval_s": 0})  # a delta every round
+    run, registry = tmp_path / "run", tmp_path / "registry"
+    done = cli(["train", "--online", "--config", str(doc), "--source", f"file:{log}",
+                "--registry", str(registry), "--run-dir", str(run), "--idle-timeout", "1",
+                "--no-progress"], torchrun=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.splitlines()[-2])
+    assert summary["ranks"] == 2 and summary["examples"] == ROWS and summary["count"] == ROWS
+    assert summary["offsets"] == _ends(log)  # every partition read to its end
+    assert summary["rejected"] == 0
+    parts, dense, world = checkpoint_state(run)
+    assert world == 2
+    # the ranks' model is one process's on the same global batches (rank 1, with an eighth
+    # of the examples, padded its share of most steps with empty batches): each example once
+    assert_same_model(parts, dense, _reference(doc, log, 2))
+    # a subscriber of the registry sees one model: the union of the shards
+    versions = Registry(registry).versions()
+    assert len(versions) > 5  # a full snapshot, a delta per round, the dense part
+    state = Subscriber(Registry(registry)).materialize()
+    served = table_state(state.tables)
+    for name in ("user", "item"):
+        shards = merged(parts, name)
+        np.testing.assert_array_equal(served[f"{name}.fids"], shards["fids"])
+        np.testing.assert_array_equal(served[f"{name}.values"], shards["values"])
+    for k, v in state.dense.items():
+        np.testing.assert_array_equal(v.numpy(), dense[k])
+
+
+def test_sigkill_of_a_rank_resumes_from_checkpointed_offsets(tmp_path: Path) -> None:
+    doc, log = _setup(tmp_path, checkpoint_every_s=0)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "freshrec", "train", "--online", "--config", str(doc),
+         "--source", f"file:{log}", "--run-dir", str(run), "--idle-timeout", "1",
+         "--no-progress", "--nproc", "2", "--set", "dist.max_restarts=1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and launcher.poll() is None:
+        if (run / "checkpoints" / "LATEST").is_file():
+            killed = _rank_process(launcher.pid, 1)
+            if killed is not None:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = launcher.communicate(timeout=300)
+    assert killed is not None, f"no rank 1 to kill mid-run: {err[-2000:]}"
+    assert launcher.returncode == 0, err[-3000:]
+    summary = json.loads(out.splitlines()[-2])
+    assert summary["examples"] == ROWS and summary["count"] == ROWS  # none lost or doubled
+    assert summary["offsets"] == _ends(log)
+    parts, dense, world = checkpoint_state(run)
+    assert world == 2
+    assert_same_model(parts, dense, _reference(doc, log, 2))
