@@ -130,11 +130,18 @@ def write_examples_log(root: Path, rows: int) -> Log:
     return log
 
 
+def train_in_step(single: Trainer, per_rank: list[list[pa.RecordBatch]]) -> None:
+    """Train ``single`` on the global batches of ranks stepping together: step ``k`` trains
+    every rank's ``k``-th batch (of those that have one), in rank order."""
+    for k in range(max((len(b) for b in per_rank), default=0)):
+        parts = [b[k] for b in per_rank if k < len(b)]
+        single.learn_batch(single.schema.encode(pa.Table.from_batches(parts)))
+
+
 def online_reference(cfg: FreshrecConfig, source: Log, world: int) -> Trainer:
     """One process trained on the global batches ``world`` online ranks make of ``source``:
     in each round every rank reads ``online.max_records`` records of each partition it owns
-    (round-robin), in batches of ``batch_size // world`` examples; step ``k`` of a round
-    trains every rank's ``k``-th batch, in rank order."""
+    (round-robin), in batches of ``batch_size // world`` examples (:func:`train_in_step`)."""
     from freshrec.stream.events import decode_examples
     from freshrec.train.trainer import rebatch
 
@@ -153,9 +160,7 @@ def online_reference(cfg: FreshrecConfig, source: Log, world: int) -> Trainer:
                             list(rebatch([rb], cfg.train.batch_size // world)))
         if not any(per_rank):
             return single
-        for k in range(max(len(b) for b in per_rank)):
-            parts = [b[k] for b in per_rank if k < len(b)]
-            single.learn_batch(single.schema.encode(pa.Table.from_batches(parts)))
+        train_in_step(single, per_rank)
 
 
 def checkpoint_state(run_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any], int]:

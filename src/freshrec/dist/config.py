@@ -41,7 +41,11 @@ class DistConfig:
     slicing : str
         Batch input: ``rows`` (every rank reads the input and encodes and trains on its
         disjoint slice of each global batch of ``train.batch_size`` rows, so N ranks train
-        exactly as one process; the only mode).
+        exactly as one process) or ``files`` (an input of several files, a directory or a
+        glob: rank ``r`` reads only files ``r, r + N, ...`` of the sorted list, in local
+        batches of ``train.batch_size // N`` rows; step ``k`` trains every rank's ``k``-th
+        batch, and a rank whose files are done steps with empty batches until all are).
+        Online training always slices the examples log by partition.
     max_restarts : int
         ``freshrec train --nproc N``: torchrun restarts every rank this many times after a
         rank fails; restarted ranks resume from the newest checkpoint.
@@ -65,7 +69,8 @@ class DistConfig:
                 "'auto', 'gloo' or 'nccl'", self.backend)
         require(self.sharding == "row_hash", o, "sharding", "'row_hash'", self.sharding)
         require(self.exchange == "rows", o, "exchange", "'rows'", self.exchange)
-        require(self.slicing == "rows", o, "slicing", "'rows'", self.slicing)
+        require(self.slicing in ("rows", "files"), o, "slicing", "'rows' or 'files'",
+                self.slicing)
         require(is_int(self.max_restarts) and self.max_restarts >= 0, o, "max_restarts",
                 "an int >= 0", self.max_restarts)
         require(is_number(self.timeout_s) and self.timeout_s > 0, o, "timeout_s",

@@ -86,13 +86,13 @@ class DistOnlineTrainer(OnlineTrainer):
             raise ConfigError("ops.gate: the publish gate runs in one process; set "
                               "ops.gate.enabled=false to train online on several ranks")
         super().__init__(config, source, run_dir=run_dir, registry=registry)
-        self._empty: EncodedBatch | None = None
 
     # ------------------------------------------------------------------ hooks of the base
     def _new_trainer(self, config: FreshrecConfig, run_dir: str | Path) -> Trainer:
-        trainer = DistTrainer(config, run_dir)
-        self.exchange, self.rank, self.world = trainer.exchange, trainer.rank, trainer.world
-        return trainer
+        #: The rank's trainer (:attr:`trainer`, typed).
+        self.dist = DistTrainer(config, run_dir)
+        self.exchange, self.rank, self.world = self.dist.exchange, self.dist.rank, self.dist.world
+        return self.dist
 
     def _new_publisher(self, registry: Registry) -> ShardedPublisher:
         return ShardedPublisher(registry, self.trainer.tables, self._dense_state, self.exchange,
@@ -124,17 +124,10 @@ class DistOnlineTrainer(OnlineTrainer):
             [[len(batches), sum(b.size for b in batches), newest]], np.float64))
         steps = int(got[:, 0].max())
         for k in range(steps):
-            self._learn_one(batches[k] if k < len(batches) else self._empty_batch())
+            self._learn_one(batches[k] if k < len(batches) else self.dist.empty_batch())
         if got[:, 2].max() >= 0:
             self.newest_event_time = max(int(got[:, 2].max()), self.newest_event_time or 0)
         return int(got[:, 1].sum())
-
-    def _empty_batch(self) -> EncodedBatch:
-        """A batch of no examples: this rank's share of a step it has nothing for."""
-        if self._empty is None:
-            labels = {name: pa.array([], pa.float32()) for name in self.config.features.labels}
-            self._empty = self.trainer.schema.encode(pa.RecordBatch.from_pydict(labels))
-        return self._empty
 
     def _maybe_checkpoint(self) -> None:
         due = time.monotonic() - self._last_ckpt >= self.config.online.checkpoint_every_s

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch.distributed as dist
@@ -20,7 +20,7 @@ from freshrec.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
 
-__all__ = ["train_rank", "online_rank", "write_run_config"]
+__all__ = ["train_rank", "online_rank", "rank_files", "write_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ def train_rank(config: FreshrecConfig, run_dir: str | Path,
         if (resume or restarted) and trainer.resume():
             log.info("rank=%d resumed step=%d restarted=%s", rank, trainer.step, restarted)
         trainer.input_name = config.data.path or trainer.input_name
+        if trainer.own_files:
+            files = rank_files(config, rank, trainer.world)
+            log.info("rank=%d reads %d files: %s", rank, len(files), [str(f) for f in files])
+            make_reader = _files_reader(config, files)
 
         def reader() -> Iterator[pa.RecordBatch]:
             try:
@@ -61,6 +65,46 @@ def train_rank(config: FreshrecConfig, run_dir: str | Path,
         return trainer, trainer.fit(reader)
     finally:
         dist.destroy_process_group()
+
+
+def rank_files(config: FreshrecConfig, rank: int, world: int) -> list[Path]:
+    """The input files ``rank`` of ``world`` reads with ``dist.slicing: files``: files
+    ``rank, rank + world, ...`` of the sorted files of ``data.path`` (a directory or a glob
+    of tabular files). A rank may get none (more ranks than files); the files of all ranks
+    are every file once.
+
+    Raises
+    ------
+    ConfigError
+        ``data.path`` is not a set of several files.
+    """
+    from freshrec.data.readers import open_reader
+
+    d = config.data
+    files = list(getattr(open_reader(d.format, d.path, chunk_rows=d.chunk_rows,
+                                     **dict(d.options)), "files", []))
+    if len(files) < 2:
+        raise ConfigError(f"dist.slicing=files: data.path {d.path!r} (format {d.format!r}) is "
+                          f"not several files; give a directory or a glob of tabular files, "
+                          f"or set dist.slicing=rows")
+    return files[rank::world]
+
+
+def _files_reader(config: FreshrecConfig, files: list[Path]
+                  ) -> Callable[[], Iterator[pa.RecordBatch]]:
+    """A reader over ``files`` one after the other, an error naming the file."""
+    from freshrec.data.readers import open_reader
+
+    d = config.data
+
+    def read() -> Iterator[pa.RecordBatch]:
+        for f in files:
+            try:
+                yield from open_reader(d.format, f, chunk_rows=d.chunk_rows, **dict(d.options))
+            except (OSError, InputError) as e:
+                raise InputError(f"{f}: {e}") from e
+
+    return read
 
 
 def online_rank(config: FreshrecConfig, run_dir: str | Path) -> tuple[DistTrainer, dict[str, Any]]:
@@ -84,6 +128,6 @@ def online_rank(config: FreshrecConfig, run_dir: str | Path) -> tuple[DistTraine
                  sorted(online.offsets), online.offsets, online.lag())
         summary = online.run(idle_timeout_s=o.idle_timeout_s if o.idle_timeout_s > 0
                              else float("inf"))
-        return cast(DistTrainer, online.trainer), summary
+        return online.dist, summary
     finally:
         dist.destroy_process_group()

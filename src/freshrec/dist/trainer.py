@@ -17,6 +17,7 @@ run restores from a checkpoint written by any number of ranks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,16 +85,22 @@ class DistTrainer(Trainer):
 
         exchange = SparseExchange(group)
         tc = config.train
+        #: Whether this rank reads files of its own (``dist.slicing: files``): its batches are
+        #: local (``batch_size // world`` rows), not its slice of a global batch.
+        self.own_files = config.dist.slicing == "files"
         # shards keep one checkpoint more than the manifests name (see dist.checkpoint);
         # progress lines are written by rank 0 only (every rank has the global metrics)
         config = replace(config, train=replace(
             tc, keep_checkpoints=tc.keep_checkpoints + 1,
-            log_every_steps=tc.log_every_steps if exchange.rank == 0 else 0))
+            log_every_steps=tc.log_every_steps if exchange.rank == 0 else 0,
+            batch_size=(tc.batch_size // exchange.world or 1) if self.own_files
+            else tc.batch_size))
         self.run_root = Path(run_dir) if run_dir is not None else None
         super().__init__(config, None if self.run_root is None
                          else self.run_root / f"rank-{exchange.rank}")
         self.exchange = exchange
         self.rank, self.world = exchange.rank, exchange.world
+        self._empty: EncodedBatch | None = None
         self._keep_manifests = tc.keep_checkpoints
         #: Named in the error when this rank's input cannot be read (the CLI sets the path).
         self.input_name = "<input>"
@@ -120,15 +127,41 @@ class DistTrainer(Trainer):
         """This rank's slice (rows ``[n r / N, n (r + 1) / N)``) of the global batch after
         negative sampling, which every rank draws with the same coins, encoded; an empty
         slice is still a step (the step is a collective); None when sampling left the whole
-        global batch empty (every rank skips it)."""
+        global batch empty (every rank skips it). A rank reading its own files encodes its
+        whole local batch."""
         n = sampled.num_rows
         if not n:
             return None
-        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        lo, hi = (0, n) if self.own_files else \
+            (n * self.rank // self.world, n * (self.rank + 1) // self.world)
         try:
             return self.schema.encode(sampled.slice(lo, hi - lo))
         except InputError as e:
             raise InputError(f"rank {self.rank}: input {self.input_name!r}: {e}") from e
+
+    def _in_step(self, prepared: Iterator[tuple[int, EncodedBatch | None]]
+                 ) -> Iterator[tuple[int, EncodedBatch | None]]:
+        """Ranks reading their own files step together: before each step they agree whether
+        any rank still has a batch; a rank whose files are done (or whose batch sampling
+        emptied) steps with an empty batch, and the epoch ends when no rank has one."""
+        if not self.own_files or self.world == 1:
+            yield from prepared
+            return
+        i = self.position["batches"]
+        while True:
+            item = next(prepared, None)
+            if not self.exchange.any(item is not None):
+                return
+            enc = item[1] if item is not None else None
+            yield i, enc if enc is not None else self.empty_batch()
+            i += 1
+
+    def empty_batch(self) -> EncodedBatch:
+        """A batch of no examples: this rank's share of a step it has nothing for."""
+        if self._empty is None:
+            labels = {name: pa.array([], pa.float32()) for name in self.config.features.labels}
+            self._empty = self.schema.encode(pa.RecordBatch.from_pydict(labels))
+        return self._empty
 
     def _checkpoint_due(self, step: int) -> bool:
         due = super()._checkpoint_due(step)
@@ -196,5 +229,11 @@ class DistTrainer(Trainer):
                 self.tables[name] = self.embedding.tables[name] = new
             log.info("resharded checkpoint=%s from %d to %d ranks", manifest.path,
                      manifest.world_size, self.world)
+            if self.own_files and self.position["batches"]:
+                raise ConfigError(
+                    f"{manifest.path}: written by {manifest.world_size} ranks in the middle "
+                    f"of an epoch; with dist.slicing=files the ranks' files change with the "
+                    f"world size: resume on {manifest.world_size} ranks (or from a "
+                    f"checkpoint at an epoch's end)")
         self.exchange.barrier()
         return done

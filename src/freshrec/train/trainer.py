@@ -275,7 +275,7 @@ class Trainer:
                                                 self.position["batches"]),
                                   depth=tc.prefetch, name="freshrec-train-prepare")
             try:
-                items = iter(prepared)
+                items = self._in_step(iter(prepared))
                 nxt = next(items, None)
                 while nxt is not None:
                     i, enc = nxt
@@ -319,6 +319,12 @@ class Trainer:
             if i < skip:
                 continue
             yield i, self._encode(self.sample_negatives(rb, first_row))
+
+    def _in_step(self, prepared: Iterator[tuple[int, EncodedBatch | None]]
+                 ) -> Iterator[tuple[int, EncodedBatch | None]]:
+        """The steps of an epoch from its prepared batches (a distributed trainer whose ranks
+        read different files keeps them in step here)."""
+        return prepared
 
     def _encode(self, sampled: pa.RecordBatch) -> EncodedBatch | None:
         """The step's batch after negative sampling, encoded (None: nothing to train on; a
