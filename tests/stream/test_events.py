@@ -219,6 +219,19 @@ def test_decode_events_gives_the_general_result_for_everything_else(change):
     _assert_same(ev.decode_events([payload, _PLAIN])[0], _general(payload))
 
 
+def test_decode_events_reads_each_record_of_a_batch_with_its_own_keys_and_true_p():
+    """One batch whose plain impressions change feature keys, key types and true_p from
+    record to record (the kernel reads key names once per run of the same keys)."""
+    no_p = _PLAIN.replace(b',"true_p":0.5', b"").replace(b', "true_p":-0.0', b"")
+    other_keys = _PLAIN.replace(b'"c":', b'"d":')
+    int_p = _PLAIN.replace(b'"p":-0.25', b'"p":-2').replace(b'"p":3.0', b'"p":3')
+    payloads = [_PLAIN, no_p, other_keys, _PLAIN, int_p, int_p, no_p, _PLAIN, no_p]
+    got = ev.decode_events(payloads)
+    assert all(g[0]["candidates"] == [] for g in got)  # every one through the kernel
+    for g, payload in zip(got, payloads, strict=True):
+        _assert_same(g, _general(payload))
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_decode_events_matches_the_general_path_on_random_events(seed):
     rng = random.Random(seed)

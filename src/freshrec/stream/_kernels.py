@@ -17,8 +17,8 @@ import numpy as np
 from numba import njit
 
 #: columns of ``info`` (one row per record)
-OK, SPAN_START, SPAN_END, N, K, INT_OFF, FLOAT_OFF, KEY_OFF = range(8)
-INFO_COLS = 8
+OK, SPAN_START, SPAN_END, N, K, INT_OFF, FLOAT_OFF, KEY_OFF, SCHEMA = range(9)
+INFO_COLS = 9
 #: ``has`` bits of a candidate's fields
 _ITEM, _POS, _TRUE_P, _FEATURES = 1, 2, 4, 8
 _MAX_INT_DIGITS = 18  # fits int64
@@ -331,11 +331,14 @@ def parse_candidates(buf: np.ndarray, offsets: np.ndarray, words: np.ndarray,
     item, position, features; a decimal feature is stored as the bits of a float64 through
     ``fints``, the same buffer viewed as float64), ``floats[FLOAT_OFF:]`` their true_p
     (``FLOAT_OFF`` is -1 without one), ``keys[KEY_OFF:]`` the byte spans (quotes included,
-    relative to ``buf``) of the feature keys and ``ktype`` their types (0 int, 1 decimal).
-    The output arrays must have room for ``len(buf) // 4`` ints, ``len(buf) // 8`` floats
-    and keys.
+    relative to ``buf``) of the feature keys and ``ktype`` their types (0 int, 1 decimal),
+    and ``info[r, SCHEMA]`` the first record of a run of parsed records with the same feature
+    keys and types (``r`` itself when the parsed record before it has others), so that the
+    caller reads the key names once per run. The output arrays must have room for
+    ``len(buf) // 4`` ints, ``len(buf) // 8`` floats and keys.
     """
     io = fo = ko = 0
+    last = -1  # the parsed record before this one
     for r in range(offsets.shape[0] - 1):
         start, end = offsets[r], offsets[r + 1]
         info[r, OK] = 0
@@ -384,6 +387,19 @@ def parse_candidates(buf: np.ndarray, offsets: np.ndarray, words: np.ndarray,
             continue
         info[r, OK] = 1
         n, k = info[r, N], info[r, K]
+        info[r, SCHEMA] = r
+        if last >= 0 and info[last, K] == k:
+            lk = info[last, KEY_OFF]
+            same = 1
+            for q in range(k):
+                a, b = keys[lk + q, 0], keys[lk + q, 1]
+                c, d = keys[ko + q, 0], keys[ko + q, 1]
+                if b - a != d - c or ktype[lk + q] != ktype[ko + q] or not _same(buf, a, c,
+                                                                                  b - a):
+                    same = 0
+            if same:
+                info[r, SCHEMA] = info[last, SCHEMA]
+        last = r
         io += n * (2 + k)
         if info[r, FLOAT_OFF] >= 0:
             fo += n

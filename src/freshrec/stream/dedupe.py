@@ -107,11 +107,15 @@ class KeyIndex:
         """Add ``key`` of ``bucket``; False when it was already there."""
         if self.contains(txn, key, bucket if self._index is None else None):
             return False
+        self.add_new(key, bucket)
+        return True
+
+    def add_new(self, key: bytes, bucket: int) -> None:
+        """Add ``key`` of ``bucket``, known not to be there (no lookup)."""
         self._keys[key] = bucket
         self._buckets.setdefault(bucket, []).append(key)
         self._new.append(key)
         self._new_buckets.append(bucket)
-        return True
 
     def flush(self, txn: Any) -> None:
         """Write the keys added since the last flush, then trim memory to its bound."""

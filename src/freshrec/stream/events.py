@@ -386,7 +386,8 @@ def decode_events(payloads: Sequence[bytes]
     _kernels.parse_candidates(np.frombuffer(buf, np.uint8), offsets, _kernels.WORDS, ints,
                               ints.view(np.float64), floats, keys, ktype, info)
     out: list[tuple[dict[str, Any], str, CompactImpression | None] | InputError] = []
-    for payload, row in zip(payloads, info.tolist(), strict=True):
+    cols = _ChunkColumns(buf, info, ints, floats, keys, ktype)
+    for payload, row in zip(payloads, cols.rows, strict=True):
         try:
             if not row[_kernels.OK]:
                 out.append(_decode_one(payload))
@@ -398,8 +399,7 @@ def decode_events(payloads: Sequence[bytes]
                 out.append(_decode_one(payload))
                 continue
             kind = _event_kind(e)
-            out.append((e, kind, _plain_impression(e, row, buf, ints, floats, keys, ktype)
-                        if kind == "impression" else None))
+            out.append((e, kind, cols.impression(e, row) if kind == "impression" else None))
         except InputError as err:
             out.append(err)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
@@ -407,38 +407,85 @@ def decode_events(payloads: Sequence[bytes]
     return out
 
 
-def _plain_impression(e: Mapping[str, Any], row: list[int], buf: bytes, ints: np.ndarray,
-                      floats: np.ndarray, keys: np.ndarray, ktype: np.ndarray
-                      ) -> CompactImpression:
-    """The CompactImpression of a record the kernel parsed (``row``: its ``info`` row)."""
-    n, k = row[_kernels.N], row[_kernels.K]
-    io, fo, ko = row[_kernels.INT_OFF], row[_FLOAT_OFF], row[_KEY_OFF]
-    names = tuple(buf[a + 1:b - 1].decode("ascii") for a, b in keys[ko:ko + k].tolist())
-    types = ktype[ko:ko + k].tolist()
-    w = 2 + k
-    true_p: Column | None
-    cols: Sequence[Column]
-    if n <= _SMALL_IMPRESSION:
-        # tuples: a few numpy arrays cost more than they save here, and tuples of numbers
-        # are left alone by the garbage collector (lists are traversed at every collection)
-        flat = ints[io:io + n * w]
-        vals = tuple(flat.tolist())
-        fvals = tuple(flat.view(np.float64).tolist()) if any(types) else vals
-        items, positions = vals[0::w], vals[1::w]
-        cols = tuple((fvals if t else vals)[2 + q::w] for q, t in enumerate(types))
-        true_p = tuple(floats[fo:fo + n].tolist()) if fo >= 0 else None
-    else:
-        # one copy per impression, column-major: the batch's buffers are not kept alive
-        block = ints[io:io + n * w].reshape(n, w).T.copy()
-        items, positions = block[0], block[1]
-        cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
-                for q, t in enumerate(types)]
-        true_p = floats[fo:fo + n].copy() if fo >= 0 else None
-    imp = CompactImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
-                            items, positions, true_p, names, cols)
-    if n:
-        imp.item_type = int
-    return imp
+class _ChunkColumns:
+    """The kernel's output for a batch of records, turned into CompactImpressions. Python
+    values are made once per batch (one ``tolist`` per buffer, key names once per run of
+    records with the same keys), not once per record."""
+
+    __slots__ = ("rows", "_buf", "_ints", "_floats", "_keys", "_ktype", "_names",
+                 "_int_vals", "_float_bits", "_true_p")
+
+    def __init__(self, buf: bytes, info: np.ndarray, ints: np.ndarray, floats: np.ndarray,
+                 keys: np.ndarray, ktype: np.ndarray) -> None:
+        self.rows: list[list[int]] = info.tolist()
+        self._buf, self._ints, self._floats, self._keys, self._ktype = (buf, ints, floats,
+                                                                        keys, ktype)
+        self._names: dict[int, tuple[tuple[str, ...], list[int]]] = {}  # by SCHEMA
+        self._int_vals: list[int] | None = None
+        self._float_bits: list[float] | None = None
+        self._true_p: list[float] | None = None
+
+    def _schema(self, row: list[int]) -> tuple[tuple[str, ...], list[int]]:
+        got = self._names.get(row[_kernels.SCHEMA])
+        if got is None:
+            ko, k = row[_KEY_OFF], row[_kernels.K]
+            buf = self._buf
+            got = (tuple(buf[a + 1:b - 1].decode("ascii")
+                         for a, b in self._keys[ko:ko + k].tolist()),
+                   self._ktype[ko:ko + k].tolist())
+            self._names[row[_kernels.SCHEMA]] = got
+        return got
+
+    def _used(self) -> tuple[int, int]:
+        """Int and float slots the kernel filled (the records' slots follow each other)."""
+        used = fused = 0
+        for row in self.rows:
+            if row[_kernels.OK]:
+                n = row[_kernels.N]
+                used = row[_kernels.INT_OFF] + n * (2 + row[_kernels.K])
+                if row[_FLOAT_OFF] >= 0:
+                    fused = row[_FLOAT_OFF] + n
+        return used, fused
+
+    def impression(self, e: Mapping[str, Any], row: list[int]) -> CompactImpression:
+        """The CompactImpression of a record the kernel parsed (``row``: its ``info`` row)."""
+        n, k = row[_kernels.N], row[_kernels.K]
+        io, fo = row[_kernels.INT_OFF], row[_FLOAT_OFF]
+        names, types = self._schema(row)
+        w = 2 + k
+        true_p: Column | None
+        cols: Sequence[Column]
+        if n <= _SMALL_IMPRESSION:
+            # tuples: a few numpy arrays cost more than they save here, and tuples of
+            # numbers are left alone by the garbage collector (lists are traversed at every
+            # collection)
+            if self._int_vals is None:
+                used, fused = self._used()
+                self._int_vals = self._ints[:used].tolist()
+                self._true_p = self._floats[:fused].tolist()
+            vals = tuple(self._int_vals[io:io + n * w])
+            if 1 in types:
+                if self._float_bits is None:
+                    self._float_bits = self._ints[:self._used()[0]].view(np.float64).tolist()
+                fvals = tuple(self._float_bits[io:io + n * w])
+                cols = tuple((fvals if t else vals)[2 + q::w] for q, t in enumerate(types))
+            else:
+                cols = tuple(vals[2 + q::w] for q in range(k))
+            items, positions = vals[0::w], vals[1::w]
+            assert self._true_p is not None
+            true_p = tuple(self._true_p[fo:fo + n]) if fo >= 0 else None
+        else:
+            # one copy per impression, column-major: the batch's buffers are not kept alive
+            block = self._ints[io:io + n * w].reshape(n, w).T.copy()
+            items, positions = block[0], block[1]
+            cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
+                    for q, t in enumerate(types)]
+            true_p = self._floats[fo:fo + n].copy() if fo >= 0 else None
+        imp = CompactImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
+                                items, positions, true_p, names, cols)
+        if n:
+            imp.item_type = int
+        return imp
 
 
 class EmittedImpression:
@@ -483,10 +530,21 @@ def _kept(values: Column, keep: list[int] | None) -> Column:
 def _concat(parts: Sequence[Column], dtype: pa.DataType | None = None) -> pa.Array:
     """One Arrow array of the parts: numpy concatenation when every part is an array,
     Python values otherwise (the same values and types either way)."""
-    if parts and all(isinstance(p, np.ndarray) for p in parts):
+    kinds = set(map(type, parts))
+    if kinds == {np.ndarray}:
         return pa.array(np.concatenate(parts), dtype)
+    if np.ndarray not in kinds:
+        return pa.array(list(itertools.chain.from_iterable(parts)), dtype)
     return pa.array(list(itertools.chain.from_iterable(
         p.tolist() if isinstance(p, np.ndarray) else p for p in parts)), dtype)
+
+
+def _kept_parts(emitted: Sequence[EmittedImpression], column: list[Column]) -> list[Column]:
+    """The kept values of one column (``column[i]`` of ``emitted[i]``) per impression."""
+    if all(e.keep is None for e in emitted):
+        return column
+    return [c if e.keep is None else _kept(c, e.keep)
+            for e, c in zip(emitted, column, strict=True)]
 
 
 def emitted_to_rows(emitted: Sequence[EmittedImpression],
@@ -537,7 +595,8 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     {'request_id': 'r1', 'user_id': 4, 'item_id': 8, 'position': 1, 'event_time': 10,
      'click': 1.0, 'sample_rate': 1.0, 'correction': 0, 'u_age': 3}
     """
-    counts = np.fromiter((len(e) for e in emitted), np.int64, len(emitted))
+    counts = np.fromiter((len(e.imp.items) if e.keep is None else len(e.keep)
+                          for e in emitted), np.int64, len(emitted))
     n = int(counts.sum())
     starts = np.zeros(len(emitted), np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
@@ -551,8 +610,8 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
         "request_id": per_example([i.request_id for i in imps]),
         "user_id": per_example([i.user_id for i in imps]),
     }
-    cols["item_id"] = _concat([_kept(e.imp.items, e.keep) for e in emitted])
-    cols["position"] = _concat([_kept(e.imp.positions, e.keep) for e in emitted])
+    cols["item_id"] = _concat(_kept_parts(emitted, [i.items for i in imps]))
+    cols["position"] = _concat(_kept_parts(emitted, [i.positions for i in imps]))
     cols["event_time"] = pa.array(
         np.repeat(np.fromiter((int(i.timestamp) for i in imps), np.int64, len(imps)), counts))
     lab = np.zeros((len(actions), n))
@@ -582,6 +641,13 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     if isinstance(users, pa.StructArray):
         for f, col in zip(users.type, users.flatten(), strict=True):
             cols[f"u_{f.name}"] = col.take(parent)
+    # the decoder gives every impression of a run with the same keys one tuple of names
+    key_sets = set({id(i.feature_keys): i.feature_keys for i in imps}.values())
+    if len(key_sets) == 1:  # the same keys in the same order: column q is key q
+        for q, key in enumerate(key_sets.pop()):
+            cols[f"i_{key}"] = _concat(_kept_parts(emitted, [i.feature_cols[q] for i in imps]))
+        return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols),
+                                          metadata=_META)
     fkeys = dict.fromkeys(itertools.chain.from_iterable(i.feature_keys for i in imps))
     for key in fkeys:
         cols[f"i_{key}"] = _concat([_kept(e.imp.feature_cols[e.imp.feature_keys.index(key)],

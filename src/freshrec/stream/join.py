@@ -213,6 +213,7 @@ class Joiner:
                  side_logs: dict[str, Log] | None = None,
                  partitions: Sequence[int] | None = None) -> None:
         self.config = config or JoinerConfig()
+        self._lateness_ms = self.config.allowed_lateness_s * 1000
         self.source, self.output = source, output
         self.side_logs = dict(side_logs or {})
         n = source.partitions
@@ -362,7 +363,7 @@ class Joiner:
         ts = self.partition_max_ts.get(p)
         if ts is None:
             return -math.inf
-        return math.floor(ts * 1000) - self.config.allowed_lateness_s * 1000
+        return math.floor(ts * 1000) - self._lateness_ms
 
     def _advance_watermark(self, emit: bool = True) -> None:
         """Recompute the joiner's watermark from the partitions' and (``emit``) emit what is
@@ -715,7 +716,11 @@ class Joiner:
         if prev is None or ts > prev:
             old_wm = self._partition_wm_ms(partition)
             self.partition_max_ts[partition] = ts
-            if old_wm <= self._wm_ms:  # it may have held the joiner's watermark back
+            if len(self.owned) == 1:  # the joiner's watermark is this partition's
+                wm = math.floor(ts * 1000) - self._lateness_ms
+                if wm > self._wm_ms:
+                    self._wm_ms = wm
+            elif old_wm <= self._wm_ms:  # it may have held the joiner's watermark back
                 self._advance_watermark(emit=False)
         # Emission waits for the end of the chunk (one call for many impressions) unless
         # this record could observe it: an action (it labels or finds emitted impressions,
@@ -827,12 +832,17 @@ class Joiner:
 
     def _due(self, wm_ms: float) -> list[tuple[int, str]]:
         lim = math.inf if wm_ms == math.inf else int(wm_ms)
-        due: dict[str, int] = {}  # an impression read back after a spill has two entries
-        heap = self._due_heap
+        due: list[tuple[int, str]] = []
+        heap, pop = self._due_heap, heapq.heappop
+        last = None
         while heap and heap[0][0] <= lim:
-            d, rid = heapq.heappop(heap)
-            due[rid] = d
-        return sorted((d, rid) for rid, d in due.items())
+            item = pop(heap)
+            # an impression read back after a spill has two equal entries: they pop one
+            # after the other (the heap pops in (deadline, request id) order)
+            if item != last:
+                due.append(item)
+                last = item
+        return due
 
     def _refresh_next_due(self) -> None:
         self._next_due = self._due_heap[0][0] if self._due_heap else math.inf
@@ -841,49 +851,64 @@ class Joiner:
         """Emit the impressions whose deadline the watermark ``wm_ms`` passed."""
         if wm_ms == -math.inf:
             return
-        txn, dbs = self._txn, self._db
-        for _d, rid in self._due(wm_ms):
-            key = rid.encode()
-            pend = self._mem.pop(rid, None)
-            if pend is None:
-                raw = txn.get(key, db=dbs["pending"]) if self._on_disk_only else None
-                pend = None if raw is None else self._load(rid, raw)
+        txn, pending_db = self._txn, self._db["pending"]
+        mem, emitted = self._mem, self._emitted
+        # counters of the emitted impressions: positives, kept examples, candidates
+        sums = [0, 0, 0]
+        try:
+            for _d, rid in self._due(wm_ms):
+                key = rid.encode()
+                pend = mem.pop(rid, None)
                 if pend is None:
-                    continue
-            if pend.persisted:
-                txn.delete(key, db=dbs["pending"])
-            self._emitted.add(txn, key, int(float(pend.imp.timestamp)) // _BUCKET_S)
-            self._emit(pend)
+                    raw = txn.get(key, db=pending_db) if self._on_disk_only else None
+                    pend = None if raw is None else self._load(rid, raw)
+                    if pend is None:
+                        continue
+                if pend.persisted:
+                    txn.delete(key, db=pending_db)
+                # pending until now, so not emitted before (duplicates never become pending)
+                emitted.add_new(key, int(float(pend.imp.timestamp)) // _BUCKET_S)
+                self._emit(pend, sums)
+        finally:
+            positives, kept, n = sums
+            self._count("positives", positives)
+            self._count("negatives", kept - positives)
+            if n - kept:
+                self._count("negatives_dropped", n - kept)
+            self._count("examples_out", kept)
+            self._step_examples += kept
         self._refresh_next_due()
         self._expire(wm_ms)
         self._close_windows(wm_ms / 1000.0)
 
-    def _emit(self, pend: _Pending) -> None:
+    def _emit(self, pend: _Pending, sums: list[int]) -> None:
+        """Emit ``pend``; adds its positives, kept examples and candidates to ``sums``."""
         imp = pend.imp
         rid = str(imp.request_id)
         labels: dict[int, list[str]] = {}
-        for item, acts in pend.labels.items():
-            for j in pend.find(item) or ():
-                labels[j] = acts
-        n = len(imp)
+        if pend.labels:
+            for item, acts in pend.labels.items():
+                for j in pend.find(item) or ():
+                    labels[j] = acts
+        n = len(imp.items)
         keep: list[int] | None = None
         rate = self.config.negative_rate
         if rate < 1.0:
             keep = [j for j in range(n) if j in labels or self._keep(rid, imp.items[j])]
         kept = n if keep is None else len(keep)
-        self._count("positives", len(labels))
-        self._count("negatives", kept - len(labels))
-        if n - kept:
-            self._count("negatives_dropped", n - kept)
-        self._count("examples_out", kept)
-        self._step_examples += kept
+        sums[0] += len(labels)
+        sums[1] += kept
+        sums[2] += n
         em = ev.EmittedImpression(imp, labels, keep, rate)
-        win = self._window(float(int(float(imp.timestamp))))
         part = pend.src[0]
-        if win is None:
+        if self.config.validation is None:
+            out = self.output
             self._out_examples.setdefault(
-                self._route(self.output, part, rid), []).append(em)
+                part if out.partitions == self.source.partitions
+                else self._route(out, part, rid), []).append(em)
             return
+        win = self._window(float(int(float(imp.timestamp))))
+        assert win is not None
         win["examples"] += kept
         win["positives"] += len(labels)
         win["held"].extend([part, r] for r in ev.emitted_to_rows([em], self.config.actions))
