@@ -489,12 +489,16 @@ def _plot(res: dict[str, Any], names: list[str], out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     base = {r["seed"]: np.array([v for _, v in r["curve_time"]])
             for r in runs if r["variant"] == "collisionless"}
+    palette = ["tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple"]
+    fraction_color = {f: palette[k % len(palette)] for k, f in enumerate(
+        dict.fromkeys(n.split("_", 1)[1] for n in names if n != "collisionless"))}
     for n in names:
         sel = [r for r in runs if r["variant"] == n]
-        style = "-" if n == "collisionless" or n.startswith("hashed") else "--"
+        style = "--" if n.startswith("capped") else "-"
+        color = "k" if n == "collisionless" else fraction_color[n.split("_", 1)[1]]
         c = np.array([[v for _, v in r["curve_examples"]] for r in sel])
         x = np.array([e for e, _ in sel[0]["curve_examples"]])
-        line, = axes[0].plot(x, c.mean(0), style, label=n)
+        line, = axes[0].plot(x, c.mean(0), style, color=color, label=n)
         k = min(len(r["curve_time"]) for r in sel)
         hours = np.array([s for s, _ in sel[0]["curve_time"][:k]]) / 3600
         wv = np.array([[v for _, v in r["curve_time"][:k]] for r in sel])
