@@ -105,7 +105,8 @@ class KeyIndex:
 
     def add(self, txn: Any, key: bytes, bucket: int) -> bool:
         """Add ``key`` of ``bucket``; False when it was already there."""
-        if self.contains(txn, key, bucket if self._index is None else None):
+        if key in self._keys or (self.complete_from != -math.inf and self.contains(
+                txn, key, bucket if self._index is None else None)):
             return False
         self.add_new(key, bucket)
         return True

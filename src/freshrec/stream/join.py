@@ -124,13 +124,17 @@ _INT64_BOUND = 1 << 63
 _NO_LABELS: dict[str, list[str]] = {}  # the labels of every unlabelled impression (read only)
 
 
+#: a str id this short is its own key (at most 4 bytes per character in UTF-8)
+_SHORT_ID = MAX_KEY_BYTES // 4
+
+
 def _key(s: str) -> str:
     """``s``, or its hash when it is too long to be (part of) an LMDB key.
 
     >>> _key("r1"), len(_key("r" * 600))
     ('r1', 41)
     """
-    if len(s) <= MAX_KEY_BYTES // 4 or len(s.encode()) <= MAX_KEY_BYTES:
+    if len(s) <= _SHORT_ID or len(s.encode()) <= MAX_KEY_BYTES:
         return s
     return "\x00" + hashlib.blake2b(s.encode(), digest_size=20).hexdigest()
 
@@ -636,10 +640,14 @@ class Joiner:
         c = self.counters
         c["events_in"] = c.get("events_in", 0) + 1
         try:
-            reason = self._reject(payload, decoded)
-            if reason is not None:
-                self._dead(payload, partition, offset, reason)
-                return
+            if (type(decoded) is not tuple or len(payload) > self.config.max_event_bytes
+                    or not 0 <= decoded[0]["timestamp"] < MAX_TIMESTAMP_S
+                    or (decoded[2] is not None
+                        and len(decoded[2].items) > self.config.max_candidates)):
+                reason = self._reject(payload, decoded)  # the checks below, with a message
+                if reason is not None:
+                    self._dead(payload, partition, offset, reason)
+                    return
             assert decoded is not None and not isinstance(decoded, InputError)
             ts = float(decoded[0]["timestamp"])
             held = self._held.get(partition)
@@ -709,8 +717,9 @@ class Joiner:
         if prev is not None:
             self.lateness[bisect.bisect_left(LATENESS_BUCKETS_S, prev - ts)] += 1
         bucket = int(ts) // _BUCKET_S
-        if not self._seen.add(self._txn, bucket_key(bucket, _key(str(e["event_id"])).encode()),
-                              bucket):
+        eid = e["event_id"]
+        eid = eid if type(eid) is str and len(eid) <= _SHORT_ID else _key(str(eid))
+        if not self._seen.add(self._txn, bucket_key(bucket, eid.encode()), bucket):
             self._count("duplicates")
             return
         if prev is None or ts > prev:
@@ -746,9 +755,11 @@ class Joiner:
 
     def _impression(self, imp: ev.CompactImpression, ts: float, src: tuple[int, int],
                     wm_ms: float) -> None:
-        rid = _key(str(imp.request_id))
-        self._count("impressions")
-        if (rid in self._mem or self._get_pending(rid) is not None
+        rid = imp.request_id
+        rid = rid if type(rid) is str and len(rid) <= _SHORT_ID else _key(str(rid))
+        c = self.counters
+        c["impressions"] = c.get("impressions", 0) + 1
+        if (rid in self._mem or (self._on_disk_only and self._get_pending(rid) is not None)
                 or self._emitted.contains(self._txn, rid.encode())):
             self._count("duplicates")
             return
