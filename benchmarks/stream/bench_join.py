@@ -24,9 +24,9 @@
    by one process over every partition, then by two worker processes over two partitions
    each, started together (wall time of the slower one); ``redis_over_file_cost_ratio``: the
    joiner process's CPU seconds per event on Redis Streams over the file log's, same records.
-   The 1- and 35-candidate runs alternate with the joiner before its batched per-event path
-   (``join.py`` and ``events.py`` as of git e750a70, read from the history at run time) as
-   the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
+   The 1- and 35-candidate runs alternate with the joiner before round 4 of its per-event
+   path (``join.py`` and ``events.py`` as of git 31ea0fe, read from the history at run time)
+   as the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
    the 35-candidate pair); ``join_cpu_us_per_event_1cand`` (and ``_prev``,
    ``join_1cand_cpu_speedup``) is the joiner's CPU time per 1-candidate event, steadier than
    wall time on a shared machine, where the capacity model in docs/freshness.md starts.
@@ -68,7 +68,7 @@ LAT_WINDOW_S = 1  # label window of the latency run (its stream lasts a few seco
 ROWS_JOINER_COMMIT = "38699102f2699a720de1f389ecb9bffb116a1c40"
 
 
-PREV_JOINER_COMMIT = "e750a70"
+PREV_JOINER_COMMIT = "31ea0fe"
 
 
 def _git_source(commit: str, path: str) -> tuple[str | None, str]:
@@ -85,9 +85,9 @@ def _git_source(commit: str, path: str) -> tuple[str | None, str]:
 
 
 def _prev_joiner() -> tuple[Any, str]:
-    """The joiner before the batched per-event path (in-memory dedupe keys, emission per
-    chunk, tuples for small impressions): ``join.py`` with its ``events.py`` as of git
-    e750a70, run against today's package. Returns ``(Joiner class or None, reason)``."""
+    """The joiner before round 4 of the per-event path (Python values made per batch,
+    columns per feature key, inline checks): ``join.py`` with its ``events.py`` as of git
+    31ea0fe, run against today's package. Returns ``(Joiner class or None, reason)``."""
     mods = {}
     for name in ("events", "join"):
         text, why = _git_source(PREV_JOINER_COMMIT, f"src/freshrec/stream/{name}.py")
@@ -406,7 +406,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         res["join_prev_skipped"] = why
     res.update(_workers_speedup(one))
     say(f"round 2: 1-cand {res['join_events_per_s_1cand']:,.0f} events/s "
-        f"({res.get('join_1cand_speedup', 0):.2f}x e750a70), 35-cand "
+        f"({res.get('join_1cand_speedup', 0):.2f}x {PREV_JOINER_COMMIT}), 35-cand "
         f"{res['join_examples_per_s_35cand']:,.0f} examples/s "
         f"({res.get('join_35cand_speedup', 0):.2f}x), 2 workers "
         f"{res['join_workers_speedup_2']:.2f}x one")

@@ -14,8 +14,10 @@ the whole joiner, with the collector off and on:
   (:func:`~freshrec.stream.events.emitted_to_record_batch` + ``encode_examples``) and their
   append to a file log;
 - ``join_no_gc``: the whole :class:`~freshrec.stream.Joiner` run (checkpoints every 0.2 s);
-- ``join``: the same with the collector on, as the joiner runs (``gc`` = join - join_no_gc:
-  the pending impressions are long-lived objects the collector keeps traversing).
+- ``join``: the same with the collector on, set as ``freshrec join`` sets it
+  (:func:`freshrec.stream.job.tune_gc`; ``gc`` = join - join_no_gc: the pending impressions
+  are long-lived objects the collector keeps traversing);
+- ``join_default_gc``: the same with Python's default collector thresholds.
 
 ``state_and_logic`` = join_no_gc - read - decode - encode: dedupe keys, pending
 impressions, watermarks, emission order, LMDB writes and commits. One JSON object,
@@ -38,6 +40,7 @@ from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig
 from freshrec.errors import InputError
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
 from freshrec.stream import events as ev
+from freshrec.stream.job import tune_gc
 
 
 def _cpu(fn: Callable[[], object], repeats: int) -> float:
@@ -55,6 +58,7 @@ def main(argv: list[str]) -> dict[str, object]:
     ap.add_argument("--candidates", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     opts = ap.parse_args(argv)
+    defaults = gc.get_threshold()
     sim = ClickStreamSimulator(SimulatorConfig(seed=2, requests_per_s=5000.0,
                                                candidates=opts.candidates))
     recs = [r for _, r in sim.records(n_requests=opts.requests)]
@@ -112,7 +116,10 @@ def main(argv: list[str]) -> dict[str, object]:
             j.close()
             out.close()
 
+        times["join_default_gc"] = _cpu(join, opts.repeats)
+        tune_gc()
         times["join"] = _cpu(join, opts.repeats)
+        gc.set_threshold(*defaults)
         gc.disable()
         try:
             times["join_no_gc"] = _cpu(join, opts.repeats)
