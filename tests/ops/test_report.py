@@ -81,3 +81,21 @@ def test_report_counts_versions_rollbacks_and_refusals(tmp_path: Path) -> None:
     md = next(out.glob("report-*.md")).read_text()
     assert "serving AUC fell" in md and "holdout AUC 0.6" in md
     assert yaml.safe_load(Path(run["config"]).read_text())  # the config is untouched
+
+
+def test_report_shows_the_serving_auc_per_window() -> None:
+    """The serving AUC's windows of the period, with the version and the guard's verdict;
+    a window before the period and one without an AUC are left out."""
+    now = time.time()
+    cfg = config_from_dict(model_doc(SLOTS))
+    hist = [(now - 7200, 0.70, 1, True), (now - 120, 0.71, 1, True), (now - 60, 0.52, 2, False),
+            (now - 30, float("nan"), 2, None), (now - 20, 0.69, 3, None)]
+    r = build_report(cfg, run_dirs=[], registry=None, since_s=3600, now=now, serving=hist)
+    assert r["serving"] == [
+        {"event_time": now - 120, "auc": 0.71, "version": 1, "judged": "good"},
+        {"event_time": now - 60, "auc": 0.52, "version": 2, "judged": "bad"},
+        {"event_time": now - 20, "auc": 0.69, "version": 3, "judged": None}]
+    md = render_markdown(r, title="T")
+    assert "## Serving AUC per window" in md
+    assert "| 0.71 | 1 | good |" in md and "| 0.52 | 2 | bad |" in md and "| 0.69 | 3 | - |" in md
+    assert "<td>bad</td>" in render_html(r, title="T")

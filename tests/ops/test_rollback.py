@@ -101,3 +101,21 @@ def test_small_windows_are_not_judged() -> None:
     for w in range(5):
         guard.observe(60.0 * w, *_window(rng, 1.0 if w < 2 else -1.0, n=100), version=1)
     assert all(h[3] is None for h in guard.history) and guard.actions == []
+
+
+def test_patience_counts_the_bad_windows_of_one_version() -> None:
+    """A bad window of one version then one of the next is not two in a row; the windows of
+    a version rolled back from (the server has not loaded the restored one yet) are not
+    judged, so they do not roll back again."""
+    guard = RollbackGuard(CONFIG, None)
+    rng = np.random.default_rng(1)
+    t = 0.0
+    for v, signal in ((1, 1.0), (1, 1.0), (1, 1.0), (2, 0.3), (3, 0.3)):
+        assert guard.observe(t, *_window(rng, signal), version=v) is None
+        t += 60
+    actions = [guard.observe(t + 60 * k, *_window(rng, 0.3), version=3) for k in range(4)]
+    # window 3 (v2) then window 4 (v3) bad: no action; window 5 (v3's second) rolls back
+    assert [a is not None for a in actions] == [False, True, False, False]
+    assert (actions[1].served_version, actions[1].to_version) == (3, 1)
+    assert guard.rolled_back == {2, 3}
+    assert [h[3] for h in guard.history[-2:]] == [None, None]  # v3 after the rollback

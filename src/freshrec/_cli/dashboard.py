@@ -33,6 +33,10 @@ def add_source_arguments(p: argparse.ArgumentParser, *, metrics: bool = True) ->
         p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
                        help="a Prometheus endpoint to scrape, e.g. "
                             "http://127.0.0.1:8000/metrics (repeatable)")
+        p.add_argument("--prometheus-url", default=None, metavar="URL",
+                       help="a Prometheus server (http://HOST:PORT) asked for the panels' "
+                            "PromQL over the last hour (/api/v1/query_range) where the other "
+                            "sources have no data")
 
 
 def sources(args: argparse.Namespace, cfg: FreshrecConfig) -> tuple[list[str], str | None]:
@@ -47,7 +51,8 @@ def collector(args: argparse.Namespace, cfg: FreshrecConfig) -> Collector:
 
     run_dirs, registry = sources(args, cfg)
     return Collector(cfg, run_dirs=run_dirs, registry=registry,
-                     metrics_urls=getattr(args, "metrics_url", []))
+                     metrics_urls=getattr(args, "metrics_url", []),
+                     prometheus_url=getattr(args, "prometheus_url", None))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -27,13 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from freshrec.ops.report import build_report, parse_since, write_report
+    from freshrec.ops.serving import serving_windows
 
     cfg = config(args)
     prev_path = Path(args.previous) if args.previous else Path(args.out) / "latest.json"
     previous = json.loads(prev_path.read_text()) if prev_path.is_file() else None
     run_dirs, registry = sources(args, cfg)
     report = build_report(cfg, run_dirs=run_dirs, registry=registry,
-                          since_s=parse_since(args.since), previous=previous)
+                          since_s=parse_since(args.since), previous=previous,
+                          serving=serving_windows(cfg))
     for kind, path in write_report(report, args.out, title=args.title).items():
         print(f"{kind}: {path}")
     return 0

@@ -4,7 +4,8 @@
 :class:`~freshrec.ops.collect.Collector` returns; a :class:`Watcher` (what ``freshrec watch``
 runs) evaluates every rule of the config at each :meth:`Watcher.check`, sends each alert that
 starts firing to its sinks once (to the log, and to a webhook with retries), and notes when
-it resolves.
+it resolves. With ``ops.rollback.enabled`` and a registry, it also runs the rollback guard
+live on the serving AUC the collector measures (:mod:`freshrec.ops.serving`).
 
 Examples
 --------
@@ -239,6 +240,15 @@ class Watcher:
         self.sinks = list(sinks)
         self.active: dict[tuple[str, str], Alert] = {}
         self.fired = 0
+        serving = collector.serving
+        if ops.rollback.enabled and serving is not None and collector.registry is not None:
+            from freshrec.ops.rollback import RollbackGuard
+            from freshrec.sync.registry import Registry
+
+            # the live rollback: the serving AUC of each window judged, the registry rolled
+            # back on a sustained drop, a critical alert to the same sinks
+            serving.guard = RollbackGuard(ops.rollback, Registry(collector.registry),
+                                          self.sinks)
 
     def evaluate(self, series: Series) -> list[Alert]:
         """Every alert the rules raise on ``series`` now."""
@@ -263,5 +273,17 @@ class Watcher:
         return new
 
     def status(self) -> dict[str, Any]:
-        """Active alerts and counters (for the CLI's summary line)."""
-        return {"active": [asdict(a) for a in self.active.values()], "fired": self.fired}
+        """Active alerts and counters (for the CLI's summary line), and the serving AUC's
+        windows and rollbacks when the collector measures it."""
+        out: dict[str, Any] = {"active": [asdict(a) for a in self.active.values()],
+                               "fired": self.fired}
+        serving = self.collector.serving
+        if serving is not None:
+            g = serving.guard
+            out["serving"] = {
+                "matched": serving.scores.matched, "unmatched": serving.scores.unmatched,
+                "unscored": serving.scores.unscored,
+                "windows": [{"start": w[0], "auc": w[1] if math.isfinite(w[1]) else None,
+                             "version": w[2], "good": w[3]} for w in g.history],
+                "rollbacks": [asdict(a) for a in g.actions]}
+        return out

@@ -5,7 +5,9 @@ lines, the batch trainer's step lines, importance records), the registry's manif
 joiner's logs named in the config, and scrapes Prometheus ``/metrics`` endpoints (the
 server's); each :meth:`Collector.collect` returns ``{series key: [[x, y], ...]}`` for the keys
 of :func:`~freshrec.ops.layout.dashboard_layout` (``x`` unix seconds, or the step for batch
-lines without a time) plus the scalar gauges exported on the dashboard's ``/metrics``.
+lines without a time) plus the scalar gauges exported on the dashboard's ``/metrics``. With
+the ``join`` section's logs, each scrape also reads the impressions' served scores joined
+with the examples' labels (:mod:`freshrec.ops.serving`): ``serve.auc`` per window.
 
 Examples
 --------
@@ -40,12 +42,14 @@ from freshrec.ops.sources import (
     histogram_quantile,
     http_get,
     parse_samples,
+    prometheus_range,
     read_metrics,
     registry_history,
 )
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
+    from freshrec.ops.serving import ServingMonitor
     from freshrec.ops.sources import Sample
 
 __all__ = ["Collector"]
@@ -74,11 +78,18 @@ class Collector:
         Prometheus endpoints to scrape (``http://HOST:PORT/metrics``).
     history : int
         Scrapes kept per endpoint series.
+    prometheus_url : str, optional
+        A Prometheus server (``http://HOST:PORT``): each scrape also asks it for the last
+        ``prometheus_range_s`` seconds of every panel's PromQL expression
+        (:func:`~freshrec.ops.layout.dashboard_layout`), for the series that the other
+        sources leave empty.
+    prometheus_range_s : float
     """
 
     def __init__(self, config: FreshrecConfig, *, run_dirs: Sequence[str | Path] = (),
                  registry: str | Path | None = None, metrics_urls: Sequence[str] = (),
-                 history: int = 3600) -> None:
+                 history: int = 3600, prometheus_url: str | None = None,
+                 prometheus_range_s: float = 3600.0) -> None:
         self.config = config
         self.run_dirs = [Path(d) for d in run_dirs]
         self.registry = Path(registry) if registry is not None else None
@@ -87,8 +98,23 @@ class Collector:
         self._history = history
         self._last: dict[str, tuple[float, list[Sample]]] = {}
         self._lock = threading.Lock()
+        self.prometheus_url = prometheus_url
+        self.prometheus_range_s = prometheus_range_s
+        self._prom: dict[str, Points] = {}
         #: metrics.jsonl lines that were not JSON objects, at the last collect
         self.bad_lines = 0
+        #: the serving AUC from the ``join`` section's logs (None without both)
+        self.serving: ServingMonitor | None = None
+        jc = config.join
+        if jc.source and jc.output:
+            from freshrec.ops.rollback import RollbackGuard
+            from freshrec.ops.serving import ServedScores, ServingMonitor
+
+            horizon = max(3600.0, 4.0 * (jc.window_s + jc.allowed_lateness_s))
+            self.serving = ServingMonitor(
+                ServedScores(jc.source, jc.output, config.features.labels[0],
+                             horizon_s=horizon),
+                RollbackGuard(config.ops.rollback, None))
 
     # ------------------------------------------------------------------ scraping
     def scrape(self, now: float | None = None) -> None:
@@ -96,6 +122,10 @@ class Collector:
         latency percentiles and QPS over the interval since the previous scrape)."""
         now = time.time() if now is None else now
         self._scrape_join(now)
+        if self.serving is not None:
+            self.serving.poll()
+        if self.prometheus_url:
+            self._query_prometheus(now)
         for url in self.metrics_urls:
             text = http_get(url)
             if text is None:
@@ -123,6 +153,23 @@ class Collector:
                 if dt > 0:
                     points["serve.qps"] = max(reqs - before, 0.0) / dt
             self._append(now, points)
+
+    def _query_prometheus(self, now: float) -> None:
+        """Every panel series' PromQL over the last ``prometheus_range_s`` seconds."""
+        from freshrec.ops.layout import dashboard_layout
+
+        assert self.prometheus_url is not None
+        step = max(self.prometheus_range_s / 600.0, 1.0)  # at most ~600 points a series
+        got: dict[str, Points] = {}
+        for row in dashboard_layout(self.config):
+            for panel in row.panels:
+                for series in panel.series:
+                    pts = prometheus_range(self.prometheus_url, series.expr,
+                                           now - self.prometheus_range_s, now, step)
+                    if pts:
+                        got[series.key] = [[round(t, 3), v] for t, v in pts]
+        with self._lock:
+            self._prom = got
 
     def _append(self, now: float, points: dict[str, float]) -> None:
         with self._lock:
@@ -205,6 +252,12 @@ class Collector:
         with self._lock:
             for key, scraped in self._scrapes.items():
                 series[key] = [list(p) for p in scraped]
+        if self.serving is not None:
+            series.update({k: v for k, v in self.serving.series().items() if v})
+        with self._lock:
+            for key, pts in self._prom.items():
+                if not series.get(key):
+                    series[key] = [list(p) for p in pts]
         for key, pts in series.items():
             series[key] = sorted(pts, key=lambda p: p[0])
         return {"series": series, "events": events, "generated_unix_s": round(time.time(), 3),

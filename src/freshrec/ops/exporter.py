@@ -26,6 +26,7 @@ _NAMES: dict[str, tuple[str, str | None]] = {
     "registry.auc": ("freshrec_registry_metric", "metric"),
     "join.lag_s": ("freshrec_joiner_lag_seconds", None),
     "join.quarantined": ("freshrec_joiner_quarantined_records", None),
+    "serve.auc": ("freshrec_serving_auc", None),
 }
 
 

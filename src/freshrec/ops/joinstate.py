@@ -28,12 +28,12 @@ import orjson
 from freshrec.errors import FreshrecError
 from freshrec.stream.base import Log
 
-__all__ = ["joiner_lag_s", "quarantined"]
+__all__ = ["joiner_lag_s", "open_existing", "quarantined"]
 
 log = logging.getLogger(__name__)
 
 
-def _open_existing(spec: str) -> Log | None:
+def open_existing(spec: str) -> Log | None:
     """``spec``'s log, or ``None`` when it cannot be opened; a file log that does not exist
     is not created (reading must not change what it watches)."""
     from freshrec.stream.open import open_log
@@ -50,7 +50,7 @@ def _open_existing(spec: str) -> Log | None:
 
 def _newest(spec: str, time_of: Callable[[bytes], float | None]) -> float | None:
     """The largest time of the last record of each partition of ``spec``'s log."""
-    lg = _open_existing(spec)
+    lg = open_existing(spec)
     if lg is None:
         return None
     try:
@@ -97,7 +97,7 @@ def joiner_lag_s(events: str, examples: str) -> float | None:
 
 def quarantined(spec: str) -> int | None:
     """Records in the quarantine log ``spec`` (``None``: none there or unreadable)."""
-    lg = _open_existing(spec)
+    lg = open_existing(spec)
     if lg is None:
         return None
     try:

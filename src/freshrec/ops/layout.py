@@ -3,7 +3,7 @@
 One row of panels per feature slot (coverage, distinct ids per window, its table's size,
 admissions and expiries, and its importance over time), and rows of model panels (online
 AUC, log loss and calibration, throughput, freshness, registry and served versions, serving
-latency and QPS, the joiner). The HTML page, the Grafana dashboard and the Prometheus rules
+latency, QPS and AUC, the joiner). The HTML page, the Grafana dashboard and the Prometheus rules
 are all drawn from this one list, so a slot added to the config gets its panels everywhere
 with no code change.
 
@@ -99,6 +99,8 @@ def _model_rows() -> list[Row]:
             for q in ("50", "99"))),
         Panel("serve-qps", "Serving QPS", "requests/s",
               (Series("qps", "serve.qps", "sum(rate(freshrec_requests_total[1m]))"),)),
+        Panel("serve-auc", "Serving AUC (served scores joined with clicks, per window)", "AUC",
+              (Series("serving auc", "serve.auc", "freshrec_serving_auc"),)),
     )
     registry = (
         Panel("registry-versions", "Registry head and served version", "version",

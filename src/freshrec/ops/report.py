@@ -1,7 +1,8 @@
 """The operations report (``freshrec report --since 24h``): what happened to the model over a
 period, as JSON (kept, so the next report can show changes), Markdown and HTML.
 
-Sections: quality per window (AUC, calibration, log loss, examples, positive ratio), feature
+Sections: quality per window (AUC, calibration, log loss, examples, positive ratio), the
+serving AUC per window (the scores the server gave, joined with the clicks), feature
 importance per slot with its change from the previous report, coverage per slot (first and
 last window of the period), the stream (examples, positives, quarantined), freshness (event
 time of each published version to its publication), and the registry (versions published,
@@ -56,8 +57,12 @@ def _time(rec: dict[str, Any]) -> float | None:
 
 def build_report(config: FreshrecConfig, *, run_dirs: Sequence[str | Path],
                  registry: str | Path | None, since_s: float, now: float | None = None,
-                 previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report's content as JSON values (see the module docstring)."""
+                 previous: dict[str, Any] | None = None,
+                 serving: Sequence[Sequence[Any]] = ()) -> dict[str, Any]:
+    """The report's content as JSON values (see the module docstring); ``serving``: the
+    serving AUC's windows, ``(start, AUC, served version, judged good)`` as
+    :attr:`RollbackGuard.history <freshrec.ops.rollback.RollbackGuard.history>` holds them
+    (:func:`freshrec.ops.serving.serving_windows`)."""
     now = time.time() if now is None else now
     start = now - since_s
     windows: list[dict[str, Any]] = []
@@ -118,7 +123,11 @@ def build_report(config: FreshrecConfig, *, run_dirs: Sequence[str | Path],
             elif e.get("kind") == "gate_refused":
                 refused.append(e)
     ex_total = sum(q["examples"] or 0 for q in quality)
+    served = [{"event_time": w[0], "auc": _r(w[1]), "version": int(w[2]),
+               "judged": {True: "good", False: "bad"}.get(w[3])}
+              for w in serving if start <= w[0] <= now and _r(w[1]) is not None]
     return {
+        "serving": served,
         "generated_unix_s": round(now, 3), "since_s": since_s, "windows": quality,
         "importance": {r["slot"]: r for r in imp_rows}, "coverage": coverage,
         "stream": {"windows": len(quality), "examples": ex_total,
@@ -162,6 +171,10 @@ def _tables(r: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
                                 "positive ratio"],
          [[_when(q["event_time"]), q["auc"], q["calibration"], q["logloss"], q["examples"],
            q["positive_ratio"]] for q in r["windows"]]),
+        ("Serving AUC per window (served scores joined with clicks)",
+         ["window start", "AUC", "served version", "rollback guard"],
+         [[_when(w["event_time"]), w["auc"], w["version"], w["judged"]]
+          for w in r.get("serving", ())]),
         ("Feature importance", ["slot", "importance", "previous report", "change"],
          [[i["slot"], i["importance"], i["previous"],
            f"{i['change']:+.1%}" if i["change"] is not None else None] for i in imp]),

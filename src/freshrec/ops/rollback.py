@@ -4,9 +4,12 @@ A :class:`RollbackGuard` is fed the scores the server gave and the clicks that f
 (impressions joined with clicks), each with the event time and the model version that scored
 it. Per event-time window of ``rollback.window_s`` it measures the serving AUC; a window
 within ``max_auc_drop`` of the reference (the mean of the last three good windows) marks its
-version good; ``patience`` consecutive windows below it roll the registry back to the last
-good version (:meth:`~freshrec.sync.registry.Registry.rollback`, the reason recorded) and
-fire an alert to the sinks.
+version good; ``patience`` consecutive windows of one version below it roll the registry
+back to the last good version (:meth:`~freshrec.sync.registry.Registry.rollback`, the reason recorded) and
+fire an alert to the sinks. Windows served mostly by a version that was rolled back (by this
+guard, or before it started: the registry's rollback versions say which) are recorded but not
+judged, so the impressions the server scored before it loaded the restored version do not
+roll back again.
 
 Examples
 --------
@@ -22,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from freshrec.errors import FreshrecError
 from freshrec.ops.alerts import Alert, Sink
 from freshrec.ops.config import RollbackConfig
 
@@ -76,9 +81,27 @@ class RollbackGuard:
         self._good: list[float] = []
         self.last_good_version: int | None = None
         self.bad_streak = 0
+        self._streak_version: int | None = None
         #: (window start, AUC, served version, judged good) of each closed window
         self.history: list[tuple[float, float, int, bool | None]] = []
         self.actions: list[RollbackAction] = []
+        #: versions rolled back from (their windows are not judged)
+        self.rolled_back: set[int] = set()
+        if registry is not None:
+            self._load_rollbacks(registry)
+
+    def _load_rollbacks(self, registry: Registry) -> None:
+        """The versions that the registry's rollback versions undid."""
+        from freshrec.sync.registry import DAMAGE_ERRORS, VersionKind
+
+        for v in registry.versions():
+            try:
+                m = registry.manifest(v)
+            except DAMAGE_ERRORS:
+                continue
+            if m.kind is VersionKind.ROLLBACK and m.rolled_back_from is not None \
+                    and m.base is not None:
+                self.rolled_back.update(range(m.base + 1, m.rolled_back_from + 1))
 
     @property
     def reference_auc(self) -> float | None:
@@ -112,18 +135,21 @@ class RollbackGuard:
         m = AUC()
         m.update(y, p)
         auc = float(m.get())
-        if y.size < self.config.min_examples or not math.isfinite(auc):
-            self.history.append((start, auc, version, None))
+        if y.size < self.config.min_examples or not math.isfinite(auc) \
+                or version in self.rolled_back:
+            self._closed(start, auc, version, None, y.size)
             return None
         ref = self.reference_auc
         bad = ref is not None and ref - auc > self.config.max_auc_drop
-        self.history.append((start, auc, version, not bad))
+        self._closed(start, auc, version, not bad, y.size)
         if not bad:
             self.bad_streak = 0
             self._good.append(auc)
             self.last_good_version = version
             return None
-        self.bad_streak += 1
+        # patience counts the bad windows of one version: a new version starts afresh
+        self.bad_streak = self.bad_streak + 1 if version == self._streak_version else 1
+        self._streak_version = version
         log.warning("rollback guard: window %g serving AUC %.4f < reference %.4f - %g "
                     "(version %d, %d/%d)", start, auc, ref, self.config.max_auc_drop, version,
                     self.bad_streak, self.config.patience)
@@ -132,6 +158,13 @@ class RollbackGuard:
             return None
         return self._roll_back(version, auc, start)
 
+    def _closed(self, start: float, auc: float, version: int, good: bool | None,
+                n: int) -> None:
+        self.history.append((start, auc, version, good))
+        log.info("serving window %s", json.dumps({
+            "start": start, "auc": round(auc, 6) if math.isfinite(auc) else None,
+            "version": version, "examples": n, "good": good}))
+
     def _roll_back(self, version: int, auc: float, start: float) -> RollbackAction:
         assert self.last_good_version is not None and self.reference_auc is not None
         reason = (f"serving AUC {auc:.4f} < reference {self.reference_auc:.4f} - "
@@ -139,9 +172,15 @@ class RollbackGuard:
                   f"{self.config.window_s:g} s (version {version})")
         new = None
         if self.registry is not None:
-            new = self.registry.rollback(self.last_good_version, reason=reason).version
+            try:
+                new = self.registry.rollback(self.last_good_version, reason=reason).version
+            except (FreshrecError, OSError) as e:  # the watcher goes on; the alert says so
+                log.exception("rollback guard: rollback to version %d failed",
+                              self.last_good_version)
+                reason += f"; the rollback failed: {e}"
         action = RollbackAction(version, self.last_good_version, new, reason)
         self.actions.append(action)
+        self.rolled_back.update(range(self.last_good_version + 1, version + 1))
         self.bad_streak = 0
         alert = Alert("auto_rollback", "rollback", f"version {version}", auc,
                       f"rolled back to version {self.last_good_version}: {reason}", "critical",

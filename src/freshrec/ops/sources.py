@@ -1,5 +1,6 @@
 """Readers of what the running system writes: ``metrics.jsonl`` lines in run directories,
-registry manifests, and Prometheus text from ``/metrics`` endpoints.
+registry manifests, Prometheus text from ``/metrics`` endpoints, and range queries to a
+Prometheus server's HTTP API (``/api/v1/query_range``).
 
 Nothing here writes; a damaged line or manifest is skipped (and counted), an unreachable
 endpoint reads as nothing, so a dashboard or a watcher keeps running beside a system that is
@@ -42,6 +43,7 @@ __all__ = [
     "histogram_quantile",
     "http_get",
     "parse_samples",
+    "prometheus_range",
     "read_metrics",
     "registry_history",
 ]
@@ -115,7 +117,7 @@ def http_get(url: str, timeout_s: float = 5.0) -> str | None:
         raise FreshrecError(f"metrics URL {url!r}: expected http://HOST:PORT/PATH")
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout_s)
     try:
-        conn.request("GET", u.path or "/metrics")
+        conn.request("GET", (u.path or "/metrics") + (f"?{u.query}" if u.query else ""))
         resp = conn.getresponse()
         body = resp.read().decode(errors="replace")
         return body if resp.status == 200 else None
@@ -123,6 +125,29 @@ def http_get(url: str, timeout_s: float = 5.0) -> str | None:
         return None
     finally:
         conn.close()
+
+
+def prometheus_range(url: str, expr: str, start: float, end: float, step: float
+                     ) -> list[list[float]]:
+    """``[[unix s, value], ...]`` of PromQL ``expr`` from ``start`` to ``end`` every ``step``
+    seconds, from the Prometheus server at ``url`` (``http://HOST:PORT``): its
+    ``/api/v1/query_range``. When the expression gives several series, the first one (the
+    generated expressions aggregate or select one); ``[]`` when the server cannot be read or
+    has no data, NaN values left out."""
+    query = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}",
+                                    "end": f"{end:.3f}", "step": f"{max(step, 0.001):g}"})
+    body = http_get(f"{url.rstrip('/')}/api/v1/query_range?{query}")
+    if body is None:
+        return []
+    try:
+        doc = json.loads(body)
+        result = doc["data"]["result"] if doc.get("status") == "success" else []
+        values = result[0]["values"] if result else []
+        pts = [[float(t), float(v)] for t, v in values]
+    except (ValueError, KeyError, TypeError, IndexError):
+        log.debug("ops: %s: unexpected answer to %r", url, expr)
+        return []
+    return [p for p in pts if math.isfinite(p[1])]
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -4,8 +4,8 @@ Every scored request becomes one ``impression`` event (schema v1,
 :mod:`freshrec.stream.events`) with the request id, the user and its features, each
 candidate with its features and position, the model version and the timestamp, so that the
 joiner can join clicks to it by ``(request_id, item_id)``. The event also carries the scores
-the server gave, ``"scores": [...]`` in candidate order (6 decimals; optional, older logs
-lack it): :mod:`freshrec.ops.serving` joins them with the clicks to measure the serving AUC. The request thread only appends a
+the server gave, ``"scores": [...]`` in candidate order (float32 precision; optional, older
+logs lack it): :mod:`freshrec.ops.serving` joins them with the clicks to measure the serving AUC. The request thread only appends a
 tuple to a bounded deque (no lock, no thread wake-up); a writer thread wakes every
 ``interval_s`` (or when a batch is waiting), builds, encodes and appends the events in
 batches. An event is spliced from pre-encoded pieces where the predictor's feature index
@@ -50,9 +50,13 @@ __all__ = ["ImpressionWriter", "impression_event", "impression_record"]
 log = logging.getLogger(__name__)
 
 
-def _head(req: ScoreRequest, version: int | None, timestamp: float,
-          scores: Sequence[float] | None) -> dict[str, Any]:
-    """The impression event's fields but the candidates."""
+def _scores_json(scores: Sequence[float]) -> bytes:
+    """The scores as a JSON array of float32 values (shortest form, a few microseconds)."""
+    return orjson.dumps(np.asarray(scores, np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _head(req: ScoreRequest, version: int | None, timestamp: float) -> dict[str, Any]:
+    """The impression event's fields but the scores and the candidates."""
     ev: dict[str, Any] = {
         "v": SCHEMA_VERSION, "type": "impression", "event_id": f"imp-{req.request_id}",
         "request_id": req.request_id,
@@ -61,8 +65,6 @@ def _head(req: ScoreRequest, version: int | None, timestamp: float,
     }
     if version is not None:
         ev["model_version"] = version
-    if scores is not None:
-        ev["scores"] = np.round(np.asarray(scores, np.float64), 6).tolist()
     return ev
 
 
@@ -73,7 +75,9 @@ def impression_event(req: ScoreRequest, version: int | None, timestamp: float,
     for j, c in enumerate(req.candidates):
         feats = {k: v for k, v in c.items() if k != "item_id" and k != "position"}
         cands.append({"item_id": c["item_id"], "position": j, "features": feats})
-    ev = _head(req, version, timestamp, scores)
+    ev = _head(req, version, timestamp)
+    if scores is not None:
+        ev["scores"] = orjson.loads(_scores_json(scores))
     ev["candidates"] = cands
     return ev
 
@@ -92,7 +96,9 @@ def impression_record(req: ScoreRequest, version: int | None, timestamp: float,
     frags = req.fragments
     if frags is None or len(frags) != len(req.candidates) or None in frags:
         return encode(impression_event(req, version, timestamp, scores))
-    head = orjson.dumps(_head(req, version, timestamp, scores))
+    head = orjson.dumps(_head(req, version, timestamp))
+    if scores is not None:
+        head = b"".join((head[:-1], b',"scores":', _scores_json(scores), b"}"))
     cands = b",".join([h + b"%d" % j + t for j, (h, t) in enumerate(frags)])  # type: ignore[misc]
     return b"".join((head[:-1], b',"candidates":[', cands, b"]}"))
 
