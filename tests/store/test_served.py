@@ -116,3 +116,66 @@ def test_init_fallback_uses_the_new_user_source(prefix: str, closing: list[Any])
     closing.append(served)
     assert served.lookup(np.array([5], np.uint64)).tolist() == [[1.0, 2.0, 3.0, 4.0]]
     assert served.counters["fallback_rows"] >= 1
+
+
+def _scores_by_worker(url: str, body: dict[str, Any]) -> dict[int, list[float]]:
+    """Scores of ``body`` from each of the 2 workers (a new connection per try until both
+    answered)."""
+    import httpx
+
+    out: dict[int, list[float]] = {}
+    for _ in range(80):
+        with httpx.Client(base_url=url, timeout=30) as c:  # one connection: one worker
+            pid = c.get("/readyz").json()["pid"]
+            r = c.post("/score", json=body)
+            assert r.status_code == 200, r.text
+            out[pid] = r.json()["scores"]
+        if len(out) == 2:
+            return out
+    raise AssertionError(f"only workers {sorted(out)} answered")
+
+
+def test_every_worker_of_serve_workers_reads_redis(redis_server: str, prefix: str,
+                                                   tmp_path: Path) -> None:
+    """``serve --workers 2`` with the user table in Redis: each worker reads the rows from
+    Redis itself (a change written to Redis alone changes both workers' scores alike, and
+    writing the old rows back restores them)."""
+    import redis
+
+    from freshrec.config import config_from_dict
+    from freshrec.serve import ServeConfig
+    from freshrec.serve.workers import WorkerPool
+    from freshrec.sync import Registry
+    from tests.serve._helpers import make_config, request, train_and_publish
+
+    raw = dict(make_config().raw)
+    raw["features"]["tables"]["user"] = {
+        **raw["features"]["tables"]["user"], "backend": "redis",
+        "store": {"url": redis_server, "prefix": prefix, "serve_cache_ms": 0,
+                  "serve_timeout_ms": 5000}}
+    reg = Registry(tmp_path / "reg")
+    trainer, _ = train_and_publish(reg, config_from_dict(raw))
+    trainer.tables["user"].flush()  # type: ignore[attr-defined]
+    trainer.tables["user"].close()  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(redis_server)
+    keys = sorted(client.scan_iter(match=f"{prefix}:user:*"))
+    saved = dict(zip(keys, client.mget(keys), strict=True))
+    assert saved and all(len(v) == 16 * 4 for v in saved.values())  # dim 8 + Adagrad's 8
+    body = request(np.random.default_rng(0))
+    pool = WorkerPool(reg.root, ServeConfig(port=0, workers=2, poll_interval_s=0.05,
+                                            queue_budget_s=5.0))
+    pool.start()
+    try:
+        before = _scores_by_worker(pool.url, body)
+        a, b = before.values()
+        assert a == b
+        client.mset({k: np.full(16, 0.5, "<f4").tobytes() for k in keys})
+        changed = _scores_by_worker(pool.url, body)
+        c, d = changed.values()
+        assert c == d and not np.allclose(c, a, atol=1e-4)
+        client.mset(saved)
+        restored = _scores_by_worker(pool.url, body)
+        assert all(np.allclose(s, a, atol=1e-6) for s in restored.values())
+    finally:
+        pool.stop()
+        client.close()

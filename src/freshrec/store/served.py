@@ -63,14 +63,16 @@ _KEYS = ("reads", "cache_hits", "redis_reads", "redis_errors", "fallback_rows", 
 def serving_tables(tables: Mapping[str, EmbeddingTable]) -> dict[str, EmbeddingTable]:
     """``tables`` with each ``backend: redis`` table replaced by a :class:`ServedRedisTable`
     of the same config (one already served that way is kept). The new table starts at the
-    registry version of the one it replaces, so registry deltas go on applying to it."""
+    registry version of the one it replaces, so registry deltas go on applying to it (a
+    worker's :class:`~freshrec.serve.shared.SharedTable` has none: the parent process of
+    ``serve --workers N`` follows the registry, and each worker reads Redis itself)."""
     out: dict[str, EmbeddingTable] = {}
     for name, t in tables.items():
         if t.config.backend is TableBackend.REDIS and not isinstance(t, ServedRedisTable):
             served = ServedRedisTable(t.config)
             served.apply_delta(TableDelta.empty(
                 t.name, t.config.fingerprint(), dim=t.dim, from_version=0,
-                to_version=t.applied_version), check_version=False)
+                to_version=getattr(t, "applied_version", 0)), check_version=False)
             t = served
         out[name] = t
     return out
