@@ -280,17 +280,19 @@ def _auc(stream: Stream, preds: list[np.ndarray], tail: float = 0.4) -> float:
 
 
 def _timed_steps(tables: dict[str, EmbeddingTable], acc: list[float]) -> None:
-    """Wrap each table's optimizer step (``EmbeddingTable._step``) to add its time to
-    ``acc[0]`` (a benchmark instrument: the step itself is unchanged)."""
+    """Wrap each table's optimizer step (``EmbeddingTable._step``) to add its wall time to
+    ``acc[0]`` and the CPU time of its thread to ``acc[1]`` (a benchmark instrument: the step
+    itself is unchanged)."""
     for t in tables.values():
         inner = t._step
 
         def timed(rows: np.ndarray, grads: np.ndarray, inner: Callable[..., int] = inner) -> int:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return inner(rows, grads)
             finally:
                 acc[0] += time.perf_counter() - t0
+                acc[1] += time.thread_time() - c0
 
         t._step = timed  # type: ignore[method-assign]
 
@@ -298,67 +300,80 @@ def _timed_steps(tables: dict[str, EmbeddingTable], acc: list[float]) -> None:
 PHASES = ["resolve", "pool", "dense_fwd", "dense_bwd", "emb_bwd", "sparse_opt", "dense_opt"]
 
 
+def _clocks() -> np.ndarray:
+    """(wall, process CPU) seconds now."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
 def _profile(kind: str, stream: Stream, vocab: int, mlp: list[int], sparse_opt: str,
              sparse_lr: float, dense_lr: float, n_steps: int, warmup: int,
              seed: int) -> dict[str, float]:
-    """ms per step in each phase of a ``freshrec`` or ``torchrec_fused`` step (wall clock).
+    """ms per step in each phase of a ``freshrec`` or ``torchrec_fused`` step.
 
-    The dense-backward / embedding-backward boundary is a hook on the (B, 26, 16) embedding
-    output, which fires when the dense backward has produced its gradient. freshrec's resolve
-    and pool are timed apart (its plain path does both inside the forward); the sparse
-    optimizer time is summed over the tables' steps (at 2 threads they overlap). TorchRec's
-    resolve is 0 (ids are pre-mapped), its ``pool`` is the fused collection's forward and its
-    ``emb_bwd`` includes the fused optimizer (``sparse_opt`` is reported as 0).
+    Wall clock (``profile_*``) and CPU time of the process (``profile_cpu_*``: all its
+    threads, so at 2 threads up to twice the wall time; under load it counts this process's
+    work, not the waits for a core). The dense-backward / embedding-backward boundary is a
+    hook on the (B, 26, 16) embedding output, which fires when the dense backward has
+    produced its gradient. freshrec's resolve and pool are timed apart (its plain path does
+    both inside the forward); the sparse optimizer time is summed over the tables' steps (at
+    2 threads they overlap). TorchRec's resolve is 0 (ids are pre-mapped), its ``pool`` is
+    the fused collection's forward and its ``emb_bwd`` includes the fused optimizer
+    (``sparse_opt`` is reported as 0).
     """
     torch.manual_seed(seed)
-    opt_time = [0.0]
+    opt_time = [0.0, 0.0]
     if kind == "freshrec":
         tables = freshrec_tables(sparse_opt, sparse_lr)
         emb_mod = PooledEmbedding(tables, {s: SlotSpec(table=s) for s in SLOT_NAMES})
         model = DeepFM(emb_mod, N_DENSE, mlp=mlp)
         _timed_steps(tables, opt_time)
 
-        def embed(i: int) -> tuple[torch.Tensor, float]:
-            t0 = time.perf_counter()
+        def embed(i: int) -> tuple[torch.Tensor, np.ndarray]:
+            t0 = _clocks()
             # the rows of the next forward, resolved up front (what prefetch does): private
             # API, so that resolve and pool are timed apart
             emb_mod._pending = _resolved_now(emb_mod, stream.fids[i], i)
-            t1 = time.perf_counter()
-            return emb_mod(stream.fids[i], now=i), t1 - t0
+            resolved = _clocks() - t0
+            return emb_mod(stream.fids[i], now=i), resolved
     else:
         ebc = _torchrec_fused_ebc(vocab, sparse_opt, sparse_lr)
         model = DeepFM(_Shape(), N_DENSE, mlp=mlp)
         slot_major = [torch.from_numpy(np.ascontiguousarray(v.T)) for v in stream.values]
 
-        def embed(i: int) -> tuple[torch.Tensor, float]:
-            return ebc(slot_major[i]), 0.0
+        def embed(i: int) -> tuple[torch.Tensor, np.ndarray]:
+            return ebc(slot_major[i]), np.zeros(2)
     dense_params = [p for n, p in model.named_parameters() if not n.startswith("embedding")]
     dense_opt = torch.optim.Adam(dense_params, lr=dense_lr)
-    acc: dict[str, list[float]] = {p: [] for p in PHASES}
+    acc: dict[str, list[np.ndarray]] = {p: [] for p in PHASES}
     for i in range(n_steps):
-        opt_time[0] = 0.0
-        t0 = time.perf_counter()
+        opt_time[0] = opt_time[1] = 0.0
+        t0 = _clocks()
         emb, resolve_s = embed(i)
-        t1 = time.perf_counter()
+        t1 = _clocks()
         logits = model.interact(emb, stream.dense[i])
         loss = F.binary_cross_entropy_with_logits(logits, stream.labels[i])
-        t2 = time.perf_counter()
-        mark: list[float] = []
-        emb.register_hook(lambda g, mark=mark: mark.append(time.perf_counter()))
+        t2 = _clocks()
+        mark: list[np.ndarray] = []
+        emb.register_hook(lambda g, mark=mark: mark.append(_clocks()))
         dense_opt.zero_grad(set_to_none=True)
         loss.backward()
-        t4 = time.perf_counter()
+        t4 = _clocks()
         dense_opt.step()
-        t5 = time.perf_counter()
+        t5 = _clocks()
         if i >= warmup:
             t3 = mark[0] if mark else t2
-            values = (resolve_s, t1 - t0 - resolve_s, t2 - t1, t3 - t2,
-                      t4 - t3 - opt_time[0], opt_time[0], t5 - t4)
+            opt = np.array(opt_time)
+            values = (resolve_s, t1 - t0 - resolve_s, t2 - t1, t3 - t2, t4 - t3 - opt, opt,
+                      t5 - t4)
             for p, v in zip(PHASES, values, strict=True):
                 acc[p].append(v * 1e3)
     prefix = "profile" if kind == "freshrec" else "torchrec_profile"
-    out = {f"{prefix}_{p}_ms": float(np.median(v)) for p, v in acc.items()}
-    out[f"{prefix}_total_ms"] = float(sum(out.values()))
+    out: dict[str, float] = {}
+    for clock, tag in ((0, ""), (1, "cpu_")):
+        part = {f"{prefix}_{tag}{p}_ms": float(np.median([v[clock] for v in vals]))
+                for p, vals in acc.items()}
+        part[f"{prefix}_{tag}total_ms"] = float(sum(part.values()))
+        out.update(part)
     return out
 
 
@@ -466,7 +481,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
             prof = _profile(kind, stream, vocab, mlp, opts.sparse_opt, sparse_lr, dense_lr,
                             min(n, warmup + 10), warmup, opts.seed)
             result.update({f"{k}_t{t}": v for k, v in prof.items()})
-            say(f"threads={t} {kind} profile (ms/step): "
+            say(f"threads={t} {kind} profile (ms/step, wall | CPU): "
                 + ", ".join(f"{k.split('profile_')[1][:-3]}={v:.1f}" for k, v in prof.items()))
     main_keys = [f"{k}_examples_per_s" for k in kinds] + [f"{k}_auc" for k in kinds[1:]]
     main_keys += [f"{a}_vs_{b}_ratio" for a, b in RATIOS if a in kinds and b in kinds]
