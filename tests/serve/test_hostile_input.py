@@ -50,17 +50,59 @@ def test_hostile_values_get_400_naming_the_field(served, body, field):
 
 
 def test_v2_fp32_overflow_gets_400_naming_the_input(served):
-    """``u_age`` is standardised (std 10): 1e40 overflows float32. ``i_price`` is log-normalised:
+    """An FP32 input holding 1e39 (past float32) is refused as not FP32; ``u_age`` is
+    standardised (std 10): FP64 1e308 overflows float32 there. ``i_price`` is log-normalised:
     1e308 is log1p(1e308) = 709.8, a finite score."""
     _, client, _, _, _ = served
     item = {"name": "item_id", "shape": [1], "datatype": "INT64", "data": [1]}
-    v2 = {"inputs": [item, {"name": "u_age", "shape": [1], "datatype": "FP32", "data": [1e40]}]}
-    r = client.post("/v2/models/freshrec/infer", json=v2)
-    assert r.status_code == 400 and r.json()["field"] == "user.age", r.text
-    v2 = {"inputs": [item, {"name": "i_price", "shape": [1], "datatype": "FP32",
+    for datatype, value, field in [("FP32", 1e39, "inputs[1].data"),
+                                   ("FP64", 1e308, "user.age")]:
+        v2 = {"inputs": [item, {"name": "u_age", "shape": [1], "datatype": datatype,
+                                "data": [value]}]}
+        r = client.post("/v2/models/freshrec/infer", json=v2)
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+    v2 = {"inputs": [item, {"name": "i_price", "shape": [1], "datatype": "FP64",
                             "data": [1e308]}]}
     r = client.post("/v2/models/freshrec/infer", json=v2)
     assert r.status_code == 200 and math.isfinite(r.json()["outputs"][0]["data"][0]), r.text
+
+
+_V2_ITEM = b'{"name": "item_id", "shape": [1], "datatype": "INT64", "data": [1]}'
+
+
+def _v2(*inputs: bytes, params: bytes = b"{}") -> bytes:
+    return b'{"inputs": [' + b", ".join(inputs) + b'], "parameters": ' + params + b"}"
+
+
+@pytest.mark.parametrize("body, field", [
+    (_v2(b'{"name": "item_id", "shape": [1], "datatype": "INT64", "data": [' + _deep(1000)
+         + b"]}"), "inputs[0].data"),
+    (_v2(_V2_ITEM, b'{"name": "u_gender", "shape": [1], "datatype": "INT64", "data": '
+         + _deep(1000) + b"}"), "inputs[1].data"),
+    (_v2(_V2_ITEM, b'{"name": "i_cat", "shape": ' + _deep(1000)
+         + b', "datatype": "INT64", "data": [1]}'), "inputs[1].shape"),
+    (_v2(_V2_ITEM, params=b'{"now": ' + _deep(1000) + b"}"), "now"),
+    (_v2(_V2_ITEM, params=b'{"now": 1e308}'), "now"),
+    (_v2(_V2_ITEM, b'{"name": "u_age", "shape": [1], "datatype": "FP32", "data": [1e39]}'),
+     "inputs[1].data"),
+    (_v2(_V2_ITEM, b'{"name": "u_gender", "shape": [1], "datatype": "INT8", "data": [300]}'),
+     "inputs[1].data"),
+    (_v2(_V2_ITEM, b'{"name": "u_age", "shape": [1], "datatype": "FP64", "data": [-1e308]}'),
+     "user.age"),
+    (_v2(_V2_ITEM, b'{"name": "i_price", "shape": [1], "datatype": "BYTES", "data": ["3.5"]}'),
+     "inputs[1].datatype"),
+    (_v2(_V2_ITEM, b'{"name": "i_junk", "shape": [1], "datatype": "BYTES", "data": ["x"]}'),
+     "inputs[1].name"),
+])
+def test_hostile_v2_values_get_400_naming_the_input(served, body, field):
+    """The same hostile values through the KServe v2 route: nested 1,000 deep (data, shape,
+    parameters), out of range (``now``; FP32 1e39 is no float32, an INT8 300 no INT8; FP64
+    -1e308 overflows float32 in the standardised ``u_age``), a dense value as a string, an
+    input the model does not take."""
+    _, client, _, _, _ = served
+    r = _post(client, body, "/v2/models/freshrec/infer")
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and len(r.text) < 1000, r.text
 
 
 def test_now_is_within_a_day_of_the_server_clock(served):

@@ -17,6 +17,9 @@ Routes
     KServe v2 server and model metadata (:mod:`freshrec.serve.v2`) and health; every model
     route also under ``/v2/models/{name}/versions/{version}`` (404 for a version that is not
     the served one).
+``GET /v2/openapi.json``
+    This API (the protocol's routes and the ones below) as an OpenAPI 3 document
+    (:func:`~freshrec.serve.v2.openapi_document`).
 ``GET /healthz``
     200 while the process serves HTTP.
 ``GET /readyz``
@@ -74,7 +77,7 @@ from freshrec.serve.request import (
     parse_v2_request,
 )
 from freshrec.serve.updater import ModelUpdater
-from freshrec.serve.v2 import SERVER_METADATA, input_datatypes, model_metadata
+from freshrec.serve.v2 import SERVER_METADATA, input_datatypes, model_metadata, openapi_document
 
 __all__ = ["build_app", "HttpApi", "INTERNAL_ERROR", "ServeApp", "is_json"]
 
@@ -207,6 +210,7 @@ class HttpApi:
         return [
             Route("/score", self.score, methods=["POST"]),
             Route("/v2", self.server_meta, methods=["GET"]),
+            Route("/v2/openapi.json", self.openapi, methods=["GET"]),
             *(r for meta, ready, infer in model for r in (
                 Route(infer, self.infer, methods=["POST"]),
                 Route(meta, self.model_meta, methods=["GET"]),
@@ -269,6 +273,10 @@ class HttpApi:
     async def server_meta(self, request: Request) -> Response:
         """``GET /v2``: the server's name, version and extensions."""
         return _json(SERVER_METADATA)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /v2/openapi.json``: this API as an OpenAPI 3 document."""
+        return _json(openapi_document())
 
     async def ready(self, request: Request) -> Response:
         """``GET /readyz``, ``/v2/health/ready``: the updater's status; 503 until a model is

@@ -237,7 +237,7 @@ def parse_v2_request(body: bytes, max_candidates: int = 1000,
     ...     {"name": "item_id", "shape": [1], "datatype": "INT64", "data": ["7"]}]}))
     Traceback (most recent call last):
     ...
-    freshrec.serve.request.RequestError: inputs[0].data: input 'item_id': datatype INT64 needs integers, got '7'
+    freshrec.serve.request.RequestError: inputs[0].data: input 'item_id': datatype INT64 needs integers in [-9223372036854775808, 9223372036854775807], got '7'
     >>> parse_v2_request(orjson.dumps({"inputs": [
     ...     {"name": "item_id", "shape": [1], "datatype": "BYTES", "data": ["Comedy"]}]}),
     ...     datatypes={"item_id": "INT64"})
@@ -316,11 +316,30 @@ def build_v2_request(obj: Any, max_candidates: int,
 #: The one output of a model (``outputs`` of a request may name only it).
 V2_OUTPUT = "scores"
 _INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-#: Datatype -> (what its values are, a test of one value); ``None`` always passes.
+
+
+def _int_type(bits: int, signed: bool) -> tuple[str, Any]:
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return f"integers in [{lo}, {hi}]", lambda v: type(v) is int and lo <= v <= hi
+
+
+def _float_type(bits: int, mantissa: int) -> tuple[str, Any]:
+    """Numbers that round to a finite float of ``bits`` with ``mantissa`` stored bits: below
+    ``2**E * (1 - 2**-(mantissa + 2))`` (``E = 2**(exponent bits - 1)``), from where rounding
+    goes to infinity (65520 for FP16, about 3.4028236e38 for FP32)."""
+    e = 1 << (bits - mantissa - 2)
+    end = (1 << e) - (1 << (e - mantissa - 2))  # an exact int: FP64's is past float range
+    return (f"numbers that are finite as FP{bits}",
+            lambda v: (type(v) is int or type(v) is float) and abs(v) < end)
+
+
+#: Datatype -> (what its values are, a test of one value); ``None`` always passes. A value
+#: must fit its datatype (an FP32 input holding 1e39, an INT8 holding 300 are refused).
 _DATATYPES: dict[str, tuple[str, Any]] = {
-    **{d: ("integers", lambda v: type(v) is int) for d in _INTS},
-    **{d: ("numbers", lambda v: type(v) is int or type(v) is float)
-       for d in ("FP16", "FP32", "FP64")},
+    **{d: _int_type(int(d.lstrip("UINT")), not d.startswith("U")) for d in _INTS},
+    "FP16": _float_type(16, 10),
+    "FP32": _float_type(32, 23),
+    "FP64": _float_type(64, 52),
     "BOOL": ("booleans", lambda v: type(v) is bool),
     "BYTES": ("strings", lambda v: type(v) is str),
 }

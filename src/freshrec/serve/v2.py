@@ -9,7 +9,9 @@ or ``FP32`` for a dense value, and its ``shape`` has ``-1`` for each variable di
 ``[1]`` for a user value, ``[1, -1]`` for a user list (a history), ``[-1]`` per candidate and
 ``[-1, -1]`` for a candidate list. The position slot is filled by the server and is not an
 input. :func:`input_datatypes` is what a request's inputs are checked against
-(:func:`~freshrec.serve.request.build_v2_request`).
+(:func:`~freshrec.serve.request.build_v2_request`). :func:`openapi_document` is the server's
+HTTP API (the protocol's routes and freshrec's own) as an OpenAPI 3 document
+(``serve/openapi.yaml``, served at ``GET /v2/openapi.json``).
 
 Examples
 --------
@@ -25,15 +27,19 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import weakref
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from freshrec import __version__
 from freshrec.features.config import SlotDtype
 from freshrec.serve.predictor import CAND, USER, FeatureLayout
 
 __all__ = ["OUTPUTS", "SERVER_METADATA", "input_datatypes", "input_name", "model_inputs",
-           "model_metadata"]
+           "model_metadata", "openapi_document"]
 
 #: The outputs of every model: one calibrated click probability per candidate.
 OUTPUTS: list[dict[str, Any]] = [{"name": "scores", "datatype": "FP32", "shape": [-1]}]
@@ -102,3 +108,16 @@ def model_metadata(layout: FeatureLayout | None, name: str, version: int | None
     return {"name": name, "platform": "freshrec",
             "versions": [] if version is None else [str(version)],
             "inputs": [] if layout is None else model_inputs(layout), "outputs": OUTPUTS}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The server's HTTP API as an OpenAPI 3 document (read once from ``openapi.yaml``).
+
+    >>> doc = openapi_document()
+    >>> doc["openapi"], "/v2/models/{model_name}/versions/{model_version}/infer" in doc["paths"]
+    ('3.0.3', True)
+    """
+    text = resources.files("freshrec.serve").joinpath("openapi.yaml").read_text("utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
