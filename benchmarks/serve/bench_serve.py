@@ -28,7 +28,11 @@ Tables hold ``--users`` and ``--items`` rows. Steps:
    accepted (200) requests from their actual send (``*_from_schedule``: from their scheduled
    send, which adds the load generator's own lateness when it cannot keep the rate:
    ``*_achieved_qps`` says whether it kept up) and the fraction shed (503);
-6. workers (issue 12): the QPS sweep against ``serve --workers 2`` and against one process;
+6. workers (issue 12): the QPS sweep (``--workers-qps``) against ``serve --workers 2`` and
+   against one process, with the CPU time per request of the server's processes and of the
+   load generator (``loadgen_cpu_ms_per_req_*``: it runs on the same cores); with
+   ``updates`` in ``--only`` also step 3's swaps and deltas against the 2 workers
+   (``swap_p99_9_ratio_workers2``, ``delta_p99_9_ratio_workers2``, ``update_errors_workers2``);
    the shared-table memory (the PSS of the shared segments summed over every process of the
    server) of a 2-worker and a 1-worker pool, and every process's total PSS.
 
@@ -188,6 +192,7 @@ class ServerProc:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.pool = pool
         cmd = [sys.executable, "-m", "freshrec.cli", "serve", "--registry", str(reg), "--port",
                str(self.port), "--log", str(log), "--threads", "1", "--poll-interval", "0.2",
                "--update-mode", mode, "--max-in-flight", "256",
@@ -208,15 +213,24 @@ class ServerProc:
             time.sleep(0.1)
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of the server process so far (all its threads)."""
-        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds so far of the server process and its worker processes
+        (all their threads)."""
+        total = 0
+        for pid in self.pids():
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def memory_bytes(self) -> int:
+        """The server's memory: its RSS, or for a worker pool the PSS of all its processes
+        (shared segments counted once)."""
+        return self.pss_bytes() if self.pool else self.rss_bytes()
 
     def pids(self) -> list[int]:
         """The server process and its children (worker processes)."""
@@ -262,6 +276,7 @@ def load(url: str, bodies_path: Path, qps: float, seconds: float) -> dict:
     p["errors"] = sum(v for k, v in res["codes"].items() if k != "200")
     p["achieved_qps"] = res["achieved_qps"]
     p["sent"] = res["sent"]
+    p["loadgen_cpu_ms_per_request"] = res["cpu_s"] * 1e3 / max(1, res["sent"])
     return p
 
 
@@ -330,6 +345,8 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
     ap.add_argument("--update-qps", type=float, default=100.0,
                     help="offered QPS of the hot-update runs (below saturation, so that a "
                          "spike is the update's and not the queue's)")
+    ap.add_argument("--workers-qps", default="250,500,750,1000,1250,1500",
+                    help="comma-separated QPS levels of the workers sweep (step 6)")
     ap.add_argument("--only", default="model,e2e,updates,stall,overload,workers",
                     help="comma-separated sections to run")
     a = ap.parse_args(argv)
@@ -380,7 +397,11 @@ def main(argv: list[str] | None = None, verbose: bool = True) -> dict:
     if "overload" in only:
         overload(res, tmp, bodies_path, items_path, 4.0 if q else 10.0, say)
     if "workers" in only:
-        workers(res, tmp, bodies_path, items_path, levels, seconds, say)
+        wlevels = [float(x) for x in a.workers_qps.split(",")]
+        upd = None if "updates" not in only else {
+            "reg": reg, "bodies_path": bodies_path, "qps": a.update_qps,
+            "seconds": update_seconds, "swap_every": swap_every, "items": items}
+        workers(res, tmp, bodies_path, items_path, wlevels, seconds, upd, say)
     res["loadavg_end"] = os.getloadavg()[0]
     res["machine"] = machine_info()
     res["threads"] = 1
@@ -411,56 +432,25 @@ def round1(a, res: dict, reg: Registry, tmp: Path, bodies_path: Path, items_path
             res["max_qps_p99_9_under_10ms"] = best
         if "updates" not in only:
             return
-        # steady vs full-model swaps
         uq = a.update_qps
         k = f"qps{int(uq)}"
         res["update_qps"] = uq
-        steady = load(server.url, bodies_path, uq, update_seconds)
-        res[f"steady_p99_9_ms_{k}"] = steady["p99_9"]
-
-        def swap() -> None:
-            st = Subscriber(reg).materialize()
-            Publisher(reg, st.tables, lambda: st.dense).publish_full(
-                event_time=int(time.time()), meta=st.meta)
-
-        th = during(swap, update_seconds, swap_every)
-        sw = load(server.url, bodies_path, uq, update_seconds)
-        th.join()
-        res[f"swap_p99_9_ms_{k}"] = sw["p99_9"]
-        res["swap_p99_9_ratio"] = sw["p99_9"] / steady["p99_9"]
-        say(f"steady {steady} swap {sw}")
-        # continuous 10 k-row sparse deltas
-        st = Subscriber(reg).materialize()
-        pub = Publisher(reg, st.tables, lambda: st.dense)
-        pub.publish_full(event_time=int(time.time()), meta=st.meta)
-        time.sleep(2.0)
-        rss0 = server.rss_bytes()
-        ids = hash_array("item_id", np.arange(items))
-        rng = np.random.default_rng(1)
-
-        def delta() -> None:
-            pick = ids[rng.choice(ids.shape[0], 10_000, replace=False)]
-            st.tables["item"].apply_gradients(
-                pick, rng.normal(size=(10_000, 32)).astype(np.float32))
-            pub.publish_sparse(event_time=int(time.time()))
-
-        th = during(delta, update_seconds, 1.0)
-        dl = load(server.url, bodies_path, uq, update_seconds)
-        th.join()
-        time.sleep(1.0)
-        rss1 = server.rss_bytes()
-        res[f"delta_p99_9_ms_{k}"] = dl["p99_9"]
-        res["delta_p99_9_ratio"] = dl["p99_9"] / steady["p99_9"]
-        res["delta_memory_growth_ratio"] = rss1 / rss0
-        res["server_rss_mib"] = rss0 / 2**20
-        say(f"deltas {dl} rss {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB")
+        u = hot_updates(server, reg, bodies_path, uq, update_seconds, swap_every, items, say)
+        res[f"steady_p99_9_ms_{k}"] = u["steady"]["p99_9"]
+        res[f"swap_p99_9_ms_{k}"] = u["swap"]["p99_9"]
+        res["swap_p99_9_ratio"] = u["swap"]["p99_9"] / u["steady"]["p99_9"]
+        res[f"delta_p99_9_ms_{k}"] = u["delta"]["p99_9"]
+        res["delta_p99_9_ratio"] = u["delta"]["p99_9"] / u["steady"]["p99_9"]
+        res["delta_memory_growth_ratio"] = u["rss1"] / u["rss0"]
+        res["server_rss_mib"] = u["rss0"] / 2**20
+        steady = u["steady"]
     finally:
         server.close()
     naive = ServerProc(tmp / "registry", tmp / "log-naive", mode="naive", items=items_path)
     try:
         load(naive.url, bodies_path, 200, 1.0)
         nsteady = load(naive.url, bodies_path, uq, update_seconds)
-        th = during(swap, update_seconds, swap_every)
+        th = during(lambda: publish_swap(reg), update_seconds, swap_every)
         nsw = load(naive.url, bodies_path, uq, update_seconds)
         th.join()
         res[f"naive_swap_p99_9_ms_{k}"] = nsw["p99_9"]
@@ -469,6 +459,47 @@ def round1(a, res: dict, reg: Registry, tmp: Path, bodies_path: Path, items_path
         say(f"naive steady {nsteady} swap {nsw}")
     finally:
         naive.close()
+
+
+def publish_swap(reg: Registry) -> None:
+    """Publish the registry's newest state again as a new full snapshot (servers reload),
+    with the model config (``HEAD`` may be a delta, whose meta has none)."""
+    st = Subscriber(reg).materialize()
+    Publisher(reg, st.tables, lambda: st.dense).publish_full(
+        event_time=int(time.time()), meta={"config": reg.published_meta("config")})
+
+
+def hot_updates(server: ServerProc, reg: Registry, bodies_path: Path, qps: float,
+                seconds: float, swap_every: float, items: int, say) -> dict:
+    """Step 3 against one server: steady state, full snapshots every ``swap_every`` s,
+    continuous 10 k-row sparse deltas (every second), each at ``qps`` for ``seconds``;
+    the server's memory (:meth:`ServerProc.memory_bytes`) before and after the deltas."""
+    out: dict = {"steady": load(server.url, bodies_path, qps, seconds)}
+    th = during(lambda: publish_swap(reg), seconds, swap_every)
+    out["swap"] = load(server.url, bodies_path, qps, seconds)
+    th.join()
+    say(f"steady {out['steady']} swap {out['swap']}")
+    st = Subscriber(reg).materialize()
+    pub = Publisher(reg, st.tables, lambda: st.dense)
+    pub.publish_full(event_time=int(time.time()), meta={"config": reg.published_meta("config")})
+    time.sleep(2.0)
+    out["rss0"] = server.memory_bytes()
+    ids = hash_array("item_id", np.arange(items))
+    rng = np.random.default_rng(1)
+
+    def delta() -> None:
+        pick = ids[rng.choice(ids.shape[0], 10_000, replace=False)]
+        st.tables["item"].apply_gradients(pick, rng.normal(size=(10_000, 32)).astype(np.float32))
+        pub.publish_sparse(event_time=int(time.time()))
+
+    th = during(delta, seconds, 1.0)
+    out["delta"] = load(server.url, bodies_path, qps, seconds)
+    th.join()
+    time.sleep(1.0)
+    out["rss1"] = server.memory_bytes()
+    say(f"deltas {out['delta']} memory {out['rss0'] / 2**20:.0f} -> "
+        f"{out['rss1'] / 2**20:.0f} MiB")
+    return out
 
 
 def overload(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None, seconds: float,
@@ -517,23 +548,50 @@ def overload(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None, s
 
 
 def workers(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None,
-            levels: list[float], seconds: float, say) -> None:
-    """Step 6: QPS sweep with 1 process and 2 workers; shared-table memory per pool size."""
+            levels: list[float], seconds: float, updates: dict | None, say) -> None:
+    """Step 6: QPS sweep with 1 process and 2 workers (a level past two failing ones is not
+    run), each level with the CPU per request of the server's processes and of the load
+    generator; with ``updates`` (``hot_updates``' arguments but the server) the hot updates
+    of step 3 against the 2 workers; shared-table memory per pool size."""
     for n in (1, 2):
         server = ServerProc(tmp / "registry", tmp / f"log-w{n}", items=items_path,
                             pool=0 if n == 1 else 2)
         try:
             load(server.url, bodies_path, 200, 1.0)
             res[f"pss_mib_workers{n}"] = server.pss_bytes() / 2**20
-            best = 0.0
+            best, failed = 0.0, 0
             for qps in levels:
+                if failed >= 2:
+                    break
+                c0 = server.cpu_s()
                 p = load(server.url, bodies_path, qps, seconds)
-                say(f"workers={n} qps={qps:g}: {p}")
-                res[f"e2e_p99_9_ms_qps{int(qps)}_workers{n}"] = p["p99_9"]
-                res[f"e2e_errors_qps{int(qps)}_workers{n}"] = p["errors"]
+                cpu = (server.cpu_s() - c0) * 1e3 / max(1, p["sent"])
+                say(f"workers={n} qps={qps:g}: server {cpu:.3f} ms CPU/request, load "
+                    f"generator {p['loadgen_cpu_ms_per_request']:.3f}: {p}")
+                k = f"qps{int(qps)}_workers{n}"
+                res[f"e2e_p50_ms_{k}"] = p["p50"]
+                res[f"e2e_p99_ms_{k}"] = p["p99"]
+                res[f"e2e_p99_9_ms_{k}"] = p["p99_9"]
+                res[f"e2e_errors_{k}"] = p["errors"]
+                res[f"e2e_achieved_qps_{k}"] = p["achieved_qps"]
+                res[f"server_cpu_ms_per_req_{k}"] = cpu
+                res[f"loadgen_cpu_ms_per_req_{k}"] = p["loadgen_cpu_ms_per_request"]
                 if p["p99_9"] <= 10.0 and p["errors"] == 0 and p["achieved_qps"] >= 0.95 * qps:
-                    best = max(best, qps)
+                    best, failed = max(best, qps), 0
+                else:
+                    failed += 1
             res[f"max_qps_p99_9_under_10ms_workers{n}"] = best
+            if n == 2 and updates is not None:
+                u = hot_updates(server, **updates, say=say)
+                k = f"qps{int(updates['qps'])}_workers2"
+                res[f"steady_p99_9_ms_{k}"] = u["steady"]["p99_9"]
+                res[f"swap_p99_9_ms_{k}"] = u["swap"]["p99_9"]
+                res[f"delta_p99_9_ms_{k}"] = u["delta"]["p99_9"]
+                res["swap_p99_9_ratio_workers2"] = u["swap"]["p99_9"] / u["steady"]["p99_9"]
+                res["delta_p99_9_ratio_workers2"] = u["delta"]["p99_9"] / u["steady"]["p99_9"]
+                res["update_errors_workers2"] = sum(u[x]["errors"] for x in
+                                                    ("steady", "swap", "delta"))
+                res["delta_memory_growth_ratio_workers2"] = u["rss1"] / u["rss0"]
         finally:
             server.close()
     shared = {}
