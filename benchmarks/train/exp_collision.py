@@ -317,8 +317,11 @@ def write_page(out: Path) -> Path:
                     "the page is written without plots")
         plots = False
     lines = ["# Collisionless vs hashed embeddings", "",
-             "Written by `benchmarks/train/exp_collision.py` from the JSON results beside "
-             "this page (`collision-movielens.json`, `collision-scale.json`).", ""]
+             "Tables and plots written by `benchmarks/train/exp_collision.py` (MovieLens) "
+             "and `benchmarks/train/exp_collision_scale.py` (10^6-10^7 ids) from the JSON "
+             "results beside this page (`collision-movielens.json`, `collision-scale.json`); "
+             "the Reading sections are written by hand, and a regenerated page needs them "
+             "again.", ""]
     from exp_collision_scale import scale_section  # imports this module
 
     for stem, section in (("collision-movielens", _ml_section),

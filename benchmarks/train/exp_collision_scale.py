@@ -475,6 +475,20 @@ def scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
             diff, half = paired_interval(vals(n, m) - vals("collisionless", m)[:len(vals(n, m))])
             cells.append(f"{diff:+.4f} ± {half:.4f} ({_verdict(diff, half)})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    pairs = [(n, "hashed" + n[len("capped"):]) for n in names
+             if n.startswith("capped") and "hashed" + n[len("capped"):] in names]
+    if pairs:
+        lines += ["", "Collisionless capped minus hashed at the same row budget (paired by seed, "
+                  "95 % t interval):", "", "| budget | " + " | ".join(metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for capped, hashed in pairs:
+            cells = []
+            for m in metrics:
+                diff, half = paired_interval(vals(capped, m) - vals(hashed, m))
+                word = _verdict(diff, half).replace("variant", "capped").replace(
+                    "collisionless", "hashed")
+                cells.append(f"{diff:+.4f} ± {half:.4f} ({word})")
+            lines.append(f"| {capped[len('capped_'):]} | " + " | ".join(cells) + " |")
     if plots:
         _plot(res, names, out)
         lines += ["", "![AUC over training and over event time, and the difference to "
