@@ -243,7 +243,11 @@ class Joiner:
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
         self._dirty: dict[str, _Pending] = {}  # pending impressions changed since the commit
         # (deadline, request id) of every pending impression, in memory or spilled
-        self._due_heap: list[tuple[int, str]] = []
+        # deadlines (ms) of the pending impressions, in memory or spilled: a heap of the
+        # distinct deadlines and the request ids of each (ints compare faster than tuples,
+        # and many impressions share a millisecond)
+        self._due_heap: list[int] = []
+        self._due_rids: dict[int, list[str]] = {}
         cap = self.config.max_dedupe_keys_in_memory
         self._seen = KeyIndex(self._env, self._db["seen"], None, max_in_memory=cap)
         self._emitted = KeyIndex(self._env, self._db["emitted"], self._db["emitted_t"],
@@ -272,11 +276,12 @@ class Joiner:
             self._emitted.load(txn)
             # spilled impressions are found by their deadline in the heap (state version 3
             # also kept a "due" index in LMDB: the heap replaces it)
+            spilled = 0
             for key, raw in txn.cursor(db=self._db["pending"]):
-                self._due_heap.append((orjson.loads(raw)["d"], key.decode()))
-            heapq.heapify(self._due_heap)
+                self._add_due(orjson.loads(raw)["d"], key.decode())
+                spilled += 1
             #: pending impressions in LMDB and not in memory (none: lookups skip LMDB)
-            self._on_disk_only = len(self._due_heap)
+            self._on_disk_only = spilled
             txn.drop(self._db["due"], delete=False)
         s: dict[str, Any] = orjson.loads(blob) if blob else {}
         if blob and s.get("version", 1) == 2 and s.get("max_ts") is not None:
@@ -484,7 +489,7 @@ class Joiner:
     def _cache(self, rid: str, pend: _Pending) -> None:
         self._next_due = min(self._next_due, pend.deadline_ms)
         self._mem[rid] = pend
-        heapq.heappush(self._due_heap, (pend.deadline_ms, rid))
+        self._add_due(pend.deadline_ms, rid)
         while len(self._mem) > self.config.max_pending_in_memory:
             old_rid, old = self._mem.popitem(last=False)
             if old.dirty or not old.persisted:
@@ -841,22 +846,31 @@ class Joiner:
         h = zlib.crc32(f"{self.config.seed}:{rid}:{item}".encode())
         return h < rate * 4294967296.0
 
+    def _add_due(self, deadline_ms: int, rid: str) -> None:
+        rids = self._due_rids.get(deadline_ms)
+        if rids is None:
+            self._due_rids[deadline_ms] = [rid]
+            heapq.heappush(self._due_heap, deadline_ms)
+        else:
+            rids.append(rid)
+
     def _due(self, wm_ms: float) -> list[tuple[int, str]]:
+        """``(deadline, request id)`` of the pending impressions due at ``wm_ms``, in order,
+        taken off the heap."""
         lim = math.inf if wm_ms == math.inf else int(wm_ms)
         due: list[tuple[int, str]] = []
-        heap, pop = self._due_heap, heapq.heappop
-        last = None
-        while heap and heap[0][0] <= lim:
-            item = pop(heap)
-            # an impression read back after a spill has two equal entries: they pop one
-            # after the other (the heap pops in (deadline, request id) order)
-            if item != last:
-                due.append(item)
-                last = item
+        heap, pop, by_deadline = self._due_heap, heapq.heappop, self._due_rids
+        while heap and heap[0] <= lim:
+            d = pop(heap)
+            rids = by_deadline.pop(d)
+            if len(rids) == 1:
+                due.append((d, rids[0]))
+            else:  # sorted by request id; one read back after a spill is there twice
+                due.extend((d, rid) for rid in sorted(set(rids)))
         return due
 
     def _refresh_next_due(self) -> None:
-        self._next_due = self._due_heap[0][0] if self._due_heap else math.inf
+        self._next_due = self._due_heap[0] if self._due_heap else math.inf
 
     def _emit_due(self, wm_ms: float) -> None:
         """Emit the impressions whose deadline the watermark ``wm_ms`` passed."""
