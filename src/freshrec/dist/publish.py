@@ -92,21 +92,37 @@ class ShardedPublisher:
         :meth:`due` says so."""
         self._gathered_at = now
         self._gather_deltas()
-        return self.publisher.maybe_publish(now, **kwargs) if self.publisher is not None \
-            else None
+        return self._on_rank0(lambda p: p.maybe_publish(now, **kwargs))
 
     def publish_full(self, **kwargs: Any) -> VersionManifest | None:
         """Gather every shard's changes, then rank 0 publishes a full snapshot (a collective;
         rank 0 returns the manifest, the others None)."""
         self._gather_deltas()
-        return self.publisher.publish_full(**kwargs) if self.publisher is not None else None
+        return self._on_rank0(lambda p: p.publish_full(**kwargs))
 
     def publish_sparse(self, **kwargs: Any) -> VersionManifest | None:
         """Gather every shard's changes, then rank 0 publishes them as one delta."""
         self._gather_deltas()
-        return self.publisher.publish_sparse(**kwargs) if self.publisher is not None else None
+        return self._on_rank0(lambda p: p.publish_sparse(**kwargs))
 
     def publish_dense(self, **kwargs: Any) -> VersionManifest | None:
         """Rank 0 publishes the dense parameters (with the rows gathered so far)."""
         self._gather_deltas()
-        return self.publisher.publish_dense(**kwargs) if self.publisher is not None else None
+        return self._on_rank0(lambda p: p.publish_dense(**kwargs))
+
+    def _on_rank0(self, publish: Callable[[Publisher], VersionManifest | None]
+                  ) -> VersionManifest | None:
+        """Rank 0 publishes; when it cannot write (:class:`OSError`, e.g. a full disk) every
+        rank raises, so that all of them take the same way out (a retry) in step."""
+        error: OSError | None = None
+        manifest = None
+        if self.publisher is not None:
+            try:
+                manifest = publish(self.publisher)
+            except OSError as e:
+                error = e
+        if self.exchange.any(error is not None):
+            raise OSError(f"rank {self.exchange.rank}: publish to {self.registry.root} failed: "
+                          f"{error if error is not None else 'rank 0 could not write'}"
+                          ) from error
+        return manifest
