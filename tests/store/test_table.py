@@ -114,15 +114,16 @@ def test_bad_values_are_counted_and_read_as_missing(store_url: str, prefix: str,
 
 def test_ttl_removes_inactive_rows_and_a_write_refreshes_it(store_url: str, prefix: str,
                                                             closing: list[Any]) -> None:
-    _, cfg = configs(store_url, prefix, OPTIMIZERS[0], ttl_s=1.2)
+    # margins of 1.4 s: row 10 must outlive the checks below on a loaded machine
+    _, cfg = configs(store_url, prefix, OPTIMIZERS[0], ttl_s=3.0)
     table = RedisTable(cfg)
     closing.append(table)
     table.lookup(np.array([10, 11, 12], np.uint64), now=0, train=True)
     table.flush()
-    time.sleep(0.7)
+    time.sleep(1.6)
     table.apply_gradients(np.array([10], np.uint64), np.ones((1, 8), np.float32))  # active
     assert table.flush() == 1
-    time.sleep(0.7)  # 11 and 12 are over 1.4 s old, 10 was written 0.7 s ago
+    time.sleep(1.6)  # 11 and 12 are over 3.2 s old, 10 was written 1.6 s ago
     _, found = table.rows_store.get(np.array([10, 11, 12], np.uint64))
     assert found.tolist() == [True, False, False]
     assert table.expire(now=100) == 2  # the count of rows Redis expired
