@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -121,14 +122,15 @@ class KeyIndex:
     def flush(self, txn: Any) -> None:
         """Write the keys added since the last flush, then trim memory to its bound."""
         if self._new:
-            new = zip(self._new, self._new_buckets, strict=True)
+            empty = itertools.repeat(b"")
             if self._index is None:
-                txn.cursor(db=self._main).putmulti((k, b"") for k in self._new)
-            else:
-                txn.cursor(db=self._main).putmulti((k, b.to_bytes(8, "big")) for k, b in new)
+                txn.cursor(db=self._main).putmulti(zip(self._new, empty, strict=False))
+            else:  # pairs made by zip, not by a Python loop: a flush holds every new key
+                prefix = {b: bucket_key(b, b"") for b in set(self._new_buckets)}
+                buckets = list(map(prefix.__getitem__, self._new_buckets))
+                txn.cursor(db=self._main).putmulti(zip(self._new, buckets, strict=True))
                 txn.cursor(db=self._index).putmulti(
-                    (bucket_key(b, k), b"")
-                    for k, b in zip(self._new, self._new_buckets, strict=True))
+                    zip(map(bytes.__add__, buckets, self._new), empty, strict=False))
             self._new.clear()
             self._new_buckets.clear()
         while len(self._keys) > self._max and self._buckets:

@@ -218,6 +218,7 @@ class Joiner:
                  partitions: Sequence[int] | None = None) -> None:
         self.config = config or JoinerConfig()
         self._lateness_ms = self.config.allowed_lateness_s * 1000
+        self._prefix_bucket, self._prefix = -1, bucket_key(-1, b"")  # see _accept
         self.source, self.output = source, output
         self.side_logs = dict(side_logs or {})
         n = source.partitions
@@ -724,7 +725,9 @@ class Joiner:
         bucket = int(ts) // _BUCKET_S
         eid = e["event_id"]
         eid = eid if type(eid) is str and len(eid) <= _SHORT_ID else _key(str(eid))
-        if not self._seen.add(self._txn, bucket_key(bucket, eid.encode()), bucket):
+        if bucket != self._prefix_bucket:  # the bucket's key prefix, made once per bucket
+            self._prefix_bucket, self._prefix = bucket, bucket_key(bucket, b"")
+        if not self._seen.add(self._txn, self._prefix + eid.encode(), bucket):
             self._count("duplicates")
             return
         if prev is None or ts > prev:
