@@ -76,8 +76,9 @@ def test_two_ranks_under_torchrun_train_each_example_once_and_publish_one_model(
     # of the examples, padded its share of most steps with empty batches): each example once
     assert_same_model(parts, dense, _reference(doc, log, 2))
     # a subscriber of the registry sees one model: the union of the shards
-    versions = Registry(registry).versions()
-    assert len(versions) > 5  # a full snapshot, a delta per round, the dense part
+    manifests = Registry(registry).manifests()
+    assert len(manifests) > 5  # a full snapshot, a delta per round, the dense part
+    assert sum(d["expired"] for m in manifests for d in m.deltas.values()) > 0  # TTL expiry
     state = Subscriber(Registry(registry)).materialize()
     served = table_state(state.tables)
     for name in ("user", "item"):
