@@ -225,7 +225,10 @@ def test_decode_events_reads_each_record_of_a_batch_with_its_own_keys_and_true_p
     no_p = _PLAIN.replace(b',"true_p":0.5', b"").replace(b', "true_p":-0.0', b"")
     other_keys = _PLAIN.replace(b'"c":', b'"d":')
     int_p = _PLAIN.replace(b'"p":-0.25', b'"p":-2').replace(b'"p":3.0', b'"p":3')
-    payloads = [_PLAIN, no_p, other_keys, _PLAIN, int_p, int_p, no_p, _PLAIN, no_p]
+    one = _PLAIN.split(b",\n")[0] + b" ]}"  # one candidate (a decimal feature)
+    one_int = int_p.split(b",\n")[0] + b" ]}"
+    payloads = [_PLAIN, no_p, one, other_keys, _PLAIN, int_p, one_int, int_p, no_p, one,
+                _PLAIN, no_p]
     got = ev.decode_events(payloads)
     assert all(g[0]["candidates"] == [] for g in got)  # every one through the kernel
     for g, payload in zip(got, payloads, strict=True):

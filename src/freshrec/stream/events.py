@@ -463,15 +463,28 @@ class _ChunkColumns:
                 used, fused = self._used()
                 self._int_vals = self._ints[:used].tolist()
                 self._true_p = self._floats[:fused].tolist()
-            vals = tuple(self._int_vals[io:io + n * w])
-            if 1 in types:
-                if self._float_bits is None:
-                    self._float_bits = self._ints[:self._used()[0]].view(np.float64).tolist()
-                fvals = tuple(self._float_bits[io:io + n * w])
-                cols = tuple((fvals if t else vals)[2 + q::w] for q, t in enumerate(types))
+            if 1 in types and self._float_bits is None:
+                self._float_bits = self._ints[:self._used()[0]].view(np.float64).tolist()
+            if n == 1:  # the freshness shape: one-value columns straight from the row
+                row_vals = self._int_vals[io:io + w]
+                items, positions = (row_vals[0],), (row_vals[1],)
+                if 1 in types:
+                    fb = self._float_bits
+                    assert fb is not None
+                    cols = tuple((fb[io + 2 + q],) if t else (row_vals[2 + q],)
+                                 for q, t in enumerate(types))
+                else:
+                    cols = tuple(zip(row_vals[2:]))  # noqa: B905 (one iterable)
             else:
-                cols = tuple(vals[2 + q::w] for q in range(k))
-            items, positions = vals[0::w], vals[1::w]
+                vals = tuple(self._int_vals[io:io + n * w])
+                if 1 in types:
+                    assert self._float_bits is not None
+                    fvals = tuple(self._float_bits[io:io + n * w])
+                    cols = tuple((fvals if t else vals)[2 + q::w]
+                                 for q, t in enumerate(types))
+                else:
+                    cols = tuple(vals[2 + q::w] for q in range(k))
+                items, positions = vals[0::w], vals[1::w]
             assert self._true_p is not None
             true_p = tuple(self._true_p[fo:fo + n]) if fo >= 0 else None
         else:
