@@ -20,6 +20,9 @@ run, so the spread covers which ids happen to collide as well as the initialisat
 AUC pooled and per user (GAUC: per-user AUC weighted by the user's test rows, over users with
 both labels), for all test rows and split into warm users (seen in training) and cold users.
 
+A MovieLens result copied beside the page as ``collision-movielens-epochs.json`` (a run with
+more epochs) gets a section of its own, with the difference after every epoch.
+
 Differences are reported with 95 % intervals (Welch, t with the smaller sample's degrees of
 freedom); the page states a difference only where the interval excludes 0.
 """
@@ -33,6 +36,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +258,9 @@ def _fmt(values: Sequence[float]) -> str:
     return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0:.4f}"
 
 
-def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
+def _ml_section(res: dict[str, Any], out: Path, plots: bool, *,
+                title: str = "MovieLens 100K (DeepFM, Fig. 7 protocol)",
+                png: str = "collision.png") -> list[str]:
     runs = res["runs"]
     names = list(dict.fromkeys(r["variant"] for r in runs))
     last = res["epochs"] - 1
@@ -263,7 +269,7 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
     def vals(name: str, metric: str, epoch: int = last) -> list[float]:
         return [r["epochs"][epoch][metric] for r in runs if r["variant"] == name]
 
-    lines = ["## MovieLens 100K (DeepFM, Fig. 7 protocol)", "", "```", res["command"], "```", "",
+    lines = [f"## {title}", "", "```", res["command"], "```", "",
              f"Time-ordered split: {res['train_rows']:,} training rows, {res['test_rows']:,} "
              f"test rows ({res['test_rows_warm']:,} from warm users seen in training; "
              f"{res['test_users_cold']} of {res['test_users']} test users are cold). "
@@ -284,6 +290,17 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
             d, h = interval(vals(n, m), vals("collisionless", m))
             cells.append(f"{d:+.4f} ± {h:.4f} ({verdict(d, h)})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if res["epochs"] > 1:
+        lines += ["", "Hashed minus collisionless after each epoch (95 % interval, Welch):", "",
+                  "| variant | epoch | " + " | ".join(metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for n in names[1:]:
+            for e in range(res["epochs"]):
+                cells = []
+                for m in metrics:
+                    d, h = interval(vals(n, m, e), vals("collisionless", m, e))
+                    cells.append(f"{d:+.4f} ± {h:.4f} ({verdict(d, h)})")
+                lines.append(f"| {n} | {e + 1} | " + " | ".join(cells) + " |")
     if plots:
         import matplotlib.pyplot as plt
 
@@ -299,9 +316,9 @@ def _ml_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
         ax.set_ylabel(f"test metric after epoch {res['epochs']} (mean ± std)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "collision.png", dpi=100)
+        fig.savefig(out / png, dpi=100)
         plt.close(fig)
-        lines += ["", "![test AUC and GAUC, all, warm and cold users](collision.png)"]
+        lines += ["", f"![test AUC and GAUC, all, warm and cold users]({png})"]
     return lines
 
 
@@ -319,12 +336,16 @@ def write_page(out: Path) -> Path:
     lines = ["# Collisionless vs hashed embeddings", "",
              "Tables and plots written by `benchmarks/train/exp_collision.py` (MovieLens) "
              "and `benchmarks/train/exp_collision_scale.py` (10^6-10^7 ids) from the JSON "
-             "results beside this page (`collision-movielens.json`, `collision-scale.json`); "
+             "results beside this page (`collision-movielens.json`, "
+             "`collision-movielens-epochs.json`, `collision-scale.json`); "
              "the Reading sections are written by hand, and a regenerated page needs them "
              "again.", ""]
     from exp_collision_scale import scale_section  # imports this module
 
+    epochs = partial(_ml_section, title="MovieLens 100K over several epochs",
+                     png="collision-epochs.png")
     for stem, section in (("collision-movielens", _ml_section),
+                          ("collision-movielens-epochs", epochs),
                           ("collision-scale", scale_section)):
         path = out / f"{stem}.json"
         if path.exists():
