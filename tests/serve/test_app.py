@@ -14,6 +14,8 @@ import pytest
 from freshrec.serve import ServeConfig
 from freshrec.serve.app import INTERNAL_ERROR, build_app
 from freshrec.serve.metrics import ServeMetrics
+from freshrec.serve.predictor import FeatureLayout
+from tests.serve._helpers import make_config
 
 SECRET = "password=hunter2 at /srv/models/v7"
 V2_BODY = {"id": "q1", "inputs": [{"name": "item_id", "shape": [2], "datatype": "INT64",
@@ -46,7 +48,7 @@ class _Client:
 
 class _FailingPredictor:
     version = 7
-    layout = None
+    layout = FeatureLayout(make_config().features)  # v2 inputs are checked against it
 
     def score(self, req: Any) -> list[float]:
         raise RuntimeError(SECRET)

@@ -50,8 +50,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -245,9 +244,7 @@ class HttpApi:
         unknown = self._unknown_model(request)
         if unknown is not None:
             return unknown
-        cur = self.updater.current  # inputs are checked against this model's metadata
-        types = None if cur is None else input_datatypes(cur.layout)
-        parse: RequestParser = partial(parse_v2_request, datatypes=types)
+        parse = self._v2_parser(None)
         # the protocol's reference client (tritonclient) sends JSON requests with no
         # Content-Type: a missing one is taken as JSON here, a non-JSON one is refused
         content_type = request.headers.get("content-type", JSON)
@@ -256,7 +253,7 @@ class HttpApi:
             if not json_length.isdigit():
                 return _json({"error": f"{BINARY_HEADER}: must be a byte count, got "
                                        f"{brief(json_length)}", "field": BINARY_HEADER}, 400)
-            content_type, parse = JSON, _binary_parser(int(json_length), types)
+            content_type, parse = JSON, self._v2_parser(int(json_length))
         return _response(await self._score(request.scope, request.receive, "v2_infer", parse,
                                            self._v2_json, content_type))
 
@@ -421,6 +418,19 @@ class HttpApi:
         body, json_length = binary_reply(head, [np.asarray(scores, np.float32)])
         return body, {BINARY_HEADER: str(json_length), "Content-Type": OCTETS}
 
+    def _v2_parser(self, json_length: int | None) -> RequestParser:
+        """The parser of a v2 body (``json_length``: the JSON part's size in a binary-extension
+        body), its inputs checked against the metadata of the model serving when it parses."""
+
+        def parse(body: bytes, limit: int) -> ScoreRequest:
+            cur = self.updater.current
+            types = None if cur is None else input_datatypes(cur.layout)
+            if json_length is None:
+                return parse_v2_request(body, limit, types)
+            return build_v2_request(inline_binary(body, json_length), limit, types)
+
+        return parse
+
     def _shed(self, route: str, reason: str, why: str) -> Reply:
         """A 503 with ``Retry-After`` for a request turned away by admission control."""
         metrics = self.updater.metrics
@@ -455,12 +465,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = exc.headers if isinstance(exc, HTTPException) else None
     return Response(_error(f"{request.method} {request.url.path}: {detail}", "path"),
                     status_code=status, media_type=JSON, headers=headers)
-
-
-def _binary_parser(json_length: int, datatypes: Mapping[str, str] | None) -> RequestParser:
-    """The parser of a binary-extension body whose JSON part is ``json_length`` bytes."""
-    return lambda body, limit: build_v2_request(inline_binary(body, json_length), limit,
-                                                datatypes)
 
 
 def _response(reply: Reply) -> Response:
