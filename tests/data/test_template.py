@@ -42,6 +42,8 @@ def test_init_writes_a_config_that_trains_a_csv_with_a_rating(tmp_path, capsys):
     doc = yaml.safe_load(text)
     assert doc["data"]["options"]["history"]["item"] == "movieId"
     assert "rating" not in doc["features"]["slots"] and "rating" not in doc["features"]["dense"]
+    slots = doc["features"]["slots"]  # string values: BYTES in the serving metadata
+    assert slots["genres"]["dtype"] == "string" and "dtype" not in slots["movieId"]
     load_config(cfg_path)  # a valid document
     capsys.readouterr()
     run = tmp_path / "run"
@@ -69,6 +71,9 @@ def test_init_takes_the_label_and_time_given(tmp_path, capsys):
     assert opts["time_column"] == "row_order"
     assert opts["columns"] == {"uid": "id", "ad": "id", "seen": "dense",
                                "country": "categorical"}
+    slots = doc["features"]["slots"]
+    assert slots["uid"]["dtype"] == slots["country"]["dtype"] == "string"
+    assert "dtype" not in slots["ad"]
     # a 0/1 column named like a click is the label; a time is found by name
     text = starter_config(path, time="seen")
     assert 'label_column: "clicked"  # guess: a 0/1 column' in text

@@ -100,6 +100,22 @@ def _guess_column(name: str, col: pa.Array) -> ColumnGuess:
                        sep=sep)
 
 
+def _dtype(g: ColumnGuess) -> str:
+    """``", dtype: string"`` for a slot whose values (a list's items) are not all numbers
+    (what the serving metadata then advertises: BYTES), else nothing (int64 ids)."""
+    if g.sep is None and g.numbers is not None:
+        return ""
+    try:
+        for v in g.values:
+            items = (v.split(g.sep) if g.sep is not None and not v.startswith("[") else
+                     [str(x) for x in json.loads(v)] if g.sep is not None else [v])
+            for x in items:
+                float(x)
+    except (ValueError, TypeError):  # not a number (or not a JSON list)
+        return ", dtype: string"
+    return ""
+
+
 def _y(value: object) -> str:
     """A YAML scalar (JSON is YAML)."""
     return json.dumps(value)
@@ -201,14 +217,15 @@ def starter_config(path: str | os.PathLike[str], *, label: str | None = None,
         if _USER.match(n):
             user = user or n
             roles.append(f"{n}: id  # guess: a user id (by its name)")
-            slots.append(f"{n}: {{table: user}}")
+            slots.append(f"{n}: {{table: user{_dtype(g)}}}")
         elif _ITEM.match(n):
             item = item or n
             roles.append(f"{n}: id  # guess: an item id (by its name)")
-            slots.append(f"{n}: {{table: item}}")
+            slots.append(f"{n}: {{table: item{_dtype(g)}}}")
         elif g.sep is not None:
             roles.append(f"{n}: {{list: {_y(g.sep)}}}  # guess: values hold {g.sep!r}")
-            slots.append(f"{n}: {{table: attr, kind: multi, max_len: 10, pooling: mean}}")
+            slots.append(f"{n}: {{table: attr, kind: multi, max_len: 10, pooling: mean"
+                         f"{_dtype(g)}}}")
         elif g.numbers is not None and not (g.integral and (_ID.search(n) or g.distinct <= 20)):
             x = g.numbers
             mean, std = (float(x.mean()), float(x.std())) if len(x) else (0.0, 1.0)
@@ -221,7 +238,7 @@ def starter_config(path: str | os.PathLike[str], *, label: str | None = None,
         else:
             kind = "id" if _ID.search(n) else "categorical"
             roles.append(f"{n}: {kind}  # guess: {g.distinct} distinct values in the sample")
-            slots.append(f"{n}: {{table: attr}}")
+            slots.append(f"{n}: {{table: attr{_dtype(g)}}}")
     history = ""
     if user is not None and item is not None:
         history = (f"history: {{user: {_y(user)}, item: {_y(item)}, length: 20, "
