@@ -25,8 +25,8 @@
    each, started together (wall time of the slower one); ``redis_over_file_cost_ratio``: the
    joiner process's CPU seconds per event on Redis Streams over the file log's, same records.
    The 1- and 35-candidate runs alternate with the joiner before round 4 of its per-event
-   path (``join.py`` and ``events.py`` as of git 31ea0fe, read from the history at run time)
-   as the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
+   path (``join.py``, ``events.py`` and ``dedupe.py`` as of git 31ea0fe, read from the
+   history at run time) as the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
    the 35-candidate pair); ``join_cpu_us_per_event_1cand`` (and ``_prev``,
    ``join_1cand_cpu_speedup``) is the joiner's CPU time per 1-candidate event, steadier than
    wall time on a shared machine, where the capacity model in docs/freshness.md starts.
@@ -86,18 +86,21 @@ def _git_source(commit: str, path: str) -> tuple[str | None, str]:
 
 def _prev_joiner() -> tuple[Any, str]:
     """The joiner before round 4 of the per-event path (Python values made per batch,
-    columns per feature key, inline checks): ``join.py`` with its ``events.py`` as of git
-    31ea0fe, run against today's package. Returns ``(Joiner class or None, reason)``."""
+    columns per feature key, inline checks): ``join.py`` with its ``events.py`` and
+    ``dedupe.py`` as of git 31ea0fe, run against the rest of today's package. Returns
+    ``(Joiner class or None, reason)``."""
     mods = {}
-    for name in ("events", "join"):
+    for name in ("dedupe", "events", "join"):
         text, why = _git_source(PREV_JOINER_COMMIT, f"src/freshrec/stream/{name}.py")
         if text is None:
             return None, why
         module = types.ModuleType(f"freshrec_prev_{name}")
         sys.modules[module.__name__] = module  # dataclasses look their module up
-        if name == "join":
+        if name == "join":  # with the events and dedupe modules of the same commit
             text = text.replace("from freshrec.stream import events as ev\n", "")
-            module.__dict__["ev"] = mods["events"]
+            text = text.replace("from freshrec.stream.dedupe import KeyIndex, bucket_key\n", "")
+            module.__dict__.update(ev=mods["events"], KeyIndex=mods["dedupe"].KeyIndex,
+                                   bucket_key=mods["dedupe"].bucket_key)
         exec(compile(text, f"git {PREV_JOINER_COMMIT}:{name}.py", "exec"), module.__dict__)
         mods[name] = module
     return mods["join"].Joiner, ""
