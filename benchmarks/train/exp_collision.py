@@ -21,7 +21,8 @@ AUC pooled and per user (GAUC: per-user AUC weighted by the user's test rows, ov
 both labels), for all test rows and split into warm users (seen in training) and cold users.
 
 A MovieLens result copied beside the page as ``collision-movielens-epochs.json`` (a run with
-more epochs) gets a section of its own, with the difference after every epoch.
+more epochs) gets a section of its own, with the difference after every epoch; so does a
+scale result copied as ``collision-scale-nodrift.json`` (``--drift 0``, the control).
 
 Differences are reported with 95 % intervals (Welch, t with the smaller sample's degrees of
 freedom); the page states a difference only where the interval excludes 0.
@@ -337,16 +338,20 @@ def write_page(out: Path) -> Path:
              "Tables and plots written by `benchmarks/train/exp_collision.py` (MovieLens) "
              "and `benchmarks/train/exp_collision_scale.py` (10^6-10^7 ids) from the JSON "
              "results beside this page (`collision-movielens.json`, "
-             "`collision-movielens-epochs.json`, `collision-scale.json`); "
+             "`collision-movielens-epochs.json`, `collision-scale.json`, "
+             "`collision-scale-nodrift.json`); "
              "the Reading sections are written by hand, and a regenerated page needs them "
              "again.", ""]
     from exp_collision_scale import scale_section  # imports this module
 
     epochs = partial(_ml_section, title="MovieLens 100K over several epochs",
                      png="collision-epochs.png")
+    nodrift = partial(scale_section, title="The same stream without taste drift (control)",
+                      png="collision-scale-nodrift.png")
     for stem, section in (("collision-movielens", _ml_section),
                           ("collision-movielens-epochs", epochs),
-                          ("collision-scale", scale_section)):
+                          ("collision-scale", scale_section),
+                          ("collision-scale-nodrift", nodrift)):
         path = out / f"{stem}.json"
         if path.exists():
             lines += section(json.loads(path.read_text()), out, plots) + [""]

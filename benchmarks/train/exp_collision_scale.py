@@ -416,8 +416,11 @@ def _verdict(diff: float, half: float) -> str:
     return "no difference resolved"
 
 
-def scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
-    """The page section of a scale result (and ``collision-scale.png`` when ``plots``)."""
+def scale_section(res: dict[str, Any], out: Path, plots: bool, *,
+                  title: str = "Drifting Zipf stream at 10^6-10^7 ids (one online pass, "
+                               "Fig. 7 and Fig. 8)",
+                  png: str = "collision-scale.png") -> list[str]:
+    """The page section of a scale result (and the plot ``png`` when ``plots``)."""
     runs, sz, w = res["runs"], res["sizes"], res["world"]
     names = list(dict.fromkeys(r["variant"] for r in runs))
     metrics = ["auc_late", "auc_late_rare_item", "auc_late_frequent_item",
@@ -432,7 +435,7 @@ def scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
     share = np.mean([s["oracle"]["share_late_rare_item"] for s in sz])
     ushare = np.mean([s["oracle"]["share_late_rare_user"] for s in sz])
     lines = [
-        "## Drifting Zipf stream at 10^6-10^7 ids (one online pass, Fig. 7 and Fig. 8)", "",
+        f"## {title}", "",
         "```", res["command"], "```", "",
         f"Stream (`benchmarks/train/exp_collision_scale.py`): {w['examples']:,} examples over "
         f"{w['days']:g} days of event time per seed; id spaces of {w['users']:,} users (Zipf "
@@ -490,13 +493,13 @@ def scale_section(res: dict[str, Any], out: Path, plots: bool) -> list[str]:
                 cells.append(f"{diff:+.4f} ± {half:.4f} ({word})")
             lines.append(f"| {capped[len('capped_'):]} | " + " | ".join(cells) + " |")
     if plots:
-        _plot(res, names, out)
+        _plot(res, names, out / png)
         lines += ["", "![AUC over training and over event time, and the difference to "
-                  "collisionless per window](collision-scale.png)"]
+                  f"collisionless per window]({png})"]
     return lines
 
 
-def _plot(res: dict[str, Any], names: list[str], out: Path) -> None:
+def _plot(res: dict[str, Any], names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = res["runs"]
@@ -535,7 +538,7 @@ def _plot(res: dict[str, Any], names: list[str], out: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "collision-scale.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
