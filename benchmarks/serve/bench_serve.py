@@ -550,8 +550,8 @@ def overload(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None, s
 def workers(res: dict, tmp: Path, bodies_path: Path, items_path: Path | None,
             levels: list[float], seconds: float, updates: dict | None, say) -> None:
     """Step 6: QPS sweep with 1 process and 2 workers (every level: a p99.9 of a few
-    thousand requests is the few slowest, so a level can fail and the next pass), each level with the CPU per request of the server's processes and of the load
-    generator; with ``updates`` (``hot_updates``' arguments but the server) the hot updates
+    thousand requests is the few slowest, so a level can fail and the next pass), each
+    level with the CPU per request of the server's processes and of the load generator; with ``updates`` (``hot_updates``' arguments but the server) the hot updates
     of step 3 against the 2 workers; shared-table memory per pool size."""
     for n in (1, 2):
         server = ServerProc(tmp / "registry", tmp / f"log-w{n}", items=items_path,
