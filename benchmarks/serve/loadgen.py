@@ -158,8 +158,8 @@ def run(url: str, bodies: list[bytes], qps: float, seconds: float) -> dict:
                 if now - cand.idle_since < IDLE_S:
                     c = cand
                     break
+                ep.unregister(cand.fd)  # (before the close: a closed socket has no fd)
                 cand.sock.close()
-                ep.unregister(cand.fd)
             try:
                 if c is None:
                     c = _Conn(addr, ep)
@@ -186,8 +186,8 @@ def run(url: str, bodies: list[bytes], qps: float, seconds: float) -> dict:
                 for k, cand in enumerate(idle):
                     if cand.fd == fd:
                         del idle[k]
-                        cand.sock.close()
                         ep.unregister(fd)
+                        cand.sock.close()
                         break
                 continue
             if ev & select.EPOLLOUT:
