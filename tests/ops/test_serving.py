@@ -84,6 +84,23 @@ def test_served_scores_are_joined_with_the_labels(tmp_path: Path) -> None:
     assert s.pending == 1  # "a" (100.2) is older than 200 - 50
 
 
+def test_impressions_with_scores_keep_the_joiners_fast_path() -> None:
+    """The server's impression record with its scores: the joiner's kernel still parses its
+    candidates (numpy columns, which only the kernel path builds above 8 candidates), and
+    the scores are in the event as the server answered them (float32)."""
+    from freshrec.serve.impressions import impression_record
+    from freshrec.serve.request import ScoreRequest
+    from freshrec.stream.events import decode_events
+
+    req = ScoreRequest(request_id="r", user={"a": 1}, user_id=3,
+                       candidates=[{"item_id": i, "c": i % 3} for i in range(12)])
+    scores = np.linspace(0.01, 0.9, 12, dtype=np.float32)
+    [(ev, kind, imp)] = decode_events([impression_record(req, 2, 5.0, scores)])
+    assert kind == "impression" and isinstance(imp.items, np.ndarray)
+    assert imp.items.tolist() == list(range(12))
+    assert np.float32(ev["scores"]).tolist() == scores.tolist() and ev["model_version"] == 2
+
+
 def test_monitor_measures_the_auc_of_each_window(tmp_path: Path) -> None:
     """Examples of three windows (two versions in the second) come out of order; the AUC of
     each closed window is the AUC of its examples, its version the one that served most."""
