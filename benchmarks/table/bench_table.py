@@ -11,12 +11,17 @@ per core.
 The Zipf lookups, ``index_select`` and the same lookups on a second table built without huge
 pages (``EmbeddingTable(..., huge_pages=False)``) take turns in ``--rounds`` short rounds (20;
 each looks up a fifth of the batches, about 0.1 s per variant on a quiet machine), the order
-of the three reversed every other round, so a change of the machine's load hits all three;
+of the three reversed every other round, so a change of the machine's load hits all three
+(after one untimed pass of each over all batches: without it the first rounds of the tables
+just filled ran at a fraction of the later ones' rate);
 rates are medians over the rounds, and ``lookup_over_index_select`` and
 ``huge_pages_speedup`` are medians of the per-round ratios (also listed per round).
 
-Inserts are timed apart from growth: ``insert_fids_per_s`` is the fill of a table pre-sized
-for all entries (``capacity_hint`` = entries: the insert itself), ``insert_fids_per_s_grown``
+Inserts are timed apart from growth and page faults: ``insert_fids_per_s`` is the fill of a
+table pre-sized for all entries (``capacity_hint`` = entries) whose arrays were touched
+first (the insert itself), ``insert_fids_per_s_first_touch`` the same fill into fresh memory
+(the kernel's page faults included; ``_small_pages``: without huge pages),
+``insert_fids_per_s_grown``
 the fill from the default capacity including the growth, of which ``growth_s`` is spent
 growing (copying rows into larger arrays, rebuilding the index: time inside
 ``EmbeddingTable._reserve``) and ``insert_fids_per_s_grown_excl_growth`` the rest. Each fill
@@ -115,9 +120,14 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     grown_stats = grown.stats()
     del grown
 
-    say("filling again with capacity_hint = entries, with and without huge pages...")
+    say("filling again with capacity_hint = entries: fresh memory, touched memory, small pages...")
     sized = TableConfig(name="bench", dim=16, capacity_hint=n, optimizer=cfg.optimizer)
+    fresh = EmbeddingTable(sized)
+    fresh_fill, _ = _fill(fresh, keys, bs)
+    del fresh
     table = EmbeddingTable(sized)
+    for arr in (table._meta, table._emb, table._state, table._index):
+        arr += 0  # touch every page first: the fill below times the insert, not page faults
     sized_fill, _ = _fill(table, keys, bs)
     small_pages = EmbeddingTable(sized, huge_pages=False)
     small_fill, _ = _fill(small_pages, keys, bs)
@@ -148,6 +158,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     runs = {"zipf": lambda sl: lookups(zipf[sl], on["zipf"]),
             "index_select": lambda sl: index_select(pos[sl]),
             "small_pages": lambda sl: lookups(zipf[sl], on["small_pages"])}
+    for run in runs.values():  # warm-up: one untimed pass over every batch of each
+        run(slice(0, n_batches))
     rounds: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(opts.rounds):
         start = (r * per_round) % n_batches
@@ -193,6 +205,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         "index_select_rows_per_s": index_select_rate,
         "insert_fids_per_s": _rate(n, sized_fill.wall),
         "insert_fids_per_s_cpu": _rate(n, sized_fill.cpu),
+        "insert_fids_per_s_first_touch": _rate(n, fresh_fill.wall),
+        "insert_fids_per_s_first_touch_cpu": _rate(n, fresh_fill.cpu),
         "insert_fids_per_s_small_pages": _rate(n, small_fill.wall),
         "insert_fids_per_s_small_pages_cpu": _rate(n, small_fill.cpu),
         "insert_fids_per_s_grown": _rate(n, grown_fill.wall),
