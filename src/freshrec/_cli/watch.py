@@ -4,6 +4,11 @@ Evaluates the ``ops.alerts`` rules of the config every ``ops.watch_interval_s`` 
 system writes (the same data as ``freshrec dashboard``) and fires each alert that starts to
 the log and to ``ops.webhook`` (retried, ``ops.webhook_retries``). ``--once`` evaluates once
 and prints the firing alerts as JSON; the exit status is then 1 when any fires.
+
+With ``ops.rollback.enabled`` and a registry (``--registry``, or the config's), it also
+measures the serving AUC from the ``join`` section's logs (the server's impressions with
+their scores, joined with the joiner's examples) and rolls the registry back to the last
+good version on a sustained drop, with a critical alert (:mod:`freshrec.ops.serving`).
 """
 
 from __future__ import annotations
