@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from freshrec.train.trainer import Trainer
 from tests.dist.ranks import (
@@ -51,15 +52,14 @@ def _rank_process(launcher: int, rank: int) -> int | None:
     return None
 
 
-def test_sigkill_of_a_rank_resumes_exactly_under_torchrun(tmp_path: Path) -> None:
-    cfg = config("rowwise_adagrad", checkpoint_every_steps=5)
-    doc, data = write_inputs(tmp_path, cfg, 3000)
-    run = tmp_path / "run"
+def train_killing_rank_1(run: Path, *args: str) -> dict[str, Any]:
+    """``freshrec train ARGS --run-dir RUN --nproc 2 --set dist.max_restarts=1``, rank 1
+    SIGKILLed as soon as the first manifest exists; the job must finish (torchrun restarts
+    both ranks). Returns rank 0's summary."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "freshrec", "train", "--config", str(doc), "--data", str(data),
-         "--format", "parquet", "--run-dir", str(run), "--no-progress", "--nproc", "2",
-         "--set", "dist.max_restarts=1"],
+        [sys.executable, "-m", "freshrec", "train", *args, "--run-dir", str(run),
+         "--no-progress", "--nproc", "2", "--set", "dist.max_restarts=1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.monotonic() + 240
@@ -72,7 +72,15 @@ def test_sigkill_of_a_rank_resumes_exactly_under_torchrun(tmp_path: Path) -> Non
     out, err = launcher.communicate(timeout=300)
     assert killed is not None, f"no rank 1 to kill mid-run: {err[-2000:]}"
     assert launcher.returncode == 0, err[-3000:]
-    summary = json.loads(out.splitlines()[-2])
+    return dict(json.loads(out.splitlines()[-2]))
+
+
+def test_sigkill_of_a_rank_resumes_exactly_under_torchrun(tmp_path: Path) -> None:
+    cfg = config("rowwise_adagrad", checkpoint_every_steps=5)
+    doc, data = write_inputs(tmp_path, cfg, 3000)
+    run = tmp_path / "run"
+    summary = train_killing_rank_1(run, "--config", str(doc), "--data", str(data),
+                                   "--format", "parquet")
     assert summary["steps"] == 50 and summary["count"] == 3000  # every example once
     parts, dense, world = checkpoint_state(run)
     single = Trainer(cfg)

@@ -5,11 +5,6 @@ a SIGKILL of a rank under torchrun's restarts loses and doubles nothing."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +12,6 @@ import yaml
 
 from freshrec.sync import Registry, Subscriber
 from tests.dist.ranks import (
-    ROOT,
     assert_same_model,
     checkpoint_state,
     cli,
@@ -27,7 +21,7 @@ from tests.dist.ranks import (
     table_state,
     write_examples_log,
 )
-from tests.dist.test_checkpoint import _rank_process
+from tests.dist.test_checkpoint import train_killing_rank_1
 
 ROWS = 1200
 
@@ -92,24 +86,8 @@ def test_two_ranks_under_torchrun_train_each_example_once_and_publish_one_model(
 def test_sigkill_of_a_rank_resumes_from_checkpointed_offsets(tmp_path: Path) -> None:
     doc, log = _setup(tmp_path, checkpoint_every_s=0)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "freshrec", "train", "--online", "--config", str(doc),
-         "--source", f"file:{log}", "--run-dir", str(run), "--idle-timeout", "1",
-         "--no-progress", "--nproc", "2", "--set", "dist.max_restarts=1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.monotonic() + 240
-    while killed is None and time.monotonic() < deadline and launcher.poll() is None:
-        if (run / "checkpoints" / "LATEST").is_file():
-            killed = _rank_process(launcher.pid, 1)
-            if killed is not None:
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    out, err = launcher.communicate(timeout=300)
-    assert killed is not None, f"no rank 1 to kill mid-run: {err[-2000:]}"
-    assert launcher.returncode == 0, err[-3000:]
-    summary = json.loads(out.splitlines()[-2])
+    summary = train_killing_rank_1(run, "--online", "--config", str(doc), "--source",
+                                   f"file:{log}", "--idle-timeout", "1")
     assert summary["examples"] == ROWS and summary["count"] == ROWS  # none lost or doubled
     assert summary["offsets"] == _ends(log)
     parts, dense, world = checkpoint_state(run)
