@@ -121,3 +121,13 @@ def test_a_tiny_run_writes_its_json_and_page(tmp_path):
     assert len(res["runs"][0]["curve_time"]) == 14  # 7 days in 12 h windows
     page = (tmp_path / "collision.md").read_text()
     assert "| hashed_1/16 |" in page and "paired by seed" in page
+
+
+def test_prior_count_matches_a_loop():
+    ids = np.random.default_rng(2).integers(0, 50, 2_000)
+    seen: dict[int, int] = {}
+    expected = []
+    for i in ids.tolist():
+        expected.append(seen.get(i, 0))
+        seen[i] = seen.get(i, 0) + 1
+    assert S.prior_count(ids).tolist() == expected
