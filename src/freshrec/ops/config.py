@@ -201,6 +201,11 @@ class OpsConfig:
         Attempts per alert before it is counted as undelivered (with back-off).
     watch_interval_s : float
         Seconds between two evaluations of ``freshrec watch``.
+    watch_state_dir : str
+        Where ``freshrec watch`` keeps its checkpoint (``watch.json``; ``""``: ``watch/`` in
+        the first run directory, none without one).
+    watch_checkpoint_s : float
+        Seconds between two checkpoints of ``freshrec watch`` (also written when it stops).
     gate : GateConfig
     rollback : RollbackConfig
     """
@@ -209,6 +214,8 @@ class OpsConfig:
     webhook: str = ""
     webhook_retries: int = 3
     watch_interval_s: float = 10.0
+    watch_state_dir: str = ""
+    watch_checkpoint_s: float = 60.0
     gate: GateConfig = field(default_factory=GateConfig)
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
@@ -229,3 +236,7 @@ class OpsConfig:
                 "webhook_retries", "an int >= 1", self.webhook_retries)
         require(is_number(self.watch_interval_s) and self.watch_interval_s > 0, o,
                 "watch_interval_s", "a number > 0", self.watch_interval_s)
+        require(isinstance(self.watch_state_dir, str), o, "watch_state_dir", "a path",
+                self.watch_state_dir)
+        require(is_number(self.watch_checkpoint_s) and self.watch_checkpoint_s > 0, o,
+                "watch_checkpoint_s", "a number > 0", self.watch_checkpoint_s)

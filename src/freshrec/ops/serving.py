@@ -34,24 +34,30 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from freshrec.errors import FreshrecError
+from freshrec._io import atomic_write_bytes
+from freshrec.errors import FreshrecError, InputError
 from freshrec.ops.joinstate import open_existing
 from freshrec.ops.rollback import RollbackGuard
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
+    from freshrec.ops.alerts import Watcher
     from freshrec.stream.base import Log
 
-__all__ = ["Served", "ServedScores", "ServingMonitor", "serving_windows"]
+__all__ = ["Served", "ServedScores", "ServingMonitor", "WatchCheckpoint", "serving_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,12 @@ class _Tail:
             self.log = open_existing(self.spec)
             if self.log is None:
                 return []
-            self.offsets = [0] * self.log.partitions
+            if len(self.offsets) != self.log.partitions:  # restored offsets are kept
+                if self.offsets:
+                    log.warning("serving AUC: log %s has %d partitions, the checkpoint %d: "
+                                "read from the start", self.spec, self.log.partitions,
+                                len(self.offsets))
+                self.offsets = [0] * self.log.partitions
         out: list[bytes] = []
         try:
             for p in range(self.log.partitions):
@@ -147,6 +158,35 @@ class ServedScores:
         self.unmatched = 0
         #: examples matched so far
         self.matched = 0
+
+    def state(self) -> dict[str, Any]:
+        """The read positions of both logs, the scored impressions still waiting for their
+        examples (at most ``horizon_s`` of them) and the counters, JSON-able."""
+        return {"events": self._events.spec, "examples": self._examples.spec,
+                "label": self.label, "event_offsets": self._events.offsets,
+                "example_offsets": self._examples.offsets,
+                "scored": [[rid, *hit] for rid, hit in self._scored.items()],
+                "order": [list(o) for o in self._order],
+                "newest": None if self._newest == -np.inf else self._newest,
+                "unscored": self.unscored, "unmatched": self.unmatched,
+                "matched": self.matched}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up :meth:`state`; raises ``KeyError``/``TypeError``/``ValueError`` on a
+        state that is not one, and ``ValueError`` when it was read from other logs."""
+        was = (state["events"], state["examples"], state["label"])
+        now = (self._events.spec, self._examples.spec, self.label)
+        if was != now:
+            raise ValueError(f"it was written for the logs and label {was}, not {now}")
+        self._events.offsets = [int(o) for o in state["event_offsets"]]
+        self._examples.offsets = [int(o) for o in state["example_offsets"]]
+        self._scored = {rid: (float(ts), int(v), [float(x) for x in sc])
+                        for rid, ts, v, sc in state["scored"]}
+        self._order = deque((float(ts), rid) for ts, rid in state["order"])
+        self._newest = -np.inf if state["newest"] is None else float(state["newest"])
+        self.unscored = int(state["unscored"])
+        self.unmatched = int(state["unmatched"])
+        self.matched = int(state["matched"])
 
     def _read_impressions(self) -> None:
         for value in self._events.read():
@@ -248,6 +288,18 @@ class ServingMonitor:
                                    got.labels[idx], version=int(got.versions[idx[0]]))
             return len(got)
 
+    def state(self) -> dict[str, Any]:
+        """The scores' and the guard's state between two polls (see :class:`WatchCheckpoint`)."""
+        with self._lock:
+            return {"scores": self.scores.state(), "guard": self.guard.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up :meth:`state` (raises as :meth:`ServedScores.restore` and
+        :meth:`RollbackGuard.restore <freshrec.ops.rollback.RollbackGuard.restore>`)."""
+        with self._lock:
+            self.scores.restore(state["scores"])
+            self.guard.restore(state["guard"])
+
     def series(self) -> dict[str, list[list[float]]]:
         """``serve.auc`` (the AUC of each closed window, at the window's start) and
         ``serve.auc_version`` (the version that served most of it)."""
@@ -272,3 +324,82 @@ def serving_windows(config: FreshrecConfig) -> list[tuple[float, float, int, boo
         return list(mon.guard.history)
     finally:
         scores.close()
+
+
+class WatchCheckpoint:
+    """The checkpoint of ``freshrec watch``: ``watch.json`` in ``state_dir``, written
+    atomically (temporary file, fsync, rename).
+
+    It holds the read positions of the impressions and examples logs, the scored
+    impressions still waiting for their examples, the rollback guard's state (the open
+    window's examples, the good windows, the bad-window streak, the last good version, the
+    windows and rollbacks so far) and the alerts firing with the count fired. A watcher that
+    restores it and goes on reading measures the same windows and takes the same rollback
+    decisions as one that never stopped. A checkpoint that cannot be read, or that was
+    written for other logs or windows, raises :class:`~freshrec.errors.InputError` naming the
+    file: the watcher does not start (remove the file to start afresh from the logs' start).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from freshrec.config import config_from_dict
+    >>> from freshrec.ops.alerts import Watcher
+    >>> from freshrec.ops.collect import Collector
+    >>> cfg = config_from_dict({"features": {"tables": {"t": {"dim": 4}},
+    ...     "slots": {"a": {"table": "t"}}, "labels": ["click"]}})
+    >>> d = tempfile.mkdtemp()
+    >>> w = Watcher(cfg, Collector(cfg), sinks=[])
+    >>> w.fired = 3
+    >>> WatchCheckpoint(d).write(w)
+    >>> again = Watcher(cfg, Collector(cfg), sinks=[])
+    >>> WatchCheckpoint(d).restore(again), again.fired
+    (True, 3)
+    """
+
+    VERSION = 1
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(state_dir) / "watch.json"
+
+    def write(self, watcher: Watcher) -> None:
+        """Write ``watcher``'s state (call it between two checks)."""
+        serving = watcher.collector.serving
+        state = {"v": self.VERSION, "written_at": time.time(),
+                 "alerts": {"active": [asdict(a) for a in watcher.active.values()],
+                            "fired": watcher.fired},
+                 "serving": None if serving is None else serving.state()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # NaN (the AUC of a window of one class) is written as NaN, as Python's json does
+        atomic_write_bytes(self.path, json.dumps(state).encode())
+
+    def restore(self, watcher: Watcher) -> bool:
+        """Give ``watcher`` the state of the checkpoint; ``False`` when there is none."""
+        from freshrec.ops.alerts import Alert
+
+        try:
+            text = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise InputError(f"{self.path}: the watch checkpoint cannot be read: {e}") from e
+        try:
+            state = json.loads(text)
+            if not isinstance(state, dict) or state.get("v") != self.VERSION:
+                raise ValueError(f"expected a JSON object with \"v\": {self.VERSION}")
+            active = [Alert(**a) for a in state["alerts"]["active"]]
+            fired = int(state["alerts"]["fired"])
+            serving = watcher.collector.serving
+            if (state["serving"] is None) != (serving is None):
+                raise ValueError("it was written with" + (
+                    "out" if serving is not None else "") + " the join section's logs")
+            if serving is not None:
+                serving.restore(state["serving"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{self.path}: not a usable watch checkpoint ({type(e).__name__}: "
+                             f"{e}); remove it to start afresh") from e
+        watcher.active = {a.key: a for a in active}
+        watcher.fired = fired
+        log.info("watch: resumed from %s (%s)", self.path, "" if serving is None else
+                 f"{serving.scores.matched} examples matched, {serving.scores.pending} "
+                 f"impressions pending, {len(serving.guard.history)} windows")
+        return True
