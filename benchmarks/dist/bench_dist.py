@@ -10,7 +10,7 @@ global batch of 4096), trained three ways on the same pre-generated batches, sam
   spin after each parallel region, ``threads2_spin_ex_per_s``) and with
   ``OMP_WAIT_POLICY=PASSIVE`` (they sleep, ``threads2_passive_ex_per_s``). On 2 cores the
   spinning worker takes a core from the table threads and the main thread (measured: 3.5x
-  the CPU time per step of 1 thread at the same wall time), so the baseline
+  the CPU time per step of 1 thread, at a longer wall time), so the baseline
   (``threads2_ex_per_s``) is the faster of the two;
 * ``dist_ranks2``: 2 processes x 1 thread joined by gloo, each with half of every batch,
   :class:`~freshrec.dist.ShardedPooledEmbedding` over its shards and
