@@ -881,8 +881,7 @@ class Joiner:
             return
         txn, pending_db = self._txn, self._db["pending"]
         mem, emitted = self._mem, self._emitted
-        # counters of the emitted impressions: positives, kept examples, candidates
-        sums = [0, 0, 0]
+        positives = kept = n = 0  # counters of the emitted impressions, added once
         try:
             for _d, rid in self._due(wm_ms):
                 key = rid.encode()
@@ -896,9 +895,9 @@ class Joiner:
                     txn.delete(key, db=pending_db)
                 # pending until now, so not emitted before (duplicates never become pending)
                 emitted.add_new(key, int(float(pend.imp.timestamp)) // _BUCKET_S)
-                self._emit(pend, sums)
+                p, k, c = self._emit(pend)
+                positives, kept, n = positives + p, kept + k, n + c
         finally:
-            positives, kept, n = sums
             self._count("positives", positives)
             self._count("negatives", kept - positives)
             if n - kept:
@@ -909,8 +908,8 @@ class Joiner:
         self._expire(wm_ms)
         self._close_windows(wm_ms / 1000.0)
 
-    def _emit(self, pend: _Pending, sums: list[int]) -> None:
-        """Emit ``pend``; adds its positives, kept examples and candidates to ``sums``."""
+    def _emit(self, pend: _Pending) -> tuple[int, int, int]:
+        """Emit ``pend``; returns its positives, kept examples and candidates."""
         imp = pend.imp
         rid = str(imp.request_id)
         labels: dict[int, list[str]] = {}
@@ -924,9 +923,6 @@ class Joiner:
         if rate < 1.0:
             keep = [j for j in range(n) if j in labels or self._keep(rid, imp.items[j])]
         kept = n if keep is None else len(keep)
-        sums[0] += len(labels)
-        sums[1] += kept
-        sums[2] += n
         em = ev.EmittedImpression(imp, labels, keep, rate)
         part = pend.src[0]
         if self.config.validation is None:
@@ -934,12 +930,13 @@ class Joiner:
             self._out_examples.setdefault(
                 part if out.partitions == self.source.partitions
                 else self._route(out, part, rid), []).append(em)
-            return
+            return len(labels), kept, n
         win = self._window(float(int(float(imp.timestamp))))
         assert win is not None
         win["examples"] += kept
         win["positives"] += len(labels)
         win["held"].extend([part, r] for r in ev.emitted_to_rows([em], self.config.actions))
+        return len(labels), kept, n
 
     def _expire(self, wm_ms: float) -> None:
         """Forget dedupe keys and emitted ids older than the horizon; drop orphans whose
