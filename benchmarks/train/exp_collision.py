@@ -169,14 +169,15 @@ def interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(a_.mean() - b_.mean()), float(t95(min(len(a_), len(b_)) - 1) * se)
 
 
-def verdict(diff: float, half: float) -> str:
-    """What the interval supports, in words."""
+def verdict(diff: float, half: float, first: str = "hashed",
+            second: str = "collisionless") -> str:
+    """What the interval of ``first`` minus ``second`` supports, in words."""
     if not np.isfinite(half):
         return "too few runs"
     if diff - half > 0:
-        return "hashed better"
+        return f"{first} better"
     if diff + half < 0:
-        return "collisionless better"
+        return f"{second} better"
     return "no difference resolved"
 
 

@@ -57,7 +57,7 @@ from freshrec.table.config import InitializerConfig, OptimizerConfig
 from freshrec.train.metrics import AUC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp_collision import DEFAULT_OUT, _fmt, _machine, auc, salted_bucket, write_page  # noqa: E402
+from exp_collision import DEFAULT_OUT, _fmt, _machine, auc, salted_bucket, verdict, write_page  # noqa: E402
 
 log = logging.getLogger("exp_collision_scale")
 DAY_S = 86_400
@@ -406,16 +406,6 @@ def _command() -> str:
 # --- the page ---------------------------------------------------------------------------------
 
 
-def _verdict(diff: float, half: float) -> str:
-    if not np.isfinite(half):
-        return "too few seeds"
-    if diff - half > 0:
-        return "variant better"
-    if diff + half < 0:
-        return "collisionless better"
-    return "no difference resolved"
-
-
 def scale_section(res: dict[str, Any], out: Path, plots: bool, *,
                   title: str = "Drifting Zipf stream at 10^6-10^7 ids (one online pass, "
                                "Fig. 7 and Fig. 8)",
@@ -476,7 +466,7 @@ def scale_section(res: dict[str, Any], out: Path, plots: bool, *,
         cells = []
         for m in metrics:
             diff, half = paired_interval(vals(n, m) - vals("collisionless", m)[:len(vals(n, m))])
-            cells.append(f"{diff:+.4f} ± {half:.4f} ({_verdict(diff, half)})")
+            cells.append(f"{diff:+.4f} ± {half:.4f} ({verdict(diff, half, 'variant')})")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     pairs = [(n, "hashed" + n[len("capped"):]) for n in names
              if n.startswith("capped") and "hashed" + n[len("capped"):] in names]
@@ -488,8 +478,7 @@ def scale_section(res: dict[str, Any], out: Path, plots: bool, *,
             cells = []
             for m in metrics:
                 diff, half = paired_interval(vals(capped, m) - vals(hashed, m))
-                word = _verdict(diff, half).replace("variant", "capped").replace(
-                    "collisionless", "hashed")
+                word = verdict(diff, half, "capped", "hashed")
                 cells.append(f"{diff:+.4f} ± {half:.4f} ({word})")
             lines.append(f"| {capped[len('capped_'):]} | " + " | ".join(cells) + " |")
     if plots:

@@ -160,3 +160,33 @@ def console_messages(stderr: str) -> list[str]:
     and uncaught exceptions included, as ``INFO:CONSOLE`` lines; the page logs nothing when
     all is well)."""
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        server: Any = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        server.attempts += 1
+        if server.attempts <= server.fail_first:
+            self.send_response(503)
+            self.end_headers()
+            return
+        server.bodies.append(orjson.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A real webhook receiver on loopback: ``.bodies`` holds the JSON POSTed to it,
+    ``.attempts`` counts requests, the first ``.fail_first`` of them are answered 503."""
+    httpd: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    httpd.attempts, httpd.fail_first, httpd.bodies = 0, 0, []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/alerts"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()

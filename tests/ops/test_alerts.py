@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -92,35 +89,6 @@ def test_rule_fires_on_a_broken_series_only(kind: str, seed: int) -> None:
         assert fired[0].subject == "user_id"
     if kind == "importance_change":
         assert fired[0].subject == "item_id"
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
-        server: Any = self.server
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        server.attempts += 1
-        if server.attempts <= server.fail_first:
-            self.send_response(503)
-            self.end_headers()
-            return
-        server.bodies.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[Any]:
-    """A real HTTP server on loopback that records the alerts POSTed to it."""
-    httpd: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    httpd.attempts, httpd.fail_first, httpd.bodies = 0, 0, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/alerts"
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _alert() -> Any:

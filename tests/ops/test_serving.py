@@ -14,10 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -143,28 +140,6 @@ def test_monitor_measures_the_auc_of_each_window(tmp_path: Path) -> None:
 
 
 # -- end to end ----------------------------------------------------------------------------
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.bodies.append(json.loads(body))  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[Any]:
-    """A real webhook receiver on loopback; ``.bodies`` holds what was POSTed."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    httpd.bodies = []  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _document(tmp: Path, port: int, webhook: str) -> dict[str, Any]:
     """configs/demo.yaml with a Wide & Deep model (its logit can be negated exactly), a
     small simulated world, short join and rollback windows, and this run's paths."""
