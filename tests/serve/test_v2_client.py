@@ -4,12 +4,27 @@ on loopback: it builds its request from the model metadata alone, in its default
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tritonclient.http as tc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from tests.serve.test_v2 import _full_body, _tensor
+
+
+def triton_inputs(meta: dict[str, Any], body: dict[str, Any],
+                  binary: bool) -> list[tc.InferInput]:
+    """tritonclient inputs for the ``/score`` body ``body``, built from the model metadata."""
+    inputs = []
+    for spec in meta["inputs"]:
+        t = _tensor(spec, body)
+        x = tc.InferInput(t["name"], t["shape"], t["datatype"])
+        x.set_data_from_numpy(np.array(t["data"], triton_to_np_dtype(t["datatype"]))
+                              .reshape(t["shape"]), binary_data=binary)
+        inputs.append(x)
+    return inputs
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -21,14 +36,7 @@ def test_tritonclient_from_metadata_scores_as_score(served, binary):
         assert triton.is_model_ready("freshrec")
         meta = triton.get_model_metadata("freshrec")
         body = _full_body(11)
-        inputs = []
-        for spec in meta["inputs"]:
-            t = _tensor(spec, body)
-            x = tc.InferInput(t["name"], t["shape"], t["datatype"])
-            dtype = triton_to_np_dtype(t["datatype"])
-            x.set_data_from_numpy(np.array(t["data"], dtype).reshape(t["shape"]),
-                                  binary_data=binary)
-            inputs.append(x)
+        inputs = triton_inputs(meta, body, binary)
         outputs = [tc.InferRequestedOutput(o["name"], binary_data=binary)
                    for o in meta["outputs"]]
         result = triton.infer("freshrec", inputs, outputs=outputs, request_id="t1",

@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import tritonclient.http as tc
-from tritonclient.utils import triton_to_np_dtype
 
 from freshrec.config import FreshrecConfig, config_from_dict
 from freshrec.serve import ServeConfig, Server
 from freshrec.sync import Publisher, Registry
 from freshrec.train.trainer import Trainer
 from tests.serve._helpers import examples, make_config, reference_scores
-from tests.serve.test_v2 import _full_body, _tensor
+from tests.serve.test_v2 import _full_body
+from tests.serve.test_v2_client import triton_inputs
 
 GENRES = ["Comedy", "Drama", "Film-Noir", "Sci-Fi", "Kinder & Familie", "007"]
 CITIES = ["Zürich", "Lyon", "São Paulo", "3"]
@@ -85,13 +85,7 @@ def test_tritonclient_sends_strings_as_bytes_and_scores_as_training(served_strin
     try:
         meta = triton.get_model_metadata("freshrec")
         body = _body(7)
-        inputs = []
-        for spec in meta["inputs"]:
-            t = _tensor(spec, body)
-            x = tc.InferInput(t["name"], t["shape"], t["datatype"])
-            x.set_data_from_numpy(np.array(t["data"], triton_to_np_dtype(t["datatype"]))
-                                  .reshape(t["shape"]), binary_data=binary)
-            inputs.append(x)
+        inputs = triton_inputs(meta, body, binary)
         out = [tc.InferRequestedOutput("scores", binary_data=binary)]
         scores = triton.infer("freshrec", inputs, outputs=out).as_numpy("scores")
     finally:
