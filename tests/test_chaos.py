@@ -6,16 +6,15 @@ The full suite is ``freshrec bench chaos`` (``benchmarks/chaos/``); see docs/rel
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from freshrec.benchinfo import load_script
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
 from freshrec.stream.truth import TruthConfig, compare, reference_join
 
@@ -25,13 +24,7 @@ KINDS = ("not_json", "non_finite", "ts_1e30", "ts_2100", "ts_zero", "int_1e25", 
 
 
 def _load(name: str):
-    mod_name = f"freshrec_chaos_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, CHAOS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[mod_name]
+    return load_script(CHAOS / f"{name}.py", f"freshrec_chaos_{name}")
 
 
 def _assert_exact(res: dict) -> None:

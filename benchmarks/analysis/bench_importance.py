@@ -16,7 +16,6 @@ run's time (median over rounds), and ``every_step_time_share`` the same at rate 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 from freshrec.config import load_config
 from freshrec.train.config import TrainConfig
 from freshrec.train.trainer import Trainer
@@ -35,12 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _bench_online() -> ModuleType:
     """``benchmarks/train/bench_online.py``, for its example generator."""
-    path = Path(__file__).resolve().parents[1] / "train" / "bench_online.py"
-    spec = importlib.util.spec_from_file_location("bench_online", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).resolve().parents[1] / "train" / "bench_online.py",
+                       "bench_online")
 
 
 def main(argv: list[str], verbose: bool = True) -> dict[str, object]:

@@ -17,7 +17,6 @@ copy of each garbage kind (about 4 minutes on 2 cores). Redis scenarios are skip
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import signal
 import sys
@@ -26,19 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 
 
 def _harness() -> Any:
-    name = "freshrec_chaos_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("harness.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).with_name("harness.py"), "freshrec_chaos_harness")
 
 
 #: counts summed over the scenarios into ``chaos_<name>``

@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
-import importlib.util
 import json
 import os
 import resource
@@ -71,21 +70,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from freshrec.benchinfo import load_script
 from freshrec.stream.events import EXAMPLES_MAGIC, decode_examples
 from freshrec.stream.open import open_log
 from freshrec.stream.truth import TruthConfig, compare, reference_join
 
 
 def _sibling(name: str) -> Any:
-    mod_name = f"freshrec_chaos_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).with_name(f"{name}.py"), f"freshrec_chaos_{name}")
 
 
 garbage = _sibling("garbage")

@@ -47,16 +47,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 from freshrec.features.jagged import JaggedBatch
 from freshrec.models.deepfm import DeepFM
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_train", Path(__file__).resolve().parents[1] / "train" / "bench_train.py")
-assert _spec is not None and _spec.loader is not None
-bt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bt)
+bt = load_script(Path(__file__).resolve().parents[1] / "train" / "bench_train.py", "bench_train")
 
 SPARSE_LR, DENSE_LR = 0.05, 1e-3
 

@@ -31,7 +31,6 @@ is shared: compare the same-run ratios, and read absolute figures with the load 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.store import RedisTable, StoreConfig, TableBackend
@@ -54,13 +53,7 @@ from freshrec.train.trainer import Trainer, rebatch
 
 
 def _load(rel: str, name: str) -> Any:
-    path = Path(__file__).resolve().parents[1] / rel
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(Path(__file__).resolve().parents[1] / rel, name)
 
 
 def _ms(a: np.ndarray, q: float) -> float:

@@ -31,7 +31,6 @@ Each seed gives each arm's AUC and its difference to ``random``; over the seeds 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.benchinfo import machine_info, paired_interval
+from freshrec.benchinfo import load_script, machine_info, paired_interval
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.train.trainer import Trainer, rebatch
@@ -52,13 +51,7 @@ ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
 
 def _bench_log() -> Any:
     """benchmarks/stream/bench_log.py (its private redis-server)."""
-    path = Path(__file__).resolve().parents[1] / "stream" / "bench_log.py"
-    spec = importlib.util.spec_from_file_location("bench_log", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_log", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(Path(__file__).resolve().parents[1] / "stream" / "bench_log.py", "bench_log")
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:

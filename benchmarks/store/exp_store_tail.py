@@ -17,7 +17,6 @@ a collection.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.benchinfo import load_script
 from freshrec.store import RedisTable
 from freshrec.store.client import open_client
 from freshrec.store.served import ServedRedisTable
@@ -35,12 +35,7 @@ from freshrec.table import EmbeddingTable, TableConfig
 
 
 def _load(rel: str, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(Path(__file__).resolve().parents[1] / rel, name)
 
 
 def _q(x: Any) -> list[float]:

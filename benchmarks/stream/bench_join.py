@@ -39,7 +39,6 @@ is built, as the command does).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import multiprocessing as mp
 import subprocess
@@ -55,7 +54,7 @@ import numpy as np
 import orjson
 import pyarrow.compute as pc
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog, RedisLogConfig
 from freshrec.stream.events import decode_examples
@@ -126,11 +125,7 @@ def _rows_joiner() -> tuple[Any, str]:
 
 def _sibling(name: str):
     p = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"bench_{p.stem}", p)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(p, f"bench_{p.stem}")
 
 
 def _cfg(checkpoint_every_s: float = 0.2, window_s: int = WINDOW_S) -> JoinerConfig:

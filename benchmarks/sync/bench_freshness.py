@@ -37,7 +37,6 @@ and every run's p50/p99.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import load_script, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -382,11 +381,7 @@ def max_rate(rates: list[float], worker_counts: list[int], *, redis: str | None,
 
 def _redis_server(url: str | None):
     """bench_log's private redis-server (or ``url``)."""
-    path = ROOT / "benchmarks" / "stream" / "bench_log.py"
-    spec = importlib.util.spec_from_file_location("bench_log_for_freshness", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(ROOT / "benchmarks" / "stream" / "bench_log.py", "bench_log_for_freshness")
     return mod.redis_server(url)
 
 

@@ -9,15 +9,18 @@ Examples
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-__all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval"]
+__all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval", "load_script"]
 
 
 def _cpu_model() -> str:
@@ -108,3 +111,34 @@ def percentiles_ms(samples_s: Any, qs: tuple[float, ...] = (50, 99, 99.9)) -> di
 
     arr = np.asarray(samples_s, dtype=np.float64) * 1e3
     return {("p" + str(q).replace(".", "_")): float(np.percentile(arr, q)) for q in qs}
+
+
+def load_script(path: str | os.PathLike[str], name: str) -> ModuleType:
+    """The Python file at ``path`` (a benchmark script, not a package module) as module ``name``.
+
+    Loaded once: a second call with the same ``name`` returns the module already loaded. The
+    module is in ``sys.modules`` while it runs, as dataclasses and pickling need.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _ = (Path(d) / "helper.py").write_text("ANSWER = 42")
+    >>> load_script(Path(d) / "helper.py", "doc_helper").ANSWER
+    42
+    >>> load_script("/nowhere.py", "doc_helper") is sys.modules["doc_helper"]
+    True
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load a Python script from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

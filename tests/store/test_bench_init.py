@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from freshrec.benchinfo import load_script
+
 
 def _bench() -> Any:
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "store" / "bench_store_init.py"
-    spec = importlib.util.spec_from_file_location("bench_store_init", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_store_init", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(path, "bench_store_init")
 
 
 def test_returning_users_are_left_out_of_the_first_half_and_scored_after() -> None:

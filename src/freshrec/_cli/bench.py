@@ -8,11 +8,11 @@ each with a ``main(argv) -> dict`` whose result is printed as one JSON object on
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 from freshrec._resources import shipped_dir
+from freshrec.benchinfo import load_script
 from freshrec.errors import InputError
 
 
@@ -35,10 +35,7 @@ def run(args: argparse.Namespace) -> int:
             f"unknown benchmark {args.name!r}; available: {', '.join(scripts) or 'none'} "
             f"(looked in {shipped_dir('benchmarks')})"
         )
-    spec = importlib.util.spec_from_file_location(f"bench_{args.name}", scripts[args.name])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(scripts[args.name], f"bench_{args.name}")
     rest = [a for a in args.args if a != "--json"]
     quiet = args.json or len(rest) != len(args.args)
     result = module.main(rest, verbose=not quiet)
