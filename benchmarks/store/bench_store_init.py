@@ -7,10 +7,14 @@ Per seed, one simulated stream (:func:`~freshrec.data.simulate.simulated_example
 users, 500 items, 20 candidates per request; 8,000 requests, ``--quick`` 3,000) is trained on
 once, in event-time order, by the simulator's DeepFM (configs/simulator.yaml) with the user
 table in Redis, once per arm: ``random`` (the table's uniform initializer, the baseline),
-``history_mean`` (a user new to the table starts from the mean of the item rows of the
-clicks in their history, ``u_recent_clicks``) and ``zeros`` (a fixed zero vector). Every
+``zeros`` (a fixed zero vector), ``history_mean`` (a user new to the table starts from the
+mean of the item rows of the clicks in their history, ``u_recent_clicks``) and
+``previous_model`` (the user's row in another model's user table: the same model trained on
+the first half of the stream with every user, a day-before model; ``source: table``). Every
 batch is scored before it is trained on (progressive validation). Same stream, same seed,
-same model: the arms differ only in where new user rows start.
+same model: the arms differ only in where new user rows start. One more arm,
+``no_user_id``, is the model without the ``user_id`` slot (random init): how much the user
+field is worth at all.
 
 Two groups of users are scored:
 
@@ -22,16 +26,21 @@ Two groups of users are scored:
   to the table. ``*_with_history`` restricts to those whose history was not empty.
 - **New users** (``init_new_*``): every other user's first K impressions in the stream
   (most have no history at first sight, so ``history_mean`` falls back to the initializer).
+  ``previous_model`` is scored on returning users only (the previous model saw the new
+  users' scored impressions).
 
 Each seed gives each arm's AUC and its difference to ``random``; over the seeds (default 5,
 ``--quick`` 2) the JSON has the mean difference and the half-width of its 95 % t interval
-(``*_gain_<arm>`` and ``*_gain_<arm>_ci95``).
+(``*_gain_<arm>`` and ``*_gain_<arm>_ci95``), and ``init_<group>_auc_oracle``, the AUC of
+the simulator's own click probabilities (the ceiling). ``diag_*`` (means over seeds, from
+the random arm's model at the end, see :func:`diagnose`) say why an init helps or not.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,11 +51,20 @@ import numpy as np
 from freshrec.benchinfo import load_script, machine_info, paired_interval
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
+from freshrec.features import hash_array
+from freshrec.table import EmbeddingTable, TableConfig
 from freshrec.train.trainer import Trainer, rebatch
 
+#: new-user init of each arm (``previous_model``'s snapshot path is added per seed)
 ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
+        "zeros": {"source": "fixed", "value": [0.0] * 16},
         "history_mean": {"source": "history_mean", "history_slot": "u_recent_clicks"},
-        "zeros": {"source": "fixed", "value": [0.0] * 16}}
+        "previous_model": {"source": "table"}}
+#: the model without the user_id slot (random init): the user field's worth
+ABLATION = "no_user_id"
+#: groups each arm is scored on (``previous_model`` saw the new users' impressions)
+GROUPS = ("returning", "returning_with_history", "new", "all")
+RETURNING = ("returning", "returning_with_history")
 
 
 def _bench_log() -> Any:
@@ -72,17 +90,25 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y > 0].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def model_config(url: str, prefix: str, new_user: dict[str, Any],
-                 seed: int = 0) -> dict[str, Any]:
+def model_config(url: str | None, prefix: str, new_user: dict[str, Any],
+                 seed: int = 0, user_id: bool = True,
+                 mlp: tuple[int, ...] = (64, 32)) -> dict[str, Any]:
+    """configs/simulator.yaml's model with the user table in Redis at ``url`` (None: in
+    the process), new users starting as ``new_user`` says; ``user_id=False`` drops the
+    user_id slot, ``mlp=()`` the deep part (linear + FM only)."""
     opt = {"kind": "rowwise_adagrad", "lr": 0.05}
+    user: dict[str, Any] = {"dim": 16, "optimizer": opt}
+    if url is not None:
+        user |= {"backend": "redis",
+                 "store": {"url": url, "prefix": prefix, "new_user": new_user}}
+    slots: dict[str, Any] = {"user_id": {"table": "user"}} if user_id else {}
     return {
         "features": {
             "tables": {
-                "user": {"dim": 16, "optimizer": opt, "backend": "redis",
-                         "store": {"url": url, "prefix": prefix, "new_user": new_user}},
+                "user": user,
                 "item": {"dim": 16, "optimizer": opt},
                 "attr": {"dim": 16, "optimizer": {"kind": "adagrad", "lr": 0.05}}},
-            "slots": {"user_id": {"table": "user"}, "item_id": {"table": "item"},
+            "slots": {**slots, "item_id": {"table": "item"},
                       "u_recent_clicks": {"table": "item", "kind": "multi", "max_len": 20,
                                           "pooling": "mean", "id_space": "item_id"},
                       "u_gender": {"table": "attr"}, "u_age": {"table": "attr"},
@@ -90,7 +116,7 @@ def model_config(url: str, prefix: str, new_user: dict[str, Any],
                       "i_brand": {"table": "attr"}, "position": {"table": "attr"}},
             "dense": {"i_price": {"norm": "none"}},
             "labels": ["click"]},
-        "model": {"kind": "deepfm", "mlp": [64, 32]},
+        "model": {"kind": "deepfm", "mlp": list(mlp)},
         "train": {"batch_size": 512, "dense_lr": 0.002, "seed": seed},
     }
 
@@ -125,37 +151,109 @@ def _groups(table: Any, k: int, holdout: float, seed: int) -> dict[str, np.ndarr
             else:
                 new[i] = True
     return {"train": train, "returning": returning, "returning_with_history": with_hist,
-            "new": new}
+            "new": new, "held": is_held}
+
+
+def _train(cfg: Any, train: Any) -> tuple[Trainer, np.ndarray]:
+    """A trainer that learned ``train`` once in order, and its scores (each batch scored
+    before it was trained on)."""
+    trainer = Trainer(cfg)
+    p = np.concatenate([trainer.learn_batch(trainer.schema.encode(rb))
+                        for rb in rebatch(train.to_batches(), cfg.train.batch_size)])
+    return trainer, p
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of the rows of ``a`` and ``b`` (a row of norm 0 counts 0)."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    ok = (na > 0) & (nb > 0)
+    return float(((a * b).sum(axis=1)[ok] / (na * nb)[ok]).sum() / max(a.shape[0], 1))
+
+
+def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: EmbeddingTable,
+             min_impressions: int = 60) -> dict[str, float]:
+    """Why an init helps or not, from a trained model (the random arm's, at the end).
+
+    Over the users with at least ``min_impressions`` trained on and a history: the mean
+    norm of their user rows (``user_row_norm``), of the mean of the item rows of their
+    last history (``history_mean_norm``) and of the initializer's rows (``init_row_norm``);
+    the mean cosine of a user's row and their history mean (``cos_row_history_mean``; with
+    another user's history mean, ``cos_row_other_history_mean``, is the baseline of no
+    relation). Over the held-out users (fids ``held``): the mean cosine of this model's row
+    and the ``previous`` model's (``cos_row_previous_model``; with another user's row,
+    ``..._other``): whether the two models' user rows are in one space.
+    """
+    enc = trainer.schema.encode(train)
+    users, uoff = enc.sparse.slot("user_id")
+    hist, hoff = enc.sparse.slot("u_recent_clicks")
+    ex_user = users[uoff[:-1]]
+    fids, rev_first, counts = np.unique(ex_user[::-1], return_index=True,
+                                        return_counts=True)
+    last = ex_user.shape[0] - 1 - rev_first
+    ok = (counts >= min_impressions) & (hoff[last + 1] > hoff[last])
+    fids, last = fids[ok], last[ok]
+    utab, itab = trainer.tables["user"], trainer.tables["item"]
+    rows = utab.lookup(fids)
+    means = np.stack([itab.lookup(hist[hoff[i]:hoff[i + 1]]).mean(axis=0) for i in last])
+    probe = EmbeddingTable(TableConfig(name="probe", dim=utab.dim,
+                                       initializer=utab.config.initializer))
+    init_rows = probe.lookup(np.arange(1, 1001, dtype=np.uint64), now=0, train=True)
+    mine, theirs = utab.lookup(held), previous.lookup(held)
+    both = (np.linalg.norm(mine, axis=1) > 0) & (previous.find(held) >= 0)
+    mine, theirs = mine[both], theirs[both]
+    return {"users": float(fids.shape[0]),
+            "user_row_norm": float(np.linalg.norm(rows, axis=1).mean()),
+            "history_mean_norm": float(np.linalg.norm(means, axis=1).mean()),
+            "init_row_norm": float(np.linalg.norm(init_rows, axis=1).mean()),
+            "cos_row_history_mean": _cos(rows, means),
+            "cos_row_other_history_mean": _cos(rows, np.roll(means, 1, axis=0)),
+            "cos_row_previous_model": _cos(mine, theirs),
+            "cos_row_previous_model_other": _cos(mine, np.roll(theirs, 1, axis=0))}
 
 
 def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
-             say: Any) -> dict[str, Any]:
+             say: Any, n_users: int = 2000, mlp: tuple[int, ...] = (64, 32)
+             ) -> dict[str, Any]:
     """One seed: each arm's AUC on each scored group (see the module docstring)."""
     t0 = time.perf_counter()
     table = simulated_examples(SimulatorConfig(
-        seed=seed, n_users=2000, n_items=500, candidates=20, bias=-2.0,
+        seed=seed, n_users=n_users, n_items=500, candidates=20, bias=-2.0,
         malformed_rate=0.0, duplicate_rate=0.0), n_requests=n_req)
     masks = _groups(table, k, holdout, seed)
     train = table.filter(masks["train"])
     y = train.column("click").to_numpy(zero_copy_only=False).astype(np.float64)
-    scored = {g: m[masks["train"]] for g, m in masks.items() if g != "train"}
+    scored = {g: masks[g][masks["train"]] for g in GROUPS if g != "all"}
+    scored["all"] = np.ones(train.num_rows, bool)
+    true_p = train.column("true_p").to_numpy(zero_copy_only=False)
     out: dict[str, Any] = {"seed": seed, "impressions": train.num_rows}
     out |= {f"{g}_impressions": int(m.sum()) for g, m in scored.items()}
+    out |= {f"{g}_auc_oracle": auc(y[m], true_p[m]) for g, m in scored.items()}
     say(f"seed {seed}: {train.num_rows:,} impressions trained on, scored "
         f"{ {g: int(m.sum()) for g, m in scored.items()} } ({time.perf_counter() - t0:.1f}s)")
-    for arm, new_user in ARMS.items():
-        t = time.perf_counter()
-        cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}", new_user,
-                                            seed))
-        trainer = Trainer(cfg)
-        p = np.concatenate([trainer.learn_batch(trainer.schema.encode(rb))
-                            for rb in rebatch(train.to_batches(), cfg.train.batch_size)])
-        for g, m in scored.items():
-            out[f"{g}_auc_{arm}"] = auc(y[m], p[m])
-        out[f"all_auc_{arm}"] = auc(y, p)
-        trainer.tables["user"].close()  # type: ignore[attr-defined]
-        say(f"  {arm:>13}: " + ", ".join(f"{g} {out[f'{g}_auc_{arm}']:.4f}" for g in scored)
-            + f" ({time.perf_counter() - t:.1f}s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        # the previous model: every user, the first half of the stream, rows in the process
+        prev_cfg = config_from_dict(model_config(None, "", {}, seed, mlp=mlp))
+        previous, _ = _train(prev_cfg, table.slice(0, table.num_rows // 2))
+        previous.tables["user"].save(Path(tmp) / "user")
+        arms = {a: (dict(v, table_path=str(Path(tmp) / "user")) if v["source"] == "table"
+                    else v, True) for a, v in ARMS.items()}
+        arms[ABLATION] = (ARMS["random"], False)
+        for arm, (new_user, user_id) in arms.items():
+            t = time.perf_counter()
+            cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}",
+                                                new_user, seed, user_id, mlp))
+            trainer, p = _train(cfg, train)
+            groups = RETURNING if arm == "previous_model" else GROUPS
+            out |= {f"{g}_auc_{arm}": auc(y[scored[g]], p[scored[g]]) for g in groups}
+            if arm == "random":
+                held = np.unique(table.filter(masks["held"]).column("user_id").to_numpy())
+                out |= {f"diag_{key}": v for key, v in diagnose(
+                    trainer, train, hash_array("user_id", held),
+                    previous.tables["user"]).items()}
+            trainer.tables["user"].close()  # type: ignore[attr-defined]
+            say(f"  {arm:>14}: " + ", ".join(f"{g} {out[f'{g}_auc_{arm}']:.4f}"
+                                              for g in groups)
+                + f" ({time.perf_counter() - t:.1f}s)")
     return out
 
 
@@ -168,22 +266,32 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--holdout", type=float, default=0.3,
                     help="share of users left out of the first half (returning users)")
+    ap.add_argument("--users", type=int, default=2000, help="simulated users at the start")
+    ap.add_argument("--mlp", default="64,32",
+                    help="hidden widths of the DeepFM's MLP, comma-separated ('' : none)")
     ap.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args(argv)
     say = print if verbose else (lambda *a, **k: None)
     n_req = opts.requests or (3000 if opts.quick else 8000)
     n_seeds = opts.seeds or (2 if opts.quick else 5)
+    mlp = tuple(int(w) for w in opts.mlp.split(",") if w.strip())
     runs = []
     with _bench_log().redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("bench store_init needs redis-server (scripts/ensure-redis)")
         for seed in range(opts.seed, opts.seed + n_seeds):
-            runs.append(run_seed(url, n_req, opts.k, opts.holdout, seed, say))
-    out: dict[str, object] = {"requests": n_req, "k": opts.k, "holdout": opts.holdout,
-                              "seeds": n_seeds}
-    for g in ("returning", "returning_with_history", "new", "all"):
-        for arm in ARMS:
+            runs.append(run_seed(url, n_req, opts.k, opts.holdout, seed, say, opts.users,
+                                  mlp))
+    out: dict[str, object] = {"requests": n_req, "users": opts.users, "mlp": list(mlp),
+                              "k": opts.k,
+                              "holdout": opts.holdout, "seeds": n_seeds}
+    for g in GROUPS:
+        out[f"init_{g}_auc_oracle"] = round(float(np.mean([r[f"{g}_auc_oracle"]
+                                                           for r in runs])), 4)
+        for arm in (*ARMS, ABLATION):
+            if f"{g}_auc_{arm}" not in runs[0]:
+                continue
             out[f"init_{g}_auc_{arm}"] = round(float(np.mean(
                 [r[f"{g}_auc_{arm}"] for r in runs])), 4)
             if arm == "random":
@@ -192,6 +300,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
                                           for r in runs])
             out[f"init_{g}_gain_{arm}"] = round(mean, 4)
             out[f"init_{g}_gain_{arm}_ci95"] = round(half, 4)
+    for key in (k for k in runs[0] if k.startswith("diag_")):
+        out[key] = round(float(np.mean([r[key] for r in runs])), 4)
     out["runs"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
                    for r in runs]
     out["machine"] = machine_info()

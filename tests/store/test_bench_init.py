@@ -31,6 +31,7 @@ def test_returning_users_are_left_out_of_the_first_half_and_scored_after() -> No
     is_held = np.isin(users, list(held))
     # held-out users' first-half rows are the only ones not trained on
     np.testing.assert_array_equal(m["train"], ~(is_held & first))
+    np.testing.assert_array_equal(m["held"], is_held)
     # brute force: each user's first k trained rows, split by held-out or not
     want_ret, want_new, want_hist = (np.zeros(n, bool) for _ in range(3))
     for u in np.unique(users):
