@@ -1,4 +1,4 @@
-"""benchmarks/store/bench_store_init.py: which impressions are trained on and scored."""
+"""benchmarks/store/bench_store_init.py: which impressions are trained on and scored, and its diagnostics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from freshrec.benchinfo import load_script
 
@@ -45,3 +46,36 @@ def test_returning_users_are_left_out_of_the_first_half_and_scored_after() -> No
     np.testing.assert_array_equal(m["returning_with_history"], want_hist)
     np.testing.assert_array_equal(m["new"], want_new)
     assert not (m["returning"] & first).any() and (m["returning"] & second).any()
+
+
+def test_diagnose_measures_rows_against_brute_force() -> None:
+    from freshrec.config import config_from_dict
+    from freshrec.data.simulate import SimulatorConfig, simulated_examples
+    from freshrec.features import hash_array
+
+    b = _bench()
+    table = simulated_examples(SimulatorConfig(seed=3, n_users=40, n_items=60, candidates=10,
+                                               bias=-1.0, malformed_rate=0.0,
+                                               duplicate_rate=0.0), n_requests=300)
+    trainer, p = b._train(config_from_dict(b.model_config(None, "", {}, 0, mlp=())), table)
+    assert p.shape == (table.num_rows,) and ((p > 0) & (p < 1)).all()
+    users = hash_array("user_id", np.unique(table.column("user_id").to_numpy()))
+    d = b.diagnose(trainer, table, users, trainer.tables["user"], min_impressions=30)
+    # the same table as the "previous model": every row has cosine 1 with itself
+    assert d["cos_row_previous_model"] == pytest.approx(1.0, abs=1e-5)
+    assert d["cos_row_previous_model_other"] < 0.99
+    assert d["init_row_norm"] == pytest.approx(0.01 * np.sqrt(16 / 3), rel=0.05)  # uniform
+    # brute force over users with >= 30 impressions and a history at their last one
+    ids = table.column("user_id").to_pylist()
+    hist = table.column("u_recent_clicks").to_pylist()
+    last = {u: i for i, u in enumerate(ids)}
+    sel = [u for u in last if ids.count(u) >= 30 and hist[last[u]]]
+    assert d["users"] == len(sel) > 5
+    rows = trainer.tables["user"].lookup(hash_array("user_id", sel))
+    means = np.stack([trainer.tables["item"].lookup(hash_array("item_id", hist[last[u]]))
+                      .mean(axis=0) for u in sel])
+    assert d["user_row_norm"] == pytest.approx(np.linalg.norm(rows, axis=1).mean(), rel=1e-5)
+    assert d["history_mean_norm"] == pytest.approx(np.linalg.norm(means, axis=1).mean(),
+                                                   rel=1e-5)
+    cos = (rows * means).sum(1) / np.linalg.norm(rows, axis=1) / np.linalg.norm(means, axis=1)
+    assert d["cos_row_history_mean"] == pytest.approx(cos.mean(), abs=1e-5)
