@@ -16,7 +16,8 @@ for stopping, and every rank follows them. A checkpoint is the distributed check
 shard keeps the offsets of *all* partitions, so a restart (``torchrun --max-restarts``, or
 another world size) resumes each partition where the last manifest left it: no example is
 lost or trained twice. Updates are published through :class:`~freshrec.dist.ShardedPublisher`:
-one version per publishing round, written by rank 0 after every shard's delta is in.
+one version per publishing round, each rank writing its shard's part, rank 0 the manifest
+once every part is in.
 
 The publish gate (``ops.gate``) is not supported on several ranks (its held-back examples
 would be scored by every rank's different share); a one-rank world is the single-process
@@ -39,7 +40,7 @@ from freshrec.dist.trainer import DistTrainer
 from freshrec.errors import ConfigError
 from freshrec.features.schema import EncodedBatch
 from freshrec.stream.base import Log
-from freshrec.sync.registry import Registry, VersionManifest
+from freshrec.sync.registry import Registry
 from freshrec.train.online import OnlineTrainer
 from freshrec.train.trainer import Trainer
 
@@ -140,15 +141,11 @@ class DistOnlineTrainer(OnlineTrainer):
                 "rejected": int(self.exchange.sum(float(self.rejected)))}
 
     def _maybe_publish(self) -> None:
-        if self.publisher is None or not self.publisher.due(time.monotonic()):
+        now = time.monotonic()
+        if self.publisher is None or not self.publisher.due(now):
             return
         self._published(self.publisher.maybe_publish(
-            time.monotonic(), event_time=self.newest_event_time, meta=self._publish_meta()))
-
-    def _published(self, manifest: VersionManifest | None) -> None:
-        # rank 0 holds the manifest; every rank must know whether the dense part went out
-        if self.exchange.any(manifest is not None and manifest.dense):
-            self._dense_published_step = self.trainer.step
+            now, event_time=self.newest_event_time, meta=self._publish_meta()))
 
     def _publish_meta(self) -> dict[str, Any]:
         return {**super()._publish_meta(), "offsets": self.all_offsets(),

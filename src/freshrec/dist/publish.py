@@ -1,19 +1,26 @@
-"""Publishing a sharded model: every shard exports its delta, one rank publishes the version.
+"""Publishing a sharded model: every shard writes its part, one rank publishes the version.
 
 A registry subscriber (serving) must see one model, whatever the number of ranks that
-trained it. :class:`ShardedPublisher` is called by every rank at the same step: each rank
-cuts its own delta (:meth:`~freshrec.table.EmbeddingTable.export_delta`: the rows it wrote and
-the fids it expired since its last publish) and sends it to rank 0 (a gather, which is also
-the barrier: rank 0 publishes only once every shard's delta is in). Rank 0 applies the
-shards' deltas to its publishing copy of the tables and publishes through the unchanged
-:class:`~freshrec.sync.Publisher`, so the registry format, its delta chain and full snapshots
-stay as they are. The copy holds the whole model on rank 0 (publishing only; training reads
-and writes the shards).
+trained it. :class:`ShardedPublisher` is called by every rank at the same step. Rank 0 takes
+the registry's writer lock and decides what the version is (a full snapshot or a delta, as
+:class:`~freshrec.sync.Publisher` does); then every rank writes its shard's part of it into
+the version's temporary directory: ``delta/<table>/part-R/`` (the rows it wrote and the fids
+it expired since its last publish) and, for a full snapshot, ``full/<table>/part-R/``. Once
+every part is written (a gather of their checksums, which is also the barrier) rank 0 writes
+the dense part and the version manifest naming every part, and moves ``HEAD``, atomically as
+in one process. No rank holds more than its shard.
+
+The table versions of a version published in parts are the largest of the shards' (each
+rank's tables count their own versions): every part of a delta is written from the version
+the last publish cut at to that one, so a subscriber checks continuity as for one table.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,26 +28,43 @@ import torch
 
 from freshrec.dist.exchange import SparseExchange
 from freshrec.sync.config import PublisherConfig
-from freshrec.sync.publisher import Publisher
-from freshrec.sync.registry import Registry, VersionManifest
-from freshrec.table.delta import TableDelta
+from freshrec.sync.publisher import Publisher, _check_event_time, _check_meta
+from freshrec.sync.registry import Registry, VersionKind, VersionManifest
 from freshrec.table.table import EmbeddingTable
 
-__all__ = ["ShardedPublisher"]
+__all__ = ["ShardedPublisher", "gather_json"]
 
 
-class ShardedPublisher:
-    """Publishes the model whose tables are sharded over the ranks of ``exchange``.
+def gather_json(exchange: SparseExchange, value: Any) -> list[Any]:
+    """Every rank's JSON-able ``value``, in rank order, on every rank (a collective).
+
+    >>> gather_json(SparseExchange(), {"rows": 3})
+    [{'rows': 3}]
+    """
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    if exchange.world == 1:
+        return [json.loads(data.tobytes())]
+    sizes = exchange.gather(np.array([data.shape[0]], np.int64))
+    flat = exchange.gather(data).tobytes()
+    ends = np.cumsum(sizes)
+    return [json.loads(flat[e - n:e]) for n, e in zip(sizes.tolist(), ends.tolist(),
+                                                      strict=True)]
+
+
+class ShardedPublisher(Publisher):
+    """Publishes the model whose tables are sharded over the ranks of ``exchange``, each
+    rank writing its own part (see the module docstring). Every method that publishes is a
+    collective: call it on every rank at the same step.
 
     Parameters
     ----------
     registry : Registry
-        Written by rank 0 only.
+        The same directory on every rank (rank 0 takes its lock and writes the manifest).
     tables : mapping of name to EmbeddingTable
         This rank's shards (their expired-fid logs must be kept:
         ``Trainer.keep_expired_log = True``).
     dense_state_fn : callable
-        The dense state dict (rank 0's; every rank holds the same).
+        The dense state dict (rank 0's is published; every rank holds the same).
     exchange : SparseExchange
     config : PublisherConfig, optional
     """
@@ -48,81 +72,148 @@ class ShardedPublisher:
     def __init__(self, registry: Registry, tables: Mapping[str, EmbeddingTable],
                  dense_state_fn: Callable[[], Mapping[str, torch.Tensor]],
                  exchange: SparseExchange, config: PublisherConfig | None = None) -> None:
-        self.tables = dict(tables)
+        super().__init__(registry, tables, dense_state_fn, config)
         self.exchange = exchange
-        self.registry = registry
-        self._cut = {name: 0 for name in self.tables}
-        self.mirror = {name: EmbeddingTable(t.config) for name, t in self.tables.items()} \
-            if exchange.rank == 0 else {}
-        self.publisher = Publisher(registry, self.mirror, dense_state_fn, config) \
-            if exchange.rank == 0 else None
-        c = config if config is not None else PublisherConfig()
-        self._every_s = min(c.sparse_interval_s, c.dense_interval_s, c.full_interval_s)
-        self._gathered_at: float | None = None
+        #: Per table, the (largest) version of the last publish: where every part of the
+        #: next delta starts.
+        self._published_cut: dict[str, int] = {}
 
-    def _gather_deltas(self) -> None:
-        """Every shard's delta since the last publish, applied to rank 0's copy."""
-        ex = self.exchange
-        for name, table in self.tables.items():
-            d = table.export_delta(self._cut[name], with_state=False)
-            self._cut[name] = d.to_version
-            table.forget_expired_before(d.to_version)
-            fids = ex.gather(d.fids.view(np.int64)).view(np.uint64)
-            values = ex.gather(d.values)
-            seen = ex.gather(d.last_seen.view(np.int32)).view(np.uint32)
-            expired = ex.gather(d.expired.view(np.int64)).view(np.uint64)
-            if ex.rank == 0:
-                self.mirror[name].apply_delta(TableDelta(
-                    table=name, fingerprint=d.fingerprint, from_version=0, to_version=0,
-                    fids=fids, values=values, last_seen=seen, states=None, expired=expired),
-                    check_version=False)
+    @property
+    def rank(self) -> int:
+        """This rank."""
+        return self.exchange.rank
 
     def due(self, now: float) -> bool:
-        """Whether :meth:`maybe_publish` has anything to do at rank 0's clock ``now`` (the
-        first call, then every shortest interval of the ``sync`` section); a collective:
-        rank 0 decides for all."""
-        mine = self._gathered_at is None or now - self._gathered_at >= self._every_s
-        return self.exchange.any(mine and self.exchange.rank == 0)
+        """Whether :meth:`maybe_publish` at rank 0's clock ``now`` publishes anything (a
+        collective: rank 0 decides for all)."""
+        return self.exchange.any(self.rank == 0 and self._due(now) is not None)
 
-    def maybe_publish(self, now: float, **kwargs: Any) -> VersionManifest | None:
-        """Gather every shard's changes; rank 0 publishes what its
-        :meth:`~freshrec.sync.Publisher.maybe_publish` finds due at ``now`` (a full
-        snapshot, a delta with or without the dense part, or nothing yet: the rows gathered
-        stay in its copy for the next version). A collective: call it on every rank when
-        :meth:`due` says so."""
-        self._gathered_at = now
-        self._gather_deltas()
-        return self._on_rank0(lambda p: p.maybe_publish(now, **kwargs))
+    def maybe_publish(self, now_wall: float, *, event_time: int | None = None,
+                      meta: Mapping[str, Any] | None = None) -> VersionManifest | None:
+        """:meth:`Publisher.maybe_publish` with rank 0's clock and intervals deciding for
+        every rank; rank 0 returns the manifest, the others None."""
+        now = float(now_wall)
+        due = self._due(now) if self.rank == 0 else None
+        kind, dense = gather_json(self.exchange, [due[0].value, due[1]]
+                                  if due is not None else None)[0] or (None, False)
+        if kind is None:
+            return None
+        m = self._publish(VersionKind(kind), sparse=True, dense=dense, event_time=event_time,
+                          meta=meta)
+        if self.rank == 0:
+            self._mark(now, dense, m)
+        return m
 
-    def publish_full(self, **kwargs: Any) -> VersionManifest | None:
-        """Gather every shard's changes, then rank 0 publishes a full snapshot (a collective;
-        rank 0 returns the manifest, the others None)."""
-        self._gather_deltas()
-        return self._on_rank0(lambda p: p.publish_full(**kwargs))
+    def _publish(self, kind: VersionKind, *, sparse: bool, dense: bool,
+                 event_time: int | None, meta: Mapping[str, Any] | None
+                 ) -> VersionManifest | None:
+        """One version, every rank writing its part; rank 0 returns the manifest. Any
+        rank's failure (a full disk) raises on every rank, and nothing is published."""
+        event_time = _check_event_time(event_time, "ShardedPublisher")
+        meta_d = _check_meta(meta, "ShardedPublisher")
+        pending: dict[str, int] = {}
+        error: BaseException | None = None
+        manifest: VersionManifest | None = None
+        if self.rank == 0:
+            told = False
 
-    def publish_sparse(self, **kwargs: Any) -> VersionManifest | None:
-        """Gather every shard's changes, then rank 0 publishes them as one delta."""
-        self._gather_deltas()
-        return self._on_rank0(lambda p: p.publish_sparse(**kwargs))
+            def build(tmp: Path, version: int, head: int | None) -> VersionManifest | None:
+                nonlocal told
+                k, sp, dn, incremental = self._decide(kind, sparse, dense, head)
+                told = True
+                plan = {"tmp": str(tmp.relative_to(self.registry.root)), "kind": k.value,
+                        "sparse": sp, "dense": dn}
+                gather_json(self.exchange, plan)
+                return self._write_part(plan, tmp, pending, version=version,
+                                        base=head if incremental else None,
+                                        event_time=event_time, meta=meta_d)
 
-    def publish_dense(self, **kwargs: Any) -> VersionManifest | None:
-        """Rank 0 publishes the dense parameters (with the rows gathered so far)."""
-        self._gather_deltas()
-        return self._on_rank0(lambda p: p.publish_dense(**kwargs))
-
-    def _on_rank0(self, publish: Callable[[Publisher], VersionManifest | None]
-                  ) -> VersionManifest | None:
-        """Rank 0 publishes; when it cannot write (:class:`OSError`, e.g. a full disk) every
-        rank raises, so that all of them take the same way out (a retry) in step."""
-        error: OSError | None = None
-        manifest = None
-        if self.publisher is not None:
             try:
-                manifest = publish(self.publisher)
-            except OSError as e:
+                manifest = self.registry._commit(build, self._registry_info(None))
+                if manifest is not None and manifest.kind is VersionKind.FULL \
+                        and self.config.auto_gc:
+                    self.registry.gc(self.config.keep_full)
+            except Exception as e:  # every rank must learn of it: below
                 error = e
-        if self.exchange.any(error is not None):
-            raise OSError(f"rank {self.exchange.rank}: publish to {self.registry.root} failed: "
-                          f"{error if error is not None else 'rank 0 could not write'}"
-                          ) from error
+                if not told:
+                    gather_json(self.exchange, None)
+        else:
+            plan = gather_json(self.exchange, None)[0]
+            if plan is not None:
+                try:
+                    self._write_part(plan, self.registry.root / plan["tmp"], pending)
+                except Exception as e:
+                    error = e
+        outcome = gather_json(self.exchange, {
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "manifest": None if manifest is None else manifest.to_json().decode()})
+        failed = [f"rank {r}: {o['error']}" for r, o in enumerate(outcome) if o["error"]]
+        if failed:
+            if error is not None and not isinstance(error, OSError):
+                raise error
+            raise OSError(f"rank {self.rank}: publish to {self.registry.root} failed: "
+                          f"{'; '.join(failed)}") from error
+        if outcome[0]["manifest"] is None:
+            return None
+        if manifest is None:
+            manifest = VersionManifest.from_json(outcome[0]["manifest"].encode(), "rank 0")
+        self._last_version = manifest.version
+        self._published_cut = dict(manifest.table_versions)
+        self._cut.update(pending)
+        for name, t in self.tables.items():
+            t.forget_expired_before(self._cut[name])
         return manifest
+
+    def _write_part(self, plan: Mapping[str, Any], tmp: Path, pending: dict[str, int], *,
+                    version: int = 0, base: int | None = None, event_time: int | None = None,
+                    meta: dict[str, Any] | None = None) -> VersionManifest | None:
+        """Every rank: cut its shard's deltas, agree on the table versions, write its part
+        under ``tmp``, and send rank 0 the parts' records; rank 0 returns the manifest
+        (``None``: an empty delta, nothing published). ``pending`` gets this rank's cut."""
+        ex = self.exchange
+        kind = VersionKind(plan["kind"])
+        try:
+            deltas, cut = self._cut_tables(kind, bool(plan["sparse"]))
+            mine: dict[str, Any] | str = {
+                name: [v, deltas[name].num_rows if name in deltas else 0,
+                       int(deltas[name].expired.shape[0]) if name in deltas else 0]
+                for name, v in cut.items()}
+        except Exception as e:
+            mine = f"{type(e).__name__}: {e}"
+        shards = gather_json(ex, mine)
+        _raise_failed(shards, "cutting the shards' deltas")
+        pending.update(cut)
+        versions = {name: max(int(s[name][0]) for s in shards) for name in cut}
+        rows = {name: sum(int(s[name][1]) for s in shards) for name in deltas}
+        expired = {name: sum(int(s[name][2]) for s in shards) for name in deltas}
+        if kind is VersionKind.DELTA and not plan["dense"] and self.config.skip_empty \
+                and not any(rows.values()) and not any(expired.values()):
+            return None
+        local = {name: dataclasses.replace(d, from_version=self._published_cut[name],
+                                           to_version=versions[name])
+                 for name, d in deltas.items()}
+        try:
+            files: dict[str, Any] | str = self._write_tables(
+                tmp, local, kind is VersionKind.FULL, self.rank, ex.world)
+        except Exception as e:
+            files = f"{type(e).__name__}: {e}"
+        records = gather_json(ex, files)
+        _raise_failed(records, "writing the parts of the version")
+        if self.rank:
+            return None
+        state = self._checked_dense(bool(plan["dense"]))
+        delta_info = {name: {"from_version": self._published_cut[name],
+                             "to_version": versions[name], "rows": rows[name],
+                             "expired": expired[name],
+                             "with_state": self.config.with_state}
+                      for name in deltas}
+        return self._manifest(tmp, version, kind, base, versions, delta_info, state,
+                              {k: v for r in records for k, v in r.items()},
+                              event_time, meta or {}, parts=ex.world)
+
+
+def _raise_failed(answers: list[Any], what: str) -> None:
+    """Raise on every rank when any rank answered an error (a string) instead of a result."""
+    failed = [f"rank {r}: {a}" for r, a in enumerate(answers) if isinstance(a, str)]
+    if failed:
+        raise OSError(f"{what} failed: {'; '.join(failed)}")

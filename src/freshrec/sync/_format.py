@@ -2,14 +2,15 @@
 
 A table delta and the dense parameters are each one :mod:`freshrec._io` bundle (``.npy``
 arrays + a manifest with per-file CRC-32). Full table snapshots use
-:meth:`EmbeddingTable.save`'s own format.
+:meth:`EmbeddingTable.save`'s own format. A table published in parts (one per shard of a
+distributed model) is read back as one (:func:`read_delta_parts`, :func:`load_table_parts`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from freshrec._io import MANIFEST, crc32_file, read_bundle, write_bundle
 from freshrec.errors import InputError, SnapshotCorruptError
-from freshrec.table import TableDelta
+from freshrec.table import EmbeddingTable, TableDelta
 
 TABLE_DELTA_FORMAT = "freshrec.sync.table_delta"
 TABLE_DELTA_VERSION = 1
@@ -60,6 +61,58 @@ def read_table_delta(path: Path) -> TableDelta:
         )
     except (InputError, KeyError, TypeError, ValueError) as e:
         raise SnapshotCorruptError(f"{path}/{MANIFEST}: inconsistent table delta ({e})") from e
+
+
+def read_delta_parts(paths: Sequence[Path]) -> TableDelta:
+    """Read the parts of one table's delta (:func:`read_table_delta` each) as one delta.
+
+    The parts of a sharded model hold disjoint fids and cover the same table versions; a
+    part that disagrees on the table, its layout or the versions is reported by path.
+    """
+    parts = [read_table_delta(p) for p in paths]
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    for path, d in zip(paths[1:], parts[1:], strict=True):
+        if (d.table, d.fingerprint, d.from_version, d.to_version) != (
+                first.table, first.fingerprint, first.from_version, first.to_version):
+            raise SnapshotCorruptError(
+                f"{path}: part of table {d.table!r} versions ({d.from_version}, "
+                f"{d.to_version}], {paths[0]} is of table {first.table!r} versions "
+                f"({first.from_version}, {first.to_version}]")
+    states = [d.states for d in parts if d.states is not None]
+    return TableDelta(
+        table=first.table, fingerprint=first.fingerprint, from_version=first.from_version,
+        to_version=first.to_version, fids=np.concatenate([d.fids for d in parts]),
+        values=np.concatenate([d.values for d in parts]),
+        last_seen=np.concatenate([d.last_seen for d in parts]),
+        states=np.concatenate(states) if len(states) == len(parts) else None,
+        expired=np.concatenate([d.expired for d in parts]))
+
+
+def load_table_parts(table: EmbeddingTable, paths: Sequence[Path], *,
+                     chunk_rows: int = 4096) -> None:
+    """Replace ``table``'s contents with the snapshot parts ``paths`` (one per shard): the
+    first is loaded (:meth:`EmbeddingTable.load`), the rows of the others added to it."""
+    table.load(paths[0])
+    _add_parts(table, paths[1:], chunk_rows)
+
+
+def table_from_parts(paths: Sequence[Path]) -> EmbeddingTable:
+    """A new table holding the snapshot parts ``paths`` (see :func:`load_table_parts`)."""
+    table = EmbeddingTable.from_snapshot(paths[0])
+    _add_parts(table, paths[1:], 4096)
+    return table
+
+
+def _add_parts(table: EmbeddingTable, paths: Sequence[Path], chunk_rows: int) -> None:
+    for path in paths:
+        rows = EmbeddingTable.from_snapshot(path, table.config).read_rows()
+        table.apply_delta(TableDelta(
+            table=table.name, fingerprint=table.config.fingerprint(), from_version=0,
+            to_version=0, fids=rows.fids, values=rows.values, last_seen=rows.last_seen,
+            states=rows.states, expired=np.empty(0, np.uint64)),
+            chunk_rows=chunk_rows, check_version=False)
 
 
 def dense_spec(state: Mapping[str, Any], owner: str) -> dict[str, dict[str, Any]]:

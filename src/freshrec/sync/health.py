@@ -115,7 +115,7 @@ def _salvage(path: Path) -> dict[str, Any]:
     parts = {p for p in ("full", "delta", "dense") if (path / p).is_dir()}
     kind = "full" if "full" in parts else "delta" if parts else "unknown"
     rows = 0
-    for m in sorted(path.glob(f"delta/*/{MANIFEST}")):
+    for m in sorted([*path.glob(f"delta/*/{MANIFEST}"), *path.glob(f"delta/*/part-*/{MANIFEST}")]):
         try:
             rows += int(json.loads(m.read_text())["rows"])
         except (OSError, ValueError, KeyError, TypeError):

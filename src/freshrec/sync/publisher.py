@@ -28,6 +28,7 @@ from freshrec.sync.registry import (
     Registry,
     VersionKind,
     VersionManifest,
+    part_name,
     writing,
 )
 from freshrec.table import EmbeddingTable, TableDelta
@@ -186,6 +187,17 @@ class Publisher:
         ``sparse_interval_s``. Returns the published manifest or ``None``.
         """
         now = float(now_wall)
+        due = self._due(now)
+        if due is None:
+            return None
+        kind, dense = due
+        m = self._publish(kind, sparse=True, dense=dense, event_time=event_time, meta=meta)
+        self._mark(now, dense, m)
+        return m
+
+    def _due(self, now: float) -> tuple[VersionKind, bool] | None:
+        """What :meth:`maybe_publish` publishes at ``now``: (kind, with the dense part), or
+        ``None``. The first call starts the intervals."""
         cfg = self.config
         if self._timers is None:
             self._timers = {"full": now, "dense": now, "sparse": now}
@@ -193,21 +205,21 @@ class Publisher:
                 return None
         t = self._timers
         if self._last_version is None or now - t["full"] >= cfg.full_interval_s:
-            full = self.publish_full(event_time=event_time, meta=meta)
-            t.update(full=now, dense=now, sparse=now)
-            return full
+            return VersionKind.FULL, True
         dense_due = now - t["dense"] >= cfg.dense_interval_s
-        sparse_due = now - t["sparse"] >= cfg.sparse_interval_s
-        if not (dense_due or sparse_due):
+        if not (dense_due or now - t["sparse"] >= cfg.sparse_interval_s):
             return None
-        m = self._publish(VersionKind.DELTA, sparse=True, dense=dense_due,
-                          event_time=event_time, meta=meta)
-        t["sparse"] = now
-        if dense_due:
-            t["dense"] = now
+        return VersionKind.DELTA, dense_due
+
+    def _mark(self, now: float, dense: bool, m: VersionManifest | None) -> None:
+        """Restart the intervals of what was published at ``now`` (``m``; a delta asked for
+        may have become a full snapshot)."""
+        assert self._timers is not None
+        self._timers["sparse"] = now
+        if dense or (m is not None and m.kind is VersionKind.FULL):
+            self._timers["dense"] = now
         if m is not None and m.kind is VersionKind.FULL:
-            t.update(full=now, dense=now)
-        return m
+            self._timers["full"] = now
 
     # ------------------------------------------------------------------ publishing
     def publish_full(
@@ -265,6 +277,91 @@ class Publisher:
             return str(e)
         return None
 
+    def _decide(self, kind: VersionKind, sparse: bool, dense: bool, head: int | None
+                ) -> tuple[VersionKind, bool, bool, bool]:
+        """(kind, sparse, dense, incremental) of the version to publish on ``head``: a delta
+        (or a full snapshot with its delta) only on this publisher's last version when that
+        verifies; else a full snapshot alone."""
+        incremental = head is not None and head == self._last_version
+        damage = self._damage(head) if incremental and head is not None else None
+        if damage is not None:
+            log.warning("registry=%s base version %s is damaged (%s): publishing a full "
+                        "snapshot", self.registry.root, head, damage)
+            incremental = False
+        elif not incremental and kind is not VersionKind.FULL:
+            log.warning("registry=%s HEAD=%s is not this publisher's last version %s: "
+                        "publishing a full snapshot", self.registry.root, head,
+                        self._last_version)
+        if not incremental:
+            return VersionKind.FULL, False, True, False
+        return kind, sparse, dense, True
+
+    def _checked_dense(self, dense: bool) -> dict[str, torch.Tensor] | None:
+        """The dense state to publish (``None`` without ``dense``), checked against the
+        registry's."""
+        state = self._dense_state() if dense else None
+        info = self._registry_info(state)
+        if state is not None:
+            spec = dense_spec(state, "Publisher")
+            if spec != info["dense"]:
+                raise InputError(f"Publisher: dense parameters changed names, dtypes or "
+                                 f"shapes since the first publish: {spec} vs {info['dense']}")
+        return state
+
+    def _cut_tables(self, kind: VersionKind, sparse: bool
+                    ) -> tuple[dict[str, TableDelta], dict[str, int]]:
+        """Each table's delta since the last cut (with ``sparse``) and where it cuts now."""
+        deltas: dict[str, TableDelta] = {}
+        cut: dict[str, int] = {}
+        for name, t in self.tables.items():
+            if sparse:
+                deltas[name] = t.export_delta(self._cut[name],
+                                              with_state=self.config.with_state)
+                cut[name] = deltas[name].to_version
+            elif kind is VersionKind.FULL:
+                cut[name] = t.export_delta(t.version, with_state=False).to_version
+            else:
+                cut[name] = self._cut[name]
+        return deltas, cut
+
+    def _write_tables(self, tmp: Path, deltas: Mapping[str, TableDelta], full: bool,
+                      part: int, parts: int) -> dict[str, dict[str, int]]:
+        """Write the table deltas (and with ``full`` the tables' snapshots) as part ``part``
+        of ``parts`` under ``tmp``; returns their manifests' records."""
+        files: dict[str, dict[str, int]] = {}
+
+        def put(rel: str, write: Callable[[Path], None]) -> None:
+            with writing(self.registry.root, tmp / rel):
+                write(tmp / rel)
+            files[f"{rel}/{MANIFEST}"] = file_record(tmp / rel / MANIFEST)
+
+        for name, d in deltas.items():
+            put(part_name("delta", name, part, parts), partial(write_table_delta, delta=d))
+        if full:
+            for name, t in self.tables.items():
+                put(part_name("full", name, part, parts), t.save)
+        return files
+
+    def _manifest(self, tmp: Path, version: int, kind: VersionKind, base: int | None,
+                  cut: Mapping[str, int], delta_info: dict[str, dict[str, Any]],
+                  state: Mapping[str, torch.Tensor] | None, files: dict[str, dict[str, int]],
+                  event_time: int | None, meta: dict[str, Any], parts: int = 1
+                  ) -> VersionManifest:
+        """Write the dense part (with ``state``) and return the version's manifest."""
+        if state is not None:
+            with writing(self.registry.root, tmp / "dense"):
+                write_dense(tmp / "dense", state, "Publisher")
+            files["dense/" + MANIFEST] = file_record(tmp / "dense" / MANIFEST)
+        return VersionManifest(
+            version=version, kind=kind, base=base,
+            fingerprint=self._registry_info(None)["fingerprint"], table_versions=dict(cut),
+            deltas=delta_info, full=kind is VersionKind.FULL, dense=state is not None,
+            created_unix_s=time.time(), event_time=event_time, meta=meta, files=files,
+            delta_bytes=dir_bytes(tmp / "delta") if delta_info else 0,
+            full_bytes=dir_bytes(tmp / "full") if kind is VersionKind.FULL else 0,
+            dense_bytes=dir_bytes(tmp / "dense") if state is not None else 0, parts=parts,
+        )
+
     def _publish(
         self, kind: VersionKind, *, sparse: bool, dense: bool, event_time: int | None,
         meta: Mapping[str, Any] | None,
@@ -275,68 +372,20 @@ class Publisher:
         cut: dict[str, int] = {}
 
         def build(tmp: Path, version: int, head: int | None) -> VersionManifest | None:
-            nonlocal kind, sparse, dense
-            incremental = head is not None and head == self._last_version
-            damage = self._damage(head) if incremental and head is not None else None
-            if damage is not None:
-                log.warning("registry=%s base version %s is damaged (%s): publishing a full "
-                            "snapshot", self.registry.root, head, damage)
-                incremental = False
-            elif not incremental and kind is not VersionKind.FULL:
-                log.warning("registry=%s HEAD=%s is not this publisher's last version %s: "
-                            "publishing a full snapshot", self.registry.root, head,
-                            self._last_version)
-            if not incremental:
-                kind, sparse, dense = VersionKind.FULL, False, True
-            state = self._dense_state() if dense else None
-            info = self._registry_info(state)
-            if state is not None:
-                spec = dense_spec(state, owner)
-                if spec != info["dense"]:
-                    raise InputError(f"{owner}: dense parameters changed names, dtypes or "
-                                     f"shapes since the first publish: {spec} vs "
-                                     f"{info['dense']}")
-            deltas: dict[str, TableDelta] = {}
-            for name, t in self.tables.items():
-                if sparse:
-                    deltas[name] = t.export_delta(self._cut[name],
-                                                  with_state=self.config.with_state)
-                    cut[name] = deltas[name].to_version
-                elif kind is VersionKind.FULL:
-                    cut[name] = t.export_delta(t.version, with_state=False).to_version
-                else:
-                    cut[name] = self._cut[name]
+            k, sp, dn, incremental = self._decide(kind, sparse, dense, head)
+            state = self._checked_dense(dn)
+            deltas, now_cut = self._cut_tables(k, sp)
+            cut.update(now_cut)
             changed = any(d.num_rows or d.expired.shape[0] for d in deltas.values())
-            if kind is VersionKind.DELTA and not dense and not changed \
-                    and self.config.skip_empty:
+            if k is VersionKind.DELTA and not dn and not changed and self.config.skip_empty:
                 return None
-            files: dict[str, dict[str, int]] = {}
-
-            def put(rel: str, write: Callable[[Path], None]) -> None:
-                with writing(self.registry.root, tmp / rel):
-                    write(tmp / rel)
-                files[f"{rel}/{MANIFEST}"] = file_record(tmp / rel / MANIFEST)
-
-            delta_info: dict[str, dict[str, Any]] = {}
-            for name, d in deltas.items():
-                put(f"delta/{name}", partial(write_table_delta, delta=d))
-                delta_info[name] = {"from_version": d.from_version, "to_version": d.to_version,
-                                    "rows": d.num_rows, "expired": int(d.expired.shape[0]),
-                                    "with_state": d.states is not None}
-            if kind is VersionKind.FULL:
-                for name, t in self.tables.items():
-                    put(f"full/{name}", t.save)
-            if state is not None:
-                put("dense", partial(write_dense, state=state, owner=owner))
-            return VersionManifest(
-                version=version, kind=kind, base=head if incremental else None,
-                fingerprint=info["fingerprint"], table_versions=dict(cut), deltas=delta_info,
-                full=kind is VersionKind.FULL, dense=state is not None,
-                created_unix_s=time.time(), event_time=event_time, meta=meta_d, files=files,
-                delta_bytes=dir_bytes(tmp / "delta") if deltas else 0,
-                full_bytes=dir_bytes(tmp / "full") if kind is VersionKind.FULL else 0,
-                dense_bytes=dir_bytes(tmp / "dense") if state is not None else 0,
-            )
+            files = self._write_tables(tmp, deltas, k is VersionKind.FULL, 0, 1)
+            delta_info = {name: {"from_version": d.from_version, "to_version": d.to_version,
+                                 "rows": d.num_rows, "expired": int(d.expired.shape[0]),
+                                 "with_state": d.states is not None}
+                          for name, d in deltas.items()}
+            return self._manifest(tmp, version, k, head if incremental else None, cut,
+                                  delta_info, state, files, event_time, meta_d)
 
         m = self.registry._commit(build, self._registry_info(None))
         if m is None:

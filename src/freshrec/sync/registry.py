@@ -18,6 +18,13 @@ Layout
           delta/<table>/      rows written + fids expired since base    (full with base, delta)
           dense/              the dense state dict as .npy arrays       (when dense is included)
 
+A model trained on several ranks (``freshrec.dist``) publishes each table in *parts*, one
+per shard, written by the rank that holds it: ``full/<table>/part-R/`` and
+``delta/<table>/part-R/`` for ``R`` in ``0 .. parts - 1`` (the manifest's ``parts``; the
+shards hold disjoint fids, so a table is the union of its parts). Readers treat a part like
+any other: listed with its checksum in the version manifest, a missing or altered one makes
+the version damaged.
+
 Every part is a :mod:`freshrec._io` bundle whose ``manifest.json`` lists each file's size and
 CRC-32; the version manifest lists the size and CRC-32 of each part's manifest and a CRC of
 itself. A version is written under ``versions/.tmp-*`` and renamed into place, then ``HEAD``
@@ -60,7 +67,7 @@ from freshrec.errors import (
 )
 from freshrec.sync._format import check_file, verify_bundle_files
 
-__all__ = ["Registry", "VersionKind", "VersionManifest", "writing"]
+__all__ = ["Registry", "VersionKind", "VersionManifest", "part_name", "writing"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +134,9 @@ class VersionManifest:
         Bytes on disk of each kind of part.
     rolled_back_from : int or None
         For a rollback, the ``HEAD`` it replaced.
+    parts : int
+        Parts of each table's delta and full snapshot (one per rank of a sharded model;
+        1, the single-directory layout, is left out of the JSON as before).
 
     Examples
     --------
@@ -152,6 +162,7 @@ class VersionManifest:
     full_bytes: int = 0
     dense_bytes: int = 0
     rolled_back_from: int | None = None
+    parts: int = 1
 
     @property
     def delta_rows(self) -> int:
@@ -167,6 +178,8 @@ class VersionManifest:
         """JSON-able form (without the format fields and checksum)."""
         d = asdict(self)
         d["kind"] = self.kind.value
+        if self.parts == 1:
+            del d["parts"]
         return d
 
     def to_json(self) -> bytes:
@@ -210,9 +223,22 @@ class VersionManifest:
         body.pop("format_version")
         try:
             body["kind"] = VersionKind(body["kind"])
+            parts = body.get("parts", 1)
+            if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+                raise ValueError(f"parts must be an int >= 1, got {parts!r}")
             return cls(**body)
         except (KeyError, TypeError, ValueError) as e:
             raise SnapshotCorruptError(f"{where}: manifest fields are invalid ({e})") from e
+
+
+def part_name(kind: str, table: str, part: int, parts: int) -> str:
+    """Where part ``part`` of ``parts`` of a table's ``kind`` (``full``, ``delta``) lives in
+    a version directory.
+
+    >>> part_name("delta", "user", 0, 1), part_name("delta", "user", 1, 2)
+    ('delta/user', 'delta/user/part-1')
+    """
+    return f"{kind}/{table}" if parts == 1 else f"{kind}/{table}/part-{part}"
 
 
 def _crc_json(body: Mapping[str, Any]) -> int:
@@ -444,6 +470,20 @@ class Registry:
         path = self.path_of(version) / rel
         check_file(path / MANIFEST, m.files[key])
         return path
+
+    def table_parts(self, version: int, kind: str, table: str) -> list[Path]:
+        """The parts of ``table``'s ``kind`` (``"full"`` or ``"delta"``) in ``version``, each
+        checked as :meth:`part_path` does: one directory, or one per shard of a model
+        published in parts (:func:`part_name`).
+
+        Raises
+        ------
+        SnapshotCorruptError
+            A part is not listed in the version manifest, or its manifest is missing or
+            altered (the message names it).
+        """
+        parts = self.manifest(version).parts
+        return [self.part_path(version, part_name(kind, table, r, parts)) for r in range(parts)]
 
     def verify(self, version: int | None = None, *, checksums: bool = True) -> VersionManifest:
         """Check every file of ``version`` (default ``HEAD``) as it is on disk now: its manifest

@@ -17,7 +17,12 @@ from freshrec.errors import (
     SnapshotCorruptError,
     StaleDeltaError,
 )
-from freshrec.sync._format import read_dense, read_table_delta
+from freshrec.sync._format import (
+    load_table_parts,
+    read_delta_parts,
+    read_dense,
+    table_from_parts,
+)
 from freshrec.sync.config import SubscriberConfig
 from freshrec.sync.registry import DAMAGE_ERRORS, Registry, VersionKind, VersionManifest
 from freshrec.table import EmbeddingTable, TableDelta
@@ -309,7 +314,7 @@ class Subscriber:
                 parts = {}
                 for name in sorted(m.deltas):
                     with self._blame(m.version):
-                        d = read_table_delta(reg.part_path(m.version, f"delta/{name}"))
+                        d = read_delta_parts(reg.table_parts(m.version, "delta", name))
                     if name not in expect or d.table != name:
                         raise SnapshotCorruptError(
                             f"{reg.path_of(m.version)}/delta/{name}: delta of table "
@@ -343,7 +348,8 @@ class Subscriber:
             m = reg.manifest(step.version)
             if step.action is StepAction.LOAD_FULL:
                 for name, t in tables.items():
-                    t.load(reg.path_of(m.version) / "full" / name)
+                    load_table_parts(t, reg.table_parts(m.version, "full", name),
+                                     chunk_rows=self.config.chunk_rows)
                     _anchor(t, m.table_versions[name])
             elif step.action is StepAction.APPLY_DELTA:
                 for name, d in staged.deltas[m.version].items():
@@ -449,7 +455,7 @@ class Subscriber:
         tables = {}
         for name in sorted(first.table_versions):
             with self._blame(first.version):
-                t = EmbeddingTable.from_snapshot(reg.path_of(first.version) / "full" / name)
+                t = table_from_parts(reg.table_parts(first.version, "full", name))
             _anchor(t, first.table_versions[name])
             tables[name] = t
         self._apply(plan.steps[1:], staged, tables)
