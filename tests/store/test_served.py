@@ -96,6 +96,61 @@ def test_serving_survives_redis_stopping_and_restarting(tmp_path: Path, prefix: 
         stop_process(proc)
 
 
+def test_bad_values_read_by_serving_are_counted_as_missing(store_url: str, prefix: str,
+                                                           closing: list[Any]) -> None:
+    """Wrong length or a NaN: logged, counted, and served as an absent row (zeros); one
+    server is read through the WireClient, a cluster through redis-py's cluster client."""
+    from freshrec.store.client import RowKeys, open_client
+    from freshrec.store.wire import WireClient
+
+    served = ServedRedisTable(config(store_url, prefix, name="badserve", serve_cache_ms=0.0))
+    client = open_client(store_url, "test")
+    closing += [served, client]
+    assert isinstance(served.rows_store.client, WireClient) == store_url.startswith("redis:")
+    keys, width = RowKeys(prefix, "badserve"), served.rows_store.width  # row + its state
+    client.set(keys.row(1), np.ones(width - 1, np.float32).tobytes())       # too short
+    client.set(keys.row(2), np.full(width, np.nan, np.float32).tobytes())  # NaN
+    client.set(keys.row(3), np.full(width, 0.5, np.float32).tobytes())     # good
+    bad0, missing0 = served.rows_store.bad, served.counters["missing"]
+    got = served.lookup(np.array([1, 2, 3], np.uint64))
+    assert got.tolist() == [[0.0] * 4, [0.0] * 4, [0.5] * 4]
+    assert served.rows_store.bad - bad0 == 2 and served.counters["missing"] - missing0 == 2
+
+
+def test_a_slow_redis_costs_the_budget_and_no_request(redis_server: str, prefix: str,
+                                                      closing: list[Any]) -> None:
+    """Redis paused (``CLIENT PAUSE``): each read gives up at ``serve_timeout_ms`` and the
+    rows come from the local copy or the fallback, counted; after the pause, Redis again."""
+    import redis
+
+    trainer = RedisTable(config(redis_server, prefix, name="slow"))
+    served = ServedRedisTable(config(redis_server, prefix, name="slow", serve_cache_ms=0.0,
+                                     serve_timeout_ms=50.0, retry_backoff_s=0.0))
+    admin = redis.Redis.from_url(redis_server)
+    closing += [trainer, served, admin]
+    known, new = np.array([1, 2], np.uint64), np.array([9], np.uint64)
+    trainer.lookup(known, now=0, train=True)
+    trainer.flush()
+    want = trainer.lookup(known)
+    np.testing.assert_array_equal(served.lookup(known), want)
+    before = dict(served.counters)
+    admin.execute_command("CLIENT", "PAUSE", 2000, "ALL")
+    try:
+        t0 = time.perf_counter()
+        np.testing.assert_array_equal(served.lookup(known), want)  # the local copy
+        assert served.lookup(new).tolist() == [[0.0] * 4]           # the fallback
+        assert time.perf_counter() - t0 < 1.5  # did not wait for the pause to end
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    c = served.counters
+    assert c["redis_errors"] - before["redis_errors"] == 2
+    assert c["stale_rows"] - before["stale_rows"] == 2
+    assert c["fallback_rows"] - before["fallback_rows"] == 1
+    trainer.apply_gradients(known, np.ones((2, 4), np.float32))
+    trainer.flush()
+    np.testing.assert_array_equal(served.lookup(known), trainer.lookup(known))
+
+
 def test_serving_tables_wraps_only_redis_tables(closing: list[Any]) -> None:
     tables = {"user": EmbeddingTable(config("redis://127.0.0.1:1/0", "p")),
               "item": EmbeddingTable(TableConfig(name="item", dim=4))}

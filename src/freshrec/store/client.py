@@ -15,7 +15,8 @@ last write is older than the TTL, checks they are gone, counts and forgets them.
 Round trips
 -----------
 Reads are ``MGET`` of up to ``batch_keys`` keys (on a Redis Cluster split by hash slot and
-sent as one pipeline per node: ``mget_nonatomic``); writes are one non-transactional
+sent as one pipeline per node: ``mget_nonatomic``; serving's reads from one server go
+through the lean :class:`~freshrec.store.wire.WireClient`); writes are one non-transactional
 pipeline of ``SET``\\ s per ``batch_keys`` rows (a cluster pipeline splits it per node). No
 operation sends one round trip per fid.
 
@@ -45,6 +46,7 @@ import numpy.typing as npt
 from freshrec.stream._redis import connect
 
 if TYPE_CHECKING:
+    from freshrec.store.wire import WireClient
     from freshrec.stream._redis import Client
 
 __all__ = ["RowKeys", "RowStore", "pack_rows", "open_client"]
@@ -127,8 +129,9 @@ class RowStore:
 
     Parameters
     ----------
-    client : redis.Redis or RedisCluster
-        From :func:`open_client`.
+    client : redis.Redis, RedisCluster or WireClient
+        From :func:`open_client`; a :class:`~freshrec.store.wire.WireClient` reads only
+        (:meth:`get`).
     keys : RowKeys
     width : int
         Floats per value (row, plus optimizer state when the trainer stores it).
@@ -138,7 +141,7 @@ class RowStore:
         Keys per round trip.
     """
 
-    def __init__(self, client: Client, keys: RowKeys, width: int, *, ttl_ms: int | None = None,
+    def __init__(self, client: Client | WireClient, keys: RowKeys, width: int, *, ttl_ms: int | None = None,
                  batch_keys: int = 2000) -> None:
         self.client = client
         self.keys = keys
@@ -183,6 +186,14 @@ class RowStore:
         self.found += int(found.sum())
         return out, found
 
+    @property
+    def _writer(self) -> Client:
+        from freshrec.store.wire import WireClient
+
+        if isinstance(self.client, WireClient):
+            raise TypeError(f"RowStore {self.keys.table!r}: a WireClient only reads")
+        return self.client
+
     def _bad(self, fid: int, what: str) -> None:
         self.bad += 1
         log.warning("store table=%s fid=%d: value in Redis has %s; read as missing",
@@ -198,7 +209,7 @@ class RowStore:
         t = time.time() if now is None else now
         for sl in _chunks(fids.shape[0], self.batch_keys):
             f = fids[sl]
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._writer.pipeline(transaction=False)
             for key, val in zip(self.keys.rows(f), pack_rows(values[sl]), strict=True):
                 pipe.set(key, val, px=self.ttl_ms)
             if self.ttl_ms is not None:
@@ -211,7 +222,7 @@ class RowStore:
 
     def delete(self, fids: npt.NDArray[np.uint64]) -> None:
         """Remove rows (tests and tools; the trainer never deletes: TTLs do)."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._writer.pipeline(transaction=False)
         for key in self.keys.rows(fids):
             pipe.delete(key)
         pipe.execute()
@@ -227,19 +238,19 @@ class RowStore:
         gone_total = 0
         for b in range(SEEN_BUCKETS):
             zkey = self.keys.seen(b)
-            old: list[bytes] = list(self.client.zrangebyscore(zkey, "-inf", cutoff))  # type: ignore[arg-type]
+            old: list[bytes] = list(self._writer.zrangebyscore(zkey, "-inf", cutoff))  # type: ignore[arg-type]
             if not old:
                 continue
             fids = np.array([int(x) for x in old], np.uint64)
             exists: list[int] = []
             for sl in _chunks(fids.shape[0], self.batch_keys):
-                pipe = self.client.pipeline(transaction=False)
+                pipe = self._writer.pipeline(transaction=False)
                 for key in self.keys.rows(fids[sl]):
                     pipe.exists(key)
                 exists += pipe.execute()
             gone = [m for m, e in zip(old, exists, strict=True) if not e]
             if gone:
-                self.client.zrem(zkey, *gone)
+                self._writer.zrem(zkey, *gone)
                 gone_total += len(gone)
         self.expired += gone_total
         return gone_total

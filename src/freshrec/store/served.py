@@ -4,7 +4,11 @@ a time budget and a fallback.
 :class:`ServedRedisTable` is an :class:`~freshrec.table.EmbeddingTable` whose :meth:`find`
 first makes sure its local copy of the asked rows is fresh: rows read from Redis less than
 ``store.serve_cache_ms`` ago are used as they are, the others are read in one batched read
-(``MGET``; per node on a cluster) under a socket timeout of ``store.serve_timeout_ms``. A fid
+(``MGET``; per node on a cluster) within ``store.serve_timeout_ms``. From one server
+(``redis://``, ``unix://``) the read goes through the lean
+:class:`~freshrec.store.wire.WireClient` (one socket, a short spin before sleeping, the
+budget covering connect, send and read); from a Redis Cluster or over TLS through
+redis-py's client under a socket timeout of the budget (:func:`read_client`). A fid
 Redis does not have reads as the default row (zeros). When Redis is slow or down the request
 does not fail: rows with a local copy keep it (however old), rows without one get the
 fallback (``zeros``, or ``init``: the row the table's initializer gives the fid, where
@@ -42,6 +46,7 @@ import numpy as np
 from freshrec.store.client import RowKeys, RowStore, open_client
 from freshrec.store.config import ServeFallback, TableBackend
 from freshrec.store.rules import row_initializer
+from freshrec.store.wire import DEFAULT_SPIN_US, WIRE_SCHEMES, WireClient
 from freshrec.stream._redis import is_lost
 from freshrec.table.config import AdmissionConfig, TableConfig
 from freshrec.table.delta import TableDelta
@@ -50,7 +55,7 @@ from freshrec.table.table import EmbeddingTable, as_fids
 if TYPE_CHECKING:
     from freshrec.stream._redis import Client
 
-__all__ = ["ServedRedisTable", "serving_tables", "render_metrics"]
+__all__ = ["ServedRedisTable", "read_client", "serving_tables", "render_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,25 @@ log = logging.getLogger(__name__)
 _COUNTERS: dict[str, dict[str, int]] = {}
 _KEYS = ("reads", "cache_hits", "redis_reads", "redis_errors", "fallback_rows", "stale_rows",
          "missing")
+
+
+def read_client(url: str, name: str, timeout_s: float, *, wire: bool = True,
+                spin_us: float = DEFAULT_SPIN_US) -> Client | WireClient:
+    """Serving's client for ``url``: a :class:`~freshrec.store.wire.WireClient` for one
+    server (``redis://``, ``unix://``) unless ``wire`` is False, else redis-py's (a cluster
+    client for ``redis+cluster://``, which routes each key by its hash slot and follows
+    MOVED/ASK), with socket timeouts of ``timeout_s``.
+
+    Examples
+    --------
+    >>> c = read_client("redis://127.0.0.1:6379/0", "user", 0.005)
+    >>> type(c).__name__, c.timeout_s, c.spin_ns
+    ('WireClient', 0.005, 100000)
+    >>> c.close()
+    """
+    if wire and url.startswith(WIRE_SCHEMES):
+        return WireClient(url, timeout_s=timeout_s, spin_us=spin_us)
+    return open_client(url, name, timeout_s=timeout_s)
 
 
 def serving_tables(tables: Mapping[str, EmbeddingTable]) -> dict[str, EmbeddingTable]:
@@ -85,16 +109,20 @@ class ServedRedisTable(EmbeddingTable):
     ----------
     config : TableConfig
         With ``backend: redis``.
-    client : redis client, optional
-        Defaults to one for ``config.store.url`` with the serving timeout.
+    client : redis client or WireClient, optional
+        Defaults to :func:`read_client` for ``config.store.url`` with the serving budget.
+    wire, spin_us
+        Passed to :func:`read_client` (``wire=False``: redis-py's client for one server
+        too; the benchmarks compare both).
     """
 
-    def __init__(self, config: TableConfig, *, client: Client | None = None) -> None:
+    def __init__(self, config: TableConfig, *, client: Client | WireClient | None = None,
+                 wire: bool = True, spin_us: float = DEFAULT_SPIN_US) -> None:
         super().__init__(config)
         sc = config.store
         self._owns_client = client is None
-        self._client = client if client is not None else open_client(
-            sc.url, config.name, timeout_s=sc.serve_timeout_ms / 1000.0)
+        self._client = client if client is not None else read_client(
+            sc.url, config.name, sc.serve_timeout_ms / 1000.0, wire=wire, spin_us=spin_us)
         self.rows_store = RowStore(self._client, RowKeys(sc.prefix, config.name),
                                    config.dim + config.state_dim, batch_keys=sc.batch_keys)
         self._read_at: OrderedDict[int, float] = OrderedDict()
