@@ -5,12 +5,19 @@
 
 - **Serving** (``store_added_p99_ms``): one request's lookup of a user's row (the user table,
   dim 16, 10,000 users written by a trainer) as the predictor does it (``find`` then
-  ``pool``), timed per request for the in-process table, a
-  :class:`~freshrec.store.served.ServedRedisTable` that reads Redis on every request
-  (``serve_cache_ms: 0``, the worst case: one ``MGET`` per request), one with the default
-  200 ms local copy, and the bare round trip (a redis-py ``GET`` on its own connection: what
-  any Redis read costs on this machine). p50/p99/p99.9 of each, the added latency (Redis
-  minus in-process) and what the table adds over the bare round trip
+  ``pool``), timed per request for the in-process table and for
+  served tables (:class:`~freshrec.store.served.ServedRedisTable`) reading Redis every request
+  (``serve_cache_ms: 0``, the worst case: one ``MGET`` per request): ``redis``, as serving
+  reads (the lean :class:`~freshrec.store.wire.WireClient`, spinning ``--spin-us`` before it
+  sleeps), ``redis_nospin`` (the same client, no spin) and ``redis_redispy`` (redis-py's
+  client, the path before the WireClient); ``redis_cached`` with the default 200 ms local
+  copy; and two bare round trips of one row-sized value on connections of their own:
+  ``roundtrip`` (a redis-py ``GET``) and ``roundtrip_wire`` (the WireClient's ``MGET``, with
+  the spin). Every request runs the arms in a new random order (the first Redis read after
+  other work finds redis-server asleep and pays more: a fixed order would charge that to one
+  arm). p50/p99/p99.9 of each, its mean thread CPU time per request (``_cpu_us``), the
+  added latency (Redis minus in-process: ``store_added_*``, and ``store_added_*_redispy``,
+  ``_nospin``, ``_cached``) and what the table adds over its own bare round trip
   (``store_over_roundtrip_*``), per round (``serve_rounds``, 3 by default) and their medians;
   ``serve_timeouts``/``serve_fallback_rows`` count requests cut by the 5 ms budget.
 - **Training** (``store_train_ratio``): examples/s of the simulator's DeepFM
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,7 @@ from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.store import RedisTable, StoreConfig, TableBackend
 from freshrec.store.client import RowKeys, open_client
 from freshrec.store.served import ServedRedisTable
+from freshrec.store.wire import DEFAULT_SPIN_US, WireClient
 from freshrec.table import EmbeddingTable, OptimizerConfig, OptimizerKind, TableConfig
 from freshrec.train.trainer import Trainer, rebatch
 
@@ -77,57 +86,78 @@ _QUANTILES = {"p50": 0.5, "p99": 0.99, "p999": 0.999}
 
 
 def serving_round(url: str, prefix: str, users: np.ndarray, requests: int,
-                  rng: np.random.Generator) -> dict[str, float]:
-    """One round of the serving arms, interleaved request by request (load changes hit every
-    arm alike): the in-process table, Redis read on every request (``serve_cache_ms: 0``),
-    Redis behind the default 200 ms local copy, and the bare round trip (one redis-py
-    ``GET`` of a row-sized value on a connection of its own: the floor any Redis read sees
-    on this machine). Each arm makes 200 untimed requests first (connections opened)."""
+                  rng: np.random.Generator, spin_us: float = DEFAULT_SPIN_US
+                  ) -> dict[str, float]:
+    """One round of the serving arms (see the module docstring), interleaved request by
+    request in a new random order each time (load changes hit every arm alike). Each arm
+    makes 200 untimed requests first (connections opened, code paths warm)."""
     memory = EmbeddingTable(TableConfig(name="user", dim=16))
     memory.lookup(users, now=0, train=True)
-    uncached = ServedRedisTable(user_config(url, prefix, serve_cache_ms=0.0))
-    cached = ServedRedisTable(user_config(url, prefix))
+    uncached = user_config(url, prefix, serve_cache_ms=0.0)
+    served = {"redis": ServedRedisTable(uncached, spin_us=spin_us),
+              "redis_nospin": ServedRedisTable(uncached, spin_us=0.0),
+              "redis_redispy": ServedRedisTable(uncached, wire=False),
+              "redis_cached": ServedRedisTable(user_config(url, prefix), spin_us=spin_us)}
     bare = open_client(url, "bench-bare")
+    wire = WireClient(url, timeout_s=5.0, spin_us=spin_us)
     key = RowKeys(prefix, "user").row(int(users[0]))
 
     def roundtrip(_: np.ndarray) -> None:
         bare.get(key)
 
-    arms = {"memory": partial(_pool_one, memory), "redis": partial(_pool_one, uncached),
-            "redis_cached": partial(_pool_one, cached), "roundtrip": roundtrip}
+    def roundtrip_wire(_: np.ndarray) -> None:
+        wire.mget([key])
+
+    arms: dict[str, Callable[[np.ndarray], None]] = {
+        "memory": partial(_pool_one, memory),
+        **{arm: partial(_pool_one, t) for arm, t in served.items()},
+            "roundtrip": roundtrip, "roundtrip_wire": roundtrip_wire}
+    calls = list(arms.values())
     for fid in rng.choice(users, size=200):
-        for call in arms.values():
+        for call in calls:
             call(np.array([fid], np.uint64))
-    errors0, fallback0 = uncached.counters["redis_errors"], uncached.counters["fallback_rows"]
+    # The served tables' counters are per table name in the process: all served arms add.
+    errors0, fallback0 = (served["redis"].counters[k] for k in ("redis_errors",
+                                                               "fallback_rows"))
     times = np.zeros((len(arms), requests))
-    clock = time.perf_counter
+    cpu = np.zeros(len(arms))
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    orders = np.argsort(rng.random((requests, len(arms))), axis=1).tolist()
     for i, fid in enumerate(rng.choice(users, size=requests)):
         f = np.array([fid], np.uint64)
-        for j, call in enumerate(arms.values()):
+        for j in orders[i]:
+            c0 = cpu_clock()
             t0 = clock()
-            call(f)
+            calls[j](f)
             times[j, i] = clock() - t0
+            cpu[j] += cpu_clock() - c0
     out: dict[str, float] = {}
     for j, arm in enumerate(arms):
         for q, p in _QUANTILES.items():
             out[f"serve_{arm}_{q}_ms"] = _ms(times[j], p)
+        out[f"serve_{arm}_cpu_us"] = round(cpu[j] / requests * 1e6, 1)
     for q in _QUANTILES:
-        out[f"store_added_{q}_ms"] = round(out[f"serve_redis_{q}_ms"]
-                                           - out[f"serve_memory_{q}_ms"], 4)
-        out[f"store_added_{q}_ms_cached"] = round(out[f"serve_redis_cached_{q}_ms"]
-                                                  - out[f"serve_memory_{q}_ms"], 4)
-        out[f"store_over_roundtrip_{q}_ms"] = round(out[f"serve_redis_{q}_ms"]
-                                                    - out[f"serve_roundtrip_{q}_ms"], 4)
-    # The served table's counters are per table name in the process: both served arms add.
-    out["serve_timeouts"] = uncached.counters["redis_errors"] - errors0
-    out["serve_fallback_rows"] = uncached.counters["fallback_rows"] - fallback0
-    for c in (uncached, cached, bare):
+        for arm, suffix in (("redis", ""), ("redis_nospin", "_nospin"),
+                            ("redis_redispy", "_redispy"), ("redis_cached", "_cached")):
+            out[f"store_added_{q}_ms{suffix}"] = round(
+                out[f"serve_{arm}_{q}_ms"] - out[f"serve_memory_{q}_ms"], 4)
+        out[f"store_over_roundtrip_{q}_ms"] = round(
+            out[f"serve_redis_{q}_ms"] - out[f"serve_roundtrip_wire_{q}_ms"], 4)
+        out[f"store_over_roundtrip_{q}_ms_redispy"] = round(
+            out[f"serve_redis_redispy_{q}_ms"] - out[f"serve_roundtrip_{q}_ms"], 4)
+    out["serve_timeouts"] = served["redis"].counters["redis_errors"] - errors0
+    out["serve_fallback_rows"] = served["redis"].counters["fallback_rows"] - fallback0
+    reader = served["redis"].rows_store.client
+    if isinstance(reader, WireClient):
+        out["serve_replies_while_spinning"] = round(
+            reader.spun / max(reader.spun + reader.slept, 1), 4)
+    for c in (*served.values(), bare, wire):
         c.close()
     return out
 
 
-def bench_serving(url: str, requests: int, rounds: int,
-                  rng: np.random.Generator) -> dict[str, Any]:
+def bench_serving(url: str, requests: int, rounds: int, rng: np.random.Generator,
+                  spin_us: float = DEFAULT_SPIN_US) -> dict[str, Any]:
     """Serving arms (:func:`serving_round`) over ``rounds`` rounds of ``requests`` requests
     for 10,000 users a trainer wrote. Headline figures are the medians over rounds; each
     round's p50/p99/p99.9 are kept under ``serve_rounds``."""
@@ -139,7 +169,7 @@ def bench_serving(url: str, requests: int, rounds: int,
     writer.close()
     per = []
     for _ in range(rounds):
-        per.append(serving_round(url, prefix, users, requests, rng))
+        per.append(serving_round(url, prefix, users, requests, rng, spin_us))
         per[-1]["loadavg"] = os.getloadavg()[0]
     out: dict[str, Any] = {k: round(float(np.median([r[k] for r in per])), 4)
                            for k in per[0] if k != "loadavg"}
@@ -253,20 +283,30 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--examples", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3, help="serving rounds (default 3)")
+    ap.add_argument("--spin-us", type=float, default=DEFAULT_SPIN_US,
+                    help=f"the WireClient's spin before it sleeps (default {DEFAULT_SPIN_US})")
+    ap.add_argument("--serving-only", action="store_true",
+                    help="only the serving arms (no state, freshness, training)")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args(argv)
     say = print if verbose else (lambda *a, **k: None)
     requests = opts.requests or (2000 if opts.quick else 10_000)
     examples = opts.examples or (30_000 if opts.quick else 100_000)
-    out: dict[str, object] = {"requests": requests,
-                              "loadavg_start": os.getloadavg()[0]}
+    out: dict[str, Any] = {"requests": requests,
+                           "loadavg_start": os.getloadavg()[0]}
     with _load("stream/bench_log.py", "bench_log").redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("bench store needs redis-server (scripts/ensure-redis)")
-        out |= bench_serving(url, requests, opts.rounds, np.random.default_rng(0))
+        out |= bench_serving(url, requests, opts.rounds, np.random.default_rng(0),
+                             opts.spin_us)
         say(f"serving: added p99 {out['store_added_p99_ms']} ms (rounds: "
-            f"{[r['store_added_p99_ms'] for r in out['serve_rounds']]}), bare round trip "
-            f"p99 {out['serve_roundtrip_p99_ms']} ms")
+            f"{[r['store_added_p99_ms'] for r in out['serve_rounds']]}; redis-py's client "
+            f"{out['store_added_p99_ms_redispy']}), bare round trip p99 "
+            f"{out['serve_roundtrip_wire_p99_ms']} ms (redis-py "
+            f"{out['serve_roundtrip_p99_ms']})")
+        if opts.serving_only:
+            out["loadavg_end"] = os.getloadavg()[0]
+            return out
         out |= bench_state(url, 10 if opts.quick else 30)
         out |= bench_freshness(url, 20 if opts.quick else 40)
         say(f"freshness: p99 {out['store_write_to_read_p99_s']} s")
