@@ -9,7 +9,8 @@ interleaved: the in-process table's ``find`` + ``pool``, the
 :class:`~freshrec.store.served.ServedRedisTable`'s (``serve_cache_ms: 0``: one ``MGET`` per
 request) with the wall time of its Redis read, the thread CPU time of the request and the
 time the garbage collector ran inside it (``gc.callbacks``), then a bare redis-py ``GET``
-on a connection of its own. Prints one JSON line per round: p50/p90/p99/p99.9 (ms) of each,
+and a bare :class:`~freshrec.store.wire.WireClient` ``MGET`` (what the served table reads
+through) on connections of their own. Prints one JSON line per round: p50/p90/p99/p99.9 (ms) of each,
 how many requests took over 1 ms and their median CPU time, and how many of them overlapped
 a collection.
 """
@@ -31,6 +32,7 @@ from freshrec.benchinfo import load_script
 from freshrec.store import RedisTable
 from freshrec.store.client import open_client
 from freshrec.store.served import ServedRedisTable
+from freshrec.store.wire import WireClient
 from freshrec.table import EmbeddingTable, TableConfig
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str]) -> None:
         users = np.arange(1, 10_001, dtype=np.uint64)
         bare = open_client(url, "bare")
         bare.set(b"x", b"y" * 68)
+        wire = WireClient(url, timeout_s=5.0)
         for r in range(rounds):
             prefix = f"tail-{uuid.uuid4().hex[:6]}"
             writer = RedisTable(bench.user_config(url, prefix))
@@ -68,7 +71,7 @@ def main(argv: list[str]) -> None:
             mem.lookup(users, now=0, train=True)
             served = ServedRedisTable(bench.user_config(url, prefix, serve_cache_ms=0.0,
                                                         serve_timeout_ms=timeout))
-            get, get_wall = served.rows_store.get, []
+            get, get_wall = served.rows_store.get, list[float]()
 
             def timed_get(f: Any, _get: Any = get, _w: list[float] = get_wall) -> Any:
                 t0 = time.perf_counter()
@@ -76,8 +79,8 @@ def main(argv: list[str]) -> None:
                 _w.append(time.perf_counter() - t0)
                 return out
 
-            served.rows_store.get = timed_get  # type: ignore[method-assign]
-            tot, cpu, gcs, bw, memt = [], [], [], [], []
+            served.rows_store.get = timed_get  # type: ignore[method-assign,assignment]
+            tot, cpu, gcs, bw, ww, memt = [], [], [], [], [], []
             load = os.getloadavg()[0]
             for fid in np.random.default_rng(r).choice(users, size=n):
                 f = np.array([fid], np.uint64)
@@ -92,12 +95,15 @@ def main(argv: list[str]) -> None:
                 t0 = time.perf_counter()
                 bare.get(b"x")
                 bw.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                wire.mget([b"x"])
+                ww.append(time.perf_counter() - t0)
             a_tot, a_cpu, a_gc, a_bw = map(np.array, (tot, cpu, gcs, bw))
             slow = a_tot > 0.001
             print(json.dumps({
                 "round": r, "timeout_ms": timeout, "load": [load, os.getloadavg()[0]],
                 "total": _q(a_tot), "memory": _q(memt), "get_wall": _q(get_wall),
-                "bare_get": _q(a_bw), "cpu": _q(a_cpu), "n_slow>1ms": int(slow.sum()),
+                "bare_get": _q(a_bw), "bare_wire_mget": _q(ww), "cpu": _q(a_cpu), "n_slow>1ms": int(slow.sum()),
                 "slow_cpu_med_ms": round(float(np.median(a_cpu[slow])) * 1000, 3)
                 if slow.any() else None,
                 "slow_with_gc": int((a_gc[slow] > 0).sum()),
@@ -108,6 +114,7 @@ def main(argv: list[str]) -> None:
             served.close()
             writer.close()
         bare.close()
+        wire.close()
 
 
 if __name__ == "__main__":
