@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,25 @@ def test_manifest_refuses_another_format_version():
     body = json.loads(m.to_json())
     body["format_version"] = 99
     with pytest.raises(IncompatibleFormatError, match="expected format .* version 1, got"):
+        VersionManifest.from_json(json.dumps(body).encode(), "m.json")
+
+
+def test_one_process_writes_one_part_per_table_and_no_parts_key(tmp_path):
+    # the layout older readers read: a sharded model's parts (freshrec.dist) are the only
+    # versions whose manifest says "parts"
+    reg, *_ = _published(tmp_path)
+    for v in reg.versions():
+        body = json.loads((reg.path_of(v) / "manifest.json").read_text())
+        assert "parts" not in body and reg.manifest(v).parts == 1
+    assert reg.table_parts(1, "full", "user") == [reg.path_of(1) / "full" / "user"]
+    sharded = VersionManifest(version=1, kind=VersionKind.FULL, base=None, fingerprint="x",
+                              table_versions={}, parts=3)
+    assert VersionManifest.from_json(sharded.to_json(), "m.json").parts == 3
+    body = json.loads(sharded.to_json())
+    body["parts"] = 0
+    body["checksum"] = zlib.crc32(json.dumps({k: v for k, v in body.items()
+                                              if k != "checksum"}, sort_keys=True).encode())
+    with pytest.raises(SnapshotCorruptError, match="parts must be an int >= 1, got 0"):
         VersionManifest.from_json(json.dumps(body).encode(), "m.json")
 
 
