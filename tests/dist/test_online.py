@@ -22,6 +22,7 @@ from tests.dist.ranks import (
     write_examples_log,
 )
 from tests.dist.test_checkpoint import train_killing_rank_1
+from tests.dist.test_publish import Follower
 
 ROWS = 1200
 
@@ -56,9 +57,16 @@ def test_two_ranks_under_torchrun_train_each_example_once_and_publish_one_model(
         tmp_path: Path) -> None:
     doc, log = _setup(tmp_path, sync={"sparse_interval_s": 0})  # a delta every round
     run, registry = tmp_path / "run", tmp_path / "registry"
-    done = cli(["train", "--online", "--config", str(doc), "--source", f"file:{log}",
-                "--registry", str(registry), "--run-dir", str(run), "--idle-timeout", "1",
-                "--no-progress"], torchrun=2)
+    follower = Follower(Registry(registry))  # a server following the run as it publishes
+    follower.start()
+    try:
+        done = cli(["train", "--online", "--config", str(doc), "--source", f"file:{log}",
+                    "--registry", str(registry), "--run-dir", str(run), "--idle-timeout",
+                    "1", "--no-progress"], torchrun=2)
+    finally:
+        follower.done.set()
+        follower.join(timeout=60)
+    assert follower.error is None, follower.error
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.splitlines()[-2])
     assert summary["ranks"] == 2 and summary["examples"] == ROWS and summary["count"] == ROWS
@@ -81,6 +89,17 @@ def test_two_ranks_under_torchrun_train_each_example_once_and_publish_one_model(
         np.testing.assert_array_equal(served[f"{name}.values"], shards["values"])
     for k, v in state.dense.items():
         np.testing.assert_array_equal(v.numpy(), dense[k])
+    # each version in parts (one per rank); the follower, updated in place version after
+    # version, holds the same model
+    assert all(m.parts == 2 for m in manifests)
+    assert len(follower.seen) >= 2 and follower.seen[-1] == manifests[-1].version
+    followed = table_state(follower.tables)
+    for name in ("user", "item"):
+        order = np.argsort(followed[f"{name}.fids"])
+        np.testing.assert_array_equal(followed[f"{name}.fids"][order],
+                                      served[f"{name}.fids"])
+        np.testing.assert_array_equal(followed[f"{name}.values"][order],
+                                      served[f"{name}.values"])
 
 
 def test_sigkill_of_a_rank_resumes_from_checkpointed_offsets(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def _batch_publish(out: Path, rank: int) -> None:
              **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
 
 
-class _Follower(threading.Thread):
+class Follower(threading.Thread):
     """Polls the registry like a server: one model updated in place (:meth:`Subscriber.update`)."""
 
     def __init__(self, registry: Registry) -> None:
@@ -84,7 +84,7 @@ class _Follower(threading.Thread):
 @pytest.fixture(scope="module")
 def batch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("publish")
-    follower = _Follower(Registry(out / "registry"))
+    follower = Follower(Registry(out / "registry"))
     follower.start()
     try:
         run_ranks(2, SCENARIO, out)
