@@ -172,15 +172,15 @@ def test_decode_events_parses_plain_candidates_into_arrays(payload):
     kernel = got[0]["candidates"] == []  # the kernel took the candidates out
     _assert_same(got, _general(payload))
     assert kernel
-    # columns are tuples up to 8 candidates, numpy arrays above
+    # columns are numpy views of the batch's columns, whatever the number of candidates
     if b'"item_id"' in payload:
         cands = orjson.loads(payload)["candidates"]
         big = orjson.loads(payload)
         big["candidates"] = cands * 5
         big_got = ev.decode_events([ev.encode(big)])[0]
         _assert_same(big_got, _general(ev.encode(big)))
-        assert isinstance(big_got[2].items, np.ndarray) == (len(cands) * 5 > 8)
-        assert isinstance(got[2].items, tuple)
+        assert isinstance(big_got[2].items, np.ndarray)
+        assert isinstance(got[2].items, np.ndarray)
 
 
 @pytest.mark.parametrize("change", [
@@ -263,3 +263,51 @@ def test_columnar_builder_matches_the_row_form_with_kernel_impressions(seed):
     emitted = [_emitted(rng, imp) for imp in imps]
     rb = ev.emitted_to_record_batch(emitted, ["click", "buy"])
     assert rb.to_pylist() == _norm(ev.emitted_to_rows(emitted, ["click", "buy"]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gathered_columns_equal_the_general_path(seed):
+    """Impressions of several decoded batches with the same feature keys: their columns are
+    gathered from the batches' arrays (kept candidates, some impressions without true_p,
+    none or one candidate) and equal the batch built from the general path's impressions."""
+    rng = random.Random(seed)
+    raws = []
+    for k in range(rng.randint(20, 60)):
+        n = rng.choice([0, 1, 1, 2, 5, 12])
+        with_p = rng.random() < 0.7
+        cands = []
+        for j in range(n):
+            c = {"item_id": rng.randint(-5, 10**12), "position": j,
+                 "features": {"cat": rng.randint(0, 9), "w": rng.randint(0, 99) / 8}}
+            if with_p:
+                c["true_p"] = rng.randint(0, 10**6) / 10**6
+            cands.append(c)
+        raws.append({"type": "impression", "event_id": f"e{k}", "request_id": f"r{k}",
+                     "user_id": k, "timestamp": 100.0 + k, "user": {"age": k % 3},
+                     "candidates": cands})
+    payloads = [ev.encode(r) for r in raws]
+    kernel = []
+    i = 0
+    while i < len(payloads):  # batches of random sizes: several chunks per run
+        step = rng.randint(1, 17)
+        kernel += [got[2] for got in ev.decode_events(payloads[i:i + step])]
+        i += step
+    general = [ev.compact_impression(r) for r in raws]
+    keeps = [None if rng.random() < 0.5 else
+             sorted(rng.sample(range(len(r["candidates"])),
+                               rng.randint(0, len(r["candidates"])))) for r in raws]
+    labels = [{j: ["click"]} if keep and rng.random() < 0.5 else {}
+              for keep in keeps for j in (keep or [0])[:1]]
+    for use_keep in (False, True):
+        def emitted(imps, use_keep=use_keep):
+            return [ev.EmittedImpression(imp, lab if use_keep else {},
+                                         keep if use_keep else None, 0.5 if use_keep else 1.0)
+                    for imp, keep, lab in zip(imps, keeps, labels, strict=True)]
+        ek, eg = emitted(kernel), emitted(general)
+        counts = np.fromiter(map(len, ek), np.int64, len(ek))
+        starts = np.cumsum(counts) - counts
+        assert ev._gather(ek, [e.imp for e in ek], counts, starts, int(counts.sum()))
+        rb_kernel = ev.emitted_to_record_batch(ek, ["click"])
+        rb_general = ev.emitted_to_record_batch(eg, ["click"])
+        assert rb_kernel.equals(rb_general)
+        assert rb_kernel.to_pylist() == _norm(ev.emitted_to_rows(ek, ["click"]))

@@ -268,8 +268,8 @@ class CompactImpression:
     ``features`` is ``(keys, columns)``: one list of values per feature key, ``None`` where a
     candidate lacks the key. Built by :func:`compact_impression`, or by
     :func:`decode_events`, whose plain impressions hold ``items``, ``positions``, ``true_p``
-    and the feature columns as numpy arrays (int64, float64) above 8 candidates and as
-    tuples up to 8, instead of lists.
+    and the feature columns as numpy arrays (int64, float64: views of the columns of their
+    batch of records) instead of lists.
     """
 
     __slots__ = ("request_id", "user_id", "timestamp", "user", "items", "positions",
@@ -341,8 +341,6 @@ def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
 
 
 _FLOAT_OFF, _KEY_OFF = _kernels.FLOAT_OFF, _kernels.KEY_OFF
-#: impressions with at most this many candidates hold lists, larger ones numpy columns
-_SMALL_IMPRESSION = 8
 
 
 def _decode_one(payload: bytes) -> tuple[dict[str, Any], str, CompactImpression | None]:
@@ -359,10 +357,10 @@ def decode_events(payloads: Sequence[bytes]
     that :func:`decode` / :func:`validate_event` / :func:`compact_impression` raise for it.
     The candidates of plain impressions (:mod:`freshrec.stream._kernels`: integer ids and
     positions, decimal ``true_p``, number features, the same fields in every candidate) are
-    parsed straight into columns by one kernel call for the batch (numpy arrays, tuples for
-    impressions of at most 8 candidates), and only the rest of the record by orjson (its
-    top-level fields checked by exact type); the event dict's ``"candidates"`` is then ``[]`` (they are in
-    the CompactImpression). Every other record takes the general path, so results and error
+    parsed straight into columns by one kernel call for the batch (the impressions of the
+    batch share its numpy columns), and only the rest of the record by orjson (its
+    top-level fields checked by exact type); the event dict's ``"candidates"`` is then
+    ``[]`` (they are in the CompactImpression). Every other record takes the general path, so results and error
     messages are those of the general path.
 
     Examples
@@ -370,9 +368,9 @@ def decode_events(payloads: Sequence[bytes]
     >>> imp = encode({"type": "impression", "event_id": "e1", "request_id": "r1",
     ...               "user_id": 4, "timestamp": 10.5, "user": {},
     ...               "candidates": [{"item_id": 9, "position": 0, "features": {"c": 1}}]})
-    >>> [(e["event_id"], kind, c.items, c.feature_keys, c.feature_cols)
+    >>> [(e["event_id"], kind, c.items.tolist(), c.feature_keys, c.feature_cols[0].tolist())
     ...  for e, kind, c in decode_events([imp])]
-    [('e1', 'impression', (9,), ('c',), ((1,),))]
+    [('e1', 'impression', [9], ('c',), [1])]
     """
     buf = b"".join(payloads)
     offsets = np.zeros(len(payloads) + 1, np.int64)
@@ -407,98 +405,97 @@ def decode_events(payloads: Sequence[bytes]
     return out
 
 
-class _ChunkColumns:
-    """The kernel's output for a batch of records, turned into CompactImpressions. Python
-    values are made once per batch (one ``tolist`` per buffer, key names once per run of
-    records with the same keys), not once per record."""
+class _Chunk:
+    """The kernel's columns of one batch of records, shared by its impressions (and kept
+    alive by them): ``ints`` the candidates row-major (item, position, features; a decimal
+    feature as float64 bits, read through ``fints``), ``floats`` the true_p values."""
 
-    __slots__ = ("rows", "_buf", "_ints", "_floats", "_keys", "_ktype", "_names",
-                 "_int_vals", "_float_bits", "_true_p")
+    __slots__ = ("ints", "fints", "floats")
+
+    def __init__(self, ints: np.ndarray, floats: np.ndarray) -> None:
+        self.ints, self.fints, self.floats = ints, ints.view(np.float64), floats
+
+
+class _KernelImpression(CompactImpression):
+    """A CompactImpression whose candidate columns are rows of its batch's :class:`_Chunk`
+    (no copy and no Python value per candidate: the columns are numpy views made when
+    asked for, and emission gathers the examples of many impressions at once, see
+    :func:`emitted_to_record_batch`)."""
+
+    __slots__ = ("chunk", "io", "n", "fo", "types")
+
+    def __init__(self, request_id: str | int, user_id: str | int, timestamp: float,
+                 user: dict[str, Any], chunk: _Chunk, io: int, n: int, fo: int,
+                 names: tuple[str, ...], types: tuple[int, ...]) -> None:
+        self.request_id, self.user_id, self.timestamp = request_id, user_id, timestamp
+        self.user, self.feature_keys = user, names
+        self.chunk, self.io, self.n, self.fo, self.types = chunk, io, n, fo, types
+        self.item_type = int if n else None
+
+    # read-only views in place of the base class's attributes
+    @property
+    def items(self) -> Column:  # type: ignore[override]
+        io = self.io
+        return self.chunk.ints[io:io + self.n * (2 + len(self.types)):2 + len(self.types)]
+
+    @property
+    def positions(self) -> Column:  # type: ignore[override]
+        io = self.io + 1
+        return self.chunk.ints[io:io + self.n * (2 + len(self.types)):2 + len(self.types)]
+
+    @property
+    def true_p(self) -> Column | None:  # type: ignore[override]
+        return None if self.fo < 0 else self.chunk.floats[self.fo:self.fo + self.n]
+
+    @property
+    def feature_cols(self) -> Sequence[Column]:  # type: ignore[override]
+        w = 2 + len(self.types)
+        end = self.io + self.n * w
+        return tuple((self.chunk.fints if t else self.chunk.ints)[self.io + 2 + q:end:w]
+                     for q, t in enumerate(self.types))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _ChunkColumns:
+    """The kernel's output for a batch of records, turned into CompactImpressions that share
+    one :class:`_Chunk` (key names made once per run of records with the same keys)."""
+
+    __slots__ = ("rows", "_buf", "_keys", "_ktype", "_names", "_chunk")
 
     def __init__(self, buf: bytes, info: np.ndarray, ints: np.ndarray, floats: np.ndarray,
                  keys: np.ndarray, ktype: np.ndarray) -> None:
         self.rows: list[list[int]] = info.tolist()
-        self._buf, self._ints, self._floats, self._keys, self._ktype = (buf, ints, floats,
-                                                                        keys, ktype)
-        self._names: dict[int, tuple[tuple[str, ...], list[int]]] = {}  # by SCHEMA
-        self._int_vals: list[int] | None = None
-        self._float_bits: list[float] | None = None
-        self._true_p: list[float] | None = None
-
-    def _schema(self, row: list[int]) -> tuple[tuple[str, ...], list[int]]:
-        got = self._names.get(row[_kernels.SCHEMA])
-        if got is None:
-            ko, k = row[_KEY_OFF], row[_kernels.K]
-            buf = self._buf
-            got = (tuple(buf[a + 1:b - 1].decode("ascii")
-                         for a, b in self._keys[ko:ko + k].tolist()),
-                   self._ktype[ko:ko + k].tolist())
-            self._names[row[_kernels.SCHEMA]] = got
-        return got
-
-    def _used(self) -> tuple[int, int]:
-        """Int and float slots the kernel filled (the records' slots follow each other)."""
-        used = fused = 0
+        self._buf, self._keys, self._ktype = buf, keys, ktype
+        self._names: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # by SCHEMA
+        used = fused = 0  # the int and float slots filled (the records' slots follow)
         for row in self.rows:
             if row[_kernels.OK]:
                 n = row[_kernels.N]
                 used = row[_kernels.INT_OFF] + n * (2 + row[_kernels.K])
                 if row[_FLOAT_OFF] >= 0:
                     fused = row[_FLOAT_OFF] + n
-        return used, fused
+        # copies of the filled part: the buffers are sized for the worst case
+        self._chunk = _Chunk(ints[:used].copy(), floats[:fused].copy())
+
+    def _schema(self, row: list[int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        got = self._names.get(row[_kernels.SCHEMA])
+        if got is None:
+            ko, k = row[_KEY_OFF], row[_kernels.K]
+            buf = self._buf
+            got = (tuple(buf[a + 1:b - 1].decode("ascii")
+                         for a, b in self._keys[ko:ko + k].tolist()),
+                   tuple(self._ktype[ko:ko + k].tolist()))
+            self._names[row[_kernels.SCHEMA]] = got
+        return got
 
     def impression(self, e: Mapping[str, Any], row: list[int]) -> CompactImpression:
         """The CompactImpression of a record the kernel parsed (``row``: its ``info`` row)."""
-        n, k = row[_kernels.N], row[_kernels.K]
-        io, fo = row[_kernels.INT_OFF], row[_FLOAT_OFF]
         names, types = self._schema(row)
-        w = 2 + k
-        true_p: Column | None
-        cols: Sequence[Column]
-        if n <= _SMALL_IMPRESSION:
-            # tuples: a few numpy arrays cost more than they save here, and tuples of
-            # numbers are left alone by the garbage collector (lists are traversed at every
-            # collection)
-            if self._int_vals is None:
-                used, fused = self._used()
-                self._int_vals = self._ints[:used].tolist()
-                self._true_p = self._floats[:fused].tolist()
-            if 1 in types and self._float_bits is None:
-                self._float_bits = self._ints[:self._used()[0]].view(np.float64).tolist()
-            if n == 1:  # the freshness shape: one-value columns straight from the row
-                row_vals = self._int_vals[io:io + w]
-                items, positions = (row_vals[0],), (row_vals[1],)
-                if 1 in types:
-                    fb = self._float_bits
-                    assert fb is not None
-                    cols = tuple((fb[io + 2 + q],) if t else (row_vals[2 + q],)
-                                 for q, t in enumerate(types))
-                else:
-                    cols = tuple(zip(row_vals[2:]))  # noqa: B905 (one iterable)
-            else:
-                vals = tuple(self._int_vals[io:io + n * w])
-                if 1 in types:
-                    assert self._float_bits is not None
-                    fvals = tuple(self._float_bits[io:io + n * w])
-                    cols = tuple((fvals if t else vals)[2 + q::w]
-                                 for q, t in enumerate(types))
-                else:
-                    cols = tuple(vals[2 + q::w] for q in range(k))
-                items, positions = vals[0::w], vals[1::w]
-            assert self._true_p is not None
-            true_p = tuple(self._true_p[fo:fo + n]) if fo >= 0 else None
-        else:
-            # one copy per impression, column-major: the batch's buffers are not kept alive
-            block = self._ints[io:io + n * w].reshape(n, w).T.copy()
-            items, positions = block[0], block[1]
-            cols = [block[2 + q] if t == 0 else block[2 + q].view(np.float64)
-                    for q, t in enumerate(types)]
-            true_p = self._floats[fo:fo + n].copy() if fo >= 0 else None
-        imp = CompactImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
-                                items, positions, true_p, names, cols)
-        if n:
-            imp.item_type = int
-        return imp
+        return _KernelImpression(e["request_id"], e["user_id"], e["timestamp"], e["user"],
+                                 self._chunk, row[_kernels.INT_OFF], row[_kernels.N],
+                                 row[_FLOAT_OFF], names, types)
 
 
 class EmittedImpression:
@@ -560,6 +557,63 @@ def _kept_parts(emitted: Sequence[EmittedImpression], column: list[Column]) -> l
             for e, c in zip(emitted, column, strict=True)]
 
 
+def _gather(emitted: Sequence[EmittedImpression], imps: list[CompactImpression],
+            counts: np.ndarray, starts: np.ndarray, n: int) -> dict[str, pa.Array] | None:
+    """The candidate columns (``item_id``, ``position``, ``true_p`` if any, ``i_<key>``) of
+    emitted impressions that the kernel parsed with the same feature keys, gathered from
+    their batches' columns by one numpy take per column; None for any other run."""
+    some = next((i for i in imps if len(i)), None)  # (one without candidates has no keys)
+    if type(some) is not _KernelImpression:
+        return None
+    types, names = some.types, some.feature_keys
+    for i in imps:
+        if type(i) is not _KernelImpression or (
+                i.n and (i.types != types or i.feature_keys != names)):
+            return None
+    kimps: list[_KernelImpression] = imps  # type: ignore[assignment]
+    chunk_ids = [id(i.chunk) for i in kimps]
+    chunks = {id(i.chunk): i.chunk for i in kimps}
+    which = {cid: k for k, cid in enumerate(chunks)}
+    ci = np.fromiter(map(which.__getitem__, chunk_ids), np.int64, len(kimps))
+    sizes = np.fromiter((len(c.ints) for c in chunks.values()), np.int64, len(chunks))
+    fsizes = np.fromiter((len(c.floats) for c in chunks.values()), np.int64, len(chunks))
+    if len(chunks) == 1:
+        only = next(iter(chunks.values()))
+        ints, floats = only.ints, only.floats
+    else:
+        ints = np.concatenate([c.ints for c in chunks.values()])
+        floats = np.concatenate([c.floats for c in chunks.values()])
+    base = np.cumsum(sizes) - sizes
+    fbase = np.cumsum(fsizes) - fsizes
+    # the candidate index of each example within its impression
+    if all(e.keep is None for e in emitted):
+        cand = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
+    else:
+        cand = np.fromiter(itertools.chain.from_iterable(
+            range(len(e.imp)) if e.keep is None else e.keep for e in emitted), np.int64, n)
+    w = 2 + len(types)
+    io = np.fromiter((i.io for i in kimps), np.int64, len(kimps))
+    slot = np.repeat(base[ci] + io, counts) + cand * w
+    out: dict[str, pa.Array] = {"item_id": pa.array(ints[slot]),
+                                "position": pa.array(ints[slot + 1])}
+    fo = np.fromiter((i.fo for i in kimps), np.int64, len(kimps))
+    has = fo >= 0
+    if has.any():
+        fslot = np.repeat(fbase[ci] + fo, counts) + cand
+        if has.all():
+            out["true_p"] = pa.array(floats[fslot])
+        else:
+            missing = ~np.repeat(has, counts)
+            fslot[missing] = 0
+            if not len(floats):  # the impressions with true_p have no candidates
+                floats = np.zeros(1)
+            out["true_p"] = pa.array(floats[fslot], mask=missing)
+    fints = ints.view(np.float64)
+    for q, (key, t) in enumerate(zip(names, types, strict=True)):
+        out[f"i_{key}"] = pa.array((fints if t else ints)[slot + 2 + q])
+    return out
+
+
 def emitted_to_rows(emitted: Sequence[EmittedImpression],
                     actions: Sequence[str]) -> list[dict[str, Any]]:
     """The legacy row form (one dict per example, as :func:`flatten_example`)."""
@@ -608,13 +662,13 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     {'request_id': 'r1', 'user_id': 4, 'item_id': 8, 'position': 1, 'event_time': 10,
      'click': 1.0, 'sample_rate': 1.0, 'correction': 0, 'u_age': 3}
     """
-    counts = np.fromiter((len(e.imp.items) if e.keep is None else len(e.keep)
-                          for e in emitted), np.int64, len(emitted))
+    counts = np.fromiter(map(len, emitted), np.int64, len(emitted))
     n = int(counts.sum())
     starts = np.zeros(len(emitted), np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     parent = pa.array(np.repeat(np.arange(len(emitted), dtype=np.int64), counts))
     imps = [e.imp for e in emitted]
+    gathered = _gather(emitted, imps, counts, starts, n)
 
     def per_example(values: list[Any]) -> pa.Array:
         return pa.array(values).take(parent)
@@ -623,8 +677,11 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
         "request_id": per_example([i.request_id for i in imps]),
         "user_id": per_example([i.user_id for i in imps]),
     }
-    cols["item_id"] = _concat(_kept_parts(emitted, [i.items for i in imps]))
-    cols["position"] = _concat(_kept_parts(emitted, [i.positions for i in imps]))
+    if gathered is not None:
+        cols["item_id"], cols["position"] = gathered.pop("item_id"), gathered.pop("position")
+    else:
+        cols["item_id"] = _concat(_kept_parts(emitted, [i.items for i in imps]))
+        cols["position"] = _concat(_kept_parts(emitted, [i.positions for i in imps]))
     cols["event_time"] = pa.array(
         np.repeat(np.fromiter((int(i.timestamp) for i in imps), np.int64, len(imps)), counts))
     lab = np.zeros((len(actions), n))
@@ -645,7 +702,10 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     rates[positive] = 1.0
     cols["sample_rate"] = pa.array(rates)
     cols["correction"] = pa.array(np.zeros(n, np.int64))
-    if any(i.true_p is not None for i in imps):
+    if gathered is not None:
+        if "true_p" in gathered:
+            cols["true_p"] = gathered.pop("true_p")
+    elif any(i.true_p is not None for i in imps):
         cols["true_p"] = _concat([_kept(e.imp.true_p, e.keep) if e.imp.true_p is not None
                                   else [None] * len(e) for e in emitted], pa.float64())
     # the user features as one struct array (one conversion for every key; its fields are
@@ -654,6 +714,10 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     if isinstance(users, pa.StructArray):
         for f, col in zip(users.type, users.flatten(), strict=True):
             cols[f"u_{f.name}"] = col.take(parent)
+    if gathered is not None:
+        cols.update(gathered)
+        return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols),
+                                          metadata=_META)
     # the decoder gives every impression of a run with the same keys one tuple of names
     key_sets = set({id(i.feature_keys): i.feature_keys for i in imps}.values())
     if len(key_sets) == 1:  # the same keys in the same order: column q is key q

@@ -129,12 +129,13 @@ _SHORT_ID = MAX_KEY_BYTES // 4
 
 
 def _key(s: str) -> str:
-    """``s``, or its hash when it is too long to be (part of) an LMDB key.
+    """``s``, or its hash when it is too long to be (part of) an LMDB key or empty (LMDB
+    refuses empty keys).
 
-    >>> _key("r1"), len(_key("r" * 600))
-    ('r1', 41)
+    >>> _key("r1"), len(_key("r" * 600)), len(_key(""))
+    ('r1', 41, 41)
     """
-    if len(s) <= _SHORT_ID or len(s.encode()) <= MAX_KEY_BYTES:
+    if s and (len(s) <= _SHORT_ID or len(s.encode()) <= MAX_KEY_BYTES):
         return s
     return "\x00" + hashlib.blake2b(s.encode(), digest_size=20).hexdigest()
 
@@ -649,7 +650,7 @@ class Joiner:
             if (type(decoded) is not tuple or len(payload) > self.config.max_event_bytes
                     or not 0 <= decoded[0]["timestamp"] < MAX_TIMESTAMP_S
                     or (decoded[2] is not None
-                        and len(decoded[2].items) > self.config.max_candidates)):
+                        and len(decoded[2]) > self.config.max_candidates)):
                 reason = self._reject(payload, decoded)  # the checks below, with a message
                 if reason is not None:
                     self._dead(payload, partition, offset, reason)
@@ -764,7 +765,7 @@ class Joiner:
     def _impression(self, imp: ev.CompactImpression, ts: float, src: tuple[int, int],
                     wm_ms: float) -> None:
         rid = imp.request_id
-        rid = rid if type(rid) is str and len(rid) <= _SHORT_ID else _key(str(rid))
+        rid = rid if type(rid) is str and 0 < len(rid) <= _SHORT_ID else _key(str(rid))
         c = self.counters
         c["impressions"] = c.get("impressions", 0) + 1
         if (rid in self._mem or (self._on_disk_only and self._get_pending(rid) is not None)
@@ -917,11 +918,12 @@ class Joiner:
             for item, acts in pend.labels.items():
                 for j in pend.find(item) or ():
                     labels[j] = acts
-        n = len(imp.items)
+        n = len(imp)
         keep: list[int] | None = None
         rate = self.config.negative_rate
         if rate < 1.0:
-            keep = [j for j in range(n) if j in labels or self._keep(rid, imp.items[j])]
+            items = imp.items
+            keep = [j for j in range(n) if j in labels or self._keep(rid, items[j])]
         kept = n if keep is None else len(keep)
         em = ev.EmittedImpression(imp, labels, keep, rate)
         part = pend.src[0]
