@@ -5,6 +5,7 @@ a SIGKILL of a rank under torchrun's restarts loses and doubles nothing."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from tests.dist.ranks import (
     table_state,
     write_examples_log,
 )
-from tests.dist.test_checkpoint import train_killing_rank_1
+from tests.dist.test_checkpoint import run_signalled, train_killing_rank_1
 from tests.dist.test_publish import Follower
 
 ROWS = 1200
@@ -112,3 +113,32 @@ def test_sigkill_of_a_rank_resumes_from_checkpointed_offsets(tmp_path: Path) -> 
     parts, dense, world = checkpoint_state(run)
     assert world == 2
     assert_same_model(parts, dense, _reference(doc, log, 2))
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_checkpoint_and_restart_is_exact(
+        tmp_path: Path) -> None:
+    doc, log = _setup(tmp_path, max_records=2, checkpoint_every_s=0)
+    run, registry = tmp_path / "run", tmp_path / "registry"
+    args = ["train", "--online", "--config", str(doc), "--source", f"file:{log}",
+            "--registry", str(registry), "--run-dir", str(run), "--idle-timeout", "1",
+            "--no-progress"]
+    stopped = run_signalled(args, run, signal.SIGTERM, rank=1, torchrun=True)
+    # rank 1 got it, both ranks stopped after the same round, checkpointed, published and
+    # ended normally: so did torchrun
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    summary = json.loads(stopped.stdout.splitlines()[-2])
+    assert summary["interrupted"] is True and 0 < summary["examples"] < ROWS
+    parts, _, world = checkpoint_state(run)
+    assert world == 2
+    reg = Registry(registry)
+    assert reg.manifest().meta["examples"] == summary["examples"]  # published at the stop
+    done = cli(args, torchrun=2)  # restarted: resumes from the offsets of that checkpoint
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads(done.stdout.splitlines()[-2])
+    assert final["examples"] == ROWS and "interrupted" not in final
+    assert final["offsets"] == _ends(log)
+    parts, dense, world = checkpoint_state(run)
+    assert_same_model(parts, dense, _reference(doc, log, 2))
+    state = Subscriber(reg).materialize()
+    np.testing.assert_array_equal(table_state(state.tables)["item.values"],
+                                  merged(parts, "item")["values"])

@@ -10,12 +10,16 @@ every rank running ``python -m freshrec ARGS``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -71,9 +75,43 @@ def init_ranks(config: DistConfig) -> None:
 
 def launch_local(nproc: int, argv: Sequence[str], *, max_restarts: int = 0) -> int:
     """Run ``python -m freshrec ARGV`` on ``nproc`` ranks of this machine under torchrun;
-    returns its exit status (non-zero when a rank failed)."""
+    returns its exit status (non-zero when a rank failed).
+
+    torchrun runs in a session of its own; SIGINT (Ctrl-C) and SIGTERM received here are
+    passed to the ranks themselves, which stop at the same step, checkpoint and exit 0
+    (:class:`freshrec.dist.run.StopSignal`), so that torchrun ends as after any successful
+    run (given the signal itself, torchrun would end with an error whatever the ranks did).
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
            "-m", "freshrec", *argv]
     log.info("launching %s", " ".join(cmd))
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        ranks = _children(proc.pid)
+        log.warning("%s: passed to ranks %s", signal.Signals(signum).name, ranks)
+        for pid in ranks or [proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if main else {}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (torchrun's: the ranks), from ``/proc``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # stat: "pid (comm) state ppid ...", comm may hold spaces and parentheses
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return sorted(out)

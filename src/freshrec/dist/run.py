@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,11 +18,12 @@ import yaml
 from freshrec.dist.launch import init_ranks
 from freshrec.dist.trainer import DistTrainer
 from freshrec.errors import ConfigError, InputError
+from freshrec.train.trainer import Trainer
 
 if TYPE_CHECKING:
     from freshrec.config import FreshrecConfig
 
-__all__ = ["train_rank", "online_rank", "rank_files", "write_run_config"]
+__all__ = ["StopSignal", "train_rank", "online_rank", "rank_files", "write_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,70 @@ def write_run_config(config: FreshrecConfig, run_dir: str | Path) -> Path:
     return path
 
 
+class StopSignal:
+    """SIGINT and SIGTERM ask the run to stop instead of killing the rank: the handler only
+    sets a flag, which the ranks agree on at their next step (batch) or round (online), so
+    that every rank stops at the same one, writes its part of one checkpoint and exits 0. A
+    second signal raises :class:`KeyboardInterrupt` (stop at once, no checkpoint).
+
+    Used as a context manager around the run (handlers are installed in the main thread
+    only, and the previous ones restored on exit); the instance is the ``stop`` callable.
+
+    >>> with StopSignal() as stop:
+    ...     stop()
+    False
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        #: The name of the first signal received, or None.
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise KeyboardInterrupt(f"{name} again: stopping without a checkpoint")
+        self.received = name
+        log.warning("%s: the ranks stop at their next step (or round), write a checkpoint "
+                    "and exit; %s again stops at once", name, name)
+
+
+class _Stopped(Exception):
+    """The ranks agreed to stop a batch run (:class:`StopSignal`); its checkpoint is written."""
+
+
+class _StoppableTrainer(DistTrainer):
+    """A :class:`DistTrainer` whose ranks agree before every step whether any of them was
+    asked to stop (:attr:`stop`). The step they agree on is trained as a checkpoint step
+    (without the lookup of the next batch ahead of it, which a checkpoint must not hold);
+    :attr:`stopping` then says the fit ends after it."""
+
+    def __init__(self, config: FreshrecConfig, run_dir: str | Path,
+                 stop: Callable[[], bool]) -> None:
+        super().__init__(config, run_dir)
+        self.stop = stop
+        self.stopping = False
+
+    def _checkpoint_due(self, step: int) -> bool:
+        due = super()._checkpoint_due(step)
+        self.stopping = self.stopping or self.exchange.any(self.stop())
+        return due or self.stopping
+
+
 def train_rank(config: FreshrecConfig, run_dir: str | Path,
                make_reader: Callable[[], Iterable[pa.RecordBatch]], *,
                resume: bool) -> tuple[DistTrainer, dict[str, Any]]:
@@ -42,27 +109,43 @@ def train_rank(config: FreshrecConfig, run_dir: str | Path,
     The run resumes from its newest checkpoint when ``resume`` is set or when torchrun
     restarted the ranks (``TORCHELASTIC_RESTART_COUNT`` > 0). An input that cannot be
     opened or read fails with an :class:`InputError` naming the rank and the input.
+    SIGINT or SIGTERM (to any rank, or to torchrun, which passes it on) stops every rank
+    after the same step with one checkpoint (:class:`StopSignal`); the summary then says
+    ``interrupted``, and ``--resume`` continues exactly there.
     """
     init_ranks(config.dist)
     rank = dist.get_rank()
     try:
-        trainer = DistTrainer(config, run_dir)
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        if (resume or restarted) and trainer.resume():
-            log.info("rank=%d resumed step=%d restarted=%s", rank, trainer.step, restarted)
-        trainer.input_name = config.data.path or trainer.input_name
-        if trainer.own_files:
-            files = rank_files(config, rank, trainer.world)
-            log.info("rank=%d reads %d files: %s", rank, len(files), [str(f) for f in files])
-            make_reader = _files_reader(config, files)
+        with StopSignal() as stop:
+            trainer = _StoppableTrainer(config, run_dir, stop)
+            restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+            if (resume or restarted) and trainer.resume():
+                log.info("rank=%d resumed step=%d restarted=%s", rank, trainer.step,
+                         restarted)
+            trainer.input_name = config.data.path or trainer.input_name
+            if trainer.own_files:
+                files = rank_files(config, rank, trainer.world)
+                log.info("rank=%d reads %d files: %s", rank, len(files),
+                         [str(f) for f in files])
+                make_reader = _files_reader(config, files)
 
-        def reader() -> Iterator[pa.RecordBatch]:
+            def reader() -> Iterator[pa.RecordBatch]:
+                try:
+                    yield from make_reader()
+                except (OSError, InputError) as e:
+                    raise InputError(f"rank {rank}: input {trainer.input_name!r}: {e}") from e
+
+            def on_step(t: Trainer, _metrics: dict[str, float]) -> None:
+                if trainer.stopping:
+                    trainer.save()
+                    raise _Stopped
+
             try:
-                yield from make_reader()
-            except (OSError, InputError) as e:
-                raise InputError(f"rank {rank}: input {trainer.input_name!r}: {e}") from e
-
-        return trainer, trainer.fit(reader)
+                return trainer, trainer.fit(reader, on_step=on_step)
+            except _Stopped:
+                log.info("rank=%d stopped by a signal at step=%d, checkpoint written", rank,
+                         trainer.step)
+                return trainer, {**trainer.finish(), "interrupted": True}
     finally:
         dist.destroy_process_group()
 
@@ -111,7 +194,9 @@ def online_rank(config: FreshrecConfig, run_dir: str | Path) -> tuple[DistTraine
     """Join the process group and train this rank's partitions of ``online.source`` until
     the log is idle for ``online.idle_timeout_s`` (0: forever); returns the rank's trainer
     and the run's summary. The run resumes from its newest checkpoint, if any (always, as
-    a single-process online run does, so a rank restarted by torchrun resumes too)."""
+    a single-process online run does, so a rank restarted by torchrun resumes too).
+    SIGINT or SIGTERM stops every rank after the same round, which checkpoints and publishes
+    what it trained (:class:`StopSignal`; the summary says ``interrupted``)."""
     from freshrec.dist.online import DistOnlineTrainer
     from freshrec.stream.open import open_log
     from freshrec.sync import Registry
@@ -126,8 +211,11 @@ def online_rank(config: FreshrecConfig, run_dir: str | Path) -> tuple[DistTraine
                                    registry=Registry(o.registry) if o.registry else None)
         log.info("rank=%d partitions=%s offsets=%s lag=%d records", online.rank,
                  sorted(online.offsets), online.offsets, online.lag())
-        summary = online.run(idle_timeout_s=o.idle_timeout_s if o.idle_timeout_s > 0
-                             else float("inf"))
+        with StopSignal() as stop:
+            summary = online.run(idle_timeout_s=o.idle_timeout_s if o.idle_timeout_s > 0
+                                 else float("inf"), stop=stop)
+        if online.exchange.any(stop()):
+            summary["interrupted"] = True
         return online.dist, summary
     finally:
         dist.destroy_process_group()
