@@ -171,7 +171,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: EmbeddingTable,
-             min_impressions: int = 60) -> dict[str, float]:
+             min_impressions: int = 60, candidates: int = 20) -> dict[str, float]:
     """Why an init helps or not, from a trained model (the random arm's, at the end).
 
     Over the users with at least ``min_impressions`` trained on and a history: the mean
@@ -179,7 +179,9 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: Embedding
     last history (``history_mean_norm``) and of the initializer's rows (``init_row_norm``);
     the mean cosine of a user's row and their history mean (``cos_row_history_mean``; with
     another user's history mean, ``cos_row_other_history_mean``, is the baseline of no
-    relation). Over the held-out users (fids ``held``): the mean cosine of this model's row
+    relation). ``one_request_row_norm``: the mean norm of the rows of users seen in one
+    request (``candidates`` impressions or fewer), about one optimizer step from their
+    start. Over the held-out users (fids ``held``): the mean cosine of this model's row
     and the ``previous`` model's (``cos_row_previous_model``; with another user's row,
     ``..._other``): whether the two models' user rows are in one space.
     """
@@ -191,8 +193,9 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: Embedding
                                         return_counts=True)
     last = ex_user.shape[0] - 1 - rev_first
     ok = (counts >= min_impressions) & (hoff[last + 1] > hoff[last])
-    fids, last = fids[ok], last[ok]
     utab, itab = trainer.tables["user"], trainer.tables["item"]
+    once = utab.lookup(fids[counts <= candidates])
+    fids, last = fids[ok], last[ok]
     rows = utab.lookup(fids)
     means = np.stack([itab.lookup(hist[hoff[i]:hoff[i + 1]]).mean(axis=0) for i in last])
     probe = EmbeddingTable(TableConfig(name="probe", dim=utab.dim,
@@ -205,6 +208,7 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: Embedding
             "user_row_norm": float(np.linalg.norm(rows, axis=1).mean()),
             "history_mean_norm": float(np.linalg.norm(means, axis=1).mean()),
             "init_row_norm": float(np.linalg.norm(init_rows, axis=1).mean()),
+            "one_request_row_norm": float(np.linalg.norm(once, axis=1).mean()),
             "cos_row_history_mean": _cos(rows, means),
             "cos_row_other_history_mean": _cos(rows, np.roll(means, 1, axis=0)),
             "cos_row_previous_model": _cos(mine, theirs),

@@ -71,6 +71,9 @@ def test_diagnose_measures_rows_against_brute_force() -> None:
     last = {u: i for i, u in enumerate(ids)}
     sel = [u for u in last if ids.count(u) >= 30 and hist[last[u]]]
     assert d["users"] == len(sel) > 5
+    once = [u for u in last if ids.count(u) <= 20]
+    assert d["one_request_row_norm"] == pytest.approx(np.linalg.norm(
+        trainer.tables["user"].lookup(hash_array("user_id", once)), axis=1).mean(), rel=1e-5)
     rows = trainer.tables["user"].lookup(hash_array("user_id", sel))
     means = np.stack([trainer.tables["item"].lookup(hash_array("item_id", hist[last[u]]))
                       .mean(axis=0) for u in sel])
