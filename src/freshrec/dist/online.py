@@ -19,9 +19,10 @@ lost or trained twice. Updates are published through :class:`~freshrec.dist.Shar
 one version per publishing round, each rank writing its shard's part, rank 0 the manifest
 once every part is in.
 
-The publish gate (``ops.gate``) is not supported on several ranks (its held-back examples
-would be scored by every rank's different share); a one-rank world is the single-process
-trainer.
+The publish gate (``ops.gate``) decides on the held-back examples of every rank
+(:class:`~freshrec.dist.gate.ShardedPublishGate`): each rank holds back its share of what
+it reads, scores it at a check, and every rank judges the union, so all take the decision
+one process would take on those examples; a refusal is recorded once (by rank 0).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from freshrec.dist.gate import ShardedPublishGate
 from freshrec.dist.publish import ShardedPublisher
 from freshrec.dist.trainer import DistTrainer
-from freshrec.errors import ConfigError
 from freshrec.features.schema import EncodedBatch
 from freshrec.stream.base import Log
 from freshrec.sync.registry import Registry
@@ -83,10 +84,10 @@ class DistOnlineTrainer(OnlineTrainer):
 
     def __init__(self, config: FreshrecConfig, source: Log, *, run_dir: str | Path,
                  registry: Registry | None = None) -> None:
-        if config.ops.gate.enabled:
-            raise ConfigError("ops.gate: the publish gate runs in one process; set "
-                              "ops.gate.enabled=false to train online on several ranks")
         super().__init__(config, source, run_dir=run_dir, registry=registry)
+        if self.gate is not None:
+            self.gate = ShardedPublishGate(config.ops.gate, self.exchange,
+                                           self.dist.empty_batch)
 
     # ------------------------------------------------------------------ hooks of the base
     def _new_trainer(self, config: FreshrecConfig, run_dir: str | Path) -> Trainer:
@@ -142,7 +143,9 @@ class DistOnlineTrainer(OnlineTrainer):
 
     def _maybe_publish(self) -> None:
         now = time.monotonic()
-        if self.publisher is None or not self.publisher.due(now):
+        # the gate is a collective: checked whenever rank 0's clock says a publish is due
+        if self.publisher is None or not self.publisher.due(now) \
+                or not self._gate_allows(final=True):
             return
         self._published(self.publisher.maybe_publish(
             now, event_time=self.newest_event_time, meta=self._publish_meta()))

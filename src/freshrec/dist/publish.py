@@ -51,6 +51,15 @@ def gather_json(exchange: SparseExchange, value: Any) -> list[Any]:
                                                       strict=True)]
 
 
+class _RankRegistry(Registry):
+    """The registry as a rank other than 0 uses it: it writes its parts there and reads it,
+    and leaves the events log to rank 0, so that an event of the run (a publish the gate
+    refused) is recorded once."""
+
+    def record(self, event: Mapping[str, Any]) -> None:
+        """Nothing: rank 0 records the run's events."""
+
+
 class ShardedPublisher(Publisher):
     """Publishes the model whose tables are sharded over the ranks of ``exchange``, each
     rank writing its own part (see the module docstring). Every method that publishes is a
@@ -59,7 +68,8 @@ class ShardedPublisher(Publisher):
     Parameters
     ----------
     registry : Registry
-        The same directory on every rank (rank 0 takes its lock and writes the manifest).
+        The same directory on every rank (rank 0 takes its lock, writes the manifest and
+        records the run's events).
     tables : mapping of name to EmbeddingTable
         This rank's shards (their expired-fid logs must be kept:
         ``Trainer.keep_expired_log = True``).
@@ -72,6 +82,8 @@ class ShardedPublisher(Publisher):
     def __init__(self, registry: Registry, tables: Mapping[str, EmbeddingTable],
                  dense_state_fn: Callable[[], Mapping[str, torch.Tensor]],
                  exchange: SparseExchange, config: PublisherConfig | None = None) -> None:
+        if exchange.rank != 0:
+            registry = _RankRegistry(registry.root)
         super().__init__(registry, tables, dense_state_fn, config)
         self.exchange = exchange
         #: Per table, the (largest) version of the last publish: where every part of the

@@ -106,30 +106,45 @@ class PublishGate:
         while self._held and self._n - self._held[0][1].size >= self.config.holdout_examples:
             self._n -= self._held.popleft()[1].size
 
+    def held(self) -> list[tuple[Any, np.ndarray]]:
+        """The kept batches with their labels, oldest first."""
+        return list(self._held)
+
     def check(self, predict: Callable[[Any], np.ndarray], *,
               reference_auc: float | None) -> GateDecision:
-        """Score the held-back examples with ``predict`` (one call per kept batch) and decide.
+        """Score the held-back examples with ``predict`` (one call per kept batch) and decide
+        (:meth:`judge`).
 
         ``reference_auc``: the serving version's holdout AUC (``None``: none known); the
         median of the recent accepted checks also counts (see the module docstring). With
         neither, only the calibration range applies."""
+        if self._n < self.config.min_examples:
+            return self.judge(np.empty(0), np.empty(0), reference_auc=reference_auc,
+                              examples=self._n)
+        scores = [np.asarray(predict(batch), dtype=np.float64).reshape(-1)
+                  for batch, _ in self._held]
+        return self.judge(np.concatenate([y for _, y in self._held]), np.concatenate(scores),
+                          reference_auc=reference_auc)
+
+    def judge(self, labels: np.ndarray, scores: np.ndarray, *, reference_auc: float | None,
+              examples: int | None = None) -> GateDecision:
+        """Decide on the held-back ``labels`` and the candidate's ``scores`` of them (e.g.
+        those of every rank of a distributed run: the decision is the same whoever scored
+        them). ``examples`` (default: the labels') below ``min_examples``: accepted, not
+        judged."""
         from freshrec.train.metrics import AUC
 
         c = self.config
         self.checks += 1
-        n = self._n
+        n = int(labels.size) if examples is None else int(examples)
         if n < c.min_examples:
             return GateDecision(True, f"holdout has {n} < {c.min_examples} examples: not judged",
                                 math.nan, math.nan, reference_auc, n)
         auc = AUC()
-        pred_sum = label_sum = 0.0
-        for batch, labels in self._held:
-            p = np.asarray(predict(batch), dtype=np.float64).reshape(-1)
-            auc.update(labels, p)
-            pred_sum += float(p.sum())
-            label_sum += float(labels.sum())
+        auc.update(labels, scores)
         a = float(auc.get())
-        cal = pred_sum / label_sum if label_sum > 0 else math.nan
+        label_sum = float(labels.sum())
+        cal = float(scores.sum()) / label_sum if label_sum > 0 else math.nan
         refs = [r for r in (reference_auc, float(np.median(self._accepted))
                             if self._accepted else None) if r is not None and math.isfinite(r)]
         reference_auc = max(refs) if refs else None
