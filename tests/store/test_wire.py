@@ -39,18 +39,22 @@ def test_mget_reads_what_redis_py_reads(redis_server: str, prefix: str,
     assert wire.connects == 1
 
 
-def test_the_urls_database_and_password(tmp_path: Path, prefix: str,
+def test_the_urls_database_password_and_unix_socket(tmp_path: Path, prefix: str,
                                         closing: list[Any]) -> None:
-    proc, port = start_redis(tmp_path, None, "--requirepass", "s3cret", "--save", "")
+    sock = tmp_path / "redis.sock"
+    proc, port = start_redis(tmp_path, None, "--requirepass", "s3cret", "--save", "",
+                             "--unixsocket", str(sock))
     try:
         admin = redis.Redis(port=port, db=3, password="s3cret")
         closing.append(admin)
         admin.set(b"k", b"in db 3")
         db3 = WireClient(f"redis://:s3cret@127.0.0.1:{port}/3", timeout_s=5.0)
         db0 = WireClient(f"redis://default:s3cret@127.0.0.1:{port}/0", timeout_s=5.0)
+        unix3 = WireClient(f"unix://:s3cret@{sock}?db=3", timeout_s=5.0)
         wrong = WireClient(f"redis://:nope@127.0.0.1:{port}/0", timeout_s=5.0)
-        closing += [db3, db0, wrong]
+        closing += [db3, db0, unix3, wrong]
         assert db3.mget([b"k"]) == [b"in db 3"] and db0.mget([b"k"]) == [None]
+        assert unix3.mget([b"k"]) == [b"in db 3"]
         with pytest.raises(rx.AuthenticationError):
             wrong.mget([b"k"])
     finally:
