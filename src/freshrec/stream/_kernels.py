@@ -9,12 +9,30 @@ the same feature keys in the same order in every candidate. Anything else -- ano
 a string id, null, an exponent, a duplicate key, an escape or a non-ASCII byte in a key,
 more digits than parse exactly here, invalid JSON -- is reported as "not parsed" and left to
 the general decoder (orjson), so the fast path changes no result.
+
+Every function here is compiled with ``_nrt=False`` (numba's runtime off: none of them
+allocates or returns an array). With the runtime on, each call of a helper increments and
+decrements the reference count of every array it is passed, with atomic instructions: on
+35-candidate records those took about half of the kernel's time (``perf``: ``lock incq`` /
+``lock decq`` of ``NRT_incref`` / ``NRT_decref``), 240-300 MB/s; without them 550-600 MB/s
+(docs/stream.md, round 5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, cast
+
 import numpy as np
 from numba import njit
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _jit(inline: Literal["never", "always"] = "never") -> Callable[[_F], _F]:
+    """``njit`` with the options of every function here (``_nrt``: the module docstring)."""
+    runtime_off: dict[str, Any] = {"_nrt": False}
+    return cast(Callable[[_F], _F], njit(cache=True, nogil=True, inline=inline, **runtime_off))
 
 #: columns of ``info`` (one row per record)
 OK, SPAN_START, SPAN_END, N, K, INT_OFF, FLOAT_OFF, KEY_OFF, SCHEMA = range(9)
@@ -38,7 +56,7 @@ def _words(*names: str) -> np.ndarray:
 WORDS = _words("item_id", "position", "true_p", "features", "candidates")
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _ws(buf: np.ndarray, i: int, end: int) -> int:
     # written without ``break``: numba compiles a break out of this loop ~8x slower
     while i < end and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
@@ -46,7 +64,7 @@ def _ws(buf: np.ndarray, i: int, end: int) -> int:
     return i
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _string_end(buf: np.ndarray, i: int, end: int) -> int:
     """Index after the JSON string starting at ``buf[i] == '"'``; -1: unterminated."""
     i += 1
@@ -61,7 +79,7 @@ def _string_end(buf: np.ndarray, i: int, end: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _plain_key_end(buf: np.ndarray, i: int, end: int) -> int:
     """Index after the key string at ``buf[i] == '"'`` when it is printable ASCII without
     escapes; -1 otherwise."""
@@ -78,7 +96,7 @@ def _plain_key_end(buf: np.ndarray, i: int, end: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _value_end(buf: np.ndarray, i: int, end: int) -> int:
     """Index after the JSON value starting at ``buf[i]`` (skipped, not validated: the
     general decoder validates it); -1: unterminated."""
@@ -110,7 +128,7 @@ def _value_end(buf: np.ndarray, i: int, end: int) -> int:
     return i
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _same(buf: np.ndarray, a: int, b: int, n: int) -> bool:
     for t in range(n):  # noqa: SIM110 (a generator is slower in numba)
         if buf[a + t] != buf[b + t]:
@@ -118,7 +136,7 @@ def _same(buf: np.ndarray, a: int, b: int, n: int) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _is(buf: np.ndarray, s: int, e: int, words: np.ndarray, w: int) -> bool:
     """Whether the key ``buf[s:e]`` (quotes included) is word ``w`` of ``words``."""
     n = words[w, words.shape[1] - 1]
@@ -130,7 +148,7 @@ def _is(buf: np.ndarray, s: int, e: int, words: np.ndarray, w: int) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _number(buf: np.ndarray, i: int, end: int) -> tuple[int, int, int, int]:
     """The JSON number at ``buf[i]`` without exponent: ``(index after, negative,
     mantissa digits as int, digits after the point or -1 without a point)``; index -1 when
@@ -165,7 +183,7 @@ def _number(buf: np.ndarray, i: int, end: int) -> tuple[int, int, int, int]:
     return i, neg, m, frac
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _int_field(buf: np.ndarray, i: int, end: int, out: np.ndarray, at: int) -> int:
     """The JSON integer at ``buf[i]`` into ``out[at]``; the index after it, -1: not one."""
     i, neg, m, frac = _number(buf, i, end)
@@ -175,7 +193,7 @@ def _int_field(buf: np.ndarray, i: int, end: int, out: np.ndarray, at: int) -> i
     return i
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _float_field(buf: np.ndarray, i: int, end: int, out: np.ndarray, at: int) -> int:
     """The JSON decimal (with a point) at ``buf[i]`` into ``out[at]``; -1: not one."""
     i, neg, m, frac = _number(buf, i, end)
@@ -186,7 +204,7 @@ def _float_field(buf: np.ndarray, i: int, end: int, out: np.ndarray, at: int) ->
     return i
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_jit(inline="always")
 def _parse_features(buf: np.ndarray, i: int, end: int, ints: np.ndarray, fints: np.ndarray,
                     row: int, keys: np.ndarray, ktype: np.ndarray, ko: int, first: bool,
                     k: int) -> tuple[int, int]:
@@ -244,7 +262,7 @@ def _parse_features(buf: np.ndarray, i: int, end: int, ints: np.ndarray, fints: 
             return -1, 0
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def _parse_array(buf: np.ndarray, i: int, end: int, ints: np.ndarray, fints: np.ndarray,
                  floats: np.ndarray, keys: np.ndarray, ktype: np.ndarray, info: np.ndarray,
                  r: int, words: np.ndarray) -> int:
@@ -317,7 +335,7 @@ def _parse_array(buf: np.ndarray, i: int, end: int, ints: np.ndarray, fints: np.
     return i + 1
 
 
-@njit(cache=True, nogil=True)
+@_jit()
 def parse_candidates(buf: np.ndarray, offsets: np.ndarray, words: np.ndarray,
                      ints: np.ndarray, fints: np.ndarray, floats: np.ndarray,
                      keys: np.ndarray, ktype: np.ndarray, info: np.ndarray) -> None:
