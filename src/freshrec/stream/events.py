@@ -557,6 +557,11 @@ def _kept_parts(emitted: Sequence[EmittedImpression], column: list[Column]) -> l
             for e, c in zip(emitted, column, strict=True)]
 
 
+#: slots of batch columns copied whole for the examples of a run even when they are mostly
+#: other impressions' (beyond that and 4x the run's own, only its impressions' rows are)
+_GATHER_SLACK = 4096
+
+
 def _gather(emitted: Sequence[EmittedImpression], imps: list[CompactImpression],
             counts: np.ndarray, starts: np.ndarray, n: int) -> dict[str, pa.Array] | None:
     """The candidate columns (``item_id``, ``position``, ``true_p`` if any, ``i_<key>``) of
@@ -571,35 +576,39 @@ def _gather(emitted: Sequence[EmittedImpression], imps: list[CompactImpression],
                 i.n and (i.types != types or i.feature_keys != names)):
             return None
     kimps: list[_KernelImpression] = imps  # type: ignore[assignment]
-    chunk_ids = [id(i.chunk) for i in kimps]
+    m, w = len(kimps), 2 + len(types)
     chunks = {id(i.chunk): i.chunk for i in kimps}
-    which = {cid: k for k, cid in enumerate(chunks)}
-    ci = np.fromiter(map(which.__getitem__, chunk_ids), np.int64, len(kimps))
+    io = np.fromiter((i.io for i in kimps), np.int64, m)
+    fo = np.fromiter((i.fo for i in kimps), np.int64, m)
     sizes = np.fromiter((len(c.ints) for c in chunks.values()), np.int64, len(chunks))
-    fsizes = np.fromiter((len(c.floats) for c in chunks.values()), np.int64, len(chunks))
-    if len(chunks) == 1:
-        only = next(iter(chunks.values()))
-        ints, floats = only.ints, only.floats
-    else:
+    ns = np.fromiter((i.n for i in kimps), np.int64, m)
+    if sizes.sum() <= 4 * w * ns.sum() + _GATHER_SLACK:  # whole batches, each copied once
+        which = {cid: k for k, cid in enumerate(chunks)}
+        ci = np.fromiter((which[id(i.chunk)] for i in kimps), np.int64, m)
+        fsizes = np.fromiter((len(c.floats) for c in chunks.values()), np.int64, len(chunks))
         ints = np.concatenate([c.ints for c in chunks.values()])
         floats = np.concatenate([c.floats for c in chunks.values()])
-    base = np.cumsum(sizes) - sizes
-    fbase = np.cumsum(fsizes) - fsizes
+        row0 = (np.cumsum(sizes) - sizes)[ci] + io
+        frow0 = (np.cumsum(fsizes) - fsizes)[ci] + fo
+    else:  # the batches are mostly other impressions': only these impressions' rows
+        ints = np.concatenate([i.chunk.ints[i.io:i.io + i.n * w] for i in kimps])
+        floats = np.concatenate([i.chunk.floats[i.fo:i.fo + i.n] for i in kimps
+                                 if i.fo >= 0] or [np.zeros(0)])
+        row0 = np.cumsum(ns * w) - ns * w
+        fn = np.where(fo >= 0, ns, 0)
+        frow0 = np.cumsum(fn) - fn
     # the candidate index of each example within its impression
     if all(e.keep is None for e in emitted):
         cand = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
     else:
         cand = np.fromiter(itertools.chain.from_iterable(
             range(len(e.imp)) if e.keep is None else e.keep for e in emitted), np.int64, n)
-    w = 2 + len(types)
-    io = np.fromiter((i.io for i in kimps), np.int64, len(kimps))
-    slot = np.repeat(base[ci] + io, counts) + cand * w
+    slot = np.repeat(row0, counts) + cand * w
     out: dict[str, pa.Array] = {"item_id": pa.array(ints[slot]),
                                 "position": pa.array(ints[slot + 1])}
-    fo = np.fromiter((i.fo for i in kimps), np.int64, len(kimps))
     has = fo >= 0
     if has.any():
-        fslot = np.repeat(fbase[ci] + fo, counts) + cand
+        fslot = np.repeat(frow0, counts) + cand
         if has.all():
             out["true_p"] = pa.array(floats[fslot])
         else:
