@@ -10,7 +10,8 @@ table in Redis, once per arm: ``random`` (the table's uniform initializer, the b
 ``zeros`` (a fixed zero vector), ``history_mean`` (a user new to the table starts from the
 mean of the item rows of the clicks in their history, ``u_recent_clicks``) and
 ``previous_model`` (the user's row in another model's user table: the same model trained on
-the first half of the stream with every user, a day-before model; ``source: table``). Every
+the first half of the stream with every user, a day-before model; ``source: table``), and
+``previous_model_state`` (its row and its optimizer state, ``with_state``). Every
 batch is scored before it is trained on (progressive validation). Same stream, same seed,
 same model: the arms differ only in where new user rows start. One more arm,
 ``no_user_id``, is the model without the ``user_id`` slot (random init): how much the user
@@ -26,8 +27,8 @@ Two groups of users are scored:
   to the table. ``*_with_history`` restricts to those whose history was not empty.
 - **New users** (``init_new_*``): every other user's first K impressions in the stream
   (most have no history at first sight, so ``history_mean`` falls back to the initializer).
-  ``previous_model`` is scored on returning users only (the previous model saw the new
-  users' scored impressions).
+  The ``previous_model`` arms are scored on returning users only (the previous model saw
+  the new users' scored impressions).
 
 Each seed gives each arm's AUC and its difference to ``random``; over the seeds (default 5,
 ``--quick`` 2) the JSON has the mean difference and the half-width of its 95 % t interval
@@ -59,10 +60,11 @@ from freshrec.train.trainer import Trainer, rebatch
 ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
         "zeros": {"source": "fixed", "value": [0.0] * 16},
         "history_mean": {"source": "history_mean", "history_slot": "u_recent_clicks"},
-        "previous_model": {"source": "table"}}
+        "previous_model": {"source": "table"},
+        "previous_model_state": {"source": "table", "with_state": True}}
 #: the model without the user_id slot (random init): the user field's worth
 ABLATION = "no_user_id"
-#: groups each arm is scored on (``previous_model`` saw the new users' impressions)
+#: groups each arm is scored on (the previous model saw the new users' impressions)
 GROUPS = ("returning", "returning_with_history", "new", "all")
 RETURNING = ("returning", "returning_with_history")
 
@@ -247,7 +249,7 @@ def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
             cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}",
                                                 new_user, seed, user_id, mlp))
             trainer, p = _train(cfg, train)
-            groups = RETURNING if arm == "previous_model" else GROUPS
+            groups = RETURNING if arm.startswith("previous_model") else GROUPS
             out |= {f"{g}_auc_{arm}": auc(y[scored[g]], p[scored[g]]) for g in groups}
             if arm == "random":
                 held = np.unique(table.filter(masks["held"]).column("user_id").to_numpy())

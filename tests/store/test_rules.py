@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from freshrec.errors import ConfigError
 from freshrec.features.config import feature_config_from_dict
 from freshrec.features.jagged import JaggedBatch
 from freshrec.store import RedisTable, store_config_from_dict
@@ -135,6 +136,42 @@ def test_table_init_from_another_models_snapshot(redis_server: str, prefix: str,
     np.testing.assert_array_equal(rows[0], other.lookup([10])[0])
     np.testing.assert_array_equal(rows[1], plain().lookup(np.array([11], np.uint64), now=0,
                                                           train=True)[0])
+
+
+def test_table_init_with_state_starts_the_optimizer_state_too(
+        redis_server: str, prefix: str, closing: list[Any], tmp_path: Path) -> None:
+    other = plain()
+    ten = np.array([10], np.uint64)
+    other.lookup(ten, now=0, train=True)
+    other.apply_gradients(ten, grads(0, 1))
+    other.save(tmp_path / "other")
+    src = {"source": "table", "table_path": str(tmp_path / "other")}
+    t = table(redis_server, prefix, closing, new_user={**src, "with_state": True})
+    bare = table(redis_server, prefix + "b", closing, new_user=src)
+    fresh = plain()
+    fresh.lookup(np.array([11], np.uint64), now=0, train=True)
+    for x in (t, bare):
+        x.lookup(np.array([10, 11], np.uint64), now=0, train=True)
+    got, want, no_state = t.read_rows([10, 11]), other.read_rows([10]), bare.read_rows([10])
+    assert got.states is not None and want.states is not None and no_state.states is not None
+    np.testing.assert_array_equal(got.values[0], want.values[0])
+    np.testing.assert_array_equal(got.states[0], want.states[0])          # the snapshot's
+    np.testing.assert_array_equal(got.states[1], fresh.read_rows([11]).states[0])  # lacks 11
+    np.testing.assert_array_equal(no_state.values[0], want.values[0])     # row only
+    assert want.states[0].any() and not no_state.states[0].any()  # fresh: zeros
+    g = grads(1, 1)
+    for x in (t, other):  # the next step is the one the other model would take
+        x.apply_gradients(ten, g)
+    np.testing.assert_allclose(t.lookup(ten), other.lookup(ten), rtol=1e-6)
+    with pytest.raises(ConfigError, match="with_state"):
+        store_config_from_dict({"new_user": {"source": "fixed", "value": [0.0],
+                                             "with_state": True}})
+    sgd = TableConfig(name="user", dim=4, optimizer=OptimizerConfig(kind="sgd"),
+                      backend="redis", store=store_config_from_dict(
+                          {"url": redis_server, "prefix": prefix + "c",
+                           "new_user": {**src, "with_state": True}}))
+    with pytest.raises(ConfigError, match="same optimizer"):
+        RedisTable(sgd)
 
 
 def test_history_mean_init(redis_server: str, prefix: str, closing: list[Any]) -> None:

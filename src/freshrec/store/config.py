@@ -103,12 +103,18 @@ class NewUserInitConfig:
         For ``table``: a table snapshot directory (``EmbeddingTable.save``) of the same dim.
     value : tuple of float
         For ``fixed``: the row.
+    with_state : bool
+        For ``table``: the row's optimizer state starts from the snapshot's too (the two
+        tables must have the same optimizer), so its first updates are as small as they
+        were there; otherwise the state starts fresh and a row-wise Adagrad row's first
+        step moves it by ``lr * sqrt(dim)`` whatever the gradient.
     """
 
     source: NewUserSource = NewUserSource.NONE
     history_slot: str = ""
     table_path: str = ""
     value: tuple[float, ...] = ()
+    with_state: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -127,6 +133,10 @@ class NewUserInitConfig:
             require(bool(self.value) and all(is_number(x) for x in self.value),
                     "NewUserInitConfig", "value", "a non-empty list of numbers for source fixed",
                     self.value)
+        require(self.with_state is False or (self.with_state is True
+                                             and self.source is NewUserSource.TABLE),
+                "NewUserInitConfig", "with_state", "false, or true for source table",
+                self.with_state)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,10 +3,11 @@
 **New-user init** (SmartNews: a new user starts from another model's estimate, not from
 noise): a row created for a fid that neither the cache nor Redis has starts from the
 configured source: ``fixed`` (a vector), ``table`` (the fid's row in another model's table
-snapshot; fids it lacks keep the initializer) or ``history_mean`` (the mean of the rows of
-the items in the example's history slot, e.g. the user's recent clicks; an empty history
-keeps the initializer). :func:`prepare_new_rows` reads the histories of a batch before its
-forward pass.
+snapshot, with ``with_state`` its optimizer state too; fids it lacks keep the initializer)
+or ``history_mean`` (the mean of the rows of the items in the example's history slot, e.g.
+the user's recent clicks; an empty history keeps the initializer). :func:`prepare_new_rows`
+reads the histories of a batch before its forward pass. On the simulator's DeepFM, which
+reads the history as a slot of its own, only ``table`` helped (docs/store.md).
 
 **Conditional updates** (SmartNews' limited embedding updates), applied to a step's result
 before it is kept: ``min_events`` (a row changes only once its fid was in that many
@@ -28,12 +29,13 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from freshrec.errors import ConfigError
 from freshrec.store.config import NewUserInitConfig, NewUserSource, UpdateRulesConfig
 from freshrec.table.table import EmbeddingTable, RowInitializer, rows_from_table
 
@@ -41,7 +43,11 @@ if TYPE_CHECKING:
     from freshrec.features.config import FeatureConfig
     from freshrec.features.jagged import JaggedBatch
 
-__all__ = ["limit_rows", "row_initializer", "history_means", "prepare_new_rows"]
+__all__ = ["limit_rows", "row_initializer", "state_initializer", "history_means",
+           "prepare_new_rows"]
+
+#: ``fids -> (optimizer states, found mask)``, like a :data:`~freshrec.table.RowInitializer`
+StateInitializer = Callable[[npt.NDArray[np.uint64]], tuple[np.ndarray, np.ndarray]]
 
 
 def limit_rows(before: npt.NDArray[np.float32], after: npt.NDArray[np.float32],
@@ -64,9 +70,11 @@ def limit_rows(before: npt.NDArray[np.float32], after: npt.NDArray[np.float32],
     return out
 
 
-def row_initializer(config: NewUserInitConfig, dim: int) -> RowInitializer | None:
+def row_initializer(config: NewUserInitConfig, dim: int,
+                    source: EmbeddingTable | None = None) -> RowInitializer | None:
     """The :data:`~freshrec.table.RowInitializer` of a ``fixed`` or ``table`` source (None for
-    the others: ``none`` keeps the initializer, ``history_mean`` is per batch).
+    the others: ``none`` keeps the initializer, ``history_mean`` is per batch). ``source``:
+    the ``table`` source's snapshot if already loaded.
 
     >>> init = row_initializer(NewUserInitConfig(source="fixed", value=(1.0, 2.0)), 2)
     >>> rows, mask = init(np.array([5, 6], np.uint64))
@@ -85,8 +93,39 @@ def row_initializer(config: NewUserInitConfig, dim: int) -> RowInitializer | Non
 
         return fixed
     if config.source is NewUserSource.TABLE:
-        return rows_from_table(EmbeddingTable.from_snapshot(config.table_path))
+        return rows_from_table(source if source is not None
+                               else EmbeddingTable.from_snapshot(config.table_path))
     return None
+
+
+def state_initializer(source: EmbeddingTable, state_dim: int) -> StateInitializer:
+    """``fids -> (states, found)``: the optimizer state of each fid's row in ``source`` (a
+    ``table`` source with ``with_state``), ``found`` False where ``source`` lacks the fid.
+
+    >>> from freshrec.table import OptimizerConfig, TableConfig
+    >>> other = EmbeddingTable(TableConfig(name="user", dim=2,
+    ...                                    optimizer=OptimizerConfig(kind="rowwise_adagrad")))
+    >>> _ = other.lookup(np.array([1], np.uint64), now=0, train=True)
+    >>> _ = other.apply_gradients(np.array([1], np.uint64), np.array([[3.0, 4.0]], np.float32))
+    >>> states, found = state_initializer(other, 1)(np.array([1, 2], np.uint64))
+    >>> states.tolist(), found.tolist()
+    ([[12.5], [0.0]], [True, False])
+    """
+    if source.config.state_dim != state_dim:
+        raise ConfigError(f"NewUserInitConfig: with_state needs the snapshot's optimizer "
+                          f"state to have {state_dim} numbers a row (the same optimizer), "
+                          f"it has {source.config.state_dim}")
+
+    def init(fids: npt.NDArray[np.uint64]) -> tuple[np.ndarray, np.ndarray]:
+        found = source.find(fids) >= 0
+        states = np.zeros((fids.shape[0], state_dim), np.float32)
+        if found.any():
+            got = source.read_rows(fids[found]).states
+            assert got is not None  # read_rows reads the state by default
+            states[found] = got
+        return states, found
+
+    return init
 
 
 def history_means(user_fids: npt.NDArray[np.uint64], history: npt.NDArray[np.uint64],

@@ -48,7 +48,7 @@ from freshrec._retry import Backoff
 from freshrec.errors import InputError
 from freshrec.store.client import RowKeys, RowStore, open_client
 from freshrec.store.config import NewUserSource, TableBackend
-from freshrec.store.rules import limit_rows, row_initializer
+from freshrec.store.rules import limit_rows, row_initializer, state_initializer
 from freshrec.stream._redis import is_lost
 from freshrec.table.config import TableConfig
 from freshrec.table.delta import TableDelta
@@ -92,6 +92,11 @@ class RedisTable(EmbeddingTable):
     def __init__(self, config: TableConfig, *, client: Client | None = None) -> None:
         super().__init__(config)
         sc = config.store
+        source = (EmbeddingTable.from_snapshot(sc.new_user.table_path)
+                  if sc.new_user.source is NewUserSource.TABLE else None)
+        self._init = row_initializer(sc.new_user, config.dim, source)
+        self._init_state = (state_initializer(source, config.state_dim)
+                            if source is not None and sc.new_user.with_state else None)
         self._owns_client = client is None
         self._client = client if client is not None else open_client(sc.url, config.name)
         self.rows_store = RowStore(self._client, RowKeys(sc.prefix, config.name),
@@ -103,7 +108,6 @@ class RedisTable(EmbeddingTable):
         #: the cache, times Redis could not be reached (each retried with back-off).
         self.store_counters = {"faulted": 0, "flushed": 0, "flushes": 0, "evicted": 0,
                                "errors": 0}
-        self._init = row_initializer(sc.new_user, config.dim)
         self._expected: dict[int, np.ndarray] = {}
         if sc.new_user.source is not NewUserSource.NONE:
             self.row_initializer = self._new_rows
@@ -181,6 +185,16 @@ class RedisTable(EmbeddingTable):
             if row is not None:
                 out[i], mask[i] = row, True
         return out, mask
+
+    def _insert(self, new: np.ndarray, now: np.uint32) -> np.ndarray:
+        """:meth:`EmbeddingTable._insert`, then the ``table`` source's optimizer states
+        (``with_state``) for the new rows it has."""
+        out = super()._insert(new, now)
+        if self._init_state is not None:
+            states, found = self._init_state(new)
+            with self._mutex:
+                self._state[out[found]] = states[found]
+        return out
 
     def _note(self, f: np.ndarray, rows: np.ndarray) -> None:
         """Remember the fid of each row resolved for training (the backward pass gets rows)."""
