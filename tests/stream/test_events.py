@@ -210,6 +210,9 @@ def test_decode_events_parses_plain_candidates_into_arrays(payload):
     (b'"type":"impression"', b'"type":"action"'),
     (b"} ]}", b"} ]} x"),
     (b"} ]}", b"} ]"),
+    (b"} ]}", b'} ]},{"x":1}'),  # two values in one record (the batch decodes as one array)
+    (b"} ]}", b"} ]}]"),
+    (b"} ]}", b"} ]},"),
     (b'"c":1', b'"\xc3\xa9":1'),  # a non-ASCII key
 ])
 def test_decode_events_gives_the_general_result_for_everything_else(change):

@@ -59,7 +59,7 @@ import itertools
 import operator
 import struct
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -385,17 +385,23 @@ def decode_events(payloads: Sequence[bytes]
                               ints.view(np.float64), floats, keys, ktype, info)
     out: list[tuple[dict[str, Any], str, CompactImpression | None] | InputError] = []
     cols = _ChunkColumns(buf, info, ints, floats, keys, ktype)
+    tops = _tops(payloads, cols.rows)
     for payload, row in zip(payloads, cols.rows, strict=True):
         try:
             if not row[_kernels.OK]:
                 out.append(_decode_one(payload))
                 continue
-            try:
-                e = decode(payload[:row[_kernels.SPAN_START]] + b"[]"
-                           + payload[row[_kernels.SPAN_END]:])
-            except InputError:  # the general path words the error for the whole record
-                out.append(_decode_one(payload))
-                continue
+            if tops is not None:
+                e = next(tops)
+            else:
+                try:
+                    e = decode(payload[:row[_kernels.SPAN_START]] + b"[]"
+                               + payload[row[_kernels.SPAN_END]:])
+                except InputError:  # the general path words the error for the record
+                    out.append(_decode_one(payload))
+                    continue
+            if type(e) is not dict:
+                raise InputError(f"event must be a JSON object, got {type(e).__name__}")
             kind = _event_kind(e)
             out.append((e, kind, cols.impression(e, row) if kind == "impression" else None))
         except InputError as err:
@@ -403,6 +409,29 @@ def decode_events(payloads: Sequence[bytes]
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
             out.append(InputError(f"event could not be decoded: {err!r:.200}"))
     return out
+
+
+def _tops(payloads: Sequence[bytes], rows: list[list[int]]) -> Iterator[Any] | None:
+    """The records the kernel parsed, their candidates replaced by ``[]``, decoded by one
+    orjson call as one JSON array; None when that array is not valid JSON or does not
+    have one value per record (then each record is decoded alone, so that a bad one gets
+    its own error)."""
+    parts: list[bytes] = []
+    n = 0
+    for payload, row in zip(payloads, rows, strict=True):
+        if row[_kernels.OK]:
+            parts += (b",", payload[:row[_kernels.SPAN_START]], b"[]",
+                      payload[row[_kernels.SPAN_END]:])
+            n += 1
+    if not n:
+        return None
+    parts[0] = b"["
+    parts.append(b"]")
+    try:
+        got = orjson.loads(b"".join(parts))
+    except orjson.JSONDecodeError:
+        return None
+    return iter(got) if len(got) == n else None
 
 
 class _Chunk:
