@@ -85,16 +85,22 @@ def _git_source(commit: str, path: str) -> tuple[str | None, str]:
 
 def _prev_joiner() -> tuple[Any, str]:
     """The joiner before round 4 of the per-event path (Python values made per batch,
-    columns per feature key, inline checks): ``join.py`` with its ``events.py`` and
-    ``dedupe.py`` as of git 31ea0fe, run against the rest of today's package. Returns
-    ``(Joiner class or None, reason)``."""
+    columns per feature key, inline checks): ``join.py`` with its ``events.py``,
+    ``dedupe.py`` and candidate kernel ``_kernels.py`` as of git 31ea0fe (the kernel
+    compiled at run time: numba caches only kernels read from a file), run against the
+    rest of today's package. Returns ``(Joiner class or None, reason)``."""
     mods = {}
-    for name in ("dedupe", "events", "join"):
+    for name in ("_kernels", "dedupe", "events", "join"):
         text, why = _git_source(PREV_JOINER_COMMIT, f"src/freshrec/stream/{name}.py")
         if text is None:
             return None, why
         module = types.ModuleType(f"freshrec_prev_{name}")
         sys.modules[module.__name__] = module  # dataclasses look their module up
+        if name == "_kernels":
+            text = text.replace("cache=True", "cache=False")
+        if name == "events":  # with the kernel of the same commit
+            text = text.replace("from freshrec.stream import _kernels\n", "")
+            module.__dict__["_kernels"] = mods["_kernels"]
         if name == "join":  # with the events and dedupe modules of the same commit
             text = text.replace("from freshrec.stream import events as ev\n", "")
             text = text.replace("from freshrec.stream.dedupe import KeyIndex, bucket_key\n", "")
@@ -303,7 +309,7 @@ def _latency(rate: float, seconds: float, candidates: int, per_req: float, seed:
 
 def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap = argparse.ArgumentParser(prog="freshrec bench join")
-    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--rate", type=float, default=2000.0,
                     help="events/s of the latency run")
