@@ -20,19 +20,31 @@ global batch of 4096), trained three ways on the same pre-generated batches, sam
   with row-wise Adagrad fused into backward, the same DeepFM interaction as its dense part
   (DDP), or ``null`` with ``torchrec_dmp_skipped_reason`` when it does not run here.
 
+Both freshrec arms start the next batch's lookup before the backward (``prefetch``), as
+``freshrec train`` does by default (``train.pipeline_lookup``): one process resolves its rows
+on a background thread; the ranks send the next batch's ids to their owners, which resolve
+and admit them, on a thread and process group of their own.
+
+The arms alternate over ``--rounds`` rounds (each round runs every arm once, in an order
+rotated from round to round), and the figures are medians over rounds: rates are the
+median of each arm's per-round rate, ratios the median of the per-round ratios (each
+against the baselines of its own round), with their ``_min``/``_max`` over rounds and the
+per-round figures under ``rounds_detail``, so one noisy run of a baseline does not decide a ratio.
+
 Every rate is global examples per second over the timed steps (after warm-up).
 ``dist_bytes_per_step`` is what one rank sends per step: ids, rows and row gradients of the
-sparse exchange plus the gathers of the step (``dist_sparse_bytes_per_step``) and the dense
-gradients it all-reduces (``dist_dense_bytes_per_step``, ring all-reduce: 2 (N-1)/N of the
-gradient bytes). ``dist_exchange_s_per_step`` is the wall time a rank spends in the sparse
-exchange's collectives; the rest of the step is compute (``dist_compute_s_per_step``): the
-inputs of the scaling model of docs/distributed.md.
+sparse exchange (``dist_sparse_bytes_per_step``) and the dense gradients it all-reduces
+(``dist_dense_bytes_per_step``, ring all-reduce: 2 (N-1)/N of the gradient bytes).
+``dist_exchange_s_per_step`` is the wall time a rank's training thread spends in the
+sparse exchange (the rows' and gradients' collectives, and waiting for a request started
+ahead); ``dist_request_s_per_step`` the request thread's time in its collectives (under the
+training thread's compute); the rest of the step is compute (``dist_compute_s_per_step``):
+the inputs of the scaling model of docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -89,16 +101,27 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
         sync = DenseGradientSync(model.parameters(), opt, dist.new_group(backend="gloo"))
         sync.broadcast()
     batches = [_local(stream, i, rank, world) for i in range(len(stream))]
-    sent = seconds = 0.0
+    before = np.zeros(4)
     start = 0.0
+
+    def exchanged() -> np.ndarray:
+        """Bytes sent, training-thread and request-thread exchange seconds so far."""
+        if not isinstance(emb, ShardedPooledEmbedding):
+            return np.zeros(4)
+        req = emb.requests
+        return np.array([emb.exchange.bytes_sent + req.bytes_sent,
+                         emb.exchange.seconds + emb.wait_seconds, req.seconds, 0.0])
+
     for i, (jb, dense, labels, _) in enumerate(batches):
         if i == opts.warmup:
             if ex is not None:
                 ex.barrier()
-                sent, seconds = ex.bytes_sent, ex.seconds
+            before = exchanged()
             start = time.perf_counter()
         logits = model(jb, dense, now=i)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / stream.batch
+        if i + 1 < len(batches):  # the next batch's lookup under this backward
+            emb.prefetch(batches[i + 1][0], now=i + 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,9 +130,11 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
     took = time.perf_counter() - start
     out: dict[str, Any] = {"ex_per_s": opts.batch * opts.steps / took, "s_per_step": took / opts.steps}
     if ex is not None and sync is not None:
-        out["sparse_bytes"] = (ex.bytes_sent - sent) / opts.steps
+        sent, seconds, request_s, _ = (exchanged() - before) / opts.steps
+        out["sparse_bytes"] = float(sent)
         out["dense_bytes"] = sync.bytes_per_step * 2 * (world - 1) / world
-        out["exchange_s"] = (ex.seconds - seconds) / opts.steps
+        out["exchange_s"] = float(seconds)
+        out["request_s"] = float(request_s)
     return out
 
 
@@ -222,6 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mlp", default="400,400,400")
     ap.add_argument("--sparse-opt", default="adagrad", choices=["adagrad", "rowwise_adagrad"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of every arm, alternating; figures are medians over rounds")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     return ap
@@ -236,6 +263,54 @@ def _resolve(opts: argparse.Namespace) -> argparse.Namespace:
     return opts
 
 
+def _spread(result: dict[str, Any], key: str, values: list[float | None]) -> None:
+    """``result[key]``: the median of ``values`` over rounds, with ``_min`` and ``_max``
+    (None when a value is missing)."""
+    if any(v is None for v in values) or not values:
+        result.update({key: None, f"{key}_min": None, f"{key}_max": None})
+        return
+    vals = [float(v) for v in values if v is not None]
+    result.update({key: float(np.median(vals)), f"{key}_min": min(vals),
+                   f"{key}_max": max(vals)})
+
+
+def _round(passed: list[str], r: int, say: Any) -> dict[str, Any]:
+    """Every arm once, in an order rotated by the round number ``r``; their rates."""
+    arms: list[tuple[str, Any]] = [
+        ("threads2_spin", lambda: _ranks("threads2", passed, 1, 1800, OMP_NUM_THREADS="2")),
+        ("threads2_passive", lambda: _ranks("threads2", passed, 1, 1800, OMP_NUM_THREADS="2",
+                                            OMP_WAIT_POLICY="PASSIVE")),
+        ("dist_ranks2", lambda: _ranks("dist", passed, 2, 1800)),
+        ("torchrec_dmp_ranks2", lambda: _ranks("dmp", passed, 2, 1800)),
+    ]
+    k = r % len(arms)
+    got: dict[str, Any] = {"loadavg_before": os.getloadavg()[0]}
+    for name, run in arms[k:] + arms[:k]:
+        try:
+            got[name] = run()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            if name != "torchrec_dmp_ranks2":
+                raise
+            got[name] = None
+            got["skipped"] = str(e).strip().splitlines()[-1][:300]
+    threads2 = max(got["threads2_spin"]["ex_per_s"], got["threads2_passive"]["ex_per_s"])
+    dist2, dmp = got["dist_ranks2"], got["torchrec_dmp_ranks2"]
+    row = {"loadavg_before": got["loadavg_before"], "loadavg_after": os.getloadavg()[0],
+           "threads2_spin_ex_per_s": got["threads2_spin"]["ex_per_s"],
+           "threads2_passive_ex_per_s": got["threads2_passive"]["ex_per_s"],
+           "threads2_ex_per_s": threads2, "dist_ranks2_ex_per_s": dist2["ex_per_s"],
+           "torchrec_dmp_ranks2_ex_per_s": dmp["ex_per_s"] if dmp else None,
+           "dist_ranks2_over_torchrec_dmp": dist2["ex_per_s"] / dmp["ex_per_s"] if dmp else None,
+           "dist_ranks2_over_threads2": dist2["ex_per_s"] / threads2, "dist": dist2}
+    if "skipped" in got:
+        row["torchrec_dmp_skipped_reason"] = got["skipped"]
+    say(f"round {r + 1}: 2 ranks {row['dist_ranks2_ex_per_s']:,.0f} examples/s; 1 process x 2 "
+        f"threads {row['threads2_spin_ex_per_s']:,.0f} (spinning) / "
+        f"{row['threads2_passive_ex_per_s']:,.0f} (passive); TorchRec DMP "
+        + (f"{row['torchrec_dmp_ranks2_ex_per_s']:,.0f}" if dmp else "skipped"))
+    return row
+
+
 def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     say = print if verbose else (lambda *a, **k: None)
     opts = _resolve(_parser().parse_args(argv))
@@ -244,40 +319,39 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
         "bench": "dist", "model": "deepfm", "slots": bt.N_SLOTS, "dim": bt.DIM,
         "mlp": opts.mlp, "batch": opts.batch, "vocab_per_slot": opts.vocab,
         "sparse_optimizer": opts.sparse_opt, "timed_steps": opts.steps,
-        "warmup_steps": opts.warmup, "ranks": 2, "threads_per_rank": 1, "backend": "gloo",
-        "loadavg_before": os.getloadavg()[0], **machine_info()}
-    spin = _ranks("threads2", passed, 1, 1800, OMP_NUM_THREADS="2")
-    passive = _ranks("threads2", passed, 1, 1800, OMP_NUM_THREADS="2",
-                     OMP_WAIT_POLICY="PASSIVE")
-    threads2 = max(spin, passive, key=lambda r: float(r["ex_per_s"]))
-    say(f"1 process x 2 threads: {spin['ex_per_s']:,.0f} examples/s (OpenMP workers "
-        f"spinning), {passive['ex_per_s']:,.0f} (OMP_WAIT_POLICY=PASSIVE)")
-    dist2 = _ranks("dist", passed, 2, 1800)
-    say(f"2 ranks x 1 thread:    {dist2['ex_per_s']:,.0f} examples/s")
-    try:
-        dmp: float | None = _ranks("dmp", passed, 2, 1800)["ex_per_s"]
-        say(f"TorchRec DMP 2 ranks:  {dmp:,.0f} examples/s")
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        dmp = None
-        result["torchrec_dmp_skipped_reason"] = str(e).strip().splitlines()[-1][:300]
-        say(f"TorchRec DMP skipped: {result['torchrec_dmp_skipped_reason']}")
-    sparse, dense = dist2["sparse_bytes"], dist2["dense_bytes"]
+        "warmup_steps": opts.warmup, "rounds": opts.rounds, "ranks": 2,
+        "threads_per_rank": 1, "backend": "gloo", "loadavg_before": os.getloadavg()[0],
+        **machine_info()}
+    rounds = [_round(passed, r, say) for r in range(opts.rounds)]
+    for key in ("threads2_ex_per_s", "threads2_spin_ex_per_s", "threads2_passive_ex_per_s",
+                "dist_ranks2_ex_per_s", "torchrec_dmp_ranks2_ex_per_s",
+                "dist_ranks2_over_torchrec_dmp", "dist_ranks2_over_threads2"):
+        _spread(result, key, [r[key] for r in rounds])
+    skipped = [r["torchrec_dmp_skipped_reason"] for r in rounds
+               if "torchrec_dmp_skipped_reason" in r]
+    if skipped:
+        result["torchrec_dmp_skipped_reason"] = skipped[0]
+
+    def dist_median(key: str) -> float:
+        return float(np.median([r["dist"][key] for r in rounds]))
+
+    sparse, dense = dist_median("sparse_bytes"), dist_median("dense_bytes")
+    step, exchange = dist_median("s_per_step"), dist_median("exchange_s")
     result.update({
-        "threads2_ex_per_s": threads2["ex_per_s"],
-        "threads2_spin_ex_per_s": spin["ex_per_s"],
-        "threads2_passive_ex_per_s": passive["ex_per_s"],
-        "dist_ranks2_ex_per_s": dist2["ex_per_s"],
-        "torchrec_dmp_ranks2_ex_per_s": dmp,
-        "dist_ranks2_over_torchrec_dmp": dist2["ex_per_s"] / dmp if dmp else None,
-        "dist_ranks2_over_threads2": dist2["ex_per_s"] / threads2["ex_per_s"],
         "dist_bytes_per_step": sparse + dense,
         "dist_sparse_bytes_per_step": sparse,
         "dist_dense_bytes_per_step": dense,
-        "dist_s_per_step": dist2["s_per_step"],
-        "dist_exchange_s_per_step": dist2["exchange_s"],
-        "dist_compute_s_per_step": dist2["s_per_step"] - dist2["exchange_s"],
+        "dist_s_per_step": step,
+        "dist_exchange_s_per_step": exchange,
+        "dist_request_s_per_step": dist_median("request_s"),
+        "dist_compute_s_per_step": step - exchange,
+        "rounds_detail": [{k: v for k, v in r.items() if k != "dist"} for r in rounds],
         "loadavg_after": os.getloadavg()[0],
     })
+    over_dmp = result["dist_ranks2_over_torchrec_dmp"]
+    say(f"medians of {opts.rounds} rounds: 2 ranks "
+        + (f"{over_dmp:.2f}x TorchRec DMP, " if over_dmp is not None else "")
+        + f"{result['dist_ranks2_over_threads2']:.2f}x 1 process x 2 threads")
     return result
 
 

@@ -218,7 +218,8 @@ def _equivalence(out: Path, rank: int) -> None:
         summary = trainer.fit(batches(600))
         np.savez(out / f"{opt}-rank{rank}.npz", **table_state(trainer.tables),
                  **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
-        (out / f"{opt}-rank{rank}.json").write_text(json.dumps(summary))
+        (out / f"{opt}-rank{rank}.json").write_text(json.dumps(
+            {**summary, "pipelined": trainer.embedding.pipelined}))
 
 
 def _stall(out: Path, rank: int) -> None:
@@ -238,7 +239,63 @@ def _stall(out: Path, rank: int) -> None:
                                                     "error": str(e)}))
 
 
-SCENARIOS = {"equivalence": _equivalence, "stall": _stall}
+#: The slots of the pipelining scenario: two tables, the item table's slots not next to each
+#: other (its pooled columns come out of order), the user table counting admissions.
+PIPE_SLOTS = {"item_id": ("item", "sum"), "user_id": ("user", "sum"), "hist": ("item", "mean")}
+
+
+def pipeline_tables() -> dict[str, EmbeddingTable]:
+    """Fresh tables of the pipelining scenario (the same on every rank and in the test)."""
+    from freshrec.table import AdmissionConfig, OptimizerConfig, TableConfig
+
+    return {"user": EmbeddingTable(TableConfig(
+                name="user", dim=4, ttl_s=3, optimizer=OptimizerConfig(kind="sgd", lr=0.1),
+                admission=AdmissionConfig(min_count=2))),
+            "item": EmbeddingTable(TableConfig(
+                name="item", dim=4, ttl_s=4,
+                optimizer=OptimizerConfig(kind="rowwise_adagrad", lr=0.05)))}
+
+
+def pipeline_batch(step: int, rank: int) -> dict[str, list[list[int]]]:
+    """Rank ``rank``'s examples of step ``step`` (a slot -> id lists dict)."""
+    rng = np.random.default_rng(1000 * step + rank)
+    n = 7 + rank
+    return {"item_id": [[int(i)] for i in rng.integers(0, 40, n)],
+            "user_id": [[int(u % 30)] for u in rng.zipf(1.5, n)],
+            "hist": [rng.integers(0, 40, rng.integers(0, 4)).tolist() for _ in range(n)]}
+
+
+#: Steps of the pipelining scenario, and the step after which the tables expire (no
+#: prefetch crosses it).
+PIPE_STEPS, PIPE_EXPIRE_AFTER = 12, 5
+
+
+def _pipeline(out: Path, rank: int) -> None:
+    """ShardedPooledEmbedding trained with the next request started ahead (rank 0 at every
+    step it may, rank 1 at odd steps only: a rank may skip a prefetch the others make)."""
+    from freshrec.dist import ShardedPooledEmbedding, SparseExchange
+    from freshrec.features.jagged import JaggedBatch
+    from freshrec.nn.pooled import SlotSpec
+
+    emb = ShardedPooledEmbedding(
+        pipeline_tables(), {s: SlotSpec(table=t, pooling=p) for s, (t, p) in PIPE_SLOTS.items()},
+        SparseExchange())
+    batches = [JaggedBatch.from_dict(pipeline_batch(k, rank)) for k in range(PIPE_STEPS)]
+    prefetched = 0
+    for k, batch in enumerate(batches):
+        pooled = emb(batch, now=k)
+        if k + 1 < PIPE_STEPS and k != PIPE_EXPIRE_AFTER and (rank == 0 or k % 2):
+            emb.prefetch(batches[k + 1], now=k + 1)
+            prefetched += 1
+        (0.5 * (pooled * pooled).sum()).backward()
+        if k == PIPE_EXPIRE_AFTER:
+            for table in emb.tables.values():
+                table.expire(k)
+    np.savez(out / f"pipeline-rank{rank}.npz", **table_state(emb.tables),
+             pipelined=np.array([emb.pipelined, prefetched]))
+
+
+SCENARIOS = {"equivalence": _equivalence, "stall": _stall, "pipeline": _pipeline}
 
 
 def main() -> None:
