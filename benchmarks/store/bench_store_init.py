@@ -4,18 +4,19 @@
 [--holdout F]``
 
 Per seed, one simulated stream (:func:`~freshrec.data.simulate.simulated_examples`, 2,000
-users, 500 items, 20 candidates per request; 8,000 requests, ``--quick`` 3,000) is trained on
-once, in event-time order, by the simulator's DeepFM (configs/simulator.yaml) with the user
-table in Redis, once per arm: ``random`` (the table's uniform initializer, the baseline),
-``zeros`` (a fixed zero vector), ``history_mean`` (a user new to the table starts from the
-mean of the item rows of the clicks in their history, ``u_recent_clicks``) and
+users, 500 items, 20 candidates per request; 8,000 requests, ``--quick`` 3,000) is trained
+on once, in event-time order, by the simulator's DeepFM (configs/simulator.yaml) with the
+user table in Redis, once per arm: ``random`` (the table's uniform initializer, the
+baseline), ``zeros`` (a fixed zero vector), ``history_mean`` (a user new to the table starts
+from the mean of the item rows of the clicks in their history, ``u_recent_clicks``),
 ``previous_model`` (the user's row in another model's user table: the same model trained on
-the first half of the stream with every user, a day-before model; ``source: table``), and
-``previous_model_state`` (its row and its optimizer state, ``with_state``). Every
-batch is scored before it is trained on (progressive validation). Same stream, same seed,
-same model: the arms differ only in where new user rows start. One more arm,
-``no_user_id``, is the model without the ``user_id`` slot (random init): how much the user
-field is worth at all.
+the first half of the stream with every user, a day-before model; ``source: table``),
+``previous_model_state`` (that row and its optimizer state, ``with_state``) and
+``unaligned_model`` (the row of a model trained like ``previous_model`` from other seeds:
+other initial rows and dense weights). Every batch is scored before it is trained on
+(progressive validation). Same stream, same seed, same model: the arms differ only in where
+new user rows start. One more arm, ``no_user_id``, is the model without the ``user_id`` slot
+(random init): how much the user field is worth at all.
 
 Two groups of users are scored:
 
@@ -27,8 +28,8 @@ Two groups of users are scored:
   to the table. ``*_with_history`` restricts to those whose history was not empty.
 - **New users** (``init_new_*``): every other user's first K impressions in the stream
   (most have no history at first sight, so ``history_mean`` falls back to the initializer).
-  The ``previous_model`` arms are scored on returning users only (the previous model saw
-  the new users' scored impressions).
+  The ``table`` arms are scored on returning users only (the other models saw the new
+  users' scored impressions).
 
 Each seed gives each arm's AUC and its difference to ``random``; over the seeds (default 5,
 ``--quick`` 2) the JSON has the mean difference and the half-width of its 95 % t interval
@@ -56,12 +57,18 @@ from freshrec.features import hash_array
 from freshrec.table import EmbeddingTable, TableConfig
 from freshrec.train.trainer import Trainer, rebatch
 
-#: new-user init of each arm (``previous_model``'s snapshot path is added per seed)
+#: new-user init of each arm (a ``table`` source names one of :data:`PREVIOUS`, whose
+#: snapshot is made per seed)
 ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
         "zeros": {"source": "fixed", "value": [0.0] * 16},
         "history_mean": {"source": "history_mean", "history_slot": "u_recent_clicks"},
-        "previous_model": {"source": "table"},
-        "previous_model_state": {"source": "table", "with_state": True}}
+        "previous_model": {"source": "table", "table_path": "previous_model"},
+        "previous_model_state": {"source": "table", "table_path": "previous_model",
+                                 "with_state": True},
+        "unaligned_model": {"source": "table", "table_path": "unaligned_model"}}
+#: the other models (trained on the stream's first half with every user): the train seed
+#: and the tables' initializer seed added to the measured model's
+PREVIOUS = {"previous_model": (0, 0), "unaligned_model": (7919, 1)}
 #: the model without the user_id slot (random init): the user field's worth
 ABLATION = "no_user_id"
 #: groups each arm is scored on (the previous model saw the new users' impressions)
@@ -94,12 +101,14 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def model_config(url: str | None, prefix: str, new_user: dict[str, Any],
                  seed: int = 0, user_id: bool = True,
-                 mlp: tuple[int, ...] = (64, 32)) -> dict[str, Any]:
+                 mlp: tuple[int, ...] = (64, 32), init_seed: int = 0) -> dict[str, Any]:
     """configs/simulator.yaml's model with the user table in Redis at ``url`` (None: in
     the process), new users starting as ``new_user`` says; ``user_id=False`` drops the
-    user_id slot, ``mlp=()`` the deep part (linear + FM only)."""
+    user_id slot, ``mlp=()`` the deep part (linear + FM only); ``init_seed`` seeds the
+    tables' initializer (other initial rows)."""
     opt = {"kind": "rowwise_adagrad", "lr": 0.05}
-    user: dict[str, Any] = {"dim": 16, "optimizer": opt}
+    init = {"initializer": {"seed": init_seed}} if init_seed else {}
+    user: dict[str, Any] = {"dim": 16, "optimizer": opt, **init}
     if url is not None:
         user |= {"backend": "redis",
                  "store": {"url": url, "prefix": prefix, "new_user": new_user}}
@@ -108,8 +117,8 @@ def model_config(url: str | None, prefix: str, new_user: dict[str, Any],
         "features": {
             "tables": {
                 "user": user,
-                "item": {"dim": 16, "optimizer": opt},
-                "attr": {"dim": 16, "optimizer": {"kind": "adagrad", "lr": 0.05}}},
+                "item": {"dim": 16, "optimizer": opt, **init},
+                "attr": {"dim": 16, "optimizer": {"kind": "adagrad", "lr": 0.05}, **init}},
             "slots": {**slots, "item_id": {"table": "item"},
                       "u_recent_clicks": {"table": "item", "kind": "multi", "max_len": 20,
                                           "pooling": "mean", "id_space": "item_id"},
@@ -172,8 +181,9 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(axis=1)[ok] / (na * nb)[ok]).sum() / max(a.shape[0], 1))
 
 
-def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: EmbeddingTable,
-             min_impressions: int = 60, candidates: int = 20) -> dict[str, float]:
+def diagnose(trainer: Trainer, train: Any, held: np.ndarray,
+             previous: dict[str, EmbeddingTable], min_impressions: int = 60,
+             candidates: int = 20) -> dict[str, float]:
     """Why an init helps or not, from a trained model (the random arm's, at the end).
 
     Over the users with at least ``min_impressions`` trained on and a history: the mean
@@ -184,8 +194,8 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: Embedding
     relation). ``one_request_row_norm``: the mean norm of the rows of users seen in one
     request (``candidates`` impressions or fewer), about one optimizer step from their
     start. Over the held-out users (fids ``held``): the mean cosine of this model's row
-    and the ``previous`` model's (``cos_row_previous_model``; with another user's row,
-    ``..._other``): whether the two models' user rows are in one space.
+    and each ``previous`` model's user row (``cos_row_<name>``; with another user's row,
+    ``cos_row_<name>_other``): whether the two models' user rows are in one space.
     """
     enc = trainer.schema.encode(train)
     users, uoff = enc.sparse.slot("user_id")
@@ -203,18 +213,19 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray, previous: Embedding
     probe = EmbeddingTable(TableConfig(name="probe", dim=utab.dim,
                                        initializer=utab.config.initializer))
     init_rows = probe.lookup(np.arange(1, 1001, dtype=np.uint64), now=0, train=True)
-    mine, theirs = utab.lookup(held), previous.lookup(held)
-    both = (np.linalg.norm(mine, axis=1) > 0) & (previous.find(held) >= 0)
-    mine, theirs = mine[both], theirs[both]
-    return {"users": float(fids.shape[0]),
+    out = {"users": float(fids.shape[0]),
             "user_row_norm": float(np.linalg.norm(rows, axis=1).mean()),
             "history_mean_norm": float(np.linalg.norm(means, axis=1).mean()),
             "init_row_norm": float(np.linalg.norm(init_rows, axis=1).mean()),
             "one_request_row_norm": float(np.linalg.norm(once, axis=1).mean()),
             "cos_row_history_mean": _cos(rows, means),
-            "cos_row_other_history_mean": _cos(rows, np.roll(means, 1, axis=0)),
-            "cos_row_previous_model": _cos(mine, theirs),
-            "cos_row_previous_model_other": _cos(mine, np.roll(theirs, 1, axis=0))}
+            "cos_row_other_history_mean": _cos(rows, np.roll(means, 1, axis=0))}
+    for name, table in previous.items():
+        mine, theirs = utab.lookup(held), table.lookup(held)
+        both = (np.linalg.norm(mine, axis=1) > 0) & (table.find(held) >= 0)
+        out[f"cos_row_{name}"] = _cos(mine[both], theirs[both])
+        out[f"cos_row_{name}_other"] = _cos(mine[both], np.roll(theirs[both], 1, axis=0))
+    return out
 
 
 def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
@@ -237,27 +248,30 @@ def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
     say(f"seed {seed}: {train.num_rows:,} impressions trained on, scored "
         f"{ {g: int(m.sum()) for g, m in scored.items()} } ({time.perf_counter() - t0:.1f}s)")
     with tempfile.TemporaryDirectory() as tmp:
-        # the previous model: every user, the first half of the stream, rows in the process
-        prev_cfg = config_from_dict(model_config(None, "", {}, seed, mlp=mlp))
-        previous, _ = _train(prev_cfg, table.slice(0, table.num_rows // 2))
-        previous.tables["user"].save(Path(tmp) / "user")
-        arms = {a: (dict(v, table_path=str(Path(tmp) / "user")) if v["source"] == "table"
-                    else v, True) for a, v in ARMS.items()}
+        # the other models: every user, the first half of the stream, rows in the process
+        previous = {}
+        for name, (dseed, iseed) in PREVIOUS.items():
+            other, _ = _train(config_from_dict(model_config(
+                None, "", {}, seed + dseed, mlp=mlp, init_seed=iseed)),
+                table.slice(0, table.num_rows // 2))
+            previous[name] = other.tables["user"]
+            other.tables["user"].save(Path(tmp) / name)
+        arms = {a: (dict(v, table_path=str(Path(tmp) / v["table_path"]))
+                    if v["source"] == "table" else v, True) for a, v in ARMS.items()}
         arms[ABLATION] = (ARMS["random"], False)
         for arm, (new_user, user_id) in arms.items():
             t = time.perf_counter()
             cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}",
                                                 new_user, seed, user_id, mlp))
             trainer, p = _train(cfg, train)
-            groups = RETURNING if arm.startswith("previous_model") else GROUPS
+            groups = RETURNING if new_user["source"] == "table" else GROUPS
             out |= {f"{g}_auc_{arm}": auc(y[scored[g]], p[scored[g]]) for g in groups}
             if arm == "random":
                 held = np.unique(table.filter(masks["held"]).column("user_id").to_numpy())
                 out |= {f"diag_{key}": v for key, v in diagnose(
-                    trainer, train, hash_array("user_id", held),
-                    previous.tables["user"]).items()}
+                    trainer, train, hash_array("user_id", held), previous).items()}
             trainer.tables["user"].close()  # type: ignore[attr-defined]
-            say(f"  {arm:>14}: " + ", ".join(f"{g} {out[f'{g}_auc_{arm}']:.4f}"
+            say(f"  {arm:>20}: " + ", ".join(f"{g} {out[f'{g}_auc_{arm}']:.4f}"
                                               for g in groups)
                 + f" ({time.perf_counter() - t:.1f}s)")
     return out

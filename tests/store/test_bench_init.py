@@ -60,7 +60,8 @@ def test_diagnose_measures_rows_against_brute_force() -> None:
     trainer, p = b._train(config_from_dict(b.model_config(None, "", {}, 0, mlp=())), table)
     assert p.shape == (table.num_rows,) and ((p > 0) & (p < 1)).all()
     users = hash_array("user_id", np.unique(table.column("user_id").to_numpy()))
-    d = b.diagnose(trainer, table, users, trainer.tables["user"], min_impressions=30)
+    d = b.diagnose(trainer, table, users, {"previous_model": trainer.tables["user"]},
+                   min_impressions=30)
     # the same table as the "previous model": every row has cosine 1 with itself
     assert d["cos_row_previous_model"] == pytest.approx(1.0, abs=1e-5)
     assert d["cos_row_previous_model_other"] < 0.99
