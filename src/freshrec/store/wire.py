@@ -7,8 +7,11 @@ redis-py: one persistent socket (``TCP_NODELAY``), the command built as RESP byt
 or health checks. Its wait for the reply is *hybrid*: it first polls the socket without
 blocking for up to ``spin_us`` microseconds (the reply of a loopback or same-rack server
 usually arrives within that time, and a thread that never slept needs no wake-up), then
-blocks in ``poll`` for the rest of the budget. The spin costs at most ``spin_us`` of CPU
-per request (``spin_us=0``: always block).
+blocks in ``poll`` for the rest of the budget. Between polls it yields the CPU
+(``sched_yield``): a redis-server woken on the same CPU runs at once instead of waiting
+for the spin to end (without the yield, about 1 % of loopback replies waited out the whole
+spin). The spin costs at most ``spin_us`` of CPU per request (``spin_us=0``: always
+block).
 
 It speaks to one server (``redis://`` and ``unix://`` URLs, with the URL's password,
 user and database); TLS (``rediss://``) and Redis Cluster stay with redis-py, whose
@@ -276,6 +279,7 @@ class WireClient:
                     chunk = None
                 if chunk is None:  # nothing yet: spin on, then sleep in poll
                     if time.perf_counter_ns() < spin_until:
+                        os.sched_yield()  # a redis-server waiting for this CPU runs now
                         continue
                     left = deadline - time.perf_counter()
                     if left <= 0:
