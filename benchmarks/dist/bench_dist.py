@@ -105,12 +105,13 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
     start = 0.0
 
     def exchanged() -> np.ndarray:
-        """Bytes sent, training-thread and request-thread exchange seconds so far."""
+        """Bytes sent by the training thread and by the request thread, the training
+        thread's and the request thread's exchange seconds, so far."""
         if not isinstance(emb, ShardedPooledEmbedding):
             return np.zeros(4)
         req = emb.requests
-        return np.array([emb.exchange.bytes_sent + req.bytes_sent,
-                         emb.exchange.seconds + emb.wait_seconds, req.seconds, 0.0])
+        return np.array([emb.exchange.bytes_sent, req.bytes_sent,
+                         emb.exchange.seconds + emb.wait_seconds, req.seconds])
 
     for i, (jb, dense, labels, _) in enumerate(batches):
         if i == opts.warmup:
@@ -130,8 +131,9 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
     took = time.perf_counter() - start
     out: dict[str, Any] = {"ex_per_s": opts.batch * opts.steps / took, "s_per_step": took / opts.steps}
     if ex is not None and sync is not None:
-        sent, seconds, request_s, _ = (exchanged() - before) / opts.steps
-        out["sparse_bytes"] = float(sent)
+        # the timed steps send steps - 1 requests (the first was sent in the warm-up)
+        sent, requested, seconds, request_s = (exchanged() - before) / opts.steps
+        out["sparse_bytes"] = float(sent + requested * opts.steps / max(opts.steps - 1, 1))
         out["dense_bytes"] = sync.bytes_per_step * 2 * (world - 1) / world
         out["exchange_s"] = float(seconds)
         out["request_s"] = float(request_s)
