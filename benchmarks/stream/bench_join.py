@@ -25,9 +25,9 @@
    each, started together (wall time of the slower one); ``redis_over_file_cost_ratio``: the
    joiner process's CPU seconds per event on Redis Streams over the file log's, same records.
    The 1- and 35-candidate runs alternate with the joiner before round 4 of its per-event
-   path (``join.py``, ``events.py`` and ``dedupe.py`` as of git 31ea0fe, read from the
-   history at run time) as the same-run baseline: ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and
-   the 35-candidate pair); ``join_cpu_us_per_event_1cand`` (and ``_prev``,
+   path (``join.py``, ``events.py``, ``dedupe.py`` and the candidate kernel ``_kernels.py``
+   as of git 31ea0fe, read from the history at run time) as the same-run baseline:
+   ``join_events_per_s_1cand_prev``, ``join_1cand_speedup`` (and the 35-candidate pair); ``join_cpu_us_per_event_1cand`` (and ``_prev``,
    ``join_1cand_cpu_speedup``) is the joiner's CPU time per 1-candidate event, steadier than
    wall time on a shared machine, where the capacity model in docs/freshness.md starts.
 
