@@ -13,7 +13,9 @@ from the mean of the item rows of the clicks in their history, ``u_recent_clicks
 the first half of the stream with every user, a day-before model; ``source: table``),
 ``previous_model_state`` (that row and its optimizer state, ``with_state``) and
 ``unaligned_model`` (the row of a model trained like ``previous_model`` from other seeds:
-other initial rows and dense weights). Every batch is scored before it is trained on
+other initial rows and dense weights), ``shuffled_model`` (``previous_model``'s rows given
+to other users: its rows, not its users') and ``random_wide`` (a uniform initializer of a
+trained row's norm, 0.30). Every batch is scored before it is trained on
 (progressive validation). Same stream, same seed, same model: the arms differ only in where
 new user rows start. One more arm, ``no_user_id``, is the model without the ``user_id`` slot
 (random init): how much the user field is worth at all.
@@ -54,7 +56,7 @@ from freshrec.benchinfo import load_script, machine_info, paired_interval
 from freshrec.config import config_from_dict
 from freshrec.data.simulate import SimulatorConfig, simulated_examples
 from freshrec.features import hash_array
-from freshrec.table import EmbeddingTable, TableConfig
+from freshrec.table import EmbeddingTable, TableConfig, TableDelta
 from freshrec.train.trainer import Trainer, rebatch
 
 #: new-user init of each arm (a ``table`` source names one of :data:`PREVIOUS`, whose
@@ -65,7 +67,12 @@ ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
         "previous_model": {"source": "table", "table_path": "previous_model"},
         "previous_model_state": {"source": "table", "table_path": "previous_model",
                                  "with_state": True},
-        "unaligned_model": {"source": "table", "table_path": "unaligned_model"}}
+        "unaligned_model": {"source": "table", "table_path": "unaligned_model"},
+        "shuffled_model": {"source": "table", "table_path": "shuffled_model"},
+        "random_wide": {"source": "none"}}
+#: the ``random_wide`` arm's uniform initializer half-width: rows of a trained row's norm
+#: (0.13 * sqrt(16 / 3) = 0.30)
+WIDE_SCALE = 0.13
 #: the other models (trained on the stream's first half with every user): the train seed
 #: and the tables' initializer seed added to the measured model's
 PREVIOUS = {"previous_model": (0, 0), "unaligned_model": (7919, 1)}
@@ -101,14 +108,18 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def model_config(url: str | None, prefix: str, new_user: dict[str, Any],
                  seed: int = 0, user_id: bool = True,
-                 mlp: tuple[int, ...] = (64, 32), init_seed: int = 0) -> dict[str, Any]:
+                 mlp: tuple[int, ...] = (64, 32), init_seed: int = 0,
+                 user_scale: float | None = None) -> dict[str, Any]:
     """configs/simulator.yaml's model with the user table in Redis at ``url`` (None: in
     the process), new users starting as ``new_user`` says; ``user_id=False`` drops the
     user_id slot, ``mlp=()`` the deep part (linear + FM only); ``init_seed`` seeds the
-    tables' initializer (other initial rows)."""
+    tables' initializer (other initial rows), ``user_scale`` is the user table's uniform
+    initializer's half-width."""
     opt = {"kind": "rowwise_adagrad", "lr": 0.05}
     init = {"initializer": {"seed": init_seed}} if init_seed else {}
     user: dict[str, Any] = {"dim": 16, "optimizer": opt, **init}
+    if user_scale is not None:
+        user["initializer"] = {"seed": init_seed, "scale": user_scale}
     if url is not None:
         user |= {"backend": "redis",
                  "store": {"url": url, "prefix": prefix, "new_user": new_user}}
@@ -228,6 +239,20 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray,
     return out
 
 
+def shuffled(table: EmbeddingTable, seed: int) -> EmbeddingTable:
+    """A copy of ``table`` whose rows (values and optimizer states) are given to other
+    fids: each fid gets another fid's row, drawn by a permutation seeded by ``seed``."""
+    rows = table.read_rows()
+    perm = np.random.default_rng(seed + 2000).permutation(rows.fids.shape[0])
+    out = EmbeddingTable(table.config)
+    out.apply_delta(TableDelta(
+        table=table.name, fingerprint=out.config.fingerprint(), from_version=0,
+        to_version=0, fids=rows.fids, values=rows.values[perm], last_seen=rows.last_seen,
+        states=None if rows.states is None else rows.states[perm],
+        expired=np.empty(0, np.uint64)), check_version=False)
+    return out
+
+
 def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
              say: Any, n_users: int = 2000, mlp: tuple[int, ...] = (64, 32)
              ) -> dict[str, Any]:
@@ -256,13 +281,15 @@ def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
                 table.slice(0, table.num_rows // 2))
             previous[name] = other.tables["user"]
             other.tables["user"].save(Path(tmp) / name)
+        shuffled(previous["previous_model"], seed).save(Path(tmp) / "shuffled_model")
         arms = {a: (dict(v, table_path=str(Path(tmp) / v["table_path"]))
                     if v["source"] == "table" else v, True) for a, v in ARMS.items()}
         arms[ABLATION] = (ARMS["random"], False)
         for arm, (new_user, user_id) in arms.items():
             t = time.perf_counter()
-            cfg = config_from_dict(model_config(url, f"init-{uuid.uuid4().hex[:8]}",
-                                                new_user, seed, user_id, mlp))
+            cfg = config_from_dict(model_config(
+                url, f"init-{uuid.uuid4().hex[:8]}", new_user, seed, user_id, mlp,
+                user_scale=WIDE_SCALE if arm == "random_wide" else None))
             trainer, p = _train(cfg, train)
             groups = RETURNING if new_user["source"] == "table" else GROUPS
             out |= {f"{g}_auc_{arm}": auc(y[scored[g]], p[scored[g]]) for g in groups}
