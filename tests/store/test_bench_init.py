@@ -83,3 +83,26 @@ def test_diagnose_measures_rows_against_brute_force() -> None:
                                                    rel=1e-5)
     cos = (rows * means).sum(1) / np.linalg.norm(rows, axis=1) / np.linalg.norm(means, axis=1)
     assert d["cos_row_history_mean"] == pytest.approx(cos.mean(), abs=1e-5)
+
+
+def test_shuffled_gives_each_fid_another_fids_row() -> None:
+    from freshrec.table import EmbeddingTable, OptimizerConfig, TableConfig
+
+    t = EmbeddingTable(TableConfig(name="user", dim=3,
+                                   optimizer=OptimizerConfig(kind="rowwise_adagrad")))
+    fids = np.arange(1, 51, dtype=np.uint64)
+    t.lookup(fids, now=0, train=True)
+    t.apply_gradients(fids, np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32))
+    s = _bench().shuffled(t, 0)
+    a, b = t.read_rows(fids), s.read_rows(fids)
+    assert a.states is not None and b.states is not None
+    # the same rows, with their states, on other fids
+    key = lambda r, st: sorted(map(tuple, np.hstack([r, st]).tolist()))  # noqa: E731
+    assert key(a.values, a.states) == key(b.values, b.states)
+    moved = (a.values != b.values).any(axis=1)
+    assert moved.sum() >= 45
+    # each fid's new row and state belong to one fid of the original
+    src = {tuple(v): tuple(st) for v, st in zip(a.values.tolist(), a.states.tolist(),
+                                                strict=True)}
+    assert all(src[tuple(v)] == tuple(st) for v, st in zip(b.values.tolist(),
+                                                           b.states.tolist(), strict=True))
