@@ -25,6 +25,16 @@ def config(url: str, prefix: str, name: str = "user", **store: Any) -> TableConf
                        store=StoreConfig(url=url, prefix=prefix, **store))
 
 
+def flushed_and_served(trainer: RedisTable, served: ServedRedisTable,
+                       fids: np.ndarray) -> np.ndarray:
+    """Create ``fids``' rows on the trainer, flush them, check serving reads them; the rows."""
+    trainer.lookup(fids, now=0, train=True)
+    trainer.flush()
+    want = trainer.lookup(fids)
+    np.testing.assert_array_equal(served.lookup(fids), want)
+    return want
+
+
 def test_serving_reads_what_the_trainer_flushed(store_url: str, prefix: str,
                                                 closing: list[Any]) -> None:
     trainer = RedisTable(config(store_url, prefix))
@@ -69,10 +79,7 @@ def test_serving_survives_redis_stopping_and_restarting(tmp_path: Path, prefix: 
                                          serve_fallback="init"))
         closing += [trainer, served]
         known, new = np.array([1, 2], np.uint64), np.array([7], np.uint64)
-        trainer.lookup(known, now=0, train=True)
-        trainer.flush()
-        want = trainer.lookup(known)
-        np.testing.assert_array_equal(served.lookup(known), want)
+        want = flushed_and_served(trainer, served, known)
         before = dict(served.counters)
         stop_process(proc)
         # Redis is down: no error; known rows keep their last copy, a new fid gets the
@@ -129,10 +136,7 @@ def test_a_slow_redis_costs_the_budget_and_no_request(redis_server: str, prefix:
     admin = redis.Redis.from_url(redis_server)
     closing += [trainer, served, admin]
     known, new = np.array([1, 2], np.uint64), np.array([9], np.uint64)
-    trainer.lookup(known, now=0, train=True)
-    trainer.flush()
-    want = trainer.lookup(known)
-    np.testing.assert_array_equal(served.lookup(known), want)
+    want = flushed_and_served(trainer, served, known)
     before = dict(served.counters)
     admin.execute_command("CLIENT", "PAUSE", 2000, "ALL")
     try:
