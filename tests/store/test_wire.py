@@ -113,6 +113,23 @@ def test_cluster_urls_use_the_cluster_client(redis_cluster_nodes: RedisClusterNo
     assert type(read_client("redis://127.0.0.1:1/0", "t", 5.0, wire=False)).__name__ == "Redis"
 
 
+def test_threads_take_turns_on_the_connection(redis_server: str, prefix: str,
+                                              closing: list[Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"{prefix}:t{i}".encode() for i in range(8)]
+    redis.Redis.from_url(redis_server).mset({k: k * 50 for k in keys})
+    wire = WireClient(redis_server, timeout_s=30.0)
+    closing.append(wire)
+
+    def reads(k: bytes) -> bool:
+        return all(wire.mget([k]) == [k * 50] for _ in range(200))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(reads, keys))  # each thread got its own replies, none mixed
+    assert wire.connects == 1
+
+
 def _child_read(client: WireClient, key: bytes, out: Any) -> None:
     out.send((client.mget([key]), client.connects))
 

@@ -26,6 +26,8 @@ reading. Past it, or when the connection fails, it raises redis-py's
 :class:`~redis.exceptions.TimeoutError` or :class:`~redis.exceptions.ConnectionError`
 (:func:`freshrec.stream._redis.is_lost` is true for both) and closes the socket, so that a
 late reply is never read as the answer to the next command; the next call connects again.
+Threads share the connection in turns (a lock, whose wait counts against the budget); a
+forked child opens its own.
 
 Examples
 --------
@@ -43,6 +45,7 @@ import math
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -176,6 +179,7 @@ class WireClient:
             self._hello.append(command(b"SELECT", [str(int(opts["db"])).encode()]))
         self._sock: socket.socket | None = None
         self._pid = os.getpid()
+        self._lock = threading.Lock()
         self._poll: select.poll | None = None
         self._buf = bytearray()
         #: Connections opened, and reads whose reply came while spinning / after sleeping.
@@ -205,17 +209,25 @@ class WireClient:
 
     def execute(self, raw: bytes) -> Any:
         """Send the RESP-encoded command ``raw`` and return its reply (an error reply is
-        raised), within ``timeout_s``."""
+        raised), within ``timeout_s``. Threads take turns on the connection; the wait for
+        it counts against the budget."""
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         deadline = time.perf_counter() + self.timeout_s
-        if self._pid != os.getpid():  # a forked child: its own connection, not the parent's
-            self.close()
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise RedisTimeoutError(f"Redis at {self.url}: the connection stayed busy with "
+                                    "another thread's command past the budget")
         try:
+            if self._pid != os.getpid():  # a forked child: its own connection
+                self._drop()
             if self._sock is None:
                 self._connect(deadline)
             reply = self._call(raw, deadline)
         except BaseException:
-            self.close()
+            self._drop()
             raise
+        finally:
+            self._lock.release()
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -305,10 +317,14 @@ class WireClient:
 
     def __del__(self) -> None:
         if getattr(self, "_sock", None) is not None:
-            self.close()
+            self._drop()
 
     def close(self) -> None:
         """Close the socket (the next call connects again)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
