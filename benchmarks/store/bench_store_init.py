@@ -14,7 +14,8 @@ the first half of the stream with every user, a day-before model; ``source: tabl
 ``previous_model_state`` (that row and its optimizer state, ``with_state``) and
 ``unaligned_model`` (the row of a model trained like ``previous_model`` from other seeds:
 other initial rows and dense weights), ``shuffled_model`` (``previous_model``'s rows given
-to other users: its rows, not its users') and ``random_wide`` (a uniform initializer of a
+to other users: its rows, not its users'), ``own_norm`` (each user's ``previous_model``
+row's norm in a random direction) and ``random_wide`` (a uniform initializer of a
 trained row's norm, 0.30). Every batch is scored before it is trained on
 (progressive validation). Same stream, same seed, same model: the arms differ only in where
 new user rows start. One more arm, ``no_user_id``, is the model without the ``user_id`` slot
@@ -69,6 +70,7 @@ ARMS: dict[str, dict[str, Any]] = {"random": {"source": "none"},
                                  "with_state": True},
         "unaligned_model": {"source": "table", "table_path": "unaligned_model"},
         "shuffled_model": {"source": "table", "table_path": "shuffled_model"},
+        "own_norm": {"source": "table", "table_path": "own_norm"},
         "random_wide": {"source": "none"}}
 #: the ``random_wide`` arm's uniform initializer half-width: rows of a trained row's norm
 #: (0.13 * sqrt(16 / 3) = 0.30)
@@ -239,24 +241,34 @@ def diagnose(trainer: Trainer, train: Any, held: np.ndarray,
     return out
 
 
-def shuffled(table: EmbeddingTable, seed: int) -> EmbeddingTable:
+def shuffled(table: EmbeddingTable, seed: int, keep_norm: bool = False) -> EmbeddingTable:
     """A copy of ``table`` whose rows (values and optimizer states) are given to other
-    fids: each fid gets another fid's row, drawn by a permutation seeded by ``seed``."""
+    fids: each fid gets another fid's row, drawn by a permutation seeded by ``seed``;
+    ``keep_norm``: each fid keeps its row's norm and state, in a random direction."""
     rows = table.read_rows()
-    perm = np.random.default_rng(seed + 2000).permutation(rows.fids.shape[0])
+    rng = np.random.default_rng(seed + 2000)
+    n = rows.fids.shape[0]
+    perm = np.arange(n) if keep_norm else rng.permutation(n)
+    values = rows.values[perm]
+    if keep_norm:
+        way = rng.normal(size=values.shape)
+        values = (way / np.linalg.norm(way, axis=1, keepdims=True)
+                  * np.linalg.norm(values, axis=1, keepdims=True)).astype(np.float32)
     out = EmbeddingTable(table.config)
     out.apply_delta(TableDelta(
         table=table.name, fingerprint=out.config.fingerprint(), from_version=0,
-        to_version=0, fids=rows.fids, values=rows.values[perm], last_seen=rows.last_seen,
+        to_version=0, fids=rows.fids, values=values, last_seen=rows.last_seen,
         states=None if rows.states is None else rows.states[perm],
         expired=np.empty(0, np.uint64)), check_version=False)
     return out
 
 
 def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
-             say: Any, n_users: int = 2000, mlp: tuple[int, ...] = (64, 32)
-             ) -> dict[str, Any]:
-    """One seed: each arm's AUC on each scored group (see the module docstring)."""
+             say: Any, n_users: int = 2000, mlp: tuple[int, ...] = (64, 32),
+             run_arms: tuple[str, ...] = (*ARMS, ABLATION)) -> dict[str, Any]:
+    """One seed: each arm of ``run_arms`` (always ``random``) AUC on each scored group (see
+    the module docstring)."""
+    run_arms = ("random", *run_arms)
     t0 = time.perf_counter()
     table = simulated_examples(SimulatorConfig(
         seed=seed, n_users=n_users, n_items=500, candidates=20, bias=-2.0,
@@ -282,9 +294,12 @@ def run_seed(url: str, n_req: int, k: int, holdout: float, seed: int,
             previous[name] = other.tables["user"]
             other.tables["user"].save(Path(tmp) / name)
         shuffled(previous["previous_model"], seed).save(Path(tmp) / "shuffled_model")
+        shuffled(previous["previous_model"], seed, keep_norm=True).save(Path(tmp) / "own_norm")
         arms = {a: (dict(v, table_path=str(Path(tmp) / v["table_path"]))
-                    if v["source"] == "table" else v, True) for a, v in ARMS.items()}
-        arms[ABLATION] = (ARMS["random"], False)
+                    if v["source"] == "table" else v, True) for a, v in ARMS.items()
+                if a in run_arms}
+        if ABLATION in run_arms:
+            arms[ABLATION] = (ARMS["random"], False)
         for arm, (new_user, user_id) in arms.items():
             t = time.perf_counter()
             cfg = config_from_dict(model_config(
@@ -316,6 +331,8 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     ap.add_argument("--users", type=int, default=2000, help="simulated users at the start")
     ap.add_argument("--mlp", default="64,32",
                     help="hidden widths of the DeepFM's MLP, comma-separated ('' : none)")
+    ap.add_argument("--arms", default=",".join((*ARMS, ABLATION)),
+                    help="arms to run, comma-separated (random always runs)")
     ap.add_argument("--redis", default=None, help="a Redis URL (default: a private server)")
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args(argv)
@@ -323,13 +340,18 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     n_req = opts.requests or (3000 if opts.quick else 8000)
     n_seeds = opts.seeds or (2 if opts.quick else 5)
     mlp = tuple(int(w) for w in opts.mlp.split(",") if w.strip())
+    run_arms = tuple(a.strip() for a in opts.arms.split(",") if a.strip())
+    unknown = set(run_arms) - {*ARMS, ABLATION}
+    if unknown:
+        raise SystemExit(f"bench store_init: unknown arms {sorted(unknown)}, expected some "
+                         f"of {[*ARMS, ABLATION]}")
     runs = []
     with _bench_log().redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("bench store_init needs redis-server (scripts/ensure-redis)")
         for seed in range(opts.seed, opts.seed + n_seeds):
             runs.append(run_seed(url, n_req, opts.k, opts.holdout, seed, say, opts.users,
-                                  mlp))
+                                  mlp, run_arms))
     out: dict[str, object] = {"requests": n_req, "users": opts.users, "mlp": list(mlp),
                               "k": opts.k,
                               "holdout": opts.holdout, "seeds": n_seeds}
