@@ -82,3 +82,12 @@ def test_one_rank_with_prefetch_equals_plain_and_checks_its_contract() -> None:
     sharded.tables["item"].expire(20)  # rows removed after the request resolved them
     with pytest.raises(InputError, match="'item' was changed"):
         sharded(batch, now=20)
+
+
+def test_sum_pooled_slots_only_equal_plain() -> None:
+    slots = {"item_id": SlotSpec(table="item"), "user_id": SlotSpec(table="user")}
+    sharded = ShardedPooledEmbedding(pipeline_tables(), slots, SparseExchange())
+    plain = PooledEmbedding(pipeline_tables(), slots)
+    batch = JaggedBatch.from_dict({s: v for s, v in pipeline_batch(0, 0).items() if s in slots})
+    for _ in range(2):  # the second time users counted twice are admitted
+        torch.testing.assert_close(sharded(batch, now=0), plain(batch, now=0))

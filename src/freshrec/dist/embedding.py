@@ -154,6 +154,7 @@ class ShardedPooledEmbedding(PooledEmbedding):
         #: Output column of each pooled slot, in the order one embedding_bag pools them.
         self._col_order = torch.from_numpy(np.argsort(cols))
         self._cols_in_order = bool((cols == np.arange(cols.shape[0])).all())
+        self._any_mean = any(spec.pooling == "mean" for spec in self.slots.values())
         self._requester: ThreadPoolExecutor | None = None
         self._ahead: _Pending | None = None
         #: Wall seconds the forward waited for a request started by :meth:`prefetch`.
@@ -179,7 +180,8 @@ class ShardedPooledEmbedding(PooledEmbedding):
         pooled = F.embedding_bag(torch.from_numpy(local.inverse), rows,
                                  torch.from_numpy(local.offsets), mode="sum",
                                  include_last_offset=True)
-        pooled = pooled * torch.from_numpy(local.scale)[:, None]
+        if self._any_mean:  # sum-pooled bags have scale 1
+            pooled = pooled * torch.from_numpy(local.scale)[:, None]
         b = batch.batch_size
         by_slot = pooled.view(len(self.slot_names), b, self.dim)  # slots in pooling order
         if not self._cols_in_order:
