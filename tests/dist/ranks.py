@@ -180,15 +180,22 @@ def checkpoint_state(run_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[s
 def assert_same_model(parts: list[dict[str, np.ndarray]], dense: dict[str, Any],
                       single: Any) -> None:
     """Shards ``parts`` together and ``dense`` equal the single-process ``single`` trainer."""
-    want = table_state(single.tables)
+    assert_same_tables(parts, single.tables)
+    for k, v in single.model.state_dict().items():
+        np.testing.assert_allclose(dense[k], v.numpy(), atol=1e-5, rtol=0)
+
+
+def assert_same_tables(parts: list[dict[str, np.ndarray]],
+                       tables: dict[str, EmbeddingTable]) -> None:
+    """Shards ``parts`` together hold the rows of the tables ``user`` and ``item`` of
+    ``tables``: the same fids and last-seen times, values and states within 1e-5."""
+    want = table_state(tables)
     for name in ("user", "item"):
         got = merged(parts, name)
         np.testing.assert_array_equal(got["fids"], want[f"{name}.fids"])
         np.testing.assert_array_equal(got["last_seen"], want[f"{name}.last_seen"])
         np.testing.assert_allclose(got["values"], want[f"{name}.values"], atol=1e-5, rtol=0)
         np.testing.assert_allclose(got["states"], want[f"{name}.states"], atol=1e-5, rtol=1e-6)
-    for k, v in single.model.state_dict().items():
-        np.testing.assert_allclose(dense[k], v.numpy(), atol=1e-5, rtol=0)
 
 
 def run_ranks(n: int, scenario: str, out: Path, *args: str, timeout: float = 120) -> list[str]:

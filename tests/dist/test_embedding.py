@@ -16,7 +16,7 @@ from tests.dist.ranks import (
     PIPE_EXPIRE_AFTER,
     PIPE_SLOTS,
     PIPE_STEPS,
-    merged,
+    assert_same_tables,
     pipeline_batch,
     pipeline_tables,
     run_ranks,
@@ -48,13 +48,7 @@ def test_prefetched_requests_train_what_one_process_trains(tmp_path: Path) -> No
                 table.expire(k)
     assert single.tables["user"].stats().rejected > 0  # admission counted across ranks
     assert single.tables["item"].stats().expired > 0
-    want = table_state(single.tables)
-    for name in ("user", "item"):
-        got = merged(parts, name)
-        np.testing.assert_array_equal(got["fids"], want[f"{name}.fids"])
-        np.testing.assert_array_equal(got["last_seen"], want[f"{name}.last_seen"])
-        np.testing.assert_allclose(got["values"], want[f"{name}.values"], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(got["states"], want[f"{name}.states"], atol=1e-5, rtol=1e-6)
+    assert_same_tables(parts, single.tables)
 
 
 def test_one_rank_with_prefetch_equals_plain_and_checks_its_contract() -> None:
