@@ -23,7 +23,9 @@
 - **Training** (``store_train_ratio``): examples/s of the simulator's DeepFM
   (configs/simulator.yaml) on one simulated stream, user table in the process vs in Redis
   (write-back cache, flushed after each checkpoint; both arms checkpoint every 20 steps).
-  The two trainers take turns batch by batch, so both see the same machine load.
+  The two trainers learn the first 5 batches untimed (kernel compilation, first page
+  faults), then take turns batch by batch in a random order, so both see the same machine
+  load; ``store_train_ratio_chunk_median``/``_min``/``_max`` give the ratio per 10 batches.
 - **Freshness** (``store_write_to_read_p99_s``): a trainer's flush of a changed row to the
   moment a server polling every 5 ms (default 200 ms local copy) reads the new value, 40
   times. Rows reach Redis when the trainer checkpoints, so end-to-end freshness adds the
@@ -190,36 +192,52 @@ def train_config(url: str | None) -> dict[str, Any]:
     return raw
 
 
-def bench_training(url: str, examples: int) -> dict[str, float]:
+def bench_training(url: str, examples: int, rng: np.random.Generator,
+                   warmup_batches: int = 5, chunk_batches: int = 10) -> dict[str, float]:
     table = simulated_examples(SimulatorConfig(
         seed=0, n_users=20_000, n_items=2000, candidates=20, bias=-2.0, malformed_rate=0.0,
         duplicate_rate=0.0), n_requests=max(1, examples // 20))
     arms = {"memory": None, "redis": url}
-    spent = dict.fromkeys(arms, 0.0)
     with tempfile.TemporaryDirectory() as run:
         trainers = {arm: Trainer(config_from_dict(train_config(u)), run_dir=f"{run}/{arm}")
                     for arm, u in arms.items()}
         size = trainers["memory"].config.train.batch_size
         encoded = [trainers["memory"].schema.encode(rb)
                    for rb in rebatch(table.to_batches(), size)]
-        for i, enc in enumerate(encoded):  # interleaved: both arms see the same load
-            for arm, trainer in trainers.items():
+        # both arms learn the first batches untimed (the first calls compile kernels and
+        # fault pages in: timed, they would be charged to whichever arm ran first); then the
+        # arms take turns batch by batch in a new random order, so both see the same load
+        spent = {arm: np.zeros(len(encoded)) for arm in arms}
+        for i, enc in enumerate(encoded):
+            for arm in rng.permutation(list(arms)):
+                trainer = trainers[arm]
                 t0 = time.perf_counter()
                 trainer.learn_batch(enc)
                 if trainer.step % 20 == 0 or i == len(encoded) - 1:
                     trainer.save()
-                spent[arm] += time.perf_counter() - t0
+                spent[arm][i] = time.perf_counter() - t0
         user = trainers["redis"].tables["user"]
         if isinstance(user, RedisTable):
             out_counters = user.store_stats()
             user.close()
-    out: dict[str, float] = {f"train_{arm}_ex_per_s": round(table.num_rows / t, 1)
+    timed = slice(min(warmup_batches, len(encoded) - 1), None)
+    rows = sum(e.size for e in encoded[timed])
+    out: dict[str, float] = {f"train_{arm}_ex_per_s": round(rows / t[timed].sum(), 1)
                              for arm, t in spent.items()}
     out["store_train_ratio"] = round(out["train_redis_ex_per_s"]
                                      / out["train_memory_ex_per_s"], 3)
+    # the same ratio per run of chunk_batches batches: its spread says how much the figure
+    # above owes to a few slow batches of one arm
+    cuts = range(timed.start, len(encoded), chunk_batches)
+    per_chunk = [spent["memory"][c:c + chunk_batches].sum()
+                 / spent["redis"][c:c + chunk_batches].sum() for c in cuts]
+    out["store_train_ratio_chunk_median"] = round(float(np.median(per_chunk)), 3)
+    out["store_train_ratio_chunk_min"] = round(float(np.min(per_chunk)), 3)
+    out["store_train_ratio_chunk_max"] = round(float(np.max(per_chunk)), 3)
     out["train_redis_rows_flushed"] = out_counters["flushed"]
     out["train_redis_rows_read"] = out_counters["read"]
     out["train_examples"] = table.num_rows
+    out["train_examples_timed"] = rows
     return out
 
 
@@ -310,7 +328,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
         out |= bench_state(url, 10 if opts.quick else 30)
         out |= bench_freshness(url, 20 if opts.quick else 40)
         say(f"freshness: p99 {out['store_write_to_read_p99_s']} s")
-        out |= bench_training(url, examples)
+        out |= bench_training(url, examples, np.random.default_rng(1))
         say(f"training: redis / in-process {out['store_train_ratio']}")
     out["loadavg_end"] = os.getloadavg()[0]
     out["machine"] = machine_info()
