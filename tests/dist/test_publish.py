@@ -4,6 +4,7 @@ the shards); a missing or altered part is refused by name; retention removes par
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -49,6 +50,7 @@ def _batch_publish(out: Path, rank: int) -> None:
     pub.publish_dense()
     np.savez(out / f"rank{rank}.npz", **table_state(trainer.tables),
              **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
+    trainer.exchange.barrier()  # leave together (freshrec.dist.run.train_rank says why)
 
 
 class Follower(threading.Thread):
@@ -196,3 +198,67 @@ def test_retention_removes_every_part_of_old_versions(batch_run: Path,
     leftovers = [p for p in (reg.root / "versions").iterdir() if not p.name.isdigit()]
     assert leftovers == []
     _assert_union(table_state(Subscriber(reg).materialize().tables), _shards(batch_run), {})
+
+
+def test_a_server_loads_and_follows_a_model_published_in_parts(batch_run: Path,
+                                                               tmp_path: Path) -> None:
+    from freshrec.serve.updater import ModelUpdater
+
+    reg = _copy(batch_run, tmp_path)
+    head = reg.head()
+    assert head is not None
+    fulls = [m.version for m in reg.manifests() if m.kind.value == "full"]
+    (reg.root / "HEAD").write_text(json.dumps({"version": fulls[-1] + 1}))
+    updater = ModelUpdater(Registry(reg.root), config=config("rowwise_adagrad"))
+    pred = updater.load(warm=False)  # a full snapshot in parts, then a delta
+    assert pred.version == fulls[-1] + 1
+    (reg.root / "HEAD").write_text(json.dumps({"version": head}))
+    assert updater.poll()  # the deltas in parts, applied in place; the dense part
+    assert updater.current is not None and updater.current.version == head
+    _assert_union(table_state(updater.current.tables), _shards(batch_run), {})
+
+
+def _part_fails(out: Path, rank: int) -> None:
+    """(per rank) Rank 1 cannot write its part of the second publish (a full disk): every
+    rank raises, nothing is published; the next publish carries those rows."""
+    from freshrec.dist import DistTrainer, ShardedPublisher
+
+    trainer = DistTrainer(config("rowwise_adagrad", pipeline_lookup=False))
+    trainer.keep_expired_log = True
+    pub = ShardedPublisher(Registry(out / "registry"), trainer.tables,
+                           trainer.model.state_dict, trainer.exchange)
+    pub.publish_full()
+    trainer.fit(batches(300))
+    write = pub._write_tables
+    if rank == 1:
+        def full_disk(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(28, "No space left on device")
+
+        pub._write_tables = full_disk  # type: ignore[method-assign]
+    errors = []
+    try:
+        pub.publish_sparse()
+    except OSError as e:
+        errors.append(str(e))
+    pub._write_tables = write  # type: ignore[method-assign]
+    pub.publish_sparse()
+    pub.publish_dense()
+    np.savez(out / f"rank{rank}.npz", **table_state(trainer.tables),
+             **{f"dense.{k}": v.numpy() for k, v in trainer.model.state_dict().items()})
+    (out / f"errors{rank}.txt").write_text("\n".join(errors))
+    trainer.exchange.barrier()
+
+
+def test_a_rank_that_cannot_write_its_part_fails_the_publish_on_every_rank(
+        tmp_path: Path) -> None:
+    run_ranks(2, "tests.dist.test_publish:_part_fails", tmp_path)
+    for r in range(2):
+        error = (tmp_path / f"errors{r}.txt").read_text()
+        assert "rank 1: OSError: [Errno 28] No space left on device" in error, error
+    reg = Registry(tmp_path / "registry")
+    assert [m.kind.value for m in reg.manifests()] == ["full", "delta", "delta"]
+    assert [p.name for p in (reg.root / "versions").iterdir()
+            if not p.name.isdigit()] == []  # the failed version's parts were removed
+    state = Subscriber(reg).materialize()
+    _assert_union(table_state(state.tables), _shards(tmp_path),
+                  {k: t.numpy() for k, t in state.dense.items()})

@@ -56,6 +56,7 @@ def _gate_ranks(out: Path, rank: int) -> None:
             gate.hold(enc, enc.labels[:, 0])
     result = _decisions(gate, trainer.predict_batch, trainer.model)
     (out / f"rank{rank}.json").write_text(json.dumps({**result, "held": gate.examples}))
+    trainer.exchange.barrier()  # leave together (freshrec.dist.run.train_rank says why)
 
 
 def test_two_ranks_take_the_gate_decision_of_one_process(tmp_path: Path) -> None:
@@ -109,6 +110,7 @@ def _online_refusing(out: Path, rank: int) -> None:
         "checks": online.gate.checks, "refusals": online.gate.refusals,
         "held": online.gate.examples, "last": online.last_gate.meta()
         if online.last_gate is not None else None}))
+    online.exchange.barrier()  # leave together (freshrec.dist.run.train_rank says why)
 
 
 def test_an_online_run_on_two_ranks_is_refused_once_per_check(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ class ShardedPublisher(Publisher):
     def maybe_publish(self, now_wall: float, *, event_time: int | None = None,
                       meta: Mapping[str, Any] | None = None) -> VersionManifest | None:
         """:meth:`Publisher.maybe_publish` with rank 0's clock and intervals deciding for
-        every rank; rank 0 returns the manifest, the others None."""
+        every rank; every rank returns the manifest (or None)."""
         now = float(now_wall)
         due = self._due(now) if self.rank == 0 else None
         kind, dense = gather_json(self.exchange, [due[0].value, due[1]]
@@ -119,8 +119,9 @@ class ShardedPublisher(Publisher):
     def _publish(self, kind: VersionKind, *, sparse: bool, dense: bool,
                  event_time: int | None, meta: Mapping[str, Any] | None
                  ) -> VersionManifest | None:
-        """One version, every rank writing its part; rank 0 returns the manifest. Any
-        rank's failure (a full disk) raises on every rank, and nothing is published."""
+        """One version, every rank writing its part; every rank returns its manifest (rank
+        0's, sent to the others). Any rank's failure (a full disk) raises on every rank, and
+        nothing is published."""
         event_time = _check_event_time(event_time, "ShardedPublisher")
         meta_d = _check_meta(meta, "ShardedPublisher")
         pending: dict[str, int] = {}
