@@ -25,13 +25,18 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 from numba import njit
+from numba.core.cpu import CPUTargetOptions
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: ``_nrt`` is not a public option: a numba without it (an unknown option fails the first
+#: call) compiles these kernels with its runtime on, slower and with the same results
+_RUNTIME_OFF: dict[str, Any] = {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
 
 
 def _jit(inline: Literal["never", "always"] = "never") -> Callable[[_F], _F]:
     """``njit`` with the options of every function here (``_nrt``: the module docstring)."""
-    runtime_off: dict[str, Any] = {"_nrt": False}
+    runtime_off = _RUNTIME_OFF
     return cast(Callable[[_F], _F], njit(cache=True, nogil=True, inline=inline, **runtime_off))
 
 #: columns of ``info`` (one row per record)
