@@ -24,6 +24,28 @@ def test_the_worker_entry_imports_no_torch():
     assert out[:2] == ["[]", "True"]
 
 
+def test_freshrec_join_runs_without_torch(tmp_path):
+    """``freshrec join`` itself (the command, its config document and the joiner) never
+    imports torch: the document's other sections are read through their packages' configs
+    alone (the packages import their torch modules on first use)."""
+    _log(tmp_path / "in", 2, 50).close()
+    doc = tmp_path / "join.yaml"
+    doc.write_text(json.dumps({"join": {
+        "source": f"file:{tmp_path / 'in'}", "output": f"file:{tmp_path / 'out'}",
+        "state": str(tmp_path / "state"), "window_s": CFG.window_s,
+        "allowed_lateness_s": CFG.allowed_lateness_s, "idle_timeout_s": 0.2, "flush": True}}))
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['freshrec', 'join', '--config', {str(doc)!r}]\n"
+            "try:\n    runpy.run_module('freshrec', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch loaded:', 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "torch loaded: False"
+    assert _per_partition(FileLog(tmp_path / "out", FileLogConfig(fsync="never")))
+
+
 def test_the_worker_entry_runs_a_join_and_refuses_a_bad_document(tmp_path):
     """``python -m freshrec.stream.job CONFIG PARTITIONS STATE`` writes what a joiner over
     those partitions writes; a bad document is a usage error (exit 2, not restarted)."""

@@ -39,10 +39,23 @@ The package, one module per concern:
 - :mod:`~freshrec.demo.run`: :func:`run_demo`, which wires them together.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.demo.config import DemoConfig
-from freshrec.demo.display import summary_table
 from freshrec.demo.processes import DemoError
-from freshrec.demo.run import run_demo
-from freshrec.demo.traffic import TrafficDriver
+
+if TYPE_CHECKING:
+    from freshrec.demo.display import summary_table
+    from freshrec.demo.run import run_demo
+    from freshrec.demo.traffic import TrafficDriver
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"summary_table": "display", "run_demo": "run", "TrafficDriver": "traffic"}
 
 __all__ = ["DemoConfig", "DemoError", "TrafficDriver", "run_demo", "summary_table"]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)

@@ -12,15 +12,29 @@ number of ranks. :class:`DistOnlineTrainer` trains online, each rank on its own 
 of the examples log. See ``docs/distributed.md``.
 """
 
-from freshrec.dist.checkpoint import DistManifest, latest_manifest, reshard_table
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.dist.config import DistConfig
-from freshrec.dist.dense import DenseGradientSync
-from freshrec.dist.embedding import ShardedPooledEmbedding
-from freshrec.dist.exchange import SparseExchange
-from freshrec.dist.online import DistOnlineTrainer, owned_partitions
-from freshrec.dist.publish import ShardedPublisher
-from freshrec.dist.sharding import SHARD_SALT, owner_ranks
-from freshrec.dist.trainer import DistTrainer, GlobalMetricSet
+
+if TYPE_CHECKING:
+    from freshrec.dist.checkpoint import DistManifest, latest_manifest, reshard_table
+    from freshrec.dist.dense import DenseGradientSync
+    from freshrec.dist.embedding import ShardedPooledEmbedding
+    from freshrec.dist.exchange import SparseExchange
+    from freshrec.dist.online import DistOnlineTrainer, owned_partitions
+    from freshrec.dist.publish import ShardedPublisher
+    from freshrec.dist.sharding import SHARD_SALT, owner_ranks
+    from freshrec.dist.trainer import DistTrainer, GlobalMetricSet
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"DistManifest": "checkpoint", "latest_manifest": "checkpoint",
+         "reshard_table": "checkpoint", "DenseGradientSync": "dense",
+         "ShardedPooledEmbedding": "embedding", "SparseExchange": "exchange",
+         "DistOnlineTrainer": "online", "owned_partitions": "online",
+         "ShardedPublisher": "publish", "SHARD_SALT": "sharding", "owner_ranks": "sharding",
+         "DistTrainer": "trainer", "GlobalMetricSet": "trainer"}
 
 __all__ = [
     "DenseGradientSync",
@@ -38,3 +52,7 @@ __all__ = [
     "owner_ranks",
     "reshard_table",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)

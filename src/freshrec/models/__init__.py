@@ -28,13 +28,24 @@ Examples
 
 from __future__ import annotations
 
-from freshrec.models.base import CTRModel, Embedder
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.models.config import ModelConfig, ModelKind, model_config_from_dict
-from freshrec.models.dcn import CrossLayer, DCNv2
-from freshrec.models.deepfm import DeepFM
-from freshrec.models.factory import build_model
-from freshrec.models.layers import MLP, flat_input
-from freshrec.models.wide_deep import WideDeep
+
+if TYPE_CHECKING:
+    from freshrec.models.base import CTRModel, Embedder
+    from freshrec.models.dcn import CrossLayer, DCNv2
+    from freshrec.models.deepfm import DeepFM
+    from freshrec.models.factory import build_model
+    from freshrec.models.layers import MLP, flat_input
+    from freshrec.models.wide_deep import WideDeep
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"CTRModel": "base", "Embedder": "base", "CrossLayer": "dcn", "DCNv2": "dcn",
+         "DeepFM": "deepfm", "build_model": "factory", "MLP": "layers", "flat_input": "layers",
+         "WideDeep": "wide_deep"}
 
 __all__ = [
     "CTRModel",
@@ -50,3 +61,7 @@ __all__ = [
     "flat_input",
     "model_config_from_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)

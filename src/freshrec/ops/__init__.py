@@ -8,9 +8,19 @@ Grafana dashboard and Prometheus alerting rules. The data are what the system al
 server's Prometheus ``/metrics`` (:class:`Collector`).
 """
 
-from freshrec.ops.collect import Collector
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.ops.config import AlertKind, AlertRule, GateConfig, OpsConfig, RollbackConfig
-from freshrec.ops.layout import Panel, Row, Series, dashboard_layout
+
+if TYPE_CHECKING:
+    from freshrec.ops.collect import Collector
+    from freshrec.ops.layout import Panel, Row, Series, dashboard_layout
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"Collector": "collect", "Panel": "layout", "Row": "layout", "Series": "layout",
+         "dashboard_layout": "layout"}
 
 __all__ = [
     "AlertKind",
@@ -24,3 +34,7 @@ __all__ = [
     "Series",
     "dashboard_layout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)

@@ -21,9 +21,9 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from freshrec._lazy import lazy_attribute
 from freshrec.serve.config import ServeConfig, ServeJobConfig, serve_config_from_dict
 
 if TYPE_CHECKING:
@@ -53,9 +53,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 __all__ = [

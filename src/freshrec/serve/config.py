@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from freshrec._validate import build_config, is_int, is_number, require
-from freshrec.serve.engine import ENGINES
+
+#: The dense engines of ``serve.engine`` (:mod:`freshrec.serve.engine` builds them).
+ENGINES = ("auto", "torch", "onnxruntime")
 
 __all__ = ["ServeConfig", "ServeJobConfig", "serve_config_from_dict"]
 

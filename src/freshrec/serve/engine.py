@@ -45,14 +45,12 @@ import torch
 
 from freshrec.errors import ConfigError
 from freshrec.models.split import ServingSplit
+from freshrec.serve.config import ENGINES
 
 __all__ = ["ENGINES", "OnnxDense", "OnnxOps", "TorchDense", "dense_engine",
            "onnxruntime_available"]
 
 log = logging.getLogger(__name__)
-
-ENGINES = ("auto", "torch", "onnxruntime")
-
 
 class TorchDense:
     """A serving split on torch (see the module docstring)."""

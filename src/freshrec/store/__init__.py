@@ -17,9 +17,9 @@ Examples
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from freshrec._lazy import lazy_attribute
 from freshrec.store.config import (
     NewUserInitConfig,
     NewUserSource,
@@ -56,6 +56,4 @@ _LAZY = {"RowKeys": "client", "RowStore": "client", "RedisTable": "table",
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"freshrec.store.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'freshrec.store' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

@@ -35,16 +35,29 @@ Examples
 (2, 1, [0.0])
 """
 
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.sync.config import (
     PublisherConfig,
     SubscriberConfig,
     publisher_config_from_dict,
     subscriber_config_from_dict,
 )
-from freshrec.sync.health import RegistryHealth, VersionHealth, check_registry
-from freshrec.sync.publisher import Publisher, model_fingerprint
-from freshrec.sync.registry import Registry, VersionKind, VersionManifest
-from freshrec.sync.subscriber import ModelState, PlanStep, StepAction, Subscriber, SyncPlan
+
+if TYPE_CHECKING:
+    from freshrec.sync.health import RegistryHealth, VersionHealth, check_registry
+    from freshrec.sync.publisher import Publisher, model_fingerprint
+    from freshrec.sync.registry import Registry, VersionKind, VersionManifest
+    from freshrec.sync.subscriber import ModelState, PlanStep, StepAction, Subscriber, SyncPlan
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"RegistryHealth": "health", "VersionHealth": "health", "check_registry": "health",
+         "Publisher": "publisher", "model_fingerprint": "publisher", "Registry": "registry",
+         "VersionKind": "registry", "VersionManifest": "registry", "ModelState": "subscriber",
+         "PlanStep": "subscriber", "StepAction": "subscriber", "Subscriber": "subscriber",
+         "SyncPlan": "subscriber"}
 
 __all__ = [
     "ModelState",
@@ -65,3 +78,7 @@ __all__ = [
     "publisher_config_from_dict",
     "subscriber_config_from_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)

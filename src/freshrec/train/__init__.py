@@ -20,19 +20,31 @@ Examples
 AUC: 1.0000
 """
 
+from typing import TYPE_CHECKING, Any
+
+from freshrec._lazy import lazy_attribute
 from freshrec.train.config import TrainConfig
-from freshrec.train.metrics import (
-    AUC,
-    Calibration,
-    LogLoss,
-    Metric,
-    MetricSet,
-    Windowed,
-    default_metrics,
-)
-from freshrec.train.online import OnlineTrainer
-from freshrec.train.trainer import Trainer, rebatch
-from freshrec.train.warm import WarmStartReport, warm_start
+
+if TYPE_CHECKING:
+    from freshrec.train.metrics import (
+        AUC,
+        Calibration,
+        LogLoss,
+        Metric,
+        MetricSet,
+        Windowed,
+        default_metrics,
+    )
+    from freshrec.train.online import OnlineTrainer
+    from freshrec.train.trainer import Trainer, rebatch
+    from freshrec.train.warm import WarmStartReport, warm_start
+
+#: Public name -> the module that defines it, imported on first use: reading a config
+#: (``freshrec.config`` takes this package's section from here) does not load torch.
+_LAZY = {"AUC": "metrics", "Calibration": "metrics", "LogLoss": "metrics", "Metric": "metrics",
+         "MetricSet": "metrics", "Windowed": "metrics", "default_metrics": "metrics",
+         "OnlineTrainer": "online", "Trainer": "trainer", "rebatch": "trainer",
+         "WarmStartReport": "warm", "warm_start": "warm"}
 
 __all__ = [
     "AUC",
@@ -49,3 +61,7 @@ __all__ = [
     "WarmStartReport",
     "warm_start",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name)
