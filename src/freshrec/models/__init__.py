@@ -13,6 +13,7 @@ Examples
 >>> from freshrec.features import JaggedBatch
 >>> from freshrec.nn import PooledEmbedding, SlotSpec
 >>> from freshrec.table import EmbeddingTable, OptimizerConfig, TableConfig
+>>> from freshrec.models import build_model
 >>> _ = torch.manual_seed(0)
 >>> table = EmbeddingTable(TableConfig(name="ids", dim=4,
 ...                        optimizer=OptimizerConfig(kind="adagrad", lr=0.1)))
