@@ -31,9 +31,9 @@
    ``join_1cand_cpu_speedup``) is the joiner's CPU time per 1-candidate event, steadier than
    wall time on a shared machine, where the capacity model in docs/freshness.md starts.
 
-Every joiner here (current and previous) runs with the garbage-collector setting of
-``freshrec join`` and its workers (:func:`freshrec.stream.job.tune_gc`, called once the joiner
-is built, as the command does).
+Every joiner here (current and previous) runs with the memory setting of ``freshrec join``
+and its workers (:func:`freshrec.stream.job.tune_memory`: collector thresholds and a heap that
+keeps freed memory, applied once the joiner is built, as the command does).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from freshrec.benchinfo import load_script, machine_info
 from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog, RedisLogConfig
 from freshrec.stream.events import decode_examples
-from freshrec.stream.job import tune_gc
+from freshrec.stream.job import tune_memory
 
 WINDOW_S, LATENESS_S = 10, 2
 LAT_WINDOW_S = 1  # label window of the latency run (its stream lasts a few seconds)
@@ -142,7 +142,7 @@ def _cfg(checkpoint_every_s: float = 0.2, window_s: int = WINDOW_S) -> JoinerCon
 def _throughput(joiner_cls, src, out, state: str, n: int) -> tuple[float, float, float]:
     """``(events/s, examples/s, CPU seconds of this process)`` joining ``n`` events."""
     j = joiner_cls(src, out, state, _cfg())
-    tune_gc()  # as ``freshrec join`` and its workers run
+    tune_memory()  # as ``freshrec join`` and its workers run
     t, c = time.perf_counter(), time.process_time()
     while j.counters.get("events_in", 0) < n:
         j.step(max_records=2000)
@@ -186,7 +186,7 @@ def _values(pairs: list[tuple[str, bytes]]) -> list[bytes]:
 def _worker(path: str, parts: tuple[int, ...], state: str, go, done) -> None:
     src, out = FileLog(f"{path}/in"), FileLog(f"{path}/out")
     j = Joiner(src, out, state, _cfg(), partitions=parts if len(parts) < 4 else None)
-    tune_gc()
+    tune_memory()
     go.wait()
     t = time.perf_counter()
     while any(src.read(p, j.offsets[p], 1) for p in j.owned):
@@ -265,7 +265,7 @@ def _latency(rate: float, seconds: float, candidates: int, per_req: float, seed:
         reader = FileLog(f"{d}/out")  # the consumer (another handle, as the trainer has)
         j = Joiner(src, out, f"{d}/state", _cfg(checkpoint_every_s=0.1,
                                                  window_s=LAT_WINDOW_S))
-        tune_gc()
+        tune_memory()
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         proc = ctx.Process(target=_produce, args=(f"{d}/in", lat_recs, ts, rate, q))

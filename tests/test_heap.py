@@ -1,0 +1,52 @@
+"""The heap setting of long-running stream processes: freed memory is reused, not re-faulted."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+_PROBE = """
+import json, resource, sys
+import numpy as np
+from freshrec._heap import retain_freed_heap
+applied = retain_freed_heap() if sys.argv[1] == "retain" else None
+faults = []
+for _ in range(4):  # allocate, touch and free 64 MiB, as a joiner does with each batch
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(8 << 20)
+    del a
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+def _faults(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
+                         check=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_retained_heap_reuses_freed_pages_instead_of_faulting_them_in_again():
+    huge_pages = (64 << 20) // (2 << 20)  # the fewest faults 64 MiB can take (2 MiB pages)
+    default = _faults("default")["faults"]
+    assert min(default[1:]) >= huge_pages  # each 64 MiB block is a fresh mmap
+    retained = _faults("retain")
+    assert retained["applied"] is True
+    assert retained["faults"][0] >= huge_pages  # the heap grows once ...
+    assert max(retained["faults"][1:]) * 10 <= min(default[1:])  # ... and is reused after
+
+
+def test_tune_memory_sets_the_collector_and_the_heap_in_a_joiner_process():
+    probe = ("import gc, json; from freshrec.stream.job import tune_memory, "
+             "JOINER_GC_THRESHOLDS; tune_memory(); "
+             "print(json.dumps([list(gc.get_threshold()), list(JOINER_GC_THRESHOLDS), "
+             "gc.get_freeze_count() > 0]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120)
+    got, want, frozen = json.loads(out.stdout)
+    assert got == want and frozen
