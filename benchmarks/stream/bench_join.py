@@ -385,7 +385,7 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, object]:
     many = _values(_records(35, n_req * 2, opts.seed + 3))
     prev_join, why = _prev_joiner()
     cur1, prev1, cur35, prev35 = [], [], [], []
-    for _ in range(max(repeats, 2)):  # alternating, so both see the same machine load
+    for _ in range(max(repeats, 3)):  # alternating, so both see the same machine load
         cur1.append(_file_throughput(Joiner, _values(one)))
         cur35.append(_file_throughput(Joiner, many))
         if prev_join is not None:
