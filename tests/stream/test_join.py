@@ -375,3 +375,31 @@ def test_pending_impressions_are_read_back_from_the_input_after_a_restart(tmp_pa
     j.close()
     assert [(e["item_id"], e["click"]) for e in _read_examples(out)] == [
         (1, 0.0), (2, 0.0), (3, 1.0)]
+
+
+def test_an_impression_far_ahead_of_its_partition_does_not_hold_its_chunk_mates(tmp_path):
+    """An impression dated more than a window ahead stays pending after the records decoded
+    with it are emitted: it must keep only its own candidates in memory (before, it held
+    the columns of every impression of its 64-record decode chunk)."""
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, checkpoint_every_s=0.0)
+
+    def imp(i, ts):
+        return ev.encode({"type": "impression", "event_id": f"e{i}", "request_id": f"r{i}",
+                          "user_id": i, "timestamp": ts, "user": {},
+                          "candidates": [{"item_id": 100 * i + k, "position": k,
+                                          "features": {"c": k, "d": i}} for k in range(20)]})
+
+    src = FileLog(tmp_path / "in", _fl())
+    src.append([imp(i, 1000 + i * 0.01) for i in range(40)] + [imp(40, 1100)])
+    out = FileLog(tmp_path / "out", _fl())
+    j = Joiner(src, out, tmp_path / "state", cfg)
+    j.step()
+    j.checkpoint()
+    assert list(j._mem) == ["r40"]  # the others are emitted; the one far ahead waits
+    pending = j._mem["r40"].imp
+    assert pending.chunk.ints.size == 20 * (2 + 2)  # its 20 candidates x (item, pos, c, d)
+    j.flush()
+    j.close()
+    rows = [r for r in _read_examples(out) if r["request_id"] == "r40"]
+    assert [(r["item_id"], r["position"], r["i_c"], r["i_d"]) for r in rows] == [
+        (4000 + k, k, k, 40) for k in range(20)]

@@ -288,6 +288,10 @@ class CompactImpression:
     def __len__(self) -> int:
         return len(self.items)
 
+    def detached(self) -> CompactImpression:
+        """The impression holding only its own candidate columns (itself: they are)."""
+        return self
+
 
 def compact_impression(ev: Mapping[str, Any]) -> CompactImpression:
     """Validate the candidates of an impression whose top-level fields passed
@@ -485,6 +489,28 @@ class _KernelImpression(CompactImpression):
 
     def __len__(self) -> int:
         return self.n
+
+    def detached(self) -> CompactImpression:
+        """A copy of this impression that holds its own rows of the chunk, not the chunk: an
+        impression that stays pending long after the other records of its chunk would keep
+        all their candidates in memory (a joiner decodes 64 records at once).
+
+        >>> imp = {"type": "impression", "event_id": "e", "request_id": "r", "user_id": 1,
+        ...        "timestamp": 5, "user": {}, "candidates": [
+        ...            {"item_id": 9, "position": 0, "features": {"c": 1}}]}
+        >>> (_, _, a), (_, _, b) = decode_events([encode(imp), encode({**imp, "event_id": "f"})])
+        >>> own = b.detached()
+        >>> own.items.tolist(), own.feature_cols[0].tolist(), own.chunk.ints.size < b.chunk.ints.size
+        ([9], [1], True)
+        """
+        w = 2 + len(self.types)
+        floats = self.chunk.floats[self.fo:self.fo + self.n] if self.fo >= 0 \
+            else self.chunk.floats[:0]
+        return _KernelImpression(self.request_id, self.user_id, self.timestamp, self.user,
+                                 _Chunk(self.chunk.ints[self.io:self.io + self.n * w].copy(),
+                                        floats.copy()),
+                                 0, self.n, 0 if self.fo >= 0 else -1, self.feature_keys,
+                                 self.types)
 
 
 class _ChunkColumns:

@@ -36,7 +36,9 @@ How it works (Monolith's online joiner, with SmartNews' stream validation):
   in the stream), so one far-future timestamp never moves the watermark. Any other error
   raised while handling one record dead-letters that record (``internal_errors``).
 - A pending impression is held column-wise (:class:`~freshrec.stream.events.CompactImpression`:
-  no dict per candidate). Its durable state in LMDB is small: where the impression is in the
+  no dict per candidate), as a view of the columns of the records decoded with it; one dated
+  more than ``window_s`` ahead of its partition's newest event time (it will be pending long
+  after them) holds a copy of its own columns instead, so it never keeps theirs alive. Its durable state in LMDB is small: where the impression is in the
   input log (partition, offset), its labels so far and its deadline; the impression itself is
   read back from the input log when needed (after a restart, or when it was evicted from
   memory: at most ``max_pending_in_memory`` pending impressions are held in memory). The input
@@ -750,6 +752,10 @@ class Joiner:
             self._emit_due(self._wm_ms)
         wm_ms = self._partition_wm_ms(partition)
         if imp is not None:
+            if prev is not None and ts - prev > self.config.window_s:
+                # it will be pending long after the records decoded with it are emitted:
+                # it keeps its own candidates, not theirs
+                imp = imp.detached()
             self._impression(imp, ts, (partition, offset), wm_ms)
         else:
             self._action(e, ts, wm_ms, partition)
