@@ -39,7 +39,9 @@ sparse exchange (``dist_sparse_bytes_per_step``) and the dense gradients it all-
 sparse exchange (the rows' and gradients' collectives, and waiting for a request started
 ahead); ``dist_request_s_per_step`` the request thread's time in its collectives (under the
 training thread's compute); the rest of the step is compute (``dist_compute_s_per_step``):
-the inputs of the scaling model of docs/distributed.md.
+the inputs of the scaling model of docs/distributed.md. ``dist_ranks2_cpu_s_per_step`` and
+``dist_ranks2_faults_per_step`` (and DMP's) are the CPU seconds (every thread) and minor page
+faults per timed step of rank 0's process; each round's row has them for every arm.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,6 +84,18 @@ def _local(stream: Any, i: int, rank: int, world: int) -> tuple[JaggedBatch, tor
     return jb, stream.dense[i][lo:hi], stream.labels[i][lo:hi], vals
 
 
+def _usage() -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of this process so far, every thread."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime, ru.ru_minflt
+
+
+def _per_step(since: tuple[float, int], steps: int) -> dict[str, float]:
+    """CPU seconds and page faults per step of this process since ``since``."""
+    cpu, faults = _usage()
+    return {"cpu_s_per_step": (cpu - since[0]) / steps, "faults_per_step": (faults - since[1]) / steps}
+
+
 def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str, Any]:
     """Train the freshrec model (sharded when ``world`` > 1); examples/s and exchange stats."""
     import torch.distributed as dist
@@ -102,7 +117,7 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
         sync.broadcast()
     batches = [_local(stream, i, rank, world) for i in range(len(stream))]
     before = np.zeros(4)
-    start = 0.0
+    start, usage = 0.0, _usage()
 
     def exchanged() -> np.ndarray:
         """Bytes sent by the training thread and by the request thread, the training
@@ -118,6 +133,7 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
             if ex is not None:
                 ex.barrier()
             before = exchanged()
+            usage = _usage()
             start = time.perf_counter()
         logits = model(jb, dense, now=i)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / stream.batch
@@ -129,7 +145,8 @@ def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str,
     if ex is not None:
         ex.barrier()
     took = time.perf_counter() - start
-    out: dict[str, Any] = {"ex_per_s": opts.batch * opts.steps / took, "s_per_step": took / opts.steps}
+    out: dict[str, Any] = {"ex_per_s": opts.batch * opts.steps / took,
+                           "s_per_step": took / opts.steps, **_per_step(usage, opts.steps)}
     if ex is not None and sync is not None:
         # the timed steps send steps - 1 requests (the first was sent in the warm-up)
         sent, requested, seconds, request_s = (exchanged() - before) / opts.steps
@@ -183,10 +200,11 @@ def _dmp_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str, Any]
             np.ascontiguousarray(vals.T).reshape(-1)),
             lengths=torch.ones(vals.size, dtype=torch.int32))
         batches.append((kjt, dense, labels))
-    start = 0.0
+    start, usage = 0.0, _usage()
     for i, (kjt, dense, labels) in enumerate(batches):
         if i == opts.warmup:
             dist.barrier()
+            usage = _usage()
             start = time.perf_counter()
         logits = model(kjt, dense)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / stream.batch
@@ -195,7 +213,8 @@ def _dmp_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str, Any]
         opt.step()
     dist.barrier()
     took = time.perf_counter() - start
-    return {"ex_per_s": opts.batch * opts.steps / took, "s_per_step": took / opts.steps}
+    return {"ex_per_s": opts.batch * opts.steps / took, "s_per_step": took / opts.steps,
+            **_per_step(usage, opts.steps)}
 
 
 def _ranks(mode: str, argv: list[str], world: int, timeout: float,
@@ -304,6 +323,9 @@ def _round(passed: list[str], r: int, say: Any) -> dict[str, Any]:
            "torchrec_dmp_ranks2_ex_per_s": dmp["ex_per_s"] if dmp else None,
            "dist_ranks2_over_torchrec_dmp": dist2["ex_per_s"] / dmp["ex_per_s"] if dmp else None,
            "dist_ranks2_over_threads2": dist2["ex_per_s"] / threads2, "dist": dist2}
+    for name in ("threads2_spin", "threads2_passive", "dist_ranks2", "torchrec_dmp_ranks2"):
+        for key in ("cpu_s_per_step", "faults_per_step"):  # of rank 0 (of the process)
+            row[f"{name}_{key}"] = got[name][key] if got[name] else None
     if "skipped" in got:
         row["torchrec_dmp_skipped_reason"] = got["skipped"]
     say(f"round {r + 1}: 2 ranks {row['dist_ranks2_ex_per_s']:,.0f} examples/s; 1 process x 2 "
@@ -327,7 +349,9 @@ def main(argv: list[str], verbose: bool = True) -> dict[str, Any]:
     rounds = [_round(passed, r, say) for r in range(opts.rounds)]
     for key in ("threads2_ex_per_s", "threads2_spin_ex_per_s", "threads2_passive_ex_per_s",
                 "dist_ranks2_ex_per_s", "torchrec_dmp_ranks2_ex_per_s",
-                "dist_ranks2_over_torchrec_dmp", "dist_ranks2_over_threads2"):
+                "dist_ranks2_over_torchrec_dmp", "dist_ranks2_over_threads2",
+                "dist_ranks2_cpu_s_per_step", "torchrec_dmp_ranks2_cpu_s_per_step",
+                "dist_ranks2_faults_per_step", "torchrec_dmp_ranks2_faults_per_step"):
         _spread(result, key, [r[key] for r in rounds])
     skipped = [r["torchrec_dmp_skipped_reason"] for r in rounds
                if "torchrec_dmp_skipped_reason" in r]
