@@ -13,7 +13,11 @@ _PROBE = """
 import json, resource, sys
 import numpy as np
 from freshrec._heap import retain_freed_heap
-applied = retain_freed_heap() if sys.argv[1] == "retain" else None
+from freshrec.stream.job import tune_memory
+mode = sys.argv[1]
+applied = retain_freed_heap() if mode == "retain" else None
+if mode.startswith("tune_memory"):  # as freshrec join runs, its join.retain_heap on or off
+    tune_memory(retain_heap=mode.endswith("on"))
 faults = []
 for _ in range(4):  # allocate, touch and free 64 MiB, as a joiner does with each batch
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -39,6 +43,23 @@ def test_retained_heap_reuses_freed_pages_instead_of_faulting_them_in_again():
     assert retained["applied"] is True
     assert retained["faults"][0] >= huge_pages  # the heap grows once ...
     assert max(retained["faults"][1:]) * 10 <= min(default[1:])  # ... and is reused after
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_join_sections_retain_heap_switch_turns_the_heap_setting_on_and_off():
+    huge_pages = (64 << 20) // (2 << 20)
+    off = _faults("tune_memory_off")["faults"]
+    on = _faults("tune_memory_on")["faults"]
+    assert min(off[1:]) >= huge_pages
+    assert max(on[1:]) * 10 <= min(off[1:])
+
+
+def test_retain_heap_must_be_a_bool():
+    from freshrec.errors import ConfigError
+    from freshrec.stream.config import JoinJobConfig
+
+    with pytest.raises(ConfigError, match="retain_heap"):
+        JoinJobConfig(retain_heap="yes")  # type: ignore[arg-type]
 
 
 def test_tune_memory_sets_the_collector_and_the_heap_in_a_joiner_process():

@@ -60,13 +60,14 @@ def tune_gc() -> None:
     gc.set_threshold(*JOINER_GC_THRESHOLDS)
 
 
-def tune_memory() -> None:
-    """:func:`tune_gc`, and a heap that keeps what the joiner frees instead of faulting the
-    same pages in again for every batch (:func:`freshrec._heap.retain_freed_heap`:
-    35-candidate joins went from 35,000 page faults per 420,000 examples to a few hundred,
-    ``docs/stream.md`` round 6)."""
+def tune_memory(retain_heap: bool = True) -> None:
+    """:func:`tune_gc`, and (``retain_heap``, the ``join`` section's) a heap that keeps what
+    the joiner frees instead of faulting the same pages in again for every batch
+    (:func:`freshrec._heap.retain_freed_heap`: 35-candidate joins went from 35,000 page
+    faults per 420,000 examples to a few hundred, ``docs/stream.md`` round 6)."""
     tune_gc()
-    retain_freed_heap()
+    if retain_heap:
+        retain_freed_heap()
 
 
 def run_job(job: JoinJobConfig, *, release: int | None = None) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def run_job(job: JoinJobConfig, *, release: int | None = None) -> dict[str, Any]
                 logs.append(side[name])
         joiner = Joiner(source, output, job.state, job, side_logs=side, partitions=owned)
         try:
-            tune_memory()
+            tune_memory(job.retain_heap)
             if release is not None:
                 return {"released_examples": joiner.release(release)}
             _drive(joiner, job)
