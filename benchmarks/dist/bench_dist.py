@@ -93,7 +93,8 @@ def _usage() -> tuple[float, int]:
 def _per_step(since: tuple[float, int], steps: int) -> dict[str, float]:
     """CPU seconds and page faults per step of this process since ``since``."""
     cpu, faults = _usage()
-    return {"cpu_s_per_step": (cpu - since[0]) / steps, "faults_per_step": (faults - since[1]) / steps}
+    return {"cpu_s_per_step": (cpu - since[0]) / steps,
+            "faults_per_step": (faults - since[1]) / steps}
 
 
 def _freshrec_rate(opts: argparse.Namespace, rank: int, world: int) -> dict[str, Any]:

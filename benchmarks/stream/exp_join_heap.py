@@ -1,6 +1,7 @@
 """What keeping freed memory in the heap does to a joiner: same joins, two heap settings.
 
-``python benchmarks/stream/exp_join_heap.py [--requests N] [--candidates C] [--joins J] [--pairs P]``
+``python benchmarks/stream/exp_join_heap.py [--requests N] [--candidates C] [--joins J]
+[--pairs P]``
 
 The ``bench join`` 35-candidate stream (``--requests`` impressions and their actions, every
 impression pending until the end-of-stream flush) is joined ``--joins`` times in a row in a

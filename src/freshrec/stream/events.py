@@ -500,8 +500,10 @@ class _KernelImpression(CompactImpression):
         ...            {"item_id": 9, "position": 0, "features": {"c": 1}}]}
         >>> (_, _, a), (_, _, b) = decode_events([encode(imp), encode({**imp, "event_id": "f"})])
         >>> own = b.detached()
-        >>> own.items.tolist(), own.feature_cols[0].tolist(), own.chunk.ints.size < b.chunk.ints.size
-        ([9], [1], True)
+        >>> own.items.tolist(), own.feature_cols[0].tolist()
+        ([9], [1])
+        >>> own.chunk.ints.size, b.chunk.ints.size  # its row (item, position, c); the batch's
+        (3, 6)
         """
         w = 2 + len(self.types)
         floats = self.chunk.floats[self.fo:self.fo + self.n] if self.fo >= 0 \

@@ -38,7 +38,8 @@ How it works (Monolith's online joiner, with SmartNews' stream validation):
 - A pending impression is held column-wise (:class:`~freshrec.stream.events.CompactImpression`:
   no dict per candidate), as a view of the columns of the records decoded with it; one dated
   more than ``window_s`` ahead of its partition's newest event time (it will be pending long
-  after them) holds a copy of its own columns instead, so it never keeps theirs alive. Its durable state in LMDB is small: where the impression is in the
+  after them) holds a copy of its own columns instead, so it never keeps theirs alive.
+  Its durable state in LMDB is small: where the impression is in the
   input log (partition, offset), its labels so far and its deadline; the impression itself is
   read back from the input log when needed (after a restart, or when it was evicted from
   memory: at most ``max_pending_in_memory`` pending impressions are held in memory). The input
