@@ -34,23 +34,26 @@ def _faults(mode: str) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+#: the fewest page faults 64 MiB can take (2 MiB pages)
+_HUGE_PAGES = (64 << 20) // (2 << 20)
+_GLIBC_ONLY = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+
+
+@_GLIBC_ONLY
 def test_retained_heap_reuses_freed_pages_instead_of_faulting_them_in_again():
-    huge_pages = (64 << 20) // (2 << 20)  # the fewest faults 64 MiB can take (2 MiB pages)
     default = _faults("default")["faults"]
-    assert min(default[1:]) >= huge_pages  # each 64 MiB block is a fresh mmap
+    assert min(default[1:]) >= _HUGE_PAGES  # each 64 MiB block is a fresh mmap
     retained = _faults("retain")
     assert retained["applied"] is True
-    assert retained["faults"][0] >= huge_pages  # the heap grows once ...
+    assert retained["faults"][0] >= _HUGE_PAGES  # the heap grows once ...
     assert max(retained["faults"][1:]) * 10 <= min(default[1:])  # ... and is reused after
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@_GLIBC_ONLY
 def test_the_join_sections_retain_heap_switch_turns_the_heap_setting_on_and_off():
-    huge_pages = (64 << 20) // (2 << 20)
     off = _faults("tune_memory_off")["faults"]
     on = _faults("tune_memory_on")["faults"]
-    assert min(off[1:]) >= huge_pages
+    assert min(off[1:]) >= _HUGE_PAGES
     assert max(on[1:]) * 10 <= min(off[1:])
 
 
@@ -62,7 +65,7 @@ def test_retain_heap_must_be_a_bool():
         JoinJobConfig(retain_heap="yes")  # type: ignore[arg-type]
 
 
-def test_tune_memory_sets_the_collector_and_the_heap_in_a_joiner_process():
+def test_tune_memory_sets_the_joiners_collector_thresholds_and_freezes():
     probe = ("import gc, json; from freshrec.stream.job import tune_memory, "
              "JOINER_GC_THRESHOLDS; tune_memory(); "
              "print(json.dumps([list(gc.get_threshold()), list(JOINER_GC_THRESHOLDS), "

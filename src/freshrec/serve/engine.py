@@ -52,6 +52,7 @@ __all__ = ["ENGINES", "OnnxDense", "OnnxOps", "TorchDense", "dense_engine",
 
 log = logging.getLogger(__name__)
 
+
 class TorchDense:
     """A serving split on torch (see the module docstring)."""
 

@@ -36,8 +36,7 @@ _RUNTIME_OFF: dict[str, Any] = {"_nrt": False} if hasattr(CPUTargetOptions, "_nr
 
 def _jit(inline: Literal["never", "always"] = "never") -> Callable[[_F], _F]:
     """``njit`` with the options of every function here (``_nrt``: the module docstring)."""
-    runtime_off = _RUNTIME_OFF
-    return cast(Callable[[_F], _F], njit(cache=True, nogil=True, inline=inline, **runtime_off))
+    return cast(Callable[[_F], _F], njit(cache=True, nogil=True, inline=inline, **_RUNTIME_OFF))
 
 #: columns of ``info`` (one row per record)
 OK, SPAN_START, SPAN_END, N, K, INT_OFF, FLOAT_OFF, KEY_OFF, SCHEMA = range(9)
