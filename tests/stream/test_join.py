@@ -271,7 +271,7 @@ _CHILD = textwrap.dedent("""
     import sys
     from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog
     from freshrec.stream import RedisLogConfig
-    kind, a, b, state = sys.argv[1:5]
+    kind, a, b, state, cap = sys.argv[1:6]
     if kind == "file":
         src = FileLog(a, FileLogConfig(fsync="never"))
         out = FileLog(b, FileLogConfig(fsync="never"))
@@ -279,7 +279,7 @@ _CHILD = textwrap.dedent("""
         src = RedisLog(RedisLogConfig(url=a, name=b + "-in"))
         out = RedisLog(RedisLogConfig(url=a, name=b + "-out"))
     cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
-                       checkpoint_every_s=0.0, max_pending_in_memory=20)
+                       checkpoint_every_s=0.0, max_pending_in_memory=int(cap))
     j = Joiner(src, out, state, cfg)
     while True:
         j.step(max_records=40)
@@ -288,30 +288,35 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _kill_and_resume(tmp_path, kind, src, make_out, args):
+def _kill_and_resume(tmp_path, kind, src, make_out, args, cap=20):
+    """Kill a joiner twice mid-run, then finish; ``cap``: its ``max_pending_in_memory``
+    (20: most pending impressions are spilled to LMDB items of their own; large: they are
+    durable in the checkpoints' batches)."""
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     state = tmp_path / "state"
     for stop_at in (300, 700):
-        kill_when([sys.executable, str(script), kind, *args, str(state)], stop_at)
+        kill_when([sys.executable, str(script), kind, *args, str(state), str(cap)], stop_at)
     out = make_out()
     cfg = JoinerConfig(window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
-                       checkpoint_every_s=0.0, max_pending_in_memory=20)
+                       checkpoint_every_s=0.0, max_pending_in_memory=cap)
     j = Joiner(src, out, state, cfg)
     assert j.counters["restarts"] >= 2
+    assert j.metrics()["pending_on_disk"] > 0  # the run is resumed with impressions pending
     j.run(idle_timeout_s=0.0, flush_at_end=True)
     j.close()
     return _read_examples(out)
 
 
 @pytest.mark.slow
-def test_kill_9_and_restart_gives_the_same_examples_file_log(tmp_path):
+@pytest.mark.parametrize("cap", [20, 100_000], ids=["spilled", "batched"])
+def test_kill_9_and_restart_gives_the_same_examples_file_log(tmp_path, cap):
     src, _ = _source(tmp_path, n_requests=300)
     straight, _, _ = _run(src, tmp_path, JoinerConfig(
         window_s=60, allowed_lateness_s=10, actions=("click", "purchase"),
         checkpoint_every_s=0.0), name="straight")
     resumed = _kill_and_resume(tmp_path, "file", src, lambda: FileLog(tmp_path / "out"),
-                               [str(tmp_path / "in"), str(tmp_path / "out")])
+                               [str(tmp_path / "in"), str(tmp_path / "out")], cap)
     assert len(resumed) == len(straight) > 1000
     assert resumed == straight
 
@@ -375,6 +380,35 @@ def test_pending_impressions_are_read_back_from_the_input_after_a_restart(tmp_pa
     j.close()
     assert [(e["item_id"], e["click"]) for e in _read_examples(out)] == [
         (1, 0.0), (2, 0.0), (3, 1.0)]
+
+
+def test_pending_impressions_in_checkpoint_batches_survive_a_restart(tmp_path):
+    """Unlabelled pending impressions are durable as one batch per checkpoint: after a
+    restart the ones still pending are emitted once (not those emitted before it), and one
+    labelled after its batch was written keeps its label."""
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, checkpoint_every_s=0.0)
+    parts = [[_imp(f"r{k}", k) for k in range(10)],
+             [_act("a5", "r5", 2, 10), _imp("r10", 13)],
+             [_imp("r11", 40)]]
+    whole = FileLog(tmp_path / "whole")
+    whole.append([ev.encode(e) for part in parts for e in part])
+    straight, _, _ = _run(whole, tmp_path, cfg, name="straight")
+    src, out = FileLog(tmp_path / "in"), FileLog(tmp_path / "out")
+    src.append([ev.encode(e) for e in parts[0]])
+    j = Joiner(src, out, tmp_path / "state", cfg)
+    assert j.step() == 0 and j.metrics()["pending_on_disk"] == 10
+    src.append([ev.encode(e) for e in parts[1]])
+    assert j.step() == 8  # r0-r3 emitted; r5 labelled: an LMDB item of its own
+    m = j.metrics()
+    assert m["pending_in_memory"] == m["pending_on_disk"] == 7
+    assert j._txn.stat(j._db["pending"])["entries"] == 1
+    j.close()
+    src.append([ev.encode(e) for e in parts[2]])
+    j = Joiner(src, out, tmp_path / "state", cfg)  # r4-r10 are read back from the input
+    assert j.metrics()["pending_on_disk"] == 7 and j.step() == 14 and j.flush() == 2
+    j.close()
+    assert _read_examples(out) == straight
+    assert [e["request_id"] for e in straight if e["click"]] == ["r5"]
 
 
 def test_an_impression_far_ahead_of_its_partition_does_not_hold_its_chunk_mates(tmp_path):

@@ -105,6 +105,7 @@ from freshrec.stream import events as ev
 from freshrec.stream.base import Log, mark_committed
 from freshrec.stream.config import JoinerConfig
 from freshrec.stream.dedupe import KeyIndex, bucket_key
+from freshrec.stream.pending_batches import PendingBatches
 
 __all__ = ["Joiner", "LATENESS_BUCKETS_S", "MAX_KEY_BYTES", "MAX_TIMESTAMP_S"]
 
@@ -115,7 +116,8 @@ logger = logging.getLogger(__name__)
 LATENESS_BUCKETS_S = (0, 1, 5, 30, 60, 300, 3600, math.inf)
 _BUCKET_S = 60
 _STATE_KEY = b"state"
-_STATE_VERSION = 3  # per-partition watermarks, held far-future records
+_STATE_VERSION = 4  # 3: per-partition watermarks, held far-future records; 4: batches of
+# pending impressions (a version-3 state has none and is read as it is)
 #: ids (request, event) longer than this are keyed by their hash in the state store
 MAX_KEY_BYTES = 200
 #: event times must be in [0, MAX_TIMESTAMP_S) seconds (year 5138)
@@ -145,12 +147,15 @@ def _key(s: str) -> str:
 
 class _Pending:
     __slots__ = ("imp", "labels", "deadline_ms", "dirty", "persisted", "src", "index",
-                 "found")
+                 "found", "batch", "slot")
 
     def __init__(self, imp: ev.CompactImpression, labels: dict[str, list[str]],
                  deadline_ms: int, dirty: bool, persisted: bool, src: tuple[int, int]) -> None:
         self.imp, self.labels, self.deadline_ms = imp, labels, deadline_ms
         self.dirty, self.persisted, self.src = dirty, persisted, src
+        # durable in a checkpoint's batch of pending impressions (persisted: in an LMDB item
+        # of its own; at most one of the two)
+        self.batch, self.slot = -1, 0
         self.index: dict[str, list[int]] | None = None  # str(item id) -> candidate indices
         # positions of the labelled items (made on first use: most impressions get no label,
         # and every container a pending impression holds is work for the garbage collector)
@@ -244,7 +249,8 @@ class Joiner:
         self._env = lmdb.open(str(self.state_dir), map_size=self.config.map_size, max_dbs=8,
                               sync=True, metasync=True, lock=True)
         self._db = {n: self._env.open_db(n.encode()) for n in
-                    ("pending", "due", "seen", "emitted", "emitted_t")}
+                    ("pending", "due", "seen", "emitted", "emitted_t", "pbatch", "pgone")}
+        self._batches = PendingBatches(self._db["pbatch"], self._db["pgone"])
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
         self._dirty: dict[str, _Pending] = {}  # pending impressions changed since the commit
         # (deadline, request id) of every pending impression, in memory or spilled
@@ -279,6 +285,14 @@ class Joiner:
             blob = txn.get(_STATE_KEY)
             self._seen.load(txn)
             self._emitted.load(txn)
+            # the members of the checkpoints' batches become items of their own, as
+            # spilled impressions
+            pending_db = self._db["pending"]
+            for rid, p, o, d in self._batches.restore(txn):
+                key = rid.encode()
+                if txn.get(key, db=pending_db) is None:
+                    txn.put(key, orjson.dumps({"src": [p, o], "lab": {}, "d": d}),
+                            db=pending_db)
             # spilled impressions are found by their deadline in the heap (state version 3
             # also kept a "due" index in LMDB: the heap replaces it)
             spilled = 0
@@ -297,9 +311,10 @@ class Joiner:
             for w in s.get("windows", {}).values():  # held rows gain their partition
                 w["held"] = [[ev.partition_for(str(r["request_id"]), self.source.partitions),
                               r] for r in w.get("held", [])]
-        elif blob and s.get("version", 1) != _STATE_VERSION:
+        elif blob and s.get("version", 1) not in (3, _STATE_VERSION):
             raise InputError(f"joiner state {self.state_dir}: state version "
-                             f"{s.get('version', 1)} is not {_STATE_VERSION}; start from a "
+                             f"{s.get('version', 1)} is not one this joiner reads (3, "
+                             f"{_STATE_VERSION}); start from a "
                              f"new state directory")
         if blob and s.get("owned", list(self.owned)) != list(self.owned):
             raise InputError(f"joiner state {self.state_dir} belongs to source partitions "
@@ -463,11 +478,20 @@ class Joiner:
             ends[name] = {str(p): log.end_offset(p) for p in self._written(log)}
             if hasattr(log, "flush"):
                 log.flush()
-        mem = self._mem
-        self._txn.cursor(db=self._db["pending"]).putmulti(
-            self._pending_record(rid, pend) for rid, pend in self._dirty.items()
-            if pend.dirty and mem.get(rid) is pend)  # not emitted or spilled since
+        # pending impressions new since the last checkpoint go into one batch; labelled
+        # ones get (or update) an item of their own
+        mem, new, own = self._mem, [], []
+        for rid, pend in self._dirty.items():
+            if pend.dirty and mem.get(rid) is pend:  # not emitted or spilled since
+                if pend.labels is _NO_LABELS and not pend.persisted and pend.batch < 0:
+                    pend.dirty = False
+                    new.append((rid, pend))
+                else:
+                    own.append(self._pending_record(rid, pend))
         self._dirty.clear()
+        self._txn.cursor(db=self._db["pending"]).putmulti(own)
+        self._batches.add(self._txn, new)
+        self._batches.flush(self._txn)
         self._seen.flush(self._txn)
         self._emitted.flush(self._txn)
         state = {"version": _STATE_VERSION, "owned": list(self.owned), "offsets": self.offsets,
@@ -484,10 +508,12 @@ class Joiner:
         self._mark_output(ends["output"])
         self._last_ckpt = time.monotonic()
 
-    @staticmethod
-    def _pending_record(rid: str, pend: _Pending) -> tuple[bytes, bytes]:
-        """The LMDB item of a pending impression (packed: its source, labels and deadline)."""
+    def _pending_record(self, rid: str, pend: _Pending) -> tuple[bytes, bytes]:
+        """The LMDB item of a pending impression (packed: its source, labels and deadline),
+        which then leaves its batch."""
         pend.dirty, pend.persisted = False, True
+        if pend.batch >= 0:
+            self._batches.leave(pend)
         return rid.encode(), orjson.dumps({"src": pend.src, "lab": pend.labels,
                                            "d": pend.deadline_ms})
 
@@ -901,6 +927,8 @@ class Joiner:
                         continue
                 if pend.persisted:
                     txn.delete(key, db=pending_db)
+                elif pend.batch >= 0:
+                    self._batches.leave(pend)
                 # pending until now, so not emitted before (duplicates never become pending)
                 emitted.add_new(key, int(float(pend.imp.timestamp)) // _BUCKET_S)
                 p, k, c = self._emit(pend)
@@ -1050,7 +1078,7 @@ class Joiner:
             "join_rate": (c.get("joined", 0) / max(c.get("actions", 0)
                                                     - c.get("other_actions", 0), 1)),
             "pending_in_memory": len(self._mem),
-            "pending_on_disk": stat["entries"],
+            "pending_on_disk": stat["entries"] + self._batches.live(),
             "spill_bytes": stat["psize"] * (stat["leaf_pages"] + stat["branch_pages"]
                                             + stat["overflow_pages"]),
             "watermark": self.watermark if self._wm_ms > -math.inf else None,
