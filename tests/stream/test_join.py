@@ -411,6 +411,35 @@ def test_pending_impressions_in_checkpoint_batches_survive_a_restart(tmp_path):
     assert [e["request_id"] for e in straight if e["click"]] == ["r5"]
 
 
+def test_expired_dedupe_keys_stay_expired_across_a_restart(tmp_path, monkeypatch):
+    """Expired keys are deleted from LMDB a slice per checkpoint; a restart must not bring
+    back the ones still there (the horizon is checkpointed): a replayed old event is late
+    with or without a restart in between, never a duplicate."""
+    from freshrec.stream import dedupe
+
+    monkeypatch.setattr(dedupe, "PURGE_PER_FLUSH", 0)  # a few deleted per checkpoint
+    cfg = JoinerConfig(window_s=10, allowed_lateness_s=0, checkpoint_every_s=0.0,
+                       dedupe_horizon_s=0)
+    parts = [[_imp(f"r{k}", k) for k in range(10)], [_imp("r10", 200)]]
+    replay = [_imp("r5", 5)]  # bucket 0, expired once the watermark is at 200
+    counts = []
+    for restart in (False, True):
+        src, out = FileLog(tmp_path / f"in{restart}"), FileLog(tmp_path / f"out{restart}")
+        state = tmp_path / f"state{restart}"
+        j = Joiner(src, out, state, cfg)
+        for part in parts:  # the second checkpoint deletes 2 of the 10 expired event ids
+            src.append([ev.encode(e) for e in part])
+            j.step()
+        if restart:
+            j.close()
+            j = Joiner(src, out, state, cfg)
+        src.append([ev.encode(e) for e in replay])
+        j.step()
+        counts.append((j.counters.get("duplicates", 0), j.counters.get("late_impressions", 0)))
+        j.close()
+    assert counts == [(0, 1), (0, 1)]
+
+
 def test_an_impression_far_ahead_of_its_partition_does_not_hold_its_chunk_mates(tmp_path):
     """An impression dated more than a window ahead stays pending after the records decoded
     with it are emitted: it must keep only its own candidates in memory (before, it held

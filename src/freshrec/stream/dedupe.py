@@ -9,6 +9,12 @@ most ``max_in_memory`` keys are left. Memory is *complete* from bucket ``complet
 (it holds every key of those buckets), so a lookup there never touches LMDB; a lookup in an
 older bucket, or by key alone while older buckets exist in LMDB only, falls back to LMDB.
 
+Expiry is a horizon: keys of buckets older than :attr:`KeyIndex.horizon` are gone for every
+lookup at once, and deleted from LMDB a slice at a time at each flush (at least twice as
+many as the flush wrote, so the deletion keeps up with the input): a joiner that expires a
+minute of keys does not stop for the seconds their deletion takes. The caller persists the
+horizon with its offsets (and gives it back to :meth:`KeyIndex.load`).
+
 Two layouts in LMDB:
 
 - ``bucketed`` (event ids): the key itself starts with the 8-byte big-endian bucket
@@ -37,6 +43,9 @@ import math
 from typing import Any
 
 __all__ = ["KeyIndex", "bucket_key"]
+
+#: keys deleted from LMDB per flush at least (expired buckets)
+PURGE_PER_FLUSH = 20_000
 
 
 def bucket_key(bucket: int, key: bytes) -> bytes:
@@ -70,22 +79,28 @@ class KeyIndex:
         self._new_buckets: list[int] = []
         #: memory holds every key of the buckets >= this one
         self.complete_from: float = -math.inf
+        #: the keys of buckets older than this one are expired (LMDB may still hold some)
+        self.horizon = 0
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def load(self, txn: Any) -> None:
-        """Read the newest buckets from LMDB (up to ``max_in_memory`` keys, whole buckets)."""
+    def load(self, txn: Any, horizon: int = 0) -> None:
+        """Read the newest buckets from LMDB (up to ``max_in_memory`` keys, whole buckets),
+        none older than ``horizon`` (the :attr:`horizon` that was persisted)."""
         self._keys.clear()
         self._buckets.clear()
         self._new.clear()
         self._new_buckets.clear()
         self.complete_from = -math.inf
+        self.horizon = horizon
         cur = txn.cursor(db=self._index if self._index is not None else self._main)
         if not cur.last():
             return
         for k in cur.iterprev(values=False):
             b = int.from_bytes(k[:8], "big")
+            if b < horizon:
+                break
             if len(self._keys) >= self._max:  # bucket b does not fit whole: leave it out
                 for key in self._buckets.pop(b, []):
                     del self._keys[key]
@@ -102,7 +117,12 @@ class KeyIndex:
         if self.complete_from == -math.inf or (bucket is not None
                                                and bucket >= self.complete_from):
             return False
-        return txn.get(key, db=self._main) is not None
+        got = txn.get(key, db=self._main)
+        if got is None:
+            return False
+        # not expired (bucketed: the key starts with its bucket; indexed: the value is it)
+        return int.from_bytes((got if self._index is not None else key)[:8],
+                              "big") >= self.horizon
 
     def add(self, txn: Any, key: bytes, bucket: int) -> bool:
         """Add ``key`` of ``bucket``; False when it was already there."""
@@ -120,7 +140,9 @@ class KeyIndex:
         self._new_buckets.append(bucket)
 
     def flush(self, txn: Any) -> None:
-        """Write the keys added since the last flush, then trim memory to its bound."""
+        """Write the keys added since the last flush, delete a slice of the expired ones,
+        then trim memory to its bound."""
+        self._purge(txn, max(PURGE_PER_FLUSH, 2 * len(self._new)))
         if self._new:
             empty = itertools.repeat(b"")
             if self._index is None:
@@ -139,8 +161,12 @@ class KeyIndex:
                 del self._keys[key]
             self.complete_from = max(self.complete_from, b + 1)
 
-    def expire(self, txn: Any, horizon: int) -> None:
-        """Forget every key of a bucket older than ``horizon`` (memory and LMDB)."""
+    def expire(self, horizon: int) -> None:
+        """Forget every key of a bucket older than ``horizon``: at once for lookups, from
+        LMDB over the next flushes."""
+        if horizon <= self.horizon:
+            return
+        self.horizon = horizon
         for b in [b for b in self._buckets if b < horizon]:
             for key in self._buckets.pop(b):
                 del self._keys[key]
@@ -148,10 +174,28 @@ class KeyIndex:
         if len(kept) < len(self._new):
             self._new = [self._new[i] for i in kept]
             self._new_buckets = [self._new_buckets[i] for i in kept]
-        cur = txn.cursor(db=self._index if self._index is not None else self._main)
-        while cur.first() and int.from_bytes(cur.key()[:8], "big") < horizon:
-            if self._index is not None:
-                txn.delete(cur.key()[8:], db=self._main)
-            cur.delete()
         if horizon >= self.complete_from:
-            self.complete_from = -math.inf  # what LMDB still holds is all in memory
+            self.complete_from = -math.inf  # what LMDB still holds unexpired is in memory
+
+    def _purge(self, txn: Any, budget: int) -> int:
+        """Delete up to ``budget`` expired keys from LMDB, oldest first; returns how many."""
+        bound = bucket_key(self.horizon, b"")  # every key of an older bucket sorts before
+        cur = txn.cursor(db=self._index if self._index is not None else self._main)
+        n = 0
+        if not cur.first():
+            return 0
+        if self._index is None:
+            while n < budget and cur.key() < bound and cur.delete():
+                n += 1
+            return n
+        main = txn.cursor(db=self._main)
+        while n < budget:
+            k = cur.key()
+            if not k or k >= bound:
+                break
+            # the key's item, unless the key was added again since (a newer bucket)
+            if main.set_key(k[8:]) and main.value() == k[:8]:
+                main.delete()
+            cur.delete()
+            n += 1
+        return n

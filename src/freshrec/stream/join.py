@@ -275,7 +275,6 @@ class Joiner:
         self._t0 = time.monotonic()
         self._step_examples = 0
         self._next_due = -math.inf  # recomputed at the first emission
-        self._expired_bucket = -1
         self._idle_since: dict[int, float] = {}  # partition -> wall time it was caught up
         self._busy = False  # a step or flush is under way (interrupted if close sees it)
 
@@ -283,8 +282,11 @@ class Joiner:
     def _restore(self) -> None:
         with self._env.begin(write=True) as txn:
             blob = txn.get(_STATE_KEY)
-            self._seen.load(txn)
-            self._emitted.load(txn)
+            s: dict[str, Any] = orjson.loads(blob) if blob else {}
+            #: the oldest time bucket of dedupe keys kept (see _horizon; -1: none expired)
+            self._expired_bucket: int = s.get("expired_bucket", -1)
+            self._seen.load(txn, max(self._expired_bucket, 0))
+            self._emitted.load(txn, max(self._expired_bucket, 0))
             # the members of the checkpoints' batches become items of their own, as
             # spilled impressions
             pending_db = self._db["pending"]
@@ -302,7 +304,6 @@ class Joiner:
             #: pending impressions in LMDB and not in memory (none: lookups skip LMDB)
             self._on_disk_only = spilled
             txn.drop(self._db["due"], delete=False)
-        s: dict[str, Any] = orjson.loads(blob) if blob else {}
         if blob and s.get("version", 1) == 2 and s.get("max_ts") is not None:
             # one watermark for all partitions: it becomes every partition's
             s["partition_max_ts"] = {p: s["max_ts"] for p in range(self.source.partitions)}
@@ -499,7 +500,8 @@ class Joiner:
                  "held": {p: [h[0] for h in held] for p, held in self._held.items() if held},
                  "counters": self.counters, "lateness": self.lateness,
                  "orphans": self._orphans, "windows": self._windows, "ends": ends,
-                 "released": self._released, "quarantined": self._quarantined}
+                 "released": self._released, "quarantined": self._quarantined,
+                 "expired_bucket": self._expired_bucket}
         if self._wm_ms > -math.inf:
             state["watermark_ms"] = self._wm_ms
         self._txn.put(_STATE_KEY, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
@@ -992,8 +994,8 @@ class Joiner:
         if horizon <= 0 or horizon <= self._expired_bucket:
             return
         self._expired_bucket = horizon
-        self._seen.expire(self._txn, horizon)
-        self._emitted.expire(self._txn, horizon)
+        self._seen.expire(horizon)
+        self._emitted.expire(horizon)
 
     def _close_windows(self, watermark: float) -> None:
         v = self.config.validation
