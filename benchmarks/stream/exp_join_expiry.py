@@ -40,7 +40,7 @@ _HERE = Path(__file__).resolve()
 
 
 def _child(requests: int, rate: float) -> dict[str, float]:
-    from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig
+    from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
     from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
     from freshrec.stream.dedupe import KeyIndex
     from freshrec.stream.job import tune_memory
@@ -62,20 +62,18 @@ def _child(requests: int, rate: float) -> dict[str, float]:
             setattr(KeyIndex, name, timed(getattr(KeyIndex, name)))
 
     sim = ClickStreamSimulator(SimulatorConfig(seed=5, requests_per_s=rate, candidates=1))
-    records = [r for _, r in sim.records(n_requests=requests)]
     cfg = JoinerConfig(window_s=10, allowed_lateness_s=2, checkpoint_every_s=0.2,
                        dedupe_horizon_s=0)
     with tempfile.TemporaryDirectory() as d:
         src = FileLog(f"{d}/in", FileLogConfig(fsync="never"))
-        for i in range(0, len(records), 1000):
-            src.append(records[i:i + 1000])
+        n = write_to_log(sim.records(n_requests=requests), src, batch=1000)
         dst = FileLog(f"{d}/out", FileLogConfig(fsync="never"))
         j = Joiner(src, dst, f"{d}/state", cfg)
         tune_memory()
         steps: list[float] = []
         expiry: list[float] = []
         cpu = time.process_time()
-        while j.counters.get("events_in", 0) < len(records):
+        while j.counters.get("events_in", 0) < n:
             t, expiring[0] = time.perf_counter(), 0.0
             j.step(max_records=2000)
             steps.append(time.perf_counter() - t)
@@ -86,10 +84,10 @@ def _child(requests: int, rate: float) -> dict[str, float]:
         src.close()
         dst.close()
     steps.sort()
-    return {"cpu_us_per_event": cpu / len(records) * 1e6, "max_step_s": steps[-1],
+    return {"cpu_us_per_event": cpu / n * 1e6, "max_step_s": steps[-1],
             "max_expiry_in_a_step_s": max(expiry), "expiry_s": sum(expiry),
             "p99_step_s": steps[int(0.99 * (len(steps) - 1))], "steps": float(len(steps)),
-            "events": float(len(records))}
+            "events": float(n)}
 
 
 def _extract(commit: str, into: str) -> str:
