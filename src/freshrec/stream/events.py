@@ -570,14 +570,17 @@ class EmittedImpression:
         ``sample_rate`` of the kept negatives.
     """
 
-    __slots__ = ("imp", "labels", "keep", "negative_rate")
+    __slots__ = ("imp", "labels", "keep", "negative_rate", "n")
 
     def __init__(self, imp: CompactImpression, labels: dict[int, list[str]],
                  keep: list[int] | None, negative_rate: float) -> None:
         self.imp, self.labels, self.keep, self.negative_rate = imp, labels, keep, negative_rate
+        #: how many examples it makes (``len``; an attribute: encoders read it per
+        #: impression, and a Python ``__len__`` is a call each time)
+        self.n = len(imp) if keep is None else len(keep)
 
     def __len__(self) -> int:
-        return len(self.imp) if self.keep is None else len(self.keep)
+        return self.n
 
 
 def _as_list(values: Column) -> list[Any]:
@@ -728,7 +731,7 @@ def emitted_to_record_batch(emitted: Sequence[EmittedImpression],
     {'request_id': 'r1', 'user_id': 4, 'item_id': 8, 'position': 1, 'event_time': 10,
      'click': 1.0, 'sample_rate': 1.0, 'correction': 0, 'u_age': 3}
     """
-    counts = np.fromiter(map(len, emitted), np.int64, len(emitted))
+    counts = np.fromiter([e.n for e in emitted], np.int64, len(emitted))
     n = int(counts.sum())
     starts = np.zeros(len(emitted), np.int64)
     np.cumsum(counts[:-1], out=starts[1:])

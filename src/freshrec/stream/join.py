@@ -451,12 +451,12 @@ class Joiner:
             rows_in_run = 0
 
         for it in items:
-            kind = isinstance(it, ev.EmittedImpression)
+            kind, rows = (True, it.n) if isinstance(it, ev.EmittedImpression) else (False, 1)
             if run and (kind != isinstance(run[0], ev.EmittedImpression)
                         or rows_in_run >= ev.MAX_ROWS_PER_RECORD):
                 flush()
             run.append(it)
-            rows_in_run += len(it) if kind else 1
+            rows_in_run += rows
         flush()
         return recs
 
@@ -955,14 +955,14 @@ class Joiner:
             for item, acts in pend.labels.items():
                 for j in pend.find(item) or ():
                     labels[j] = acts
-        n = len(imp)
         keep: list[int] | None = None
         rate = self.config.negative_rate
         if rate < 1.0:
             items = imp.items
-            keep = [j for j in range(n) if j in labels or self._keep(rid, items[j])]
-        kept = n if keep is None else len(keep)
+            keep = [j for j in range(len(imp)) if j in labels or self._keep(rid, items[j])]
         em = ev.EmittedImpression(imp, labels, keep, rate)
+        kept = em.n
+        n = kept if keep is None else len(imp)
         part = pend.src[0]
         if self.config.validation is None:
             out = self.output
