@@ -145,6 +145,12 @@ def _key(s: str) -> str:
     return "\x00" + hashlib.blake2b(s.encode(), digest_size=20).hexdigest()
 
 
+def _pending_value(src: Sequence[int], labels: dict[str, list[str]], deadline_ms: int
+                   ) -> bytes:
+    """The LMDB value of a pending impression that has an item of its own."""
+    return orjson.dumps({"src": src, "lab": labels, "d": deadline_ms})
+
+
 class _Pending:
     __slots__ = ("imp", "labels", "deadline_ms", "dirty", "persisted", "src", "index",
                  "found", "batch", "slot")
@@ -283,18 +289,15 @@ class Joiner:
         with self._env.begin(write=True) as txn:
             blob = txn.get(_STATE_KEY)
             s: dict[str, Any] = orjson.loads(blob) if blob else {}
-            #: the oldest time bucket of dedupe keys kept (see _horizon; -1: none expired)
-            self._expired_bucket: int = s.get("expired_bucket", -1)
-            self._seen.load(txn, max(self._expired_bucket, 0))
-            self._emitted.load(txn, max(self._expired_bucket, 0))
+            # the oldest time bucket of dedupe keys kept (see _horizon), the same for both
+            horizon = s.get("expired_bucket", 0)
+            self._seen.load(txn, horizon)
+            self._emitted.load(txn, horizon)
             # the members of the checkpoints' batches become items of their own, as
             # spilled impressions
-            pending_db = self._db["pending"]
             for rid, p, o, d in self._batches.restore(txn):
-                key = rid.encode()
-                if txn.get(key, db=pending_db) is None:
-                    txn.put(key, orjson.dumps({"src": [p, o], "lab": {}, "d": d}),
-                            db=pending_db)
+                txn.put(rid.encode(), _pending_value((p, o), {}, d), db=self._db["pending"],
+                        overwrite=False)
             # spilled impressions are found by their deadline in the heap (state version 3
             # also kept a "due" index in LMDB: the heap replaces it)
             spilled = 0
@@ -501,7 +504,7 @@ class Joiner:
                  "counters": self.counters, "lateness": self.lateness,
                  "orphans": self._orphans, "windows": self._windows, "ends": ends,
                  "released": self._released, "quarantined": self._quarantined,
-                 "expired_bucket": self._expired_bucket}
+                 "expired_bucket": self._seen.horizon}
         if self._wm_ms > -math.inf:
             state["watermark_ms"] = self._wm_ms
         self._txn.put(_STATE_KEY, orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS))
@@ -516,8 +519,7 @@ class Joiner:
         pend.dirty, pend.persisted = False, True
         if pend.batch >= 0:
             self._batches.leave(pend)
-        return rid.encode(), orjson.dumps({"src": pend.src, "lab": pend.labels,
-                                           "d": pend.deadline_ms})
+        return rid.encode(), _pending_value(pend.src, pend.labels, pend.deadline_ms)
 
     def _cache(self, rid: str, pend: _Pending) -> None:
         self._next_due = min(self._next_due, pend.deadline_ms)
@@ -777,7 +779,7 @@ class Joiner:
         # impression cannot: duplicates are found pending or emitted alike, and one whose
         # deadline the watermark passed is late either way.
         if self._next_due <= self._wm_ms > -math.inf and (
-                imp is None or self._horizon(self._wm_ms) > self._expired_bucket):
+                imp is None or self._horizon(self._wm_ms) > self._seen.horizon):
             self._emit_due(self._wm_ms)
         wm_ms = self._partition_wm_ms(partition)
         if imp is not None:
@@ -991,9 +993,8 @@ class Joiner:
                         if max(float(a["timestamp"]) for a in acts) + reach < watermark]:
                 self._count("unjoined_actions", len(self._orphans.pop(rid)))
         horizon = self._horizon(wm_ms)
-        if horizon <= 0 or horizon <= self._expired_bucket:
+        if horizon <= self._seen.horizon:  # (0 until the first expiry)
             return
-        self._expired_bucket = horizon
         self._seen.expire(horizon)
         self._emitted.expire(horizon)
 
