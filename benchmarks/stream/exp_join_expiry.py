@@ -109,20 +109,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     opts = ap.parse_args(argv)
     if opts.child:
         return _child(opts.requests, opts.rate)
-    runs: dict[str, list[dict[str, float]]] = {"current": [], "base": []}
+    # (here, not at the top: a child runs the base commit's package, which may lack it)
+    from freshrec.benchinfo import alternating_children
+
+    child = [sys.executable, str(_HERE), "--child", "--requests", str(opts.requests),
+             "--rate", str(opts.rate)]
     with tempfile.TemporaryDirectory() as d:
         paths = {"current": str(_HERE.parents[2] / "src"), "base": _extract(opts.base, d)}
-        for k in range(opts.pairs):
-            for name in ("current", "base")[::1 if k % 2 == 0 else -1]:  # each first in turn
-                env = dict(os.environ, PYTHONPATH=paths[name])
-                out = subprocess.run(
-                    [sys.executable, str(_HERE), "--child", "--requests", str(opts.requests),
-                     "--rate", str(opts.rate)], env=env, capture_output=True, text=True,
-                    timeout=1800)
-                if out.returncode != 0:
-                    raise RuntimeError(f"{name} child failed: {out.stderr[-1500:]}")
-                runs[name].append(json.loads(out.stdout.splitlines()[-1]))
-                print(f"pair {k + 1}/{opts.pairs} {name}: {runs[name][-1]}", file=sys.stderr)
+        runs = alternating_children(
+            {"current": child, "base": child}, opts.pairs,
+            envs={name: dict(os.environ, PYTHONPATH=path) for name, path in paths.items()},
+            rotate=True, log=lambda line: print(line, file=sys.stderr))
     res: dict[str, Any] = {"experiment": "join_expiry", "base": opts.base,
                            "requests": opts.requests, "rate": opts.rate, "pairs": opts.pairs}
     for name, rs in runs.items():

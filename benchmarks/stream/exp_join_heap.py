@@ -20,13 +20,12 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from freshrec.benchinfo import machine_info
+from freshrec.benchinfo import alternating_children, machine_info
 
 
 def _child(setting: str, requests: int, candidates: int, joins: int) -> list[dict[str, float]]:
@@ -78,17 +77,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     opts = ap.parse_args(argv)
     if opts.child:
         return {"joins": _child(opts.child, opts.requests, opts.candidates, opts.joins)}
-    runs: dict[str, list[list[dict[str, float]]]] = {"default": [], "retained": []}
-    for _ in range(opts.pairs):
-        for setting in runs:
-            got = subprocess.run([sys.executable, __file__, "--child", setting,
-                                  "--requests", str(opts.requests), "--candidates",
-                                  str(opts.candidates), "--joins", str(opts.joins)],
-                                 capture_output=True, text=True, check=True, timeout=1800)
-            runs[setting].append(json.loads(got.stdout)["joins"])
+    runs = alternating_children({setting: [
+        sys.executable, __file__, "--child", setting, "--requests", str(opts.requests),
+        "--candidates", str(opts.candidates), "--joins", str(opts.joins)]
+        for setting in ("default", "retained")}, opts.pairs)
     result: dict[str, Any] = {"requests": opts.requests, "candidates": opts.candidates,
                               "joins": opts.joins, "pairs": opts.pairs}
-    for setting, per_run in runs.items():
+    for setting, children in runs.items():
+        per_run = [child["joins"] for child in children]
         result[setting] = [{key: statistics.median(run[k][key] for run in per_run)
                             for key in per_run[0][k]} for k in range(opts.joins)]
     result.update(machine_info())

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
-from freshrec.benchinfo import load_script, machine_info
+from freshrec.benchinfo import alternating_children, load_script, machine_info
 
 
 def _child(setting: str, url: str, requests: int) -> dict[str, float]:
@@ -67,16 +66,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     if opts.child:
         return _child(opts.child, opts.redis, opts.requests)
     bench_log = load_script(Path(__file__).with_name("bench_log.py"), "bench_bench_log")
-    runs: dict[str, list[dict[str, float]]] = {"python": [], "hiredis": []}
     with bench_log.redis_server(opts.redis) as url:
         if url is None:
             raise SystemExit("exp_redis_parser: redis-server not found")
-        for _ in range(opts.pairs):
-            for setting in runs:
-                got = subprocess.run([sys.executable, __file__, "--child", setting, "--redis",
-                                      url, "--requests", str(opts.requests)],
-                                     capture_output=True, text=True, check=True, timeout=1800)
-                runs[setting].append(json.loads(got.stdout))
+        runs = alternating_children({setting: [
+            sys.executable, __file__, "--child", setting, "--redis", url, "--requests",
+            str(opts.requests)] for setting in ("python", "hiredis")}, opts.pairs)
     result: dict[str, Any] = {"requests": opts.requests, "pairs": opts.pairs}
     for setting, per_pair in runs.items():
         result[setting] = {key: statistics.median(p[key] for p in per_pair)

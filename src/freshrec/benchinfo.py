@@ -10,17 +10,19 @@ Examples
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval", "load_script"]
+__all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval", "load_script",
+           "alternating_children"]
 
 
 def _cpu_model() -> str:
@@ -99,6 +101,36 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def alternating_children(commands: Mapping[str, Sequence[str]], pairs: int, *,
+                         envs: Mapping[str, Mapping[str, str]] | None = None,
+                         rotate: bool = False, timeout_s: float = 1800,
+                         log: Callable[[str], None] | None = None) -> dict[str, list[Any]]:
+    """Run every named command once per pair, ``pairs`` times, each run a fresh process, so
+    that all settings see the same minutes of a noisy machine; returns per name the JSON of
+    each run's last line of output. ``envs``: the environment of a name's runs (default:
+    this one's); ``rotate``: each name first in turn (else in the given order); ``log``:
+    called with a line per run.
+
+    >>> got = alternating_children({"a": [sys.executable, "-c", "print(1)"],
+    ...                             "b": [sys.executable, "-c", "print([2])"]}, 2, rotate=True)
+    >>> got
+    {'a': [1, 1], 'b': [[2], [2]]}
+    """
+    runs: dict[str, list[Any]] = {name: [] for name in commands}
+    names = list(commands)
+    for k in range(pairs):
+        for name in names[k % len(names):] + names[:k % len(names)] if rotate else names:
+            env = None if envs is None or name not in envs else dict(envs[name])
+            out = subprocess.run(list(commands[name]), env=env, capture_output=True,
+                                 text=True, timeout=timeout_s)
+            if out.returncode != 0:
+                raise RuntimeError(f"{name} run failed: {out.stderr[-1500:]}")
+            runs[name].append(json.loads(out.stdout.splitlines()[-1]))
+            if log is not None:
+                log(f"pair {k + 1}/{pairs} {name}: {runs[name][-1]}")
+    return runs
 
 
 def percentiles_ms(samples_s: Any, qs: tuple[float, ...] = (50, 99, 99.9)) -> dict[str, float]:
