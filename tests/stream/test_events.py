@@ -253,6 +253,73 @@ def test_decode_events_matches_the_general_path_on_random_events(seed):
         _assert_same(got, _general(payload))
 
 
+_ACTION = (b'{"type":"action","event_id":"a1","request_id":"r1","item_id":-7,'
+           b'"action":"click","timestamp":11.0}')
+
+
+@pytest.mark.parametrize("pair", [
+    # the first record leaves an array open after its object, the second closes it: as one
+    # JSON array the two give two values, neither of them either record's
+    (_PLAIN + b',{"x":[1', _PLAIN + b"]}"),
+    (_ACTION + b',{"x":[1', _ACTION + b"]}"),
+    (_PLAIN + b',{"x":"', b'{"y":1,"z":"' + _ACTION[1:]),
+    (_ACTION[:-1] + b',"x":[', b'{"candidates":[]}]}'),
+])
+def test_decode_events_decodes_each_record_on_its_own(pair):
+    """Records that are not one JSON value each never borrow bytes from their neighbours
+    in the batch's one JSON array (before the kernel checked that each record's object
+    closes at its end, the first record of the first pair was accepted)."""
+    payloads = [_PLAIN, *pair, _ACTION]
+    for got, payload in zip(ev.decode_events(payloads), payloads, strict=True):
+        _assert_same(got, _general(payload))
+
+
+def test_decode_events_decodes_actions_with_the_batch(monkeypatch):
+    """Actions are decoded with the batch's one JSON array, not one record at a time."""
+    payloads = [_PLAIN, _ACTION, _ACTION.replace(b'"a1"', b'"a2"'), _PLAIN]
+    want = [_general(p) for p in payloads]
+
+    def alone(payload):
+        raise AssertionError(f"decoded alone: {payload!r}")
+
+    monkeypatch.setattr(ev, "_decode_one", alone)
+    for got, w in zip(ev.decode_events(payloads), want, strict=True):
+        _assert_same(got, w)
+
+
+def _mutated(rng: random.Random, payload: bytes, other: bytes) -> bytes:
+    """``payload`` cut, spliced with JSON punctuation, or run into ``other``."""
+    k = rng.randint(0, len(payload))
+    how = rng.randrange(4)
+    if how == 0:
+        return payload[:k]
+    if how == 1:
+        return payload[:k] + rng.choice([b"{", b"}", b"[", b"]", b'"', b",", b":", b"\\",
+                                         b'",', b"]}", b'{"a":[']) + payload[k:]
+    if how == 2:
+        return payload[:k] + other[rng.randint(0, len(other)):]
+    return payload + rng.choice([b",", b"", b" "]) + other[:rng.randint(0, len(other))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decode_events_matches_the_general_path_on_damaged_records(seed):
+    """Cut, spliced and run-together records among good ones: each record's result is
+    the general path's, whatever its neighbours."""
+    rng = random.Random(seed)
+    good = []
+    for k in range(12):
+        imp = _impression(rng, f"r{k}")
+        imp.update(type="impression", event_id=f"e{k}")
+        good.append(ev.encode(imp))
+        good.append(ev.encode({"type": "action", "event_id": f"a{k}", "request_id": f"r{k}",
+                               "item_id": 1, "action": "click", "timestamp": 1}))
+    good += [_PLAIN, _ACTION]
+    payloads = [rng.choice(good) if rng.random() < 0.4
+                else _mutated(rng, rng.choice(good), rng.choice(good)) for _ in range(40)]
+    for got, payload in zip(ev.decode_events(payloads), payloads, strict=True):
+        _assert_same(got, _general(payload))
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_columnar_builder_matches_the_row_form_with_kernel_impressions(seed):
     rng = random.Random(seed)

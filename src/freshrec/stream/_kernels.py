@@ -41,6 +41,9 @@ def _jit(inline: Literal["never", "always"] = "never") -> Callable[[_F], _F]:
 #: columns of ``info`` (one row per record)
 OK, SPAN_START, SPAN_END, N, K, INT_OFF, FLOAT_OFF, KEY_OFF, SCHEMA = range(9)
 INFO_COLS = 9
+#: ``info[r, OK]`` of a record that is one JSON object without a ``"candidates"`` key (an
+#: action): nothing parsed, but its bytes are one value with balanced brackets and strings
+WHOLE = 2
 #: ``has`` bits of a candidate's fields
 _ITEM, _POS, _TRUE_P, _FEATURES = 1, 2, 4, 8
 _MAX_INT_DIGITS = 18  # fits int64
@@ -346,8 +349,10 @@ def parse_candidates(buf: np.ndarray, offsets: np.ndarray, words: np.ndarray,
     """Records ``buf[offsets[r]:offsets[r + 1]]`` (uint8) -> their candidate columns.
 
     ``words``: :data:`WORDS`. For record ``r``, ``info[r, OK]`` is 1
-    when its top level is an object with one ``"candidates"`` key (no escapes in any top-level
-    key) whose array has the plain shape (module docstring); then ``info[r]`` holds the
+    when it is one object (nothing but whitespace around it) with one ``"candidates"`` key
+    (no escapes in any top-level key) whose array has the plain shape (module docstring),
+    :data:`WHOLE` when it is such an object without a ``"candidates"`` key, 0 for anything
+    else. For a record with ``OK`` 1, ``info[r]`` holds the
     array's span (relative to the record), ``N`` candidates and ``K`` feature keys, and
     ``ints[INT_OFF:]`` the candidates row-major (``2 + K`` int64 slots per candidate:
     item, position, features; a decimal feature is stored as the bits of a float64 through
@@ -405,7 +410,13 @@ def parse_candidates(buf: np.ndarray, offsets: np.ndarray, words: np.ndarray,
             i = _ws(buf, i, end)
             if i < end and buf[i] == 44:
                 i = _ws(buf, i + 1, end)
-        if bad or found != 1:
+        # the object closes and nothing but whitespace follows: the record is one JSON
+        # value on its own, so a batch of such records decoded as one JSON array gives
+        # one element per record (events.decode_events)
+        if bad or found > 1 or i >= end or buf[i] != 125 or _ws(buf, i + 1, end) != end:
+            continue
+        if found == 0:
+            info[r, OK] = WHOLE
             continue
         info[r, OK] = 1
         n, k = info[r, N], info[r, K]

@@ -392,7 +392,8 @@ def decode_events(payloads: Sequence[bytes]
     tops = _tops(payloads, cols.rows)
     for payload, row in zip(payloads, cols.rows, strict=True):
         try:
-            if not row[_kernels.OK]:
+            ok = row[_kernels.OK]
+            if not ok or (tops is None and ok == _kernels.WHOLE):
                 out.append(_decode_one(payload))
                 continue
             if tops is not None:
@@ -407,7 +408,8 @@ def decode_events(payloads: Sequence[bytes]
             if type(e) is not dict:
                 raise InputError(f"event must be a JSON object, got {type(e).__name__}")
             kind = _event_kind(e)
-            out.append((e, kind, cols.impression(e, row) if kind == "impression" else None))
+            out.append((e, kind, None if kind != "impression" else cols.impression(e, row)
+                        if ok == 1 else compact_impression(e)))
         except InputError as err:
             out.append(err)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
@@ -416,14 +418,20 @@ def decode_events(payloads: Sequence[bytes]
 
 
 def _tops(payloads: Sequence[bytes], rows: list[list[int]]) -> Iterator[Any] | None:
-    """The records the kernel parsed, their candidates replaced by ``[]``, decoded by one
-    orjson call as one JSON array; None when that array is not valid JSON or does not
-    have one value per record (then each record is decoded alone, so that a bad one gets
-    its own error)."""
+    """The records the kernel parsed (their candidates replaced by ``[]``) or found to be one
+    object without candidates (:data:`~freshrec.stream._kernels.WHOLE`: actions, whole),
+    decoded by one orjson call as one JSON array; None when that array is not valid JSON
+    (then each record is decoded alone, so that a bad one gets its own error). Each of
+    these records is one object with balanced brackets and closed strings, so a valid
+    array has one element per record."""
     parts: list[bytes] = []
     n = 0
     for payload, row in zip(payloads, rows, strict=True):
-        if row[_kernels.OK]:
+        ok = row[_kernels.OK]
+        if ok == _kernels.WHOLE:
+            parts += (b",", payload)
+            n += 1
+        elif ok:
             parts += (b",", payload[:row[_kernels.SPAN_START]], b"[]",
                       payload[row[_kernels.SPAN_END]:])
             n += 1
@@ -528,7 +536,7 @@ class _ChunkColumns:
         self._names: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # by SCHEMA
         used = fused = 0  # the int and float slots filled (the records' slots follow)
         for row in self.rows:
-            if row[_kernels.OK]:
+            if row[_kernels.OK] == 1:
                 n = row[_kernels.N]
                 used = row[_kernels.INT_OFF] + n * (2 + row[_kernels.K])
                 if row[_FLOAT_OFF] >= 0:
