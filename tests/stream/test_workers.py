@@ -52,6 +52,8 @@ def test_parse_and_split_partitions():
         parse_partitions("2-4", 4)
     with pytest.raises(InputError, match="not an int or a range"):
         parse_partitions("x", 4)
+    with pytest.raises(InputError, match="'3-1' is an empty range .* first: 1-3"):
+        parse_partitions("3-1", 4)
     with pytest.raises(InputError, match="--workers must be in"):
         split_partitions((0, 1), 3)
 

@@ -47,6 +47,9 @@ def parse_partitions(spec: str, n: int) -> tuple[int, ...]:
         except ValueError:
             raise InputError(f"--partitions: {part.strip()!r} is not an int or a range a-b "
                              f"(in {spec!r})") from None
+        if a > b:
+            raise InputError(f"--partitions: {part.strip()!r} is an empty range (write the "
+                             f"lower partition first: {b}-{a})")
         if not 0 <= a <= b < n:
             raise InputError(f"--partitions: {part.strip()!r} is outside the source's "
                              f"partitions 0-{n - 1}")
