@@ -233,6 +233,10 @@ class Joiner:
                  partitions: Sequence[int] | None = None) -> None:
         self.config = config or JoinerConfig()
         self._lateness_ms = self.config.allowed_lateness_s * 1000
+        # seconds of dedupe keys kept behind the watermark (see _horizon)
+        self._keep_s = max(self.config.dedupe_horizon_s,
+                           self.config.window_s + self.config.allowed_lateness_s + _BUCKET_S)
+        self._expiry_from_ms = -math.inf  # see _bound_expiry
         self._prefix_bucket, self._prefix = -1, bucket_key(-1, b"")  # see _accept
         self.source, self.output = source, output
         self.side_logs = dict(side_logs or {})
@@ -259,7 +263,6 @@ class Joiner:
         self._batches = PendingBatches(self._db["pbatch"], self._db["pgone"])
         self._mem: OrderedDict[str, _Pending] = OrderedDict()
         self._dirty: dict[str, _Pending] = {}  # pending impressions changed since the commit
-        # (deadline, request id) of every pending impression, in memory or spilled
         # deadlines (ms) of the pending impressions, in memory or spilled: a heap of the
         # distinct deadlines and the request ids of each (ints compare faster than tuples,
         # and many impressions share a millisecond)
@@ -293,6 +296,7 @@ class Joiner:
             horizon = s.get("expired_bucket", 0)
             self._seen.load(txn, horizon)
             self._emitted.load(txn, horizon)
+            self._bound_expiry()
             # the members of the checkpoints' batches become items of their own, as
             # spilled impressions
             for rid, p, o, d in self._batches.restore(txn):
@@ -416,9 +420,13 @@ class Joiner:
         """The oldest time bucket of dedupe keys kept at watermark ``wm_ms``: a duplicate
         older than the horizon is a late impression (dead-lettered), so the horizon is never
         shorter than the label window."""
-        keep_s = max(self.config.dedupe_horizon_s,
-                     self.config.window_s + self.config.allowed_lateness_s + _BUCKET_S)
-        return int(wm_ms / 1000.0 - keep_s) // _BUCKET_S
+        return int(wm_ms / 1000.0 - self._keep_s) // _BUCKET_S
+
+    def _bound_expiry(self) -> None:
+        """Set :attr:`_expiry_from_ms`, a watermark below which :meth:`_horizon` does not
+        pass the keys' current horizon (a test per impression cheaper than the call; 1 ms
+        below the exact bound, which float rounding moves by far less)."""
+        self._expiry_from_ms = ((self._seen.horizon + 1) * _BUCKET_S + self._keep_s) * 1000 - 1
 
     def _example_records(self, items: list[ev.EmittedImpression | dict[str, Any]]
                          ) -> list[bytes]:
@@ -522,9 +530,11 @@ class Joiner:
         return rid.encode(), _pending_value(pend.src, pend.labels, pend.deadline_ms)
 
     def _cache(self, rid: str, pend: _Pending) -> None:
-        self._next_due = min(self._next_due, pend.deadline_ms)
+        d = pend.deadline_ms
+        if d < self._next_due:
+            self._next_due = d
         self._mem[rid] = pend
-        self._add_due(pend.deadline_ms, rid)
+        self._add_due(d, rid)
         while len(self._mem) > self.config.max_pending_in_memory:
             old_rid, old = self._mem.popitem(last=False)
             if old.dirty or not old.persisted:
@@ -607,6 +617,7 @@ class Joiner:
                     continue
                 decoded = ev.decode_events([r.value if len(r.value) <= limit else b""
                                             for r in chunk])
+                self._count("events_in", len(chunk))
                 for r, got in zip(chunk, decoded, strict=True):
                     self._process(r.value, p, r.offset, got)
                 self.offsets[p] = chunk[-1].offset + 1
@@ -676,9 +687,8 @@ class Joiner:
                  decoded: tuple[dict[str, Any], str, ev.CompactImpression | None] | InputError
                  | None) -> None:
         """One input record; ``decoded``: its :func:`~freshrec.stream.events.decode_events`
-        result (ignored for a record over ``max_event_bytes``)."""
-        c = self.counters
-        c["events_in"] = c.get("events_in", 0) + 1
+        result (ignored for a record over ``max_event_bytes``). Counted in ``events_in`` by
+        the caller."""
         try:
             if (type(decoded) is not tuple or len(payload) > self.config.max_event_bytes
                     or not 0 <= decoded[0]["timestamp"] < MAX_TIMESTAMP_S
@@ -703,7 +713,7 @@ class Joiner:
                         f"{self.config.max_future_skew_s} ahead of partition {partition}'s "
                         f"newest event time {ref}"))
                 held.clear()
-            self._accept(partition, offset, decoded)
+            self._accept(partition, offset, decoded, ts)
         except Exception as err:  # noqa: BLE001 - one record must never stop the joiner
             logger.exception("joiner: internal error on partition=%d offset=%d; record "
                              "dead-lettered", partition, offset)
@@ -747,12 +757,13 @@ class Joiner:
                 if self._reject(pay, dec) is not None:  # the input log changed
                     self._dead(pay, partition, off, "held record no longer valid")
                     continue
-            self._accept(partition, off, dec)
+            self._accept(partition, off, dec, float(dec[0]["timestamp"]))
 
     def _accept(self, partition: int, offset: int,
-                decoded: tuple[dict[str, Any], str, ev.CompactImpression | None]) -> None:
+                decoded: tuple[dict[str, Any], str, ev.CompactImpression | None],
+                ts: float) -> None:
+        """Dedupe and join a checked record of event time ``ts``."""
         e, _, imp = decoded
-        ts = float(e["timestamp"])
         prev = self.partition_max_ts.get(partition)
         if prev is not None:
             self.lateness[bisect.bisect_left(LATENESS_BUCKETS_S, prev - ts)] += 1
@@ -765,23 +776,24 @@ class Joiner:
             self._count("duplicates")
             return
         if prev is None or ts > prev:
-            old_wm = self._partition_wm_ms(partition)
             self.partition_max_ts[partition] = ts
+            wm_ms = math.floor(ts * 1000) - self._lateness_ms  # the partition's watermark
             if len(self.owned) == 1:  # the joiner's watermark is this partition's
-                wm = math.floor(ts * 1000) - self._lateness_ms
-                if wm > self._wm_ms:
-                    self._wm_ms = wm
-            elif old_wm <= self._wm_ms:  # it may have held the joiner's watermark back
-                self._advance_watermark(emit=False)
+                if wm_ms > self._wm_ms:
+                    self._wm_ms = wm_ms
+            elif prev is None or math.floor(prev * 1000) - self._lateness_ms <= self._wm_ms:
+                self._advance_watermark(emit=False)  # it may have held the watermark back
+        else:
+            wm_ms = math.floor(prev * 1000) - self._lateness_ms
         # Emission waits for the end of the chunk (one call for many impressions) unless
         # this record could observe it: an action (it labels or finds emitted impressions,
         # in emission order with corrections), or the dedupe horizon moving (expiry). An
         # impression cannot: duplicates are found pending or emitted alike, and one whose
         # deadline the watermark passed is late either way.
         if self._next_due <= self._wm_ms > -math.inf and (
-                imp is None or self._horizon(self._wm_ms) > self._seen.horizon):
+                imp is None or (self._wm_ms >= self._expiry_from_ms
+                                and self._horizon(self._wm_ms) > self._seen.horizon)):
             self._emit_due(self._wm_ms)
-        wm_ms = self._partition_wm_ms(partition)
         if imp is not None:
             if prev is not None and ts - prev > self.config.window_s:
                 # it will be pending long after the records decoded with it are emitted:
@@ -816,10 +828,10 @@ class Joiner:
                        src[0], src[1], f"late impression: partition {src[0]}'s watermark "
                        f"{wm_ms / 1000:.3f} passed its deadline {deadline / 1000:.3f}")
             return
-        pend = _Pending(imp, _NO_LABELS, deadline, dirty=True, persisted=False, src=src)
+        pend = _Pending(imp, _NO_LABELS, deadline, True, False, src)
         self._dirty[rid] = pend
         self._cache(rid, pend)
-        for a in self._orphans.pop(rid, []):
+        for a in self._orphans.pop(rid, ()) if self._orphans else ():
             self._label(pend, a, float(a["timestamp"]), a.pop("_wm"))
 
     def _action(self, e: dict[str, Any], ts: float, wm_ms: float, partition: int) -> None:
@@ -997,6 +1009,7 @@ class Joiner:
             return
         self._seen.expire(horizon)
         self._emitted.expire(horizon)
+        self._bound_expiry()
 
     def _close_windows(self, watermark: float) -> None:
         v = self.config.validation
