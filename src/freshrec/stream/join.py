@@ -127,6 +127,7 @@ _SOURCE_CACHE_MAX = 4096
 _DECODE_CHUNK = 64  # records decoded at once; a due checkpoint is checked between chunks
 _INT64_BOUND = 1 << 63
 _NO_LABELS: dict[str, list[str]] = {}  # the labels of every unlabelled impression (read only)
+_NO_CANDIDATE_LABELS: dict[int, list[str]] = {}  # the same, emitted (read only)
 
 
 #: a str id this short is its own key (at most 4 bytes per character in UTF-8)
@@ -907,19 +908,18 @@ class Joiner:
         else:
             rids.append(rid)
 
-    def _due(self, wm_ms: float) -> list[tuple[int, str]]:
-        """``(deadline, request id)`` of the pending impressions due at ``wm_ms``, in order,
-        taken off the heap."""
+    def _due(self, wm_ms: float) -> list[str]:
+        """Request ids of the pending impressions due at ``wm_ms``, in order (of deadline,
+        then of request id), taken off the heap."""
         lim = math.inf if wm_ms == math.inf else int(wm_ms)
-        due: list[tuple[int, str]] = []
+        due: list[str] = []
         heap, pop, by_deadline = self._due_heap, heapq.heappop, self._due_rids
         while heap and heap[0] <= lim:
-            d = pop(heap)
-            rids = by_deadline.pop(d)
+            rids = by_deadline.pop(pop(heap))
             if len(rids) == 1:
-                due.append((d, rids[0]))
+                due.append(rids[0])
             else:  # sorted by request id; one read back after a spill is there twice
-                due.extend((d, rid) for rid in sorted(set(rids)))
+                due.extend(sorted(set(rids)))
         return due
 
     def _refresh_next_due(self) -> None:
@@ -933,7 +933,7 @@ class Joiner:
         mem, emitted = self._mem, self._emitted
         positives = kept = n = 0  # counters of the emitted impressions, added once
         try:
-            for _d, rid in self._due(wm_ms):
+            for rid in self._due(wm_ms):
                 key = rid.encode()
                 pend = mem.pop(rid, None)
                 if pend is None:
@@ -963,16 +963,16 @@ class Joiner:
     def _emit(self, pend: _Pending) -> tuple[int, int, int]:
         """Emit ``pend``; returns its positives, kept examples and candidates."""
         imp = pend.imp
-        rid = str(imp.request_id)
-        labels: dict[int, list[str]] = {}
+        labels = _NO_CANDIDATE_LABELS
         if pend.labels:
+            labels = {}
             for item, acts in pend.labels.items():
                 for j in pend.find(item) or ():
                     labels[j] = acts
         keep: list[int] | None = None
         rate = self.config.negative_rate
         if rate < 1.0:
-            items = imp.items
+            rid, items = str(imp.request_id), imp.items
             keep = [j for j in range(len(imp)) if j in labels or self._keep(rid, items[j])]
         em = ev.EmittedImpression(imp, labels, keep, rate)
         kept = em.n
@@ -982,7 +982,7 @@ class Joiner:
             out = self.output
             self._out_examples.setdefault(
                 part if out.partitions == self.source.partitions
-                else self._route(out, part, rid), []).append(em)
+                else self._route(out, part, str(imp.request_id)), []).append(em)
             return len(labels), kept, n
         win = self._window(float(int(float(imp.timestamp))))
         assert win is not None
