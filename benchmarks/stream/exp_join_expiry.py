@@ -25,12 +25,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +87,6 @@ def _child(requests: int, rate: float) -> dict[str, float]:
             "events": float(n)}
 
 
-def _extract(commit: str, into: str) -> str:
-    """``src/`` of ``commit`` under ``into``; returns the directory to put on the path."""
-    tar = subprocess.run(["git", "archive", commit, "src"], cwd=_HERE.parents[2],
-                         capture_output=True, check=True, timeout=60).stdout
-    with tarfile.open(fileobj=BytesIO(tar)) as t:
-        t.extractall(into, filter="data")
-    return os.path.join(into, "src")
-
-
 def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="exp_join_expiry")
     ap.add_argument("--base", default="80ade67", help="commit whose joiner is the baseline")
@@ -110,12 +98,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     if opts.child:
         return _child(opts.requests, opts.rate)
     # (here, not at the top: a child runs the base commit's package, which may lack it)
-    from freshrec.benchinfo import alternating_children
+    from freshrec.benchinfo import alternating_children, extract_src
 
     child = [sys.executable, str(_HERE), "--child", "--requests", str(opts.requests),
              "--rate", str(opts.rate)]
     with tempfile.TemporaryDirectory() as d:
-        paths = {"current": str(_HERE.parents[2] / "src"), "base": _extract(opts.base, d)}
+        paths = {"current": str(_HERE.parents[2] / "src"), "base": extract_src(opts.base, d)}
         runs = alternating_children(
             {"current": child, "base": child}, opts.pairs,
             envs={name: dict(os.environ, PYTHONPATH=path) for name, path in paths.items()},

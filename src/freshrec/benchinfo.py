@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 __all__ = ["machine_info", "timed", "percentiles_ms", "t95", "paired_interval", "load_script",
-           "alternating_children"]
+           "alternating_children", "extract_src"]
 
 
 def _cpu_model() -> str:
@@ -131,6 +131,35 @@ def alternating_children(commands: Mapping[str, Sequence[str]], pairs: int, *,
             if log is not None:
                 log(f"pair {k + 1}/{pairs} {name}: {runs[name][-1]}")
     return runs
+
+
+def extract_src(commit: str, into: str | os.PathLike[str]) -> str:
+    """``src/`` of the repository's ``commit`` (``git archive``) under ``into``; returns the
+    directory to put first on a process's ``PYTHONPATH`` to run that commit's package (the
+    benchmarks' same-run baselines). Raises :class:`RuntimeError` naming the commit when git
+    or the commit is missing.
+
+    >>> import tempfile
+    >>> Path(extract_src("HEAD", tempfile.mkdtemp()), "freshrec", "__init__.py").is_file()
+    True
+    """
+    import tarfile
+    from io import BytesIO
+
+    here = Path(__file__).parent
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, check=True,
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        tar = subprocess.run(["git", "archive", commit, "src"], cwd=top,
+                             capture_output=True, check=True, timeout=60).stdout
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"cannot read src/ of commit {commit!r} from git: "
+                           f"{e.stderr.strip()!r}") from e
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot read src/ of commit {commit!r} from git: {e}") from e
+    with tarfile.open(fileobj=BytesIO(tar)) as t:
+        t.extractall(into, filter="data")
+    return os.path.join(into, "src")
 
 
 def percentiles_ms(samples_s: Any, qs: tuple[float, ...] = (50, 99, 99.9)) -> dict[str, float]:
