@@ -164,3 +164,34 @@ def test_reads_and_polls_continue_across_a_server_restart(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_entry_written_without_the_value_field_is_dead_lettered_not_fatal(cfg, tmp_path):
+    """Another client XADDs an entry with its own field names into the stream: readers get a
+    record that names it, and a joiner dead-letters it and joins what follows (before, every
+    read and poll raised KeyError at that entry)."""
+    from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
+    from freshrec.stream import events as ev
+
+    log = RedisLog(cfg)
+    imp = {"type": "impression", "event_id": "e1", "request_id": "r1", "user_id": 1,
+           "timestamp": 100.0, "user": {}, "candidates": [{"item_id": 7, "position": 0}]}
+    log.append([ev.encode(imp)])
+    r = connect(cfg.url, cfg.name)
+    foreign = r.xadd(log.keys.stream(0), {b"data": b"{}"})
+    log.append([ev.encode({**imp, "event_id": "e2", "request_id": "r2"})])
+    got = log.read(0, 0, 10)
+    assert [g.value for g in got][1] == (
+        f"redis stream entry {foreign.decode()} has no field 'v' (its fields: data)".encode())
+    assert len(log.poll("g", 0, max_records=10)) == 3
+    dl = FileLog(tmp_path / "dl", FileLogConfig(fsync="never"))
+    out = FileLog(tmp_path / "out", FileLogConfig(fsync="never"))
+    j = Joiner(log, out, tmp_path / "state", JoinerConfig(window_s=1, allowed_lateness_s=0),
+               side_logs={"dead_letter": dl})
+    m = j.run(idle_timeout_s=0.3, flush_at_end=True)
+    assert m["events_in"] == 3 and m["dead_letters"] == 1 and m["examples_out"] == 2
+    assert b"has no field 'v'" in dl.read(0, 0, 10)[0].value
+    j.close()
+    log.delete()
+    log.close()
+    r.close()

@@ -103,7 +103,8 @@ class KafkaLog(Log):
         while not out and time.monotonic() < deadline:
             for m in self._reader.consume(max_records, timeout=0.1):
                 if m.error() is None and m.offset() >= offset:
-                    out.append(Record(partition, m.offset(), m.value()))
+                    value = m.value()  # None for a message without a value (a tombstone)
+                    out.append(Record(partition, m.offset(), b"" if value is None else value))
         return out
 
     def end_offset(self, partition: int) -> int:

@@ -114,6 +114,17 @@ def id_to_offset(entry_id: bytes | str) -> int:
     return (int(ms) << _SEQ_BITS) | int(seq)
 
 
+def _foreign(entry_id: bytes | str, fields: dict[bytes, bytes]) -> bytes:
+    """The record of a stream entry without the ``v`` field (written by another client).
+
+    >>> _foreign(b"5-3", {b"data": b"x"})
+    b"redis stream entry 5-3 has no field 'v' (its fields: data)"
+    """
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    names = ", ".join(k.decode("utf-8", "replace") for k in list(fields)[:8])
+    return f"redis stream entry {eid} has no field 'v' (its fields: {names})".encode()
+
+
 def offset_to_id(offset: int) -> str:
     """Packed int offset -> ``"ms-seq"`` stream id."""
     return f"{offset >> _SEQ_BITS}-{offset & _SEQ_MASK}"
@@ -220,8 +231,13 @@ class RedisLog(Log):
     @staticmethod
     def _records(partition: int, entries: Any) -> list[Record]:
         """Records of the stream entries ``[(id, {b"v": value}), ...]`` the client returns (a
-        deleted entry still pending in a group comes without fields and is skipped)."""
-        return [Record(partition, id_to_offset(i), f[b"v"]) for i, f in entries or () if f]
+        deleted entry still pending in a group comes without fields and is skipped). An
+        entry another writer added without a ``v`` field is a record saying so (not JSON:
+        a joiner dead-letters it with that text), not an error that stops every reader at
+        that entry."""
+        return [Record(partition, id_to_offset(i),
+                       v if (v := f.get(b"v")) is not None else _foreign(i, f))
+                for i, f in entries or () if f]
 
     @staticmethod
     def _only_stream(reply: Any) -> Any:
