@@ -11,9 +11,9 @@ number of instructions it executes does not. Each version -- ``--base``'s ``src/
 first ``N`` events of a simulated stream (``bench join``'s: 5,000 requests per second of
 event time, window 10 s; a checkpoint every 6,000 events, about 0.2 s of a joiner, since
 under valgrind the 0.2 s of ``bench join`` hold far fewer events) after a warm-up join of
-3,000, once the
-warm-up alone. The difference over ``N`` is the instructions per event: imports, numba's
-cached kernels and the warm-up are in both runs and cancel. A first valgrind run of each
+3,000, once writing those events to the input log without joining them. The difference
+over ``N`` is the instructions per event: imports, numba's cached kernels, the warm-up and
+writing the input are in both runs and cancel. A first valgrind run of each
 version (not counted) compiles its kernels into its numba cache for the CPU that valgrind
 presents, which is not the host's: else a measured run may compile them (~10^10
 instructions) and the other load them.
@@ -44,10 +44,11 @@ WARMUP = 3_000
 CHECKPOINT_EVERY = 6_000  # events; ~0.2 s of a joiner at 30,000 events/s
 
 
-def _join(records: list[bytes]) -> None:
-    """Join ``records`` as ``bench join`` does, with a checkpoint every
-    :data:`CHECKPOINT_EVERY` events instead of every 0.2 s (under valgrind a second of wall
-    time holds ~50x fewer events: checkpoints by time would be ~50x as many per event)."""
+def _join(records: list[bytes], join: bool) -> None:
+    """Write ``records`` to a file log and (``join``) join them as ``bench join`` does, with
+    a checkpoint every :data:`CHECKPOINT_EVERY` events instead of every 0.2 s (under
+    valgrind a second of wall time holds ~50x fewer events: checkpoints by time would be
+    ~50x as many per event)."""
     from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig
     from freshrec.stream.job import tune_memory
 
@@ -57,6 +58,9 @@ def _join(records: list[bytes]) -> None:
         src = FileLog(f"{d}/in", FileLogConfig(fsync="never"))
         for i in range(0, len(records), 1000):
             src.append(records[i:i + 1000])
+        if not join:
+            src.close()
+            return
         out = FileLog(f"{d}/out", FileLogConfig(fsync="never"))
         j = Joiner(src, out, f"{d}/state", cfg)
         tune_memory()
@@ -72,23 +76,23 @@ def _join(records: list[bytes]) -> None:
         out.close()
 
 
-def _child(records_file: str, events: int) -> None:
-    """Join the warm-up, then (``events`` > 0) the first ``events`` records."""
+def _child(records_file: str, events: int, join: bool) -> None:
+    """Join the warm-up, then write the first ``events`` records to a log and (``join``)
+    join them."""
     with open(records_file, "rb") as f:
         records = pickle.load(f)
-    _join(records[:WARMUP])
-    if events:
-        _join(records[:events])
+    _join(records[:WARMUP], True)
+    _join(records[:events], join)
 
 
-def _instructions(path: str, records_file: str, events: int) -> int:
+def _instructions(path: str, records_file: str, events: int, join: bool) -> int:
     """Instructions (cachegrind's ``I refs``) of a child process running ``path``'s package."""
     env = dict(os.environ, PYTHONPATH=path, PYTHONHASHSEED="0")
     with tempfile.NamedTemporaryFile(suffix=".cg") as out:
         got = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no",
              f"--cachegrind-out-file={out.name}", sys.executable, str(_HERE), "--child",
-             records_file, "--events", str(events)],
+             records_file, "--events", str(events), *([] if join else ["--no-join"])],
             env=env, capture_output=True, text=True, timeout=3600)
     m = re.search(r"I\s+refs:\s+([\d,]+)", got.stderr)
     if got.returncode != 0 or m is None:
@@ -102,9 +106,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--candidates", type=int, default=1)
     ap.add_argument("--child", metavar="RECORDS", help=argparse.SUPPRESS)
+    ap.add_argument("--no-join", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.child:
-        _child(opts.child, opts.events)
+        _child(opts.child, opts.events, not opts.no_join)
         return {}
     from freshrec.benchinfo import extract_src, machine_info
     from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig
@@ -126,16 +131,17 @@ def main(argv: list[str]) -> dict[str, Any]:
         with ThreadPoolExecutor(2) as pool:
             # a first run of each version compiles its kernels into its numba cache for the
             # CPU valgrind presents (not the host's), so that neither measured run does
-            list(pool.map(lambda path: _instructions(path, records_file, 0), paths.values()))
-            runs = [(name, events) for name in paths for events in (opts.events, 0)]
+            list(pool.map(lambda path: _instructions(path, records_file, WARMUP, False),
+                          paths.values()))
+            runs = [(name, join) for name in paths for join in (True, False)]
             counts = dict(zip(runs, pool.map(
-                lambda run: _instructions(paths[run[0]], records_file, run[1]), runs),
-                strict=True))
+                lambda run: _instructions(paths[run[0]], records_file, opts.events, run[1]),
+                runs), strict=True))
     res: dict[str, Any] = {"experiment": "join_instructions", "base": opts.base,
                            "events": opts.events, "candidates": opts.candidates}
     for name in paths:
         res[f"{name}_instructions_per_event"] = (
-            (counts[(name, opts.events)] - counts[(name, 0)]) / opts.events)
+            (counts[(name, True)] - counts[(name, False)]) / opts.events)
     res["instructions_ratio_base_over_current"] = (res["base_instructions_per_event"]
                                                    / res["current_instructions_per_event"])
     res.update(machine_info())

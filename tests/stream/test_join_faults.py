@@ -5,6 +5,7 @@ Each test here failed on the joiner with one global watermark and no record boun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freshrec.data.simulate import ClickStreamSimulator, SimulatorConfig, write_to_log
+from freshrec.errors import ConfigError
 from freshrec.stream import FileLog, FileLogConfig, Joiner, JoinerConfig, RedisLog, RedisLogConfig
 from freshrec.stream import events as ev
 from freshrec.stream.base import Log, Record
@@ -131,6 +133,25 @@ def test_kill_9_with_several_partitions_gives_the_same_examples(tmp_path):
     out = FileLog(tmp_path / "out")
     j = Joiner(src, out, tmp_path / "state", CFG)
     assert j.counters["restarts"] >= 5
+    j.run(idle_timeout_s=0.0, flush_at_end=True)
+    j.close()
+    assert _read_examples(out) == straight
+
+
+def test_a_full_state_map_names_its_setting_and_a_larger_map_resumes(tmp_path):
+    """LMDB's "map full" is an error naming join.map_size (it was lmdb's own message);
+    the joiner restarted with a larger map resumes from its last checkpoint, exactly."""
+    src, _ = _sim_log(tmp_path / "in", 2, n_requests=3000)
+    straight, _ = _join(src, tmp_path, "straight")
+    out = FileLog(tmp_path / "out", FileLogConfig(partitions=2, fsync="never"))
+    j = Joiner(src, out, tmp_path / "state", dataclasses.replace(CFG, map_size=1 << 20))
+    with pytest.raises(ConfigError, match=r"LMDB map of 1048576 bytes is full; raise "
+                                          r"join.map_size \(e.g. --set join.map_size=2097152\)"):
+        for _ in range(10_000):
+            j.step(max_records=200)
+    assert 0 < j.counters["events_in"] < sum(src.end_offset(p) for p in range(2))
+    j.close()
+    j = Joiner(src, out, tmp_path / "state", CFG)
     j.run(idle_timeout_s=0.0, flush_at_end=True)
     j.close()
     assert _read_examples(out) == straight

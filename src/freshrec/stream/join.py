@@ -83,6 +83,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import heapq
 import logging
@@ -91,16 +92,16 @@ import os
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from freshrec.errors import InputError, brief
+from freshrec.errors import ConfigError, InputError, brief
 from freshrec.stream import events as ev
 from freshrec.stream.base import Log, mark_committed
 from freshrec.stream.config import JoinerConfig
@@ -150,6 +151,26 @@ def _pending_value(src: Sequence[int], labels: dict[str, list[str]], deadline_ms
                    ) -> bytes:
     """The LMDB value of a pending impression that has an item of its own."""
     return orjson.dumps({"src": src, "lab": labels, "d": deadline_ms})
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _state_limit(fn: _F) -> _F:
+    """``fn`` (a method of :class:`Joiner`) with LMDB's "map full" turned into a
+    :class:`ConfigError` that names the setting to raise; the state is as of the last
+    checkpoint, from which a joiner with a larger map resumes."""
+    @functools.wraps(fn)
+    def wrapper(self: Joiner, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except lmdb.MapFullError as e:
+            raise ConfigError(
+                f"joiner state {self.state_dir}: its LMDB map of {self.config.map_size} bytes "
+                f"is full; raise join.map_size (e.g. --set join.map_size="
+                f"{2 * self.config.map_size}): a joiner restarted with it resumes from the "
+                f"last checkpoint") from e
+    return wrapper  # type: ignore[return-value]
 
 
 class _Pending:
@@ -472,6 +493,7 @@ class Joiner:
         flush()
         return recs
 
+    @_state_limit
     def checkpoint(self) -> None:
         """Append buffered output, then commit state + input offsets + output ends at once."""
         ends: dict[str, dict[str, int]] = {}
@@ -591,6 +613,7 @@ class Joiner:
         return pend
 
     # -- processing ----------------------------------------------------------------------
+    @_state_limit
     def step(self, max_records: int = 5000, timeout_s: float = 0.0) -> int:
         """Read up to ``max_records`` per partition, join, emit what is due; returns how
         many examples were emitted (they reach the output log at the next checkpoint, which
@@ -660,6 +683,7 @@ class Joiner:
         self.checkpoint()
         return self.metrics()
 
+    @_state_limit
     def flush(self) -> int:
         """End of stream: emit every pending impression and close every window; returns how
         many examples were emitted."""
