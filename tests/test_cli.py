@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import json
 import typing
 from pathlib import Path
@@ -189,6 +190,18 @@ def test_a_missing_location_names_its_flag_and_key(capsys):
     assert "freshrec join needs join.source: pass --source" in capsys.readouterr().err
     assert main(["simulate", "--requests", "1"]) == 2
     assert "pass --log or set simulate.log" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", ['{"type":"action","event_id":"a"}', "", "\x00\x9f"])
+def test_join_source_from_stdin_must_be_a_log_spec(line, capsys, monkeypatch, tmp_path):
+    """``--source -`` reads the log's spec from stdin; an event (or garbage) there is an
+    error saying so, not a file log named after it."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\n"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["join", "--source", "-", "--output", "file:o", "--state", "s"]) == 2
+    assert "--source -: the first line of stdin must name the input log" in (
+        capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_shows_the_key_and_its_one_default(capsys):

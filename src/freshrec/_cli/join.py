@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from freshrec._cli.options import Shorthand, add_config_arguments, document, section
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, brief
 from freshrec.stream.config import JoinJobConfig
 from freshrec.stream.job import run_job, worker_command
 from freshrec.stream.open import open_log
@@ -92,7 +92,13 @@ def _job(args: argparse.Namespace) -> JoinJobConfig:
             raise ConfigError(f"freshrec join needs join.{key}: pass {flag} or set it in the "
                               f"config document")
     if job.source == "-":
-        job = dataclasses.replace(job, source=sys.stdin.readline().strip())
+        spec = sys.stdin.readline().strip()
+        if not spec or spec.startswith(("{", "[")) or not spec.isprintable():
+            raise ConfigError(
+                f"--source -: the first line of stdin must name the input log (file:PATH, "
+                f"redis://HOST:PORT/DB#NAME, ...), got {brief(spec)}; the joiner reads its "
+                f"events from that log, not from stdin")
+        job = dataclasses.replace(job, source=spec)
     return job
 
 
