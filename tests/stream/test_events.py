@@ -238,16 +238,21 @@ def test_decode_events_reads_each_record_of_a_batch_with_its_own_keys_and_true_p
         _assert_same(g, _general(payload))
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_decode_events_matches_the_general_path_on_random_events(seed):
-    rng = random.Random(seed)
+def _events(rng: random.Random, n: int) -> list[bytes]:
+    """``n`` random impressions, each followed by an action on it, encoded."""
     payloads = []
-    for k in range(30):
+    for k in range(n):
         imp = _impression(rng, f"r{k}")
         imp.update(type="impression", event_id=f"e{k}")
         payloads.append(ev.encode(imp))
-        payloads.append(ev.encode({"type": "action", "event_id": f"a{k}", "request_id": "r",
+        payloads.append(ev.encode({"type": "action", "event_id": f"a{k}", "request_id": f"r{k}",
                                    "item_id": 1, "action": "click", "timestamp": 1}))
+    return payloads
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_decode_events_matches_the_general_path_on_random_events(seed):
+    payloads = _events(random.Random(seed), 30)
     payloads.append(b"not json")
     for got, payload in zip(ev.decode_events(payloads), payloads, strict=True):
         _assert_same(got, _general(payload))
@@ -306,14 +311,7 @@ def test_decode_events_matches_the_general_path_on_damaged_records(seed):
     """Cut, spliced and run-together records among good ones: each record's result is
     the general path's, whatever its neighbours."""
     rng = random.Random(seed)
-    good = []
-    for k in range(12):
-        imp = _impression(rng, f"r{k}")
-        imp.update(type="impression", event_id=f"e{k}")
-        good.append(ev.encode(imp))
-        good.append(ev.encode({"type": "action", "event_id": f"a{k}", "request_id": f"r{k}",
-                               "item_id": 1, "action": "click", "timestamp": 1}))
-    good += [_PLAIN, _ACTION]
+    good = [*_events(rng, 12), _PLAIN, _ACTION]
     payloads = [rng.choice(good) if rng.random() < 0.4
                 else _mutated(rng, rng.choice(good), rng.choice(good)) for _ in range(40)]
     for got, payload in zip(ev.decode_events(payloads), payloads, strict=True):
