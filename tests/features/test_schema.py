@@ -6,6 +6,7 @@ import pytest
 
 from freshrec.errors import ConfigError, InputError
 from freshrec.features import FeatureSchema, feature_config_from_dict, hash_array
+from freshrec.features.schema import RowsOutOfRange
 
 CFG = {
     "tables": {"user": {"dim": 4}, "item": {"dim": 4}},
@@ -39,6 +40,28 @@ def test_missing_label_column_is_an_error_naming_it():
     with pytest.raises(InputError, match="no label column 'click'"):
         schema.encode(rb)
     assert schema.encode(rb, with_labels=False).size == 1
+
+
+@pytest.mark.parametrize(("column", "value", "match"), [
+    ("click", float("nan"), "label column 'click': row 1 is nan, expected a number in \\[0, 1\\]"),
+    ("click", 2.0, "label column 'click': row 1 is 2.0"),
+    ("click", -1.0, "label column 'click': row 1 is -1.0"),
+    ("weight", -0.5, "weight: row 1 is -0.5, expected a finite number >= 0"),
+    ("weight", float("inf"), "weight: row 1 is inf"),
+    ("sample_rate", 0.0, "sample rate: row 1 is 0.0, expected a number in \\(0, 1\\]"),
+    ("sample_rate", 1.5, "sample rate: row 1 is 1.5"),
+])
+def test_rows_out_of_range_are_an_error_that_marks_them(column, value, match):
+    """A label outside [0, 1], a negative or infinite weight, a sample rate outside (0, 1]:
+    the error names the column, the row and the value, and marks every such row."""
+    schema = FeatureSchema(feature_config_from_dict({**CFG, "weight_column": "weight"}))
+    cols = {"user_id": [1, 2, 3, 4], "item_id": [1, 2, 3, 4], "click": [1.0, 0.0, 1.0, 0.0],
+            "weight": [1.0, 2.0, 1.0, 0.0], "sample_rate": [1.0, 0.5, 1.0, 0.25]}
+    assert schema.encode(pa.RecordBatch.from_pydict(cols)).size == 4  # 0 and 1 in range
+    cols[column] = [cols[column][0], value, cols[column][2], value]
+    with pytest.raises(RowsOutOfRange, match=f"{match}.* \\(2 of 4 rows out of range\\)") as e:
+        schema.encode(pa.RecordBatch.from_pydict(cols))
+    assert e.value.rows.tolist() == [False, True, False, True]
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -247,6 +247,22 @@ def test_malformed_examples_are_counted_and_skipped(tmp_path):
     assert summary["examples"] == 200 and summary["rejected"] == 2
 
 
+def test_examples_with_labels_out_of_range_are_rejected_row_by_row(tmp_path):
+    """An examples record whose rows hold a NaN or a 2.0 click: those rows are counted and
+    skipped, the other rows of their batch and every other record are trained on (a NaN
+    label stopped the trainer in its AUC)."""
+    bad = pa.RecordBatch.from_pylist([
+        {"user_id": 1, "item_id": 2, "click": float("nan"), "event_time": 30, "sample_rate": 1.0},
+        {"user_id": 1, "item_id": 3, "click": 1.0, "event_time": 30, "sample_rate": 1.0},
+        {"user_id": 2, "item_id": 2, "click": 2.0, "event_time": 30, "sample_rate": 1.0}])
+    log = open_log(f"file:{tmp_path / 'log'}")
+    log.append(_examples(100) + [encode_examples(bad)] + _examples(100, seed=2, t0=100))
+    online = OnlineTrainer(config_from_dict(RAW), log, run_dir=tmp_path / "run")
+    summary = online.run(idle_timeout_s=0.0)
+    assert summary["examples"] == 201 and summary["rejected"] == 2
+    assert np.isfinite(summary["logloss"])
+
+
 def test_frozen_tables_and_warmup(tmp_path):
     raw = {**RAW, "online": {**RAW["online"], "frozen_tables": ["user"],
                              "embedding_warmup_steps": 3}}

@@ -42,7 +42,37 @@ from freshrec.features.dense import DenseNormalizer
 from freshrec.features.hashing import hash_array
 from freshrec.features.jagged import JaggedBatch
 
-__all__ = ["FeatureSchema", "EncodedBatch"]
+__all__ = ["FeatureSchema", "EncodedBatch", "RowsOutOfRange"]
+
+
+class RowsOutOfRange(InputError):
+    """Rows of a batch whose label is not in [0, 1], whose weight is not a finite number >= 0
+    or whose sample rate is not in (0, 1] (NaN and infinities included); ``rows`` marks them,
+    so that a caller can keep the others."""
+
+    def __init__(self, message: str, rows: npt.NDArray[np.bool_]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def _out_of_range(labels: npt.NDArray[np.float32], label_names: tuple[str, ...],
+                  weight: npt.NDArray[np.float32], rate: npt.NDArray[np.float32]) -> None:
+    """Raise :class:`RowsOutOfRange` naming the first bad value, if any row has one."""
+    checks = [(f"label column {name!r}", labels[:, j], "a number in [0, 1]",
+               (labels[:, j] >= 0) & (labels[:, j] <= 1)) for j, name in enumerate(label_names)]
+    checks += [("weight", weight, "a finite number >= 0", np.isfinite(weight) & (weight >= 0)),
+               ("sample rate", rate, "a number in (0, 1]", (rate > 0) & (rate <= 1))]
+    bad = np.zeros(len(weight), np.bool_)
+    first = ""
+    for what, values, expected, ok in checks:  # NaN fails every comparison
+        if not ok.all():
+            if not first:
+                i = int(np.flatnonzero(~ok)[0])
+                first = f"{what}: row {i} is {float(values[i])}, expected {expected}"
+            bad |= ~ok
+    if first:
+        raise RowsOutOfRange(f"{first} ({int(bad.sum())} of {len(bad)} rows out of range)",
+                             bad)
 
 
 @dataclass(frozen=True)
@@ -86,7 +116,9 @@ class FeatureSchema:
 
     def encode(self, batch: pa.RecordBatch | pa.Table, *, with_labels: bool = True
                ) -> EncodedBatch:
-        """Encode ``batch``; missing label columns are an error only with ``with_labels``."""
+        """Encode ``batch``; missing label columns are an error only with ``with_labels``.
+        Raises :class:`InputError` for a column that cannot be read, and its subclass
+        :class:`RowsOutOfRange` for rows whose label, weight or sample rate is out of range."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=batch.schema)
@@ -130,6 +162,7 @@ class FeatureSchema:
                   if cfg.weight_column in names else np.ones(n, np.float32))
         rate = (_floats(batch.column(cfg.sample_rate_column), 1.0, cfg.sample_rate_column)
                 if cfg.sample_rate_column in names else np.ones(n, np.float32))
+        _out_of_range(labels, cfg.labels, weight, rate)
         if cfg.time_column in names:
             t = batch.column(cfg.time_column).cast(pa.int64()).fill_null(0)
             event_time = np.asarray(t.to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -47,7 +47,7 @@ import pyarrow as pa
 
 from freshrec._retry import Backoff
 from freshrec.errors import InputError
-from freshrec.features.schema import EncodedBatch
+from freshrec.features.schema import EncodedBatch, RowsOutOfRange
 from freshrec.ops.gate import GateDecision, PublishGate, holdout_mask
 from freshrec.ops.stats import SlotStats, window_record
 from freshrec.stream.base import Log, committed_end
@@ -211,12 +211,28 @@ class OnlineTrainer:
         for chunk in rebatch([rb], batch_size):
             if self.gate is not None:
                 chunk = self._hold_back(chunk)
-            try:
-                out.append(self.trainer.schema.encode(chunk))
-            except InputError as e:
-                self.rejected += chunk.num_rows
-                log.warning("online: rejected %d examples: %s", chunk.num_rows, e)
+            enc = self._encode(chunk, "examples")
+            if enc is not None:
+                out.append(enc)
         return out
+
+    def _encode(self, chunk: pa.RecordBatch, what: str) -> EncodedBatch | None:
+        """``chunk`` encoded less its rows out of range (a label outside [0, 1], ...); None
+        when none of it can be. Every row left out is counted in :attr:`rejected` and
+        logged with the reason."""
+        try:
+            return self.trainer.schema.encode(chunk)
+        except RowsOutOfRange as e:  # the other rows are kept
+            bad = int(e.rows.sum())
+            self.rejected += bad
+            log.warning("online: rejected %d %s: %s", bad, what, e)
+            if bad == chunk.num_rows:
+                return None
+            return self.trainer.schema.encode(chunk.filter(pa.array(~e.rows)))
+        except InputError as e:
+            self.rejected += chunk.num_rows
+            log.warning("online: rejected %d %s: %s", chunk.num_rows, what, e)
+            return None
 
     def _learn(self, batches: list[EncodedBatch]) -> int:
         """One training step per batch; returns examples."""
@@ -250,12 +266,9 @@ class OnlineTrainer:
                             seed=self.config.train.seed)
         self.rows_read += chunk.num_rows
         if mask.any():
-            try:
-                enc = self.trainer.schema.encode(chunk.filter(pa.array(mask)))
+            enc = self._encode(chunk.filter(pa.array(mask)), "held-back examples")
+            if enc is not None:
                 self.gate.hold(enc, enc.labels[:, 0])
-            except InputError as e:
-                self.rejected += int(mask.sum())
-                log.warning("online: rejected %d held-back examples: %s", int(mask.sum()), e)
         return chunk.filter(pa.array(~mask))
 
     def _report(self) -> None:
