@@ -43,13 +43,13 @@ def test_missing_label_column_is_an_error_naming_it():
 
 
 @pytest.mark.parametrize(("column", "value", "match"), [
-    ("click", float("nan"), "label column 'click': row 1 is nan, expected a number in \\[0, 1\\]"),
-    ("click", 2.0, "label column 'click': row 1 is 2.0"),
-    ("click", -1.0, "label column 'click': row 1 is -1.0"),
-    ("weight", -0.5, "weight: row 1 is -0.5, expected a finite number >= 0"),
-    ("weight", float("inf"), "weight: row 1 is inf"),
-    ("sample_rate", 0.0, "sample rate: row 1 is 0.0, expected a number in \\(0, 1\\]"),
-    ("sample_rate", 1.5, "sample rate: row 1 is 1.5"),
+    ("click", float("nan"), "label column 'click': row 1 of the batch is nan, expected a number in \\[0, 1\\]"),
+    ("click", 2.0, "label column 'click': row 1 of the batch is 2.0"),
+    ("click", -1.0, "label column 'click': row 1 of the batch is -1.0"),
+    ("weight", -0.5, "weight: row 1 of the batch is -0.5, expected a finite number >= 0"),
+    ("weight", float("inf"), "weight: row 1 of the batch is inf"),
+    ("sample_rate", 0.0, "sample rate: row 1 of the batch is 0.0, expected a number in \\(0, 1\\]"),
+    ("sample_rate", 1.5, "sample rate: row 1 of the batch is 1.5"),
 ])
 def test_rows_out_of_range_are_an_error_that_marks_them(column, value, match):
     """A label outside [0, 1], a negative or infinite weight, a sample rate outside (0, 1]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from freshrec.config import config_from_dict, load_config
-from freshrec.errors import ConfigError, IncompatibleFormatError
+from freshrec.errors import ConfigError, IncompatibleFormatError, InputError
 from freshrec.train.trainer import Trainer
 
 
@@ -58,6 +58,19 @@ def test_learns_the_rule():
     assert summary["examples"] == 20_000
     assert summary["auc_window"] > 0.7
     assert summary["user_entries"] == 50 and summary["item_entries"] == 40
+
+
+def test_a_label_out_of_range_names_the_input_rows_and_the_row():
+    """Batch training stops at a NaN label with an error naming the epoch, the input rows of
+    the batch and the row in it (it stopped in the AUC, naming nothing)."""
+    data, _ = _stream(0, 2_000)
+    click = data[2].column("click").to_numpy().copy()
+    click[234] = np.nan  # input row 1234: batch 9 (rows 1152-1279) of 128, its row 82
+    data[2] = data[2].set_column(data[2].schema.get_field_index("click"), "click",
+                                 pa.array(click))
+    with pytest.raises(InputError, match=r"epoch 0, input rows 1152-1279: label column "
+                                         r"'click': row 82 of the batch is nan"):
+        Trainer(_config()).fit(data)
 
 
 def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):

@@ -68,7 +68,7 @@ def _out_of_range(labels: npt.NDArray[np.float32], label_names: tuple[str, ...],
         if not ok.all():
             if not first:
                 i = int(np.flatnonzero(~ok)[0])
-                first = f"{what}: row {i} is {float(values[i])}, expected {expected}"
+                first = f"{what}: row {i} of the batch is {float(values[i])}, expected {expected}"
             bad |= ~ok
     if first:
         raise RowsOutOfRange(f"{first} ({int(bad.sum())} of {len(bad)} rows out of range)",

@@ -42,7 +42,7 @@ import torch
 
 from freshrec.analysis.online import OnlineImportance
 from freshrec.data.prefetch import Prefetcher
-from freshrec.errors import ConfigError
+from freshrec.errors import ConfigError, InputError
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
@@ -318,7 +318,15 @@ class Trainer:
             rows_before += rb.num_rows
             if i < skip:
                 continue
-            yield i, self._encode(self.sample_negatives(rb, first_row))
+            sampled = self.sample_negatives(rb, first_row)
+            try:
+                enc = self._encode(sampled)
+            except InputError as e:  # where in the input (rows counted from 0)
+                where = f"input rows {rows_before - rb.num_rows}-{rows_before - 1}"
+                if sampled.num_rows < rb.num_rows:
+                    where += " before negative sampling"
+                raise InputError(f"epoch {epoch}, {where}: {e}") from e
+            yield i, enc
 
     def _in_step(self, prepared: Iterator[tuple[int, EncodedBatch | None]]
                  ) -> Iterator[tuple[int, EncodedBatch | None]]:
