@@ -22,12 +22,12 @@ import json
 import os
 import shutil
 import uuid
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, 2.5-10x faster (SIMD)
 
 from freshrec.errors import IncompatibleFormatError, SnapshotCorruptError
 
@@ -42,7 +42,7 @@ def crc32_file(path: Path) -> int:
     crc = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
     return crc
 
 

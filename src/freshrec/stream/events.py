@@ -58,13 +58,13 @@ from __future__ import annotations
 import itertools
 import operator
 import struct
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, 2.5-10x faster (SIMD)
 
 from freshrec.errors import InputError, brief
 from freshrec.stream import _kernels
@@ -189,7 +189,7 @@ def partition_for(request_id: str | int, partitions: int) -> int:
     >>> partition_for("r17", 4), partition_for("r17", 4) == partition_for("r17", 4)
     (1, True)
     """
-    return zlib.crc32(str(request_id).encode()) % partitions
+    return crc32(str(request_id).encode()) % partitions
 
 
 def flatten_example(

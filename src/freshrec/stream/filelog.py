@@ -39,12 +39,12 @@ import os
 import re
 import struct
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import orjson
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, 2.5-10x faster (SIMD)
 
 from freshrec._io import atomic_write_bytes
 from freshrec.errors import ConfigError, IncompatibleFormatError, InputError
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "freshrec-filelog"
 FORMAT_VERSION = 1
 _HDR = struct.Struct("<II")
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one writev takes (1024 on Linux)
 _INDEX_EVERY = 256
 _READ_CHUNK = 1 << 20
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -66,6 +67,16 @@ _GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 def _close(fh: IO[bytes] | None) -> None:
     if fh is not None:
         fh.close()
+
+
+def _write_all(fh: io.FileIO, chunks: list[bytes], size: int) -> None:
+    """Write ``chunks`` (``size`` bytes in all) at the end of ``fh``: one ``writev`` where
+    they fit in one (no copy of large records into one buffer), the rest joined."""
+    done = os.writev(fh.fileno(), chunks) if len(chunks) <= _IOV_MAX else 0
+    if done < size:
+        view = memoryview(b"".join(chunks))[done:]
+        while view:
+            view = view[fh.write(view):]
 
 
 class _Segment:
@@ -90,7 +101,7 @@ class _Segment:
         i, n = 0, len(data)
         while i + 8 <= n:
             length, crc = _HDR.unpack_from(data, i)
-            if i + 8 + length > n or zlib.crc32(data[i + 8:i + 8 + length]) != crc:
+            if i + 8 + length > n or crc32(data[i + 8:i + 8 + length]) != crc:
                 break
             if (self.end_offset - self.base) % _INDEX_EVERY == 0:
                 self.index_off.append(self.end_offset)
@@ -224,16 +235,11 @@ class FileLog(Log):
             if (off - seg.base) % _INDEX_EVERY == 0:
                 seg.index_off.append(off)
                 seg.index_pos.append(pos)
-            frames.append(_HDR.pack(len(r), zlib.crc32(r)))
+            frames.append(_HDR.pack(len(r), crc32(r)))
             frames.append(r)
             pos += 8 + len(r)
             off += 1
-        data = b"".join(frames)
-        view = memoryview(data)
-        fh = part.append_handle()
-        while view:
-            n = fh.write(view)
-            view = view[n:]
+        _write_all(part.append_handle(), frames, pos - seg.end_pos)
         seg.end_pos = pos
         seg.end_offset = off
         self._maybe_fsync(part)
