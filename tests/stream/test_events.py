@@ -411,3 +411,25 @@ def test_arrow_conversion_of_python_values_searches_no_module():
         sys.meta_path.pop(0)
     assert rb.num_rows == 1
     assert searched == []
+
+
+def test_decoding_bad_records_leaves_no_reference_cycle():
+    """An error kept in the results without the traceback it was raised with: that holds
+    the decoder's frame, whose result list holds the error -- a cycle that kept each batch
+    with a bad record (and its callers' frames, with their records) alive until the cyclic
+    collector ran, which a joiner runs rarely."""
+    import gc
+
+    good = orjson.dumps({"v": 1, "type": "action", "event_id": "a1", "request_id": "r1",
+                         "user_id": 1, "item_id": 2, "action": "click", "timestamp": 1.0})
+    bad = [b"not json", b"[1, 2]", b'{"v": 1, "type": "nope"}', good[:-1], b""]
+    ev.decode_events([good, *bad, good])  # first calls (imports, compiled kernels) first
+    gc.collect()
+    gc.disable()
+    try:
+        got = ev.decode_events([good, *bad, good])
+        assert [isinstance(g, InputError) for g in got] == [False] + [True] * 5 + [False]
+        del got
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -46,9 +46,9 @@ __all__ = ["FeatureSchema", "EncodedBatch", "RowsOutOfRange"]
 
 
 class RowsOutOfRange(InputError):
-    """Rows of a batch whose label is not in [0, 1], whose weight is not a finite number >= 0
-    or whose sample rate is not in (0, 1] (NaN and infinities included); ``rows`` marks them,
-    so that a caller can keep the others."""
+    """Rows of a batch whose label is missing (null) or not in [0, 1], whose weight is not a
+    finite number >= 0 or whose sample rate is not in (0, 1] (NaN and infinities included);
+    ``rows`` marks them, so that a caller can keep the others."""
 
     def __init__(self, message: str, rows: npt.NDArray[np.bool_]) -> None:
         super().__init__(message)
@@ -68,7 +68,9 @@ def _out_of_range(labels: npt.NDArray[np.float32], label_names: tuple[str, ...],
         if not ok.all():
             if not first:
                 i = int(np.flatnonzero(~ok)[0])
-                first = f"{what}: row {i} of the batch is {float(values[i])}, expected {expected}"
+                v = float(values[i])
+                first = (f"{what}: row {i} of the batch is "
+                         f"{'missing (null) or NaN' if np.isnan(v) else v}, expected {expected}")
             bad |= ~ok
     if first:
         raise RowsOutOfRange(f"{first} ({int(bad.sum())} of {len(bad)} rows out of range)",
@@ -154,7 +156,8 @@ class FeatureSchema:
         labels = np.zeros((n, len(cfg.labels)), np.float32)
         for j, name in enumerate(cfg.labels):
             if name in names:
-                labels[:, j] = _floats(batch.column(name), 0.0, f"label column {name!r}")
+                # a null label is not a negative: NaN, refused below with the row
+                labels[:, j] = _floats(batch.column(name), np.nan, f"label column {name!r}")
             elif with_labels:
                 raise InputError(f"batch has no label column {name!r} (columns: "
                                  f"{batch.schema.names})")

@@ -411,7 +411,10 @@ def decode_events(payloads: Sequence[bytes]
             out.append((e, kind, None if kind != "impression" else cols.impression(e, row)
                         if ok == 1 else compact_impression(e)))
         except InputError as err:
-            out.append(err)
+            # a new error without the raised one's traceback: that holds this frame, whose
+            # ``out`` holds the error, a reference cycle keeping the batch (and the caller's
+            # frames, with their records) alive until the cyclic collector runs
+            out.append(InputError(str(err)))
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
             out.append(InputError(f"event could not be decoded: {err!r:.200}"))
     return out
