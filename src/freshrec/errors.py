@@ -27,6 +27,7 @@ __all__ = [
     "StaleDeltaError",
     "IncompatibleFormatError",
     "RegistryWriteError",
+    "LogWriteError",
     "MissingExtraError",
 ]
 
@@ -92,6 +93,12 @@ class SnapshotCorruptError(FreshrecError, OSError):
 class RegistryWriteError(FreshrecError, OSError):
     """Writing a registry version failed (disk full, no permission): the message names the
     registry and the file, ``errno`` is the cause's. Nothing was published."""
+
+
+class LogWriteError(FreshrecError, OSError):
+    """Appending records to a log failed (disk full, file too large, I/O error): the message
+    names the log, the partition and how many records; ``errno`` is the cause's. None of
+    the records of that append was written, and the log is as before it."""
 
 
 class IncompatibleFormatError(FreshrecError, ValueError):

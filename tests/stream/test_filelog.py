@@ -157,3 +157,46 @@ def test_fsync_always_policy_appends(tmp_path):
     log = FileLog(tmp_path, FileLogConfig(fsync="always"))
     assert log.append([b"a", b"b"]) == [0, 1]
     log.close()
+
+
+_FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from freshrec.stream import FileLog, FileLogConfig
+    log = FileLog(sys.argv[1], FileLogConfig(fsync="never"))
+    log.append([b"r%d" % i * 100 for i in range(10)])
+    seg = sorted(__import__("pathlib").Path(sys.argv[1], "p0000").glob("*.seg"))[-1]
+    before = seg.stat().st_size
+    # the file size limit stops the write part-way, as a full disk does (EFBIG, not a kill)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (before + 1500, hard))
+    try:
+        log.append([b"x" * 1000 for _ in range(5)])
+    except OSError as e:
+        print("error:", type(e).__name__, e)
+    print("size after the failed append:", seg.stat().st_size - before)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    print("offsets:", log.append([b"after0", b"after1", b"after2"]))
+    log.close()
+""")
+
+
+def test_a_failed_append_leaves_the_log_as_before_it(tmp_path):
+    """A write that stops part-way (disk full; here the file size limit) leaves nothing of
+    its append: a torn frame left in the middle hid every later record from readers and was
+    truncated with them when a writer next opened the log. The error names the log, the
+    partition and the records, and the next append goes on from the same offset."""
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (f"error: LogWriteError [Errno 27] file log {tmp_path}: appending 5 records (5040 bytes) to "
+            f"partition 0 failed: File too large; none of them was written") in out.stdout
+    assert "size after the failed append: 0" in out.stdout
+    assert "offsets: [10, 11, 12]" in out.stdout
+    reader = FileLog(tmp_path)
+    assert [r.value for r in reader.read(0, 0, 100)] == (
+        [b"r%d" % i * 100 for i in range(10)] + [b"after0", b"after1", b"after2"])
+    reader.close()
+    writer = FileLog(tmp_path)  # a writer opening it finds nothing to truncate
+    assert writer.append([b"next"]) == [13]
+    writer.close()

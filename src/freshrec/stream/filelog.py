@@ -47,7 +47,7 @@ import orjson
 from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, 2.5-10x faster (SIMD)
 
 from freshrec._io import atomic_write_bytes
-from freshrec.errors import ConfigError, IncompatibleFormatError, InputError
+from freshrec.errors import ConfigError, IncompatibleFormatError, InputError, LogWriteError
 from freshrec.stream.base import Log, Record
 from freshrec.stream.config import FileLogConfig
 
@@ -225,6 +225,7 @@ class FileLog(Log):
             self._roll(part)
             seg = part.segments[-1]
         frames = []
+        index: list[tuple[int, int]] = []  # (offset, position) entries of the sparse index
         pos = seg.end_pos
         first = seg.end_offset
         off = first
@@ -233,17 +234,42 @@ class FileLog(Log):
                 raise InputError(f"file log {self.path}: records must be bytes, "
                                  f"got {type(r).__name__}")
             if (off - seg.base) % _INDEX_EVERY == 0:
-                seg.index_off.append(off)
-                seg.index_pos.append(pos)
+                index.append((off, pos))
             frames.append(_HDR.pack(len(r), crc32(r)))
             frames.append(r)
             pos += 8 + len(r)
             off += 1
-        _write_all(part.append_handle(), frames, pos - seg.end_pos)
+        try:
+            _write_all(part.append_handle(), frames, pos - seg.end_pos)
+        except OSError as e:
+            self._undo_append(part, seg)
+            raise LogWriteError(e.errno, (
+                f"file log {self.path}: appending {len(records)} records "
+                f"({pos - seg.end_pos} bytes) to partition {partition} failed: "
+                f"{e.strerror or e}; none of them was written")) from e
+        for o, q in index:
+            seg.index_off.append(o)
+            seg.index_pos.append(q)
         seg.end_pos = pos
         seg.end_offset = off
         self._maybe_fsync(part)
         return list(range(first, off))
+
+    @staticmethod
+    def _undo_append(part: _Partition, seg: _Segment) -> None:
+        """Cut what a failed append wrote (a partial frame, frames before it) off the end of
+        the segment, so that the log ends at its last whole append: appended to, a torn
+        frame in the middle would hide every later record from readers and be truncated with
+        them when a writer next opens the log. Where the cut fails too, the writer is
+        released: the next append opens it again, which truncates the torn tail."""
+        try:
+            os.ftruncate(part.append_handle().fileno(), seg.end_pos)
+        except OSError:
+            _close(part.fh)
+            part.fh = None
+            if part.writer is not None:
+                os.close(part.writer)  # releases the lock
+                part.writer = None
 
     def _maybe_fsync(self, part: _Partition) -> None:
         policy = self.config.fsync
