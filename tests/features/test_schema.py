@@ -52,13 +52,18 @@ def test_missing_label_column_is_an_error_naming_it():
     ("weight", float("inf"), "weight: row 1 of the batch is inf"),
     ("sample_rate", 0.0, "sample rate: row 1 of the batch is 0.0, expected a number in \\(0, 1\\]"),
     ("sample_rate", 1.5, "sample rate: row 1 of the batch is 1.5"),
+    ("age", float("inf"), "dense column 'age': row 1 of the batch is inf, expected a number "
+                          "that normalises to a finite float32"),
+    ("age", -1e300, "dense column 'age': row 1 of the batch is -1e\\+300"),
 ])
 def test_rows_out_of_range_are_an_error_that_marks_them(column, value, match):
-    """A label outside [0, 1], a negative or infinite weight, a sample rate outside (0, 1]:
-    the error names the column, the row and the value, and marks every such row."""
+    """A label outside [0, 1], a negative or infinite weight, a sample rate outside (0, 1], a
+    dense value that does not normalise to a finite float32: the error names the column,
+    the row and the value, and marks every such row."""
     schema = FeatureSchema(feature_config_from_dict({**CFG, "weight_column": "weight"}))
     cols = {"user_id": [1, 2, 3, 4], "item_id": [1, 2, 3, 4], "click": [1.0, 0.0, 1.0, 0.0],
-            "weight": [1.0, 2.0, 1.0, 0.0], "sample_rate": [1.0, 0.5, 1.0, 0.25]}
+            "weight": [1.0, 2.0, 1.0, 0.0], "sample_rate": [1.0, 0.5, 1.0, 0.25],
+            "age": [20.0, None, 1e30, 40.0]}  # missing and large but finite: in range
     assert schema.encode(pa.RecordBatch.from_pydict(cols)).size == 4  # 0 and 1 in range
     cols[column] = [cols[column][0], value, cols[column][2], value]
     with pytest.raises(RowsOutOfRange, match=f"{match}.* \\(2 of 4 rows out of range\\)") as e:

@@ -263,6 +263,24 @@ def test_examples_with_labels_out_of_range_are_rejected_row_by_row(tmp_path):
     assert np.isfinite(summary["logloss"])
 
 
+
+def test_examples_with_unbounded_dense_values_are_rejected_row_by_row(tmp_path):
+    """A dense value that is an infinity (Arrow holds one; JSON cannot) or normalises past
+    float32's range reached the model as an infinity, whose output was NaN: the trainer
+    stopped at its AUC, at every restart. Those rows are counted and skipped."""
+    raw = {**RAW, "features": {**RAW["features"], "dense": {"x": {"norm": "none"}}}}
+    rows = [{"user_id": u, "item_id": u % 7, "x": x, "click": float(u % 2), "event_time": 30,
+             "sample_rate": 1.0}
+            for u, x in enumerate([0.5, float("inf"), -1.0, 1e300, float("-inf"), 2.0])]
+    log = open_log(f"file:{tmp_path / 'log'}")
+    log.append(_examples(100) + [encode_examples(pa.RecordBatch.from_pylist(rows))]
+               + _examples(100, seed=2, t0=100))
+    online = OnlineTrainer(config_from_dict(raw), log, run_dir=tmp_path / "run")
+    summary = online.run(idle_timeout_s=0.0)
+    assert summary["examples"] == 203 and summary["rejected"] == 3
+    assert np.isfinite(summary["logloss"])
+    assert all(torch.isfinite(p).all() for p in online.trainer.model.parameters())
+
 def test_frozen_tables_and_warmup(tmp_path):
     raw = {**RAW, "online": {**RAW["online"], "frozen_tables": ["user"],
                              "embedding_warmup_steps": 3}}

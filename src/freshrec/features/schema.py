@@ -47,8 +47,9 @@ __all__ = ["FeatureSchema", "EncodedBatch", "RowsOutOfRange"]
 
 class RowsOutOfRange(InputError):
     """Rows of a batch whose label is missing (null) or not in [0, 1], whose weight is not a
-    finite number >= 0 or whose sample rate is not in (0, 1] (NaN and infinities included);
-    ``rows`` marks them, so that a caller can keep the others."""
+    finite number >= 0, whose sample rate is not in (0, 1] (NaN and infinities included) or
+    whose dense value is an infinity or normalises past float32's range; ``rows`` marks them,
+    so that a caller can keep the others."""
 
     def __init__(self, message: str, rows: npt.NDArray[np.bool_]) -> None:
         super().__init__(message)
@@ -56,12 +57,14 @@ class RowsOutOfRange(InputError):
 
 
 def _out_of_range(labels: npt.NDArray[np.float32], label_names: tuple[str, ...],
-                  weight: npt.NDArray[np.float32], rate: npt.NDArray[np.float32]) -> None:
-    """Raise :class:`RowsOutOfRange` naming the first bad value, if any row has one."""
+                  weight: npt.NDArray[np.float32], rate: npt.NDArray[np.float32],
+                  more: list[tuple[str, npt.NDArray[Any], str, npt.NDArray[np.bool_]]]) -> None:
+    """Raise :class:`RowsOutOfRange` naming the first bad value, if any row has one;
+    ``more``: other ``(what, values, expected, ok)`` checks (the dense columns')."""
     checks = [(f"label column {name!r}", labels[:, j], "a number in [0, 1]",
                (labels[:, j] >= 0) & (labels[:, j] <= 1)) for j, name in enumerate(label_names)]
     checks += [("weight", weight, "a finite number >= 0", np.isfinite(weight) & (weight >= 0)),
-               ("sample rate", rate, "a number in (0, 1]", (rate > 0) & (rate <= 1))]
+               ("sample rate", rate, "a number in (0, 1]", (rate > 0) & (rate <= 1)), *more]
     bad = np.zeros(len(weight), np.bool_)
     first = ""
     for what, values, expected, ok in checks:  # NaN fails every comparison
@@ -149,10 +152,18 @@ class FeatureSchema:
                              np.concatenate(values) if values else np.empty(0, np.uint64),
                              np.concatenate(lengths) if lengths else np.empty(0, np.int32))
         dense = np.empty((n, len(cfg.dense)), np.float32)
+        # an infinity, or a value whose normalised value is past float32's range, reached
+        # the model as an infinity (its output NaN): refused with its row, as serving does
+        unbounded: list[tuple[str, npt.NDArray[Any], str, npt.NDArray[np.bool_]]] = []
         for j, d in enumerate(cfg.dense):
             raw = (_floats(batch.column(d.column), np.nan, f"dense column {d.column!r}",
                            np.float64) if d.column in names else np.full(n, np.nan))
-            dense[:, j] = self._normalizer.column(j, raw)  # an absent column: all missing
+            with np.errstate(over="ignore", invalid="ignore"):
+                dense[:, j] = self._normalizer.column(j, raw)  # an absent column: all missing
+            finite = np.isfinite(dense[:, j])
+            if not finite.all():
+                unbounded.append((f"dense column {d.column!r}", raw,
+                                  "a number that normalises to a finite float32", finite))
         labels = np.zeros((n, len(cfg.labels)), np.float32)
         for j, name in enumerate(cfg.labels):
             if name in names:
@@ -165,7 +176,7 @@ class FeatureSchema:
                   if cfg.weight_column in names else np.ones(n, np.float32))
         rate = (_floats(batch.column(cfg.sample_rate_column), 1.0, cfg.sample_rate_column)
                 if cfg.sample_rate_column in names else np.ones(n, np.float32))
-        _out_of_range(labels, cfg.labels, weight, rate)
+        _out_of_range(labels, cfg.labels, weight, rate, unbounded)
         if cfg.time_column in names:
             t = batch.column(cfg.time_column).cast(pa.int64()).fill_null(0)
             event_time = np.asarray(t.to_numpy(zero_copy_only=False), dtype=np.int64)
