@@ -12,7 +12,7 @@ import zlib
 import orjson
 import pytest
 
-from freshrec.errors import ConfigError, IncompatibleFormatError
+from freshrec.errors import ConfigError, IncompatibleFormatError, InputError
 from freshrec.stream import FileLog, FileLogConfig
 
 
@@ -200,3 +200,20 @@ def test_a_failed_append_leaves_the_log_as_before_it(tmp_path):
     writer = FileLog(tmp_path)  # a writer opening it finds nothing to truncate
     assert writer.append([b"next"]) == [13]
     writer.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"offset\": 3", b"[3]", b'{"offset": "3"}',
+                                     b'{"offset": -1}', b'{"off": 3}'])
+def test_a_damaged_consumer_group_position_is_an_error_naming_its_file(tmp_path, content):
+    log = FileLog(tmp_path)
+    log.append([b"a", b"b", b"c"])
+    log.commit("g", 0, 2)
+    assert log.committed("g", 0) == 2
+    path = tmp_path / "groups" / "g.p0000.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=f"consumer group 'g' in partition 0 \\({path}\\) is "
+                                         f"not .*damaged"):
+        log.committed("g", 0)
+    path.unlink()
+    assert log.committed("g", 0) == 0
+    log.close()

@@ -195,3 +195,24 @@ def test_an_entry_written_without_the_value_field_is_dead_lettered_not_fatal(cfg
     log.delete()
     log.close()
     r.close()
+
+
+def test_a_damaged_consumer_group_position_is_an_error_naming_it(cfg):
+    """A position another client overwrote: an error naming the hash and field (it raised
+    ValueError from int())."""
+    from freshrec.errors import InputError
+
+    log = RedisLog(cfg)
+    log.append([b"a", b"b"])
+    log.commit("g", 0, 1)
+    assert log.committed("g", 0) == 1
+    key = log.keys.commits(0)
+    r = connect(cfg.url, cfg.name)
+    r.hset(key, "g", b"x1")
+    with pytest.raises(InputError, match=f"consumer group 'g' in partition 0 \\(hash {key!r}, "
+                                         f"field 'g'\\) is not an offset >= 0: b'x1'"):
+        log.committed("g", 0)
+    r.hdel(key, "g")
+    assert log.committed("g", 0) == 0
+    log.close()
+    r.close()

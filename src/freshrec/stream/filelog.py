@@ -409,7 +409,19 @@ class FileLog(Log):
 
     def committed(self, group: str, partition: int) -> int:
         p = self._group_path(group, partition)
-        return int(orjson.loads(p.read_bytes())["offset"]) if p.exists() else 0
+        if not p.exists():
+            return 0
+        raw = p.read_bytes()
+        try:
+            offset = orjson.loads(raw)["offset"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            offset = None
+        if type(offset) is not int or offset < 0:
+            raise InputError(f"file log {self.path}: the position of consumer group {group!r} "
+                             f"in partition {partition} ({p}) is not {{\"offset\": N >= 0}}: "
+                             f"{raw[:80]!r} (damaged: restore it, or delete it to read "
+                             f"the partition from its start)")
+        return offset
 
     def lag(self, group: str, partition: int | None = None) -> int:
         parts = range(self.partitions) if partition is None else [partition]

@@ -332,8 +332,16 @@ class RedisLog(Log):
     @_retried
     def committed(self, group: str, partition: int) -> int:
         self._key(partition)
-        v = self._r.hget(self.keys.commits(partition), group)
-        return int(v) if v is not None else 0
+        key = self.keys.commits(partition)
+        v = self._r.hget(key, group)
+        if v is None:
+            return 0
+        if not v.isdigit():  # written by another client (one of ours is an int >= 0)
+            raise InputError(f"redis log {self.config.name!r}: the position of consumer group {group!r} "
+                             f"in partition {partition} (hash {key!r}, field {group!r}) is "
+                             f"not an offset >= 0: {v[:80]!r} (damaged: restore it, or "
+                             f"HDEL it to read the partition from its start)")
+        return int(v)
 
     @_retried
     def count_from(self, partition: int, offset: int) -> int:
