@@ -43,8 +43,8 @@ def test_missing_label_column_is_an_error_naming_it():
 
 
 @pytest.mark.parametrize(("column", "value", "match"), [
-    ("click", float("nan"), "label column 'click': row 1 of the batch is missing \\(null\\) or NaN, "
-                            "expected a number in \\[0, 1\\]"),
+    ("click", float("nan"), "label column 'click': row 1 of the batch is missing "
+                            "\\(null\\) or NaN, expected a number in \\[0, 1\\]"),
     ("click", None, "label column 'click': row 1 of the batch is missing \\(null\\) or NaN"),
     ("click", 2.0, "label column 'click': row 1 of the batch is 2.0"),
     ("click", -1.0, "label column 'click': row 1 of the batch is -1.0"),

@@ -61,7 +61,8 @@ def test_frames_carry_zlib_crc32_of_their_payload(tmp_path):
     log.close()
     data, i = _segments(tmp_path)[-1].read_bytes(), 0
     for p in payloads:
-        n, crc = int.from_bytes(data[i:i + 4], "little"), int.from_bytes(data[i + 4:i + 8], "little")
+        n = int.from_bytes(data[i:i + 4], "little")
+        crc = int.from_bytes(data[i + 4:i + 8], "little")
         assert (n, crc, data[i + 8:i + 8 + n]) == (len(p), zlib.crc32(p), p)
         i += 8 + n
     # a segment framed here by hand with zlib is read back whole
@@ -189,8 +190,9 @@ def test_a_failed_append_leaves_the_log_as_before_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert (f"error: LogWriteError [Errno 27] file log {tmp_path}: appending 5 records (5040 bytes) to "
-            f"partition 0 failed: File too large; none of them was written") in out.stdout
+    assert (f"error: LogWriteError [Errno 27] file log {tmp_path}: appending 5 records "
+            f"(5040 bytes) to partition 0 failed: File too large; none of them was written"
+            ) in out.stdout
     assert "size after the failed append: 0" in out.stdout
     assert "offsets: [10, 11, 12]" in out.stdout
     reader = FileLog(tmp_path)

@@ -69,7 +69,8 @@ def test_a_label_out_of_range_names_the_input_rows_and_the_row():
     data[2] = data[2].set_column(data[2].schema.get_field_index("click"), "click",
                                  pa.array(click))
     with pytest.raises(InputError, match=r"epoch 0, input rows 1152-1279: label column "
-                                         r"'click': row 82 of the batch is missing \(null\) or NaN"):
+                                         r"'click': row 82 of the batch is missing "
+                                         r"\(null\) or NaN"):
         Trainer(_config()).fit(data)
 
 

@@ -337,10 +337,10 @@ class RedisLog(Log):
         if v is None:
             return 0
         if not v.isdigit():  # written by another client (one of ours is an int >= 0)
-            raise InputError(f"redis log {self.config.name!r}: the position of consumer group {group!r} "
-                             f"in partition {partition} (hash {key!r}, field {group!r}) is "
-                             f"not an offset >= 0: {v[:80]!r} (damaged: restore it, or "
-                             f"HDEL it to read the partition from its start)")
+            raise InputError(f"redis log {self.config.name!r}: the position of consumer group "
+                             f"{group!r} in partition {partition} (hash {key!r}, field "
+                             f"{group!r}) is not an offset >= 0: {v[:80]!r} (damaged: restore "
+                             f"it, or HDEL it to read the partition from its start)")
         return int(v)
 
     @_retried
