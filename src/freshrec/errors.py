@@ -28,6 +28,7 @@ __all__ = [
     "IncompatibleFormatError",
     "RegistryWriteError",
     "LogWriteError",
+    "TrainingDivergedError",
     "MissingExtraError",
 ]
 
@@ -99,6 +100,12 @@ class LogWriteError(FreshrecError, OSError):
     """Appending records to a log failed (disk full, file too large, I/O error): the message
     names the log, the partition and how many records; ``errno`` is the cause's. None of
     the records of that append was written, and the log is as before it."""
+
+
+class TrainingDivergedError(FreshrecError, ArithmeticError):
+    """The model's output became NaN or infinite in training: its parameters diverged (the
+    message names the step). Training stops; resume from an earlier checkpoint with smaller
+    learning rates."""
 
 
 class IncompatibleFormatError(FreshrecError, ValueError):

@@ -74,6 +74,28 @@ def test_a_label_out_of_range_names_the_input_rows_and_the_row():
         Trainer(_config()).fit(data)
 
 
+
+def test_a_diverged_model_stops_training_with_an_error_saying_so():
+    """Tables trained by SGD at an absurd learning rate overflow: the model's output turns
+    NaN. Training stops naming the step and the cause (it stopped in the AUC's input check,
+    "y_pred must be probabilities"), and the batch is not trained on."""
+    from freshrec.errors import TrainingDivergedError
+
+    data, _ = _stream(0, 2_000)
+    cfg = config_from_dict({
+        "features": {
+            "tables": {t: {"dim": 8, "optimizer": {"kind": "sgd", "lr": 1e30}}
+                       for t in ("user", "item")},
+            "slots": {"user_id": {"table": "user"}, "item_id": {"table": "item"}},
+            "dense": {"x": {"norm": "none"}}, "labels": ["click"]},
+        "model": {"kind": "deepfm", "mlp": [16]},
+        "train": {"batch_size": 128, "dense_lr": 0.01}}, where="test")
+    trainer = Trainer(cfg)
+    with pytest.raises(TrainingDivergedError, match=r"step \d+: the model's output is NaN or "
+                                                    r"infinite for \d+ of 128 examples, so "
+                                                    r"its parameters diverged"):
+        trainer.fit(data)
+
 def test_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     data, _ = _stream(1, 6_000)
     full = Trainer(_config(epochs=2, checkpoint_every_steps=7), run_dir=tmp_path / "a")

@@ -42,7 +42,7 @@ import torch
 
 from freshrec.analysis.online import OnlineImportance
 from freshrec.data.prefetch import Prefetcher
-from freshrec.errors import ConfigError, InputError
+from freshrec.errors import ConfigError, InputError, TrainingDivergedError
 from freshrec.features.schema import EncodedBatch, FeatureSchema
 from freshrec.models import build_model
 from freshrec.nn.pooled import PooledEmbedding, SlotSpec
@@ -188,6 +188,13 @@ class Trainer:
         with _drawing_from(self.generator):
             logits = self.model(enc.sparse, torch.from_numpy(enc.dense), now)
         probs = self._probabilities(logits)
+        if not np.isfinite(probs).all():  # inputs are checked finite: the model diverged
+            bad = int((~np.isfinite(probs)).sum())
+            raise TrainingDivergedError(
+                f"step {self.step}: the model's output is NaN or infinite for {bad} of "
+                f"{probs.shape[0]} examples, so its parameters diverged (learning rates too "
+                f"high?); nothing of this batch was trained: resume from an earlier "
+                f"checkpoint with smaller learning rates")
         if self.importance is not None:
             self.importance.after_forward(self.model, enc.dense, now, self.step)
         # metrics estimate the un-sampled stream: a kept negative stands for 1/rate negatives
