@@ -73,7 +73,7 @@ def write_bundle(
     for name, arr in arrays.items():
         fname = f"{name}.npy"
         with open(tmp / fname, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+            np.save(fh, np.asarray(arr, order="C"), allow_pickle=False)  # 0-d stays 0-d
             fh.flush()
             os.fsync(fh.fileno())
         files[fname] = {"bytes": (tmp / fname).stat().st_size, "crc32": crc32_file(tmp / fname)}

@@ -98,6 +98,41 @@ def test_dense_only_publish_keeps_table_versions(tmp_path):
     assert Subscriber(pub.registry).materialize().dense["w"].tolist() == [0, 2, 4, 6]
 
 
+
+
+def test_zero_dimensional_dense_tensors_round_trip(tmp_path):
+    """A scalar parameter or buffer (a learned temperature, BatchNorm's
+    ``num_batches_tracked``) came back 1-dimensional: the subscriber found every version
+    inconsistent and skipped it as damaged, so serving never got a model."""
+    bn = torch.nn.BatchNorm1d(3)
+    dense = {"temperature": torch.tensor(0.25), **bn.state_dict()}
+    assert dense["num_batches_tracked"].dim() == 0
+    pub = Publisher(Registry(tmp_path), [EmbeddingTable(TableConfig(name="user", dim=4))],
+                    lambda: dense)
+    pub.publish_full()
+    got = Subscriber(pub.registry).materialize().dense
+    assert got.keys() == dense.keys()
+    for name, t in dense.items():
+        assert (got[name].dtype, got[name].shape) == (t.dtype, t.shape)
+        assert torch.equal(got[name], t)
+
+def test_a_diverged_dense_state_is_not_published(tmp_path):
+    """Dense parameters holding NaN or an infinity (a model that diverged) are refused by
+    name; the registry keeps serving the last good version."""
+    from freshrec.errors import TrainingDivergedError
+
+    table = EmbeddingTable(TableConfig(name="user", dim=4))
+    dense = {"w": torch.arange(4.0), "steps": torch.tensor(3)}
+    pub = Publisher(Registry(tmp_path), [table], lambda: dense)
+    first = pub.publish_full()
+    for bad in (float("nan"), float("inf")):
+        dense["w"] = torch.tensor([0.0, bad, 1.0, bad])
+        with pytest.raises(TrainingDivergedError, match="dense parameter 'w' holds 2 NaN or "
+                                                        "infinite values"):
+            pub.publish_dense()
+    assert pub.registry.head() == first.version
+    assert Subscriber(pub.registry).materialize().dense["w"].tolist() == [0, 1, 2, 3]
+
 def test_maybe_publish_follows_the_intervals(tmp_path):
     table = EmbeddingTable(TableConfig(name="user", dim=2))
     cfg = PublisherConfig(sparse_interval_s=10, dense_interval_s=30, full_interval_s=100,

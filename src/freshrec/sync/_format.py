@@ -164,7 +164,7 @@ def read_dense(path: Path) -> dict[str, torch.Tensor]:
             dtype = getattr(torch, p["dtype"])
             if not isinstance(dtype, torch.dtype):
                 raise TypeError(f"{p['dtype']!r} is not a torch dtype")
-            t = torch.from_numpy(np.ascontiguousarray(arr))
+            t = torch.from_numpy(np.asarray(arr, order="C"))  # (ascontiguousarray: 0-d -> 1-d)
             if p["view"]:
                 t = t.view(dtype)
             if t.dtype != dtype or list(t.shape) != list(p["shape"]):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from freshrec._io import MANIFEST
-from freshrec.errors import InputError
+from freshrec.errors import InputError, TrainingDivergedError
 from freshrec.sync._format import (
     dense_spec,
     dir_bytes,
@@ -306,6 +306,12 @@ class Publisher:
             if spec != info["dense"]:
                 raise InputError(f"Publisher: dense parameters changed names, dtypes or "
                                  f"shapes since the first publish: {spec} vs {info['dense']}")
+            for name, t in state.items():  # a diverged model is not served
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise TrainingDivergedError(
+                        f"Publisher: dense parameter {name!r} holds "
+                        f"{int((~torch.isfinite(t)).sum())} NaN or infinite values: the "
+                        f"model diverged, nothing was published")
         return state
 
     def _cut_tables(self, kind: VersionKind, sparse: bool
