@@ -103,3 +103,18 @@ def test_gate_refuses_calibration_outside_the_range() -> None:
     assert not d.accepted and d.reason.startswith("calibration")
     d = gate.check(lambda rows: np.where(y[rows] > 0, 0.3, 0.15), reference_auc=None)
     assert d.accepted and d.auc == 1.0
+
+
+def test_gate_refuses_a_model_whose_scores_are_not_finite() -> None:
+    """A diverged candidate (NaN or infinite scores) is refused with the count; the gate
+    raised the AUC's input error instead, which stopped the online trainer."""
+    gate = PublishGate(GateConfig(enabled=True, min_examples=10))
+    y = (np.arange(100) % 5 == 0).astype(float)
+    gate.hold(np.arange(100), y)
+    for bad in (np.nan, np.inf):
+        d = gate.check(lambda rows, bad=bad: np.where(rows % 7 == 0, bad, 0.2),
+                       reference_auc=0.7)
+        assert not d.accepted
+        assert d.reason == "candidate scores are NaN or infinite for 15 of 100 held-back examples"
+    assert gate.refusals == 2
+    assert gate.check(lambda rows: np.where(y[rows] > 0, 0.3, 0.15), reference_auc=None).accepted

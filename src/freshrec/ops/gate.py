@@ -140,6 +140,12 @@ class PublishGate:
         if n < c.min_examples:
             return GateDecision(True, f"holdout has {n} < {c.min_examples} examples: not judged",
                                 math.nan, math.nan, reference_auc, n)
+        if not np.isfinite(scores).all():  # a diverged model: refused, not scored
+            self.refusals += 1
+            bad = int((~np.isfinite(scores)).sum())
+            return GateDecision(False, f"candidate scores are NaN or infinite for {bad} of "
+                                       f"{scores.size} held-back examples", math.nan, math.nan,
+                                reference_auc, n)
         auc = AUC()
         auc.update(labels, scores)
         a = float(auc.get())
