@@ -130,3 +130,19 @@ def test_load_config_applies_overrides_before_validating(tmp_path):
     assert load_config(path, ["join.window_s=7"]).join.window_s == 7
     with pytest.raises(ConfigError, match=r"c\.yaml: join: unknown key 'windw_s'"):
         load_config(path, ["join.windw_s=7"])
+
+
+def test_a_key_twice_in_one_mapping_is_an_error_naming_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys without a word: a second ``dim:`` under a
+    table won silently. Now an error naming the key and both lines; the same key in two
+    different mappings is fine, and a file that is not UTF-8 is named as such."""
+    p = tmp_path / "dup.yaml"
+    p.write_text("features:\n  tables:\n    user:\n      dim: 8\n    item:\n      dim: 4\n"
+                 "    user:\n      dim: 16\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML \(key 'user' appears "
+                                          r"twice in one mapping \(first on line 3\)"
+                                          r"(.|\n)*line 7"):
+        load_config(p)
+    p.write_bytes(b"model:\n  kind: deepfm\n  \xff: 1\n")
+    with pytest.raises(ConfigError, match="dup.yaml: not UTF-8 text"):
+        load_config(p)

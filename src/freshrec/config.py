@@ -180,6 +180,25 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that appears twice in one mapping (YAML keeps the
+    last one silently: a second ``dim:`` under a table would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (first on line "
+                        f"{first[key] + 1})", key_node.start_mark)
+                first[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the constructor below says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def read_document(path: str | Path | None, overrides: Sequence[Override] = ()) -> dict[str, Any]:
     """The YAML document at ``path`` (``None``: an empty one) with ``overrides`` applied.
 
@@ -189,9 +208,11 @@ def read_document(path: str | Path | None, overrides: Sequence[Override] = ()) -
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506
         except FileNotFoundError as e:
             raise ConfigError(f"config file {str(path)!r} does not exist") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e})") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(data, dict):
