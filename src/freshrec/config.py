@@ -180,7 +180,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # (no stubs for yaml)
     """YAML's safe loader, refusing a key that appears twice in one mapping (YAML keeps the
     last one silently: a second ``dim:`` under a table would win without a word)."""
 
