@@ -49,13 +49,13 @@ from freshrec.table.table import EmbeddingTable
 __all__ = ["ShardedPooledEmbedding"]
 
 
-
 def _stable_order(keys: np.ndarray, n_keys: int) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` of keys in ``[0, n_keys)``: as int16 where they
     fit, which numpy sorts by radix (35,000 keys: 0.23 ms; 1.4 ms as int64)."""
     if n_keys <= np.iinfo(np.int16).max:
         keys = keys.astype(np.int16)
     return np.argsort(keys, kind="stable")
+
 
 class _Local(NamedTuple):
     """A rank's batch, every table together: its distinct fids and how bags read them."""

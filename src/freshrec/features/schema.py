@@ -123,7 +123,8 @@ class FeatureSchema:
                ) -> EncodedBatch:
         """Encode ``batch``; missing label columns are an error only with ``with_labels``.
         Raises :class:`InputError` for a column that cannot be read, and its subclass
-        :class:`RowsOutOfRange` for rows whose label, weight or sample rate is out of range."""
+        :class:`RowsOutOfRange` for rows whose label, weight, sample rate or dense value is
+        out of range."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
                 pa.RecordBatch.from_pylist([], schema=batch.schema)
